@@ -1,0 +1,38 @@
+import CBLAS
+
+public enum Transpose: Sendable {
+    case none, transpose
+    var cblas: CBLAS_TRANSPOSE { self == .none ? CblasNoTrans : CblasTrans }
+}
+
+/// `C[m, n] = alpha · op(A) · op(B) + beta · C`, all row-major, one `cblas_sgemm` call.
+///
+/// `op(A)` is `[m, k]` and `op(B)` is `[k, n]`; `lda`, `ldb`, `ldc` are the row strides of
+/// the matrices as stored (before `op`). Zero-sized products are a no-op except for the
+/// `beta` scaling, which BLAS skips when k is 0, so it is done here.
+@inline(__always)
+public func gemm(
+    _ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int,
+    alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+    b: UnsafePointer<Float>, ldb: Int,
+    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+    guard m > 0, n > 0 else { return }
+    if k == 0 {
+        for i in 0..<m { scale(c + i * ldc, count: n, by: beta) }
+        return
+    }
+    cblas_sgemm(
+        CblasRowMajor, ta.cblas, tb.cblas, Int32(m), Int32(n), Int32(k),
+        alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// BLAS threading and identity.
+public enum BLAS {
+    /// Sets the number of OpenBLAS threads for every later call in this process.
+    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+    /// The kernel family OpenBLAS picked for this CPU ("Haswell", "Zen", …).
+    public static var coreName: String { String(cString: openblas_get_corename()) }
+    public static var config: String { String(cString: openblas_get_config()) }
+}

@@ -1,0 +1,47 @@
+/// A contiguous, row-major buffer of `Float` with a fixed shape.
+///
+/// Tensors are allocated once (when a model or workspace is built) and then written in
+/// place: the training step never creates one. Memory is 64-byte aligned and zeroed.
+public final class Tensor {
+    public let shape: [Int]
+    public let count: Int
+    public let data: UnsafeMutablePointer<Float>
+
+    public init(shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        let raw = UnsafeMutableRawPointer.allocate(
+            byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
+        data = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        data.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    public convenience init(shape: [Int], values: [Float]) {
+        self.init(shape: shape)
+        precondition(values.count == count, "\(values.count) values for shape \(shape)")
+        values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: count) }
+    }
+
+    deinit { data.deallocate() }
+
+    /// The first dimension (rows of a matrix, batch of activations).
+    public var rows: Int { shape.first ?? 1 }
+    /// Elements per row: the product of all dimensions but the first.
+    public var cols: Int { shape.count <= 1 ? 1 : count / max(shape[0], 1) }
+
+    public subscript(i: Int) -> Float {
+        get { data[i] }
+        set { data[i] = newValue }
+    }
+
+    public var buffer: UnsafeMutableBufferPointer<Float> { .init(start: data, count: count) }
+    public var array: [Float] { Array(buffer) }
+
+    public func fill(_ value: Float) { data.update(repeating: value, count: count) }
+    public func zero() { fill(0) }
+    public func copy(from other: Tensor) {
+        precondition(other.count == count, "copy of \(other.shape) into \(shape)")
+        data.update(from: other.data, count: count)
+    }
+}

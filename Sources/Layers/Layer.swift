@@ -1,0 +1,31 @@
+import Kernels
+
+/// What a forward pass needs besides its input.
+public struct ForwardContext: Sendable {
+    /// Training mode turns dropout on.
+    public var training: Bool
+    /// The global optimizer step, which keys dropout masks.
+    public var step: Int
+    /// Position of this process's first row in the global batch; with `step` it makes a
+    /// row's dropout mask a function of its global position, not of the rank that holds it.
+    public var rowOffset: Int
+
+    public init(training: Bool, step: Int = 0, rowOffset: Int = 0) {
+        self.training = training
+        self.step = step
+        self.rowOffset = rowOffset
+    }
+}
+
+/// A layer maps `[rows, inputWidth]` to `[rows, outputWidth]` with buffers it owns, sized
+/// for `maxRows` when built: forward and backward never allocate.
+///
+/// `forward` keeps what backward needs (its input pointer, pre-activations). `backward`
+/// takes `dy` (not modified), *accumulates* into parameter gradients, and returns `dx`
+/// (or nil for a layer built without an input gradient, such as the first layer).
+public protocol Layer: AnyObject {
+    var inputWidth: Int { get }
+    var outputWidth: Int { get }
+    func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float>
+    func backward(_ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>?
+}

@@ -1,0 +1,197 @@
+import Kernels
+
+/// Which normalization a block uses.
+public enum NormKind: String, CaseIterable, Sendable {
+    case layerNorm = "layernorm"
+    case rmsNorm = "rmsnorm"
+}
+
+/// LayerNorm (Ba et al. 2016): `y = (x − mean) · rstd · g + b` per row,
+/// `rstd = 1/√(var + ε)` with the biased variance.
+public final class LayerNorm: Layer {
+    public let inputWidth: Int
+    public var outputWidth: Int { inputWidth }
+    public let gain: Parameter
+    public let shift: Parameter
+    public let epsilon: Float
+
+    let y: Tensor      // [maxRows, C]
+    let dx: Tensor     // [maxRows, C]
+    let mean: Tensor   // [maxRows]
+    let rstd: Tensor   // [maxRows]
+    var x: UnsafePointer<Float>?
+
+    public init(_ name: String, width: Int, epsilon: Float = 1e-5, maxRows: Int, store: ParameterStore) {
+        inputWidth = width
+        self.epsilon = epsilon
+        gain = store.register("\(name).weight", shape: [width], role: .normGain, initializer: .ones)
+        shift = store.register("\(name).bias", shape: [width], role: .normBias, initializer: .zeros)
+        y = Tensor(shape: [maxRows, width])
+        dx = Tensor(shape: [maxRows, width])
+        mean = Tensor(shape: [maxRows])
+        rstd = Tensor(shape: [maxRows])
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
+        self.x = x
+        let c = inputWidth
+        let g = UnsafePointer(gain.value!), b = UnsafePointer(shift.value!)
+        for r in 0..<rows {
+            let xr = x + r * c, yr = y.data + r * c
+            let m = rowSum(xr, c) / Float(c)
+            let v = rowSquaredDeviation(xr, c, m) / Float(c)
+            let s = 1 / (v + epsilon).squareRoot()
+            mean[r] = m
+            rstd[r] = s
+            var j = 0
+            while j + 8 <= c {
+                store8((load8(xr + j) - m) * s * load8(g + j) + load8(b + j), yr + j)
+                j += 8
+            }
+            while j < c { yr[j] = (xr[j] - m) * s * g[j] + b[j]; j += 1 }
+        }
+        return UnsafePointer(y.data)
+    }
+
+    // dxhat = dy ⊙ g;  dx = rstd · (dxhat − mean(dxhat) − xhat · mean(dxhat ⊙ xhat))
+    public func backward(_ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>? {
+        guard let x else { preconditionFailure("LayerNorm.backward before forward") }
+        let c = inputWidth
+        let g = UnsafePointer(gain.value!), dg = gain.grad!, db = shift.grad!
+        for r in 0..<rows {
+            let xr = x + r * c, gr = dy + r * c, dxr = dx.data + r * c
+            let m = mean[r], s = rstd[r]
+            var sumD = Float8(), sumDX = Float8()
+            var j = 0
+            while j + 8 <= c {
+                let xhat = (load8(xr + j) - m) * s, gv = load8(gr + j)
+                let d = gv * load8(g + j)
+                sumD += d
+                sumDX += d * xhat
+                store8(load8(dg + j) + gv * xhat, dg + j)
+                store8(load8(db + j) + gv, db + j)
+                j += 8
+            }
+            var tD = sumD.sum(), tDX = sumDX.sum()
+            while j < c {
+                let xhat = (xr[j] - m) * s, d = gr[j] * g[j]
+                tD += d
+                tDX += d * xhat
+                dg[j] += gr[j] * xhat
+                db[j] += gr[j]
+                j += 1
+            }
+            let meanD = tD / Float(c), meanDX = tDX / Float(c)
+            j = 0
+            while j + 8 <= c {
+                let xhat = (load8(xr + j) - m) * s
+                store8(s * (load8(gr + j) * load8(g + j) - meanD - xhat * meanDX), dxr + j)
+                j += 8
+            }
+            while j < c {
+                let xhat = (xr[j] - m) * s
+                dxr[j] = s * (gr[j] * g[j] - meanD - xhat * meanDX)
+                j += 1
+            }
+        }
+        return UnsafePointer(dx.data)
+    }
+}
+
+/// RMSNorm (Zhang & Sennrich 2019): `y = x · rrms · g`, `rrms = 1/√(mean(x²) + ε)`.
+public final class RMSNorm: Layer {
+    public let inputWidth: Int
+    public var outputWidth: Int { inputWidth }
+    public let gain: Parameter
+    public let epsilon: Float
+
+    let y: Tensor      // [maxRows, C]
+    let dx: Tensor     // [maxRows, C]
+    let rrms: Tensor   // [maxRows]
+    var x: UnsafePointer<Float>?
+
+    public init(_ name: String, width: Int, epsilon: Float = 1e-6, maxRows: Int, store: ParameterStore) {
+        inputWidth = width
+        self.epsilon = epsilon
+        gain = store.register("\(name).weight", shape: [width], role: .normGain, initializer: .ones)
+        y = Tensor(shape: [maxRows, width])
+        dx = Tensor(shape: [maxRows, width])
+        rrms = Tensor(shape: [maxRows])
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
+        self.x = x
+        let c = inputWidth
+        let g = UnsafePointer(gain.value!)
+        for r in 0..<rows {
+            let xr = x + r * c, yr = y.data + r * c
+            let s = 1 / (rowSquaredDeviation(xr, c, 0) / Float(c) + epsilon).squareRoot()
+            rrms[r] = s
+            var j = 0
+            while j + 8 <= c { store8(load8(xr + j) * s * load8(g + j), yr + j); j += 8 }
+            while j < c { yr[j] = xr[j] * s * g[j]; j += 1 }
+        }
+        return UnsafePointer(y.data)
+    }
+
+    // dxhat = dy ⊙ g;  dx = rrms · (dxhat − xhat · mean(dxhat ⊙ xhat))
+    public func backward(_ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>? {
+        guard let x else { preconditionFailure("RMSNorm.backward before forward") }
+        let c = inputWidth
+        let g = UnsafePointer(gain.value!), dg = gain.grad!
+        for r in 0..<rows {
+            let xr = x + r * c, gr = dy + r * c, dxr = dx.data + r * c
+            let s = rrms[r]
+            var sumDX = Float8()
+            var j = 0
+            while j + 8 <= c {
+                let xhat = load8(xr + j) * s, gv = load8(gr + j)
+                sumDX += gv * load8(g + j) * xhat
+                store8(load8(dg + j) + gv * xhat, dg + j)
+                j += 8
+            }
+            var tDX = sumDX.sum()
+            while j < c {
+                let xhat = xr[j] * s
+                tDX += gr[j] * g[j] * xhat
+                dg[j] += gr[j] * xhat
+                j += 1
+            }
+            let meanDX = tDX / Float(c)
+            j = 0
+            while j + 8 <= c {
+                store8(s * (load8(gr + j) * load8(g + j) - load8(xr + j) * s * meanDX), dxr + j)
+                j += 8
+            }
+            while j < c { dxr[j] = s * (gr[j] * g[j] - xr[j] * s * meanDX); j += 1 }
+        }
+        return UnsafePointer(dx.data)
+    }
+}
+
+@inline(__always) func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = Float8()
+    var j = 0
+    while j + 8 <= n { acc += load8(x + j); j += 8 }
+    var t = acc.sum()
+    while j < n { t += x[j]; j += 1 }
+    return t
+}
+
+/// Σ (x − m)²
+@inline(__always) func rowSquaredDeviation(_ x: UnsafePointer<Float>, _ n: Int, _ m: Float) -> Float {
+    var acc = Float8()
+    var j = 0
+    while j + 8 <= n { let d = load8(x + j) - m; acc += d * d; j += 8 }
+    var t = acc.sum()
+    while j < n { let d = x[j] - m; t += d * d; j += 1 }
+    return t
+}
+
+/// A normalization layer of the given kind.
+public func makeNorm(_ kind: NormKind, _ name: String, width: Int, maxRows: Int, store: ParameterStore) -> any Layer {
+    switch kind {
+    case .layerNorm: LayerNorm(name, width: width, maxRows: maxRows, store: store)
+    case .rmsNorm: RMSNorm(name, width: width, maxRows: maxRows, store: store)
+    }
+}

@@ -1,0 +1,101 @@
+import Kernels
+
+/// How a parameter is initialized; values are drawn from the keyed RNG by global name, so
+/// every rank (and every world size) produces the same initial model.
+public enum Initializer: Sendable, Equatable {
+    case zeros
+    case ones
+    /// Uniform in ±bound.
+    case uniform(bound: Float)
+}
+
+/// What a parameter is, so optimizers can treat kinds differently (weight decay).
+public enum ParameterRole: String, Sendable {
+    case weight, bias, normGain, normBias
+}
+
+/// A named tensor of the model: a view into the store's flat value and gradient buffers.
+///
+/// Names are global and stable (`blocks.3.fc1.weight`); checkpoints, logs and gradient
+/// buckets all use them.
+public final class Parameter {
+    public let name: String
+    public let shape: [Int]
+    public let count: Int
+    public let role: ParameterRole
+    public let initializer: Initializer
+    /// Offset of this parameter in the store's flat buffers.
+    public fileprivate(set) var offset = 0
+    public fileprivate(set) var value: UnsafeMutablePointer<Float>!
+    public fileprivate(set) var grad: UnsafeMutablePointer<Float>!
+
+    init(name: String, shape: [Int], role: ParameterRole, initializer: Initializer) {
+        self.name = name
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        self.role = role
+        self.initializer = initializer
+    }
+}
+
+/// Owns every parameter of a model in one contiguous value buffer and one gradient buffer.
+///
+/// Layers `register` their parameters while the model is built; `finalize` then lays them
+/// out in registration order (which is forward order), allocates, and initializes.
+/// One span lets the optimizer and the gradient all-reduce run over large contiguous ranges.
+public final class ParameterStore {
+    public private(set) var parameters: [Parameter] = []
+    public private(set) var values: Tensor = Tensor(shape: [0])
+    public private(set) var grads: Tensor = Tensor(shape: [0])
+    public private(set) var isFinalized = false
+    public let seed: UInt64
+
+    public init(seed: UInt64) { self.seed = seed }
+
+    public var count: Int { values.count }
+
+    public func register(
+        _ name: String, shape: [Int], role: ParameterRole, initializer: Initializer
+    ) -> Parameter {
+        precondition(!isFinalized, "parameter \(name) registered after finalize")
+        precondition(!parameters.contains { $0.name == name }, "duplicate parameter name \(name)")
+        let p = Parameter(name: name, shape: shape, role: role, initializer: initializer)
+        parameters.append(p)
+        return p
+    }
+
+    public func finalize() {
+        precondition(!isFinalized)
+        isFinalized = true
+        let total = parameters.reduce(0) { $0 + $1.count }
+        values = Tensor(shape: [total])
+        grads = Tensor(shape: [total])
+        var offset = 0
+        for p in parameters {
+            p.offset = offset
+            p.value = values.data + offset
+            p.grad = grads.data + offset
+            offset += p.count
+        }
+        initialize()
+    }
+
+    /// Sets every parameter to its initial value (a pure function of seed and name).
+    public func initialize() {
+        let rng = Philox(seed: seed)
+        for p in parameters {
+            switch p.initializer {
+            case .zeros: p.value.update(repeating: 0, count: p.count)
+            case .ones: p.value.update(repeating: 1, count: p.count)
+            case .uniform(let bound):
+                rng.fillUniform(
+                    p.value, count: p.count, stream: RNGStream.initialization(name: p.name),
+                    lo: -bound, hi: bound)
+            }
+        }
+    }
+
+    public func zeroGrads() { grads.zero() }
+
+    public subscript(name: String) -> Parameter? { parameters.first { $0.name == name } }
+}

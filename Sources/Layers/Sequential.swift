@@ -1,0 +1,59 @@
+import Kernels
+
+/// Layers applied one after another.
+public final class Sequential: Layer {
+    public let layers: [any Layer]
+    public var inputWidth: Int { layers.first!.inputWidth }
+    public var outputWidth: Int { layers.last!.outputWidth }
+
+    public init(_ layers: [any Layer]) {
+        precondition(!layers.isEmpty)
+        for (a, b) in zip(layers, layers.dropFirst()) {
+            precondition(a.outputWidth == b.inputWidth, "width \(a.outputWidth) feeds \(b.inputWidth)")
+        }
+        self.layers = layers
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
+        var h = x
+        for layer in layers { h = layer.forward(h, rows: rows, context: context) }
+        return h
+    }
+
+    public func backward(_ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>? {
+        var g: UnsafePointer<Float>? = dy
+        for layer in layers.reversed() {
+            guard let gi = g else { preconditionFailure("a layer before the first returned no input gradient") }
+            g = layer.backward(gi, rows: rows)
+        }
+        return g
+    }
+}
+
+/// The pre-norm residual block `y = x + branch(x)`, with `branch = W2·drop(f(W1·norm(x)))`
+/// for the MLP block.
+public final class Residual: Layer {
+    public let branch: Sequential
+    public var inputWidth: Int { branch.inputWidth }
+    public var outputWidth: Int { branch.outputWidth }
+    let y: Tensor, dx: Tensor
+
+    public init(_ branch: Sequential, maxRows: Int) {
+        precondition(branch.inputWidth == branch.outputWidth, "a residual branch must keep the width")
+        self.branch = branch
+        y = Tensor(shape: [maxRows, branch.outputWidth])
+        dx = Tensor(shape: [maxRows, branch.inputWidth])
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
+        let b = branch.forward(x, rows: rows, context: context)
+        add(x, b, into: y.data, count: rows * outputWidth)
+        return UnsafePointer(y.data)
+    }
+
+    public func backward(_ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>? {
+        guard let db = branch.backward(dy, rows: rows) else { preconditionFailure("branch without input gradient") }
+        add(dy, db, into: dx.data, count: rows * inputWidth)
+        return UnsafePointer(dx.data)
+    }
+}
