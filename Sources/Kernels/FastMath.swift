@@ -12,10 +12,15 @@ public typealias Float8 = SIMD8<Float>
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: Float8.self)
 }
 
+/// Lane-wise max and min. The standard library's `pointwiseMax` is generic and is not
+/// specialized here (a call per vector, measured at 2.5% of a W1 step in ReLU alone).
+@inline(__always) public func max8(_ a: Float8, _ b: Float8) -> Float8 { a.replacing(with: b, where: a .< b) }
+@inline(__always) public func min8(_ a: Float8, _ b: Float8) -> Float8 { a.replacing(with: b, where: b .< a) }
+
 /// e^x, relative error below 2e-7 for x in [-87, 88]; inputs outside are clamped, so the
 /// result is never inf or NaN for finite x (e^-87 ≈ 1.6e-38 stands in for underflow).
 @inline(__always) public func exp8(_ x: Float8) -> Float8 {
-    let x = pointwiseMax(pointwiseMin(x, Float8(repeating: 88)), Float8(repeating: -87))
+    let x = max8(min8(x, Float8(repeating: 88)), Float8(repeating: -87))
     // Round x·log2(e) to the nearest integer n with the 1.5·2^23 shifter; its low bits
     // then hold n as an integer.
     let shifter = Float8(repeating: 12_582_912)
@@ -50,7 +55,7 @@ public typealias Float8 = SIMD8<Float>
     s = s * x2 - 1.0 / 3
     s = s * x2 + 1
     let series = 1.128_379_167 * x * s
-    let a = pointwiseMax(x, -x)
+    let a = max8(x, -x)
     let t = 1 / (1 + 0.327_591_1 * a)
     var p = Float8(repeating: 1.061_405_429)
     p = p * t - 1.453_152_027

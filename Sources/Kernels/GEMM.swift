@@ -29,8 +29,12 @@ public func gemm(
 
 /// BLAS threading and identity.
 public enum BLAS {
-    /// Sets the number of OpenBLAS threads for every later call in this process.
-    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+    /// Sets the number of OpenBLAS threads for every later call in this process, and the
+    /// threads of the elementwise worker pool to match.
+    public static func setThreads(_ n: Int) {
+        openblas_set_num_threads(Int32(n))
+        WorkerPool.shared.setThreads(n)
+    }
     public static var threads: Int { Int(openblas_get_num_threads()) }
     /// The kernel family OpenBLAS picked for this CPU ("Haswell", "Zen", …).
     public static var coreName: String { String(cString: openblas_get_corename()) }

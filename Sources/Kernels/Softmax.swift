@@ -6,7 +6,7 @@
     if n >= 8 {
         var v = load8(x)
         j = 8
-        while j + 8 <= n { v = pointwiseMax(v, load8(x + j)); j += 8 }
+        while j + 8 <= n { v = max8(v, load8(x + j)); j += 8 }
         m = v.max()
     }
     while j < n { m = max(m, x[j]); j += 1 }

@@ -1,0 +1,77 @@
+import CMPI
+
+/// The MPI world of this process. Started once per process (MPI allows one `MPI_Init`);
+/// a process started without `mpirun` is a world of one, which is the laptop mode.
+public enum MPIWorld {
+    nonisolated(unsafe) private static var started = false
+
+    /// Initializes MPI with `MPI_THREAD_FUNNELED` (only the main thread calls MPI; OpenBLAS
+    /// threads never do) and returns the world communicator. Safe to call more than once.
+    public static func start() throws -> Communicator {
+        if !started {
+            var provided: Int32 = 0
+            try check(MPI_Init_thread(nil, nil, sb_thread_funneled(), &provided), "MPI_Init_thread")
+            // Errors come back as codes and become Swift errors, instead of aborting.
+            MPI_Comm_set_errhandler(sb_comm_world(), sb_errors_return())
+            started = true
+        }
+        return try Communicator(.world)
+    }
+
+    /// Ends MPI; no MPI call may follow.
+    public static func finish() {
+        if started { MPI_Finalize(); started = false }
+    }
+
+    /// Aborts every rank of the world with `code`.
+    public static func abort(code: Int32) -> Never {
+        MPI_Abort(sb_comm_world(), code)
+        exit(code)
+    }
+}
+
+/// A communicator and this process's place in it.
+public struct Communicator: @unchecked Sendable {
+    public let handle: CommHandle
+    public let rank: Int
+    public let size: Int
+
+    public init(_ handle: CommHandle) throws {
+        self.handle = handle
+        var r: Int32 = 0, s: Int32 = 0
+        try check(MPI_Comm_rank(handle.raw, &r), "MPI_Comm_rank")
+        try check(MPI_Comm_size(handle.raw, &s), "MPI_Comm_size")
+        rank = Int(r)
+        size = Int(s)
+    }
+
+    /// The coordinator owns the sample order, prints and writes files.
+    public var isCoordinator: Bool { rank == 0 }
+
+    /// In-place sum of `count` floats over all ranks. In a world of one the data is
+    /// already the sum, and the call returns without touching it.
+    public func allreduceSum(_ data: UnsafeMutablePointer<Float>, count: Int) throws {
+        guard size > 1, count > 0 else { return }
+        try check(MPI_Allreduce(sb_in_place(), data, Int32(count), DataType.float.raw, ReduceOp.sum.raw, handle.raw),
+                  "MPI_Allreduce of \(count) floats")
+    }
+
+    /// In-place sum of `count` doubles over all ranks.
+    public func allreduceSum(_ data: UnsafeMutablePointer<Double>, count: Int) throws {
+        guard size > 1, count > 0 else { return }
+        try check(MPI_Allreduce(sb_in_place(), data, Int32(count), DataType.double.raw, ReduceOp.sum.raw, handle.raw),
+                  "MPI_Allreduce of \(count) doubles")
+    }
+
+    /// The name of the host this rank runs on.
+    public var processorName: String {
+        var buf = [CChar](repeating: 0, count: Int(sb_max_processor_name()) + 1)
+        var len: Int32 = 0
+        MPI_Get_processor_name(&buf, &len)
+        return String(cString: buf)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

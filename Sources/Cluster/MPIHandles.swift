@@ -1,0 +1,40 @@
+import CMPI
+
+/// An MPI communicator handle (never a raw pointer in public API).
+public struct CommHandle: @unchecked Sendable {
+    let raw: MPI_Comm
+    public static var world: CommHandle { CommHandle(raw: sb_comm_world()) }
+}
+
+/// An MPI datatype handle.
+public struct DataType: @unchecked Sendable {
+    let raw: MPI_Datatype
+    public static var float: DataType { DataType(raw: sb_type_float()) }
+    public static var double: DataType { DataType(raw: sb_type_double()) }
+    public static var int64: DataType { DataType(raw: sb_type_int64()) }
+    public static var byte: DataType { DataType(raw: sb_type_byte()) }
+}
+
+/// An MPI reduction operation handle.
+public struct ReduceOp: @unchecked Sendable {
+    let raw: MPI_Op
+    public static var sum: ReduceOp { ReduceOp(raw: sb_op_sum()) }
+    public static var max: ReduceOp { ReduceOp(raw: sb_op_max()) }
+    public static var min: ReduceOp { ReduceOp(raw: sb_op_min()) }
+}
+
+/// A failed MPI call, with the call's name and MPI's own message.
+public struct MPIError: Error, CustomStringConvertible {
+    public let call: String
+    public let code: Int32
+    public var description: String {
+        var buf = [CChar](repeating: 0, count: 512)
+        var len: Int32 = 0
+        MPI_Error_string(code, &buf, &len)
+        return "\(call) failed: \(String(cString: buf))"
+    }
+}
+
+@inline(__always) func check(_ code: Int32, _ call: @autoclosure () -> String) throws {
+    if code != sb_success() { throw MPIError(call: call(), code: code) }
+}

@@ -1,0 +1,10 @@
+/// A problem with input data on disk: what is wrong and in which file.
+public struct DataError: Error, CustomStringConvertible, Equatable {
+    public let path: String
+    public let problem: String
+    public init(_ path: String, _ problem: String) {
+        self.path = path
+        self.problem = problem
+    }
+    public var description: String { "\(path): \(problem)" }
+}

@@ -1,0 +1,135 @@
+import Kernels
+import Layers
+
+/// A training job: every setting typed, validated and resolved (defaults filled in).
+public struct JobConfig: Sendable {
+    public struct Run: Sendable {
+        public var name: String
+        public var seed: UInt64
+        /// Folder under which the run folder `<output>/<name>` is made.
+        public var output: String
+    }
+
+    public struct Data: Sendable {
+        public var dir: String
+        public var trainImages: String, trainLabels: String
+        public var testImages: String, testLabels: String
+        public var classes: Int
+        public func path(_ file: String) -> String { file.hasPrefix("/") ? file : dir + "/" + file }
+    }
+
+    public struct Train: Sendable {
+        public var epochs: Int
+        public var batchSize: Int
+        public var evalBatchSize: Int
+        public var labelSmoothing: Float
+        /// OpenBLAS threads per process; 0 means every core of the machine.
+        public var threads: Int
+        public var logEvery: Int
+        /// Stop after this many optimizer steps (0: no limit), for tests and quick checks.
+        public var maxSteps: Int
+    }
+
+    public enum OptimizerKind: String, Sendable { case adamw, sgd }
+
+    public struct Optimizer: Sendable {
+        public var kind: OptimizerKind
+        public var lr: Double
+        public var beta1: Double, beta2: Double, eps: Double
+        public var weightDecay: Double
+        /// Apply weight decay to biases and norm gains/shifts too (false exempts them).
+        public var decayBiasesAndNorms: Bool
+        public var momentum: Double
+        public var nesterov: Bool
+        /// Global gradient-norm clipping threshold; 0 turns clipping off.
+        public var clipNorm: Double
+    }
+
+    public enum ScheduleKind: String, Sendable { case constant, cosine, linear }
+
+    public struct Schedule: Sendable {
+        public var kind: ScheduleKind
+        public var warmupSteps: Int
+        /// The learning rate at the end of decay, as a fraction of `lr`.
+        public var finalFraction: Double
+    }
+
+    public var run: Run
+    public var data: Data
+    public var model: Architecture
+    public var train: Train
+    public var optimizer: Optimizer
+    public var schedule: Schedule
+    /// The resolved config as TOML, printed at start and saved in the run folder.
+    public var resolvedTOML: String
+
+    /// Reads and validates a job file's text, with `section.key=value` overrides applied.
+    public static func parse(_ text: String, source: String, overrides: [String] = []) throws -> JobConfig {
+        let r = try ConfigReader(text: text, source: source)
+        for o in overrides { try r.override(o) }
+
+        let run = Run(
+            name: try r.string("run", "name", "run"),
+            seed: UInt64(try r.int("run", "seed", 1, min: 0)),
+            output: try r.string("run", "output", "checkpoints"))
+        guard !run.name.isEmpty, !run.name.contains("/"), run.name != ".", run.name != ".." else {
+            throw ConfigError("\(source): [run] name must be a plain folder name, got \"\(run.name)\"")
+        }
+
+        let data = Data(
+            dir: try r.string("data", "dir", "/usr/share/datasets/fashion-mnist"),
+            trainImages: try r.string("data", "train_images", "train-images-idx3-ubyte.gz"),
+            trainLabels: try r.string("data", "train_labels", "train-labels-idx1-ubyte.gz"),
+            testImages: try r.string("data", "test_images", "t10k-images-idx3-ubyte.gz"),
+            testLabels: try r.string("data", "test_labels", "t10k-labels-idx1-ubyte.gz"),
+            classes: try r.int("data", "classes", 10, min: 2, max: 65536))
+
+        let kind = try r.string("model", "kind", "residual", oneOf: ["residual", "stack"])
+        let hidden = try r.intArray("model", "hidden", [1024, 1024, 1024], min: 1)
+        let width = try r.int("model", "width", 512, min: 1)
+        let depth = try r.int("model", "depth", 2, min: 0)
+        let expansion = try r.int("model", "expansion", 4, min: 1)
+        let norm = try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue))
+        let activationName = try r.string("model", "activation", "gelu",
+                                          oneOf: kind == "stack" ? ["relu", "gelu", "gelu_tanh", "silu"] : BlockActivation.names)
+        let dropout = try r.double("model", "dropout", 0, min: 0, below: 1)
+        let model: Architecture
+        if kind == "stack" {
+            model = .stack(hidden: hidden, activation: Activation(rawValue: activationName)!)
+        } else {
+            model = .residual(width: width, depth: depth, expansion: expansion, norm: NormKind(rawValue: norm)!,
+                              mlp: BlockActivation(name: activationName)!, dropout: Float(dropout))
+        }
+
+        let batch = try r.int("train", "batch_size", 256, min: 1)
+        let train = Train(
+            epochs: try r.int("train", "epochs", 10, min: 1),
+            batchSize: batch,
+            evalBatchSize: try r.int("train", "eval_batch_size", 1000, min: 1),
+            labelSmoothing: Float(try r.double("train", "label_smoothing", 0, min: 0, below: 1)),
+            threads: try r.int("train", "threads", 0, min: 0, max: 1024),
+            logEvery: try r.int("train", "log_every", 50, min: 1),
+            maxSteps: try r.int("train", "max_steps", 0, min: 0))
+
+        let optimizer = Optimizer(
+            kind: OptimizerKind(rawValue: try r.string("optimizer", "name", "adamw", oneOf: ["adamw", "sgd"]))!,
+            lr: try r.double("optimizer", "lr", 1e-3, above: 0),
+            beta1: try r.double("optimizer", "beta1", 0.9, min: 0, below: 1),
+            beta2: try r.double("optimizer", "beta2", 0.999, min: 0, below: 1),
+            eps: try r.double("optimizer", "eps", 1e-8, above: 0),
+            weightDecay: try r.double("optimizer", "weight_decay", 0.01, min: 0),
+            decayBiasesAndNorms: try r.bool("optimizer", "decay_biases_and_norms", true),
+            momentum: try r.double("optimizer", "momentum", 0.9, min: 0, below: 1),
+            nesterov: try r.bool("optimizer", "nesterov", false),
+            clipNorm: try r.double("optimizer", "clip_norm", 0, min: 0))
+
+        let schedule = Schedule(
+            kind: ScheduleKind(rawValue: try r.string("schedule", "kind", "constant", oneOf: ["constant", "cosine", "linear"]))!,
+            warmupSteps: try r.int("schedule", "warmup_steps", 0, min: 0),
+            finalFraction: try r.double("schedule", "final_fraction", 0, min: 0, max: 1))
+
+        try r.finish()
+        return JobConfig(run: run, data: data, model: model, train: train, optimizer: optimizer,
+                         schedule: schedule, resolvedTOML: r.resolvedTOML)
+    }
+}

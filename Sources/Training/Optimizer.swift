@@ -1,0 +1,120 @@
+import Kernels
+import Layers
+
+/// Updates a parameter store from its gradients, then zeroes the gradients (fused into the
+/// same pass, so the next backward can accumulate).
+public protocol Optimizer: AnyObject {
+    /// `gradScale` multiplies every gradient first (global-norm clipping).
+    func step(_ store: ParameterStore, lr: Float, gradScale: Float)
+    /// Updates taken so far.
+    var steps: Int { get }
+}
+
+/// AdamW (Loshchilov & Hutter 2019): Adam with weight decay decoupled from the gradient,
+/// `p ← p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, as in PyTorch.
+public final class AdamW: Optimizer, RangeTask {
+    public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
+    public let decayBiasesAndNorms: Bool
+    public private(set) var steps = 0
+    public let m: Tensor, v: Tensor
+
+    public init(count: Int, beta1: Float, beta2: Float, eps: Float, weightDecay: Float, decayBiasesAndNorms: Bool) {
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.weightDecay = weightDecay
+        self.decayBiasesAndNorms = decayBiasesAndNorms
+        m = Tensor(shape: [count])
+        v = Tensor(shape: [count])
+    }
+
+    // The step's constants, set by `step` and read by `run` on the pool's threads.
+    private var store: ParameterStore?
+    private var lr: Float = 0, stepSize: Float = 0, rootBC2: Float = 1, gradScale: Float = 1
+
+    public func step(_ store: ParameterStore, lr: Float, gradScale: Float) {
+        steps += 1
+        let t = Double(steps)
+        self.store = store
+        self.lr = lr
+        self.gradScale = gradScale
+        stepSize = lr / Float(1 - pow(Double(beta1), t))
+        rootBC2 = Float((1 - pow(Double(beta2), t)).squareRoot())
+        // One pass over the flat store, split over the pool's threads: elementwise, so the
+        // result does not depend on the split.
+        WorkerPool.shared.run(self, count: store.count)
+    }
+
+    /// Updates the flat index range `range` of the store, parameter by parameter.
+    public func run(_ range: Range<Int>) {
+        guard let store else { return }
+        for p in store.parameters {
+            let lo = max(range.lowerBound, p.offset), hi = min(range.upperBound, p.offset + p.count)
+            guard lo < hi else { continue }
+            let decays = decayBiasesAndNorms || p.role == .weight
+            update(store.values.data + lo, store.grads.data + lo, m.data + lo, v.data + lo, hi - lo,
+                   shrink: 1 - lr * (decays ? weightDecay : 0), stepSize: stepSize, rootBC2: rootBC2,
+                   gradScale: gradScale)
+        }
+    }
+
+    @inline(__always)
+    func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
+                _ m: UnsafeMutablePointer<Float>, _ v: UnsafeMutablePointer<Float>, _ n: Int,
+                shrink: Float, stepSize: Float, rootBC2: Float, gradScale: Float) {
+        let b1 = beta1, b2 = beta2, c1 = 1 - beta1, c2 = 1 - beta2, e = eps
+        var i = 0
+        while i + 8 <= n {
+            let gv = load8(g + i) * gradScale
+            let mv = b1 * load8(m + i) + c1 * gv
+            let vv = b2 * load8(v + i) + c2 * gv * gv
+            store8(mv, m + i)
+            store8(vv, v + i)
+            store8(load8(p + i) * shrink - stepSize * mv / (vv.squareRoot() / rootBC2 + e), p + i)
+            store8(Float8(), g + i)
+            i += 8
+        }
+        while i < n {
+            let gv = g[i] * gradScale
+            m[i] = b1 * m[i] + c1 * gv
+            v[i] = b2 * v[i] + c2 * gv * gv
+            p[i] = p[i] * shrink - stepSize * m[i] / (v[i].squareRoot() / rootBC2 + e)
+            g[i] = 0
+            i += 1
+        }
+    }
+}
+
+/// SGD with momentum (PyTorch's form: `b ← μ·b + g`, step `b`, or `g + μ·b` with Nesterov)
+/// and L2 weight decay added to the gradient.
+public final class SGD: Optimizer {
+    public let momentum: Float, nesterov: Bool, weightDecay: Float, decayBiasesAndNorms: Bool
+    public private(set) var steps = 0
+    public let buffer: Tensor
+
+    public init(count: Int, momentum: Float, nesterov: Bool, weightDecay: Float, decayBiasesAndNorms: Bool) {
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.weightDecay = weightDecay
+        self.decayBiasesAndNorms = decayBiasesAndNorms
+        buffer = Tensor(shape: [count])
+    }
+
+    public func step(_ store: ParameterStore, lr: Float, gradScale: Float) {
+        steps += 1
+        let mu = momentum, first = steps == 1
+        for p in store.parameters {
+            let wd = decayBiasesAndNorms || p.role == .weight ? weightDecay : 0
+            let w = p.value!, g = p.grad!, b = buffer.data + p.offset
+            for i in 0..<p.count {
+                let gi = g[i] * gradScale + wd * w[i]
+                // PyTorch starts the buffer at the first gradient rather than at 0.
+                b[i] = first ? gi : mu * b[i] + gi
+                w[i] -= lr * (nesterov ? gi + mu * b[i] : b[i])
+                g[i] = 0
+            }
+        }
+    }
+}
+
+import Foundation

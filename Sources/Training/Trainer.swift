@@ -1,0 +1,163 @@
+import Cluster
+import Kernels
+import Layers
+import Storage
+
+/// What one optimizer step did, reduced over all ranks.
+public struct StepResult: Sendable {
+    public var step: Int
+    public var epoch: Int
+    /// Mean loss over the global batch (cross-entropy with label smoothing).
+    public var loss: Double
+    public var correct: Int
+    public var rows: Int
+    public var gradNorm: Double
+    public var lr: Double
+}
+
+/// Loss and accuracy over a whole dataset.
+public struct Evaluation: Sendable {
+    public var loss: Double
+    public var accuracy: Double
+    public var samples: Int
+}
+
+/// Trains a model on a dataset following a job config. Every rank runs one; all buffers are
+/// made here, so `trainStep` allocates nothing.
+public final class Trainer {
+    public let config: JobConfig
+    public let comm: Communicator
+    public let model: Model
+    public let optimizer: any Optimizer
+    public let schedule: LearningRateSchedule
+    public let trainSet: Dataset
+    public let testSet: Dataset
+    public let order: GlobalSampleOrder
+    public let maxRows: Int
+
+    /// The current epoch's sample order.
+    var permutation: [Int32]
+    var permutationEpoch = -1
+    let x: Tensor
+    var labels: [Int32]
+    let dlogits: Tensor
+    /// [lossSum, correct] reduced across ranks in one call.
+    var counts: [Double] = [0, 0]
+
+    public private(set) var step = 0
+
+    public init(config: JobConfig, comm: Communicator, train: Dataset, test: Dataset) {
+        self.config = config
+        self.comm = comm
+        trainSet = train
+        testSet = test
+        let t = config.train
+        // A rank holds at most ⌈B/P⌉ rows of a training batch, and evaluates in chunks.
+        maxRows = max((t.batchSize + comm.size - 1) / comm.size, min(t.evalBatchSize, test.count))
+        model = Model(config.model, inputs: train.width, classes: config.data.classes,
+                      maxRows: maxRows, seed: config.run.seed)
+        let o = config.optimizer
+        switch o.kind {
+        case .adamw:
+            optimizer = AdamW(count: model.store.count, beta1: Float(o.beta1), beta2: Float(o.beta2), eps: Float(o.eps),
+                              weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
+        case .sgd:
+            optimizer = SGD(count: model.store.count, momentum: Float(o.momentum), nesterov: o.nesterov,
+                            weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
+        }
+        order = GlobalSampleOrder(count: train.count, batchSize: t.batchSize, seed: config.run.seed)
+        schedule = LearningRateSchedule(base: o.lr, kind: config.schedule.kind, warmupSteps: config.schedule.warmupSteps,
+                                        totalSteps: Self.totalSteps(config, order), finalFraction: config.schedule.finalFraction)
+        permutation = [Int32](repeating: 0, count: train.count)
+        x = Tensor(shape: [maxRows, train.width])
+        labels = [Int32](repeating: 0, count: maxRows)
+        dlogits = Tensor(shape: [maxRows, config.data.classes])
+    }
+
+    static func totalSteps(_ c: JobConfig, _ order: GlobalSampleOrder) -> Int {
+        let full = c.train.epochs * order.batchesPerEpoch
+        return c.train.maxSteps > 0 ? min(full, c.train.maxSteps) : full
+    }
+
+    public var totalSteps: Int { schedule.totalSteps }
+
+    /// One optimizer step on global batch `batch` of `epoch`: gather this rank's rows,
+    /// forward, loss, backward, average gradients over ranks, clip, update.
+    public func trainStep(epoch: Int, batch: Int) throws -> StepResult {
+        if permutationEpoch != epoch {
+            order.permutation(epoch: epoch, into: &permutation)
+            permutationEpoch = epoch
+        }
+        let positions = order.batch(batch)
+        let globalRows = positions.count
+        let mine = GlobalSampleOrder.part(rows: globalRows, rank: comm.rank, ranks: comm.size)
+        let rows = mine.count
+        permutation.withUnsafeBufferPointer { p in
+            labels.withUnsafeMutableBufferPointer { y in
+                let slice = UnsafeBufferPointer(rebasing: p[(positions.lowerBound + mine.lowerBound)..<(positions.lowerBound + mine.upperBound)])
+                trainSet.gather(slice, into: x.data, labels: y.baseAddress!)
+            }
+        }
+        let context = ForwardContext(training: true, step: step, rowOffset: mine.lowerBound)
+        let logits = model.forward(x.data, rows: rows, context: context)
+        // Gradients of the mean over the *global* batch, so summing over ranks averages.
+        let local = labels.withUnsafeBufferPointer {
+            softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows, classes: model.classes,
+                                smoothing: config.train.labelSmoothing, gradScale: 1 / Float(globalRows),
+                                dlogits: dlogits.data)
+        }
+        model.backward(dlogits.data, rows: rows)
+        let store = model.store
+        try comm.allreduceSum(store.grads.data, count: store.count)
+
+        let norm = sumOfSquares(store.grads.data, count: store.count).squareRoot()
+        let clip = config.optimizer.clipNorm
+        let gradScale: Float = clip > 0 && norm > clip ? Float(clip / norm) : 1
+        let lr = schedule.rate(step)
+        optimizer.step(store, lr: Float(lr), gradScale: gradScale)
+
+        counts[0] = local.lossSum
+        counts[1] = Double(local.correct)
+        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 2) }
+        step += 1
+        return StepResult(step: step, epoch: epoch, loss: counts[0] / Double(globalRows), correct: Int(counts[1]),
+                          rows: globalRows, gradNorm: norm, lr: lr)
+    }
+
+    /// Loss (without label smoothing) and accuracy on `data`; each rank evaluates its part of
+    /// every chunk of `evalBatchSize` samples, in dataset order.
+    public func evaluate(_ data: Dataset) throws -> Evaluation {
+        let chunk = config.train.evalBatchSize
+        var lossSum = 0.0, correct = 0.0
+        var start = 0
+        var indices = [Int32](repeating: 0, count: maxRows)
+        while start < data.count {
+            let n = min(chunk, data.count - start)
+            let mine = GlobalSampleOrder.part(rows: n, rank: comm.rank, ranks: comm.size)
+            var done = 0
+            // A rank's part of a chunk may exceed maxRows when P is small; take it in pieces.
+            while done < mine.count {
+                let rows = min(maxRows, mine.count - done)
+                for i in 0..<rows { indices[i] = Int32(start + mine.lowerBound + done + i) }
+                indices.withUnsafeBufferPointer { idx in
+                    labels.withUnsafeMutableBufferPointer { y in
+                        data.gather(UnsafeBufferPointer(rebasing: idx[0..<rows]), into: x.data, labels: y.baseAddress!)
+                    }
+                }
+                let logits = model.forward(x.data, rows: rows, context: ForwardContext(training: false))
+                let out = labels.withUnsafeBufferPointer {
+                    softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows, classes: model.classes,
+                                        smoothing: 0, gradScale: 0, dlogits: nil)
+                }
+                lossSum += out.lossSum
+                correct += Double(out.correct)
+                done += rows
+            }
+            start += n
+        }
+        counts[0] = lossSum
+        counts[1] = correct
+        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 2) }
+        return Evaluation(loss: counts[0] / Double(data.count), accuracy: counts[1] / Double(data.count), samples: data.count)
+    }
+}

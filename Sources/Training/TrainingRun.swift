@@ -1,0 +1,56 @@
+import Cluster
+import Foundation
+import Kernels
+import Storage
+
+/// The outcome of a whole training run.
+public struct RunSummary: Sendable {
+    public var steps: Int
+    public var epochs: Int
+    public var finalEvaluation: Evaluation
+    public var trainSeconds: Double
+    public var samplesPerSecond: Double
+}
+
+extension Trainer {
+    /// Trains for the configured epochs (or `max_steps`), evaluating on the test split after
+    /// every epoch. Only the coordinator prints and writes `folder`.
+    public func run(folder: RunFolder?, progress: ProgressReporter?) throws -> RunSummary {
+        var last = Evaluation(loss: .nan, accuracy: 0, samples: 0)
+        var samples = 0
+        let clock = ContinuousClock()
+        var trainTime = Duration.zero
+        var epochsRun = 0
+        training: for epoch in 0..<config.train.epochs {
+            let t0 = clock.now
+            var stop = false
+            for batch in 0..<order.batchesPerEpoch {
+                let r = try trainStep(epoch: epoch, batch: batch)
+                samples += r.rows
+                if let logged = progress?.step(r) {
+                    folder?.log([
+                        ("kind", .string("train")), ("step", .int(r.step)), ("epoch", .int(epoch + 1)),
+                        ("loss", .double(logged.loss)), ("lr", .double(r.lr)), ("grad_norm", .double(r.gradNorm)),
+                        ("samples_per_s", .double(logged.samplesPerSecond.rounded())),
+                    ])
+                }
+                if config.train.maxSteps > 0 && step >= config.train.maxSteps { stop = true; break }
+            }
+            trainTime += clock.now - t0
+            epochsRun = epoch + 1
+            last = try evaluate(testSet)
+            progress?.message("epoch \(epoch + 1)/\(config.train.epochs) step \(step): test loss \(fixed(last.loss, 4)) "
+                              + "accuracy \(fixed(100 * last.accuracy, 2))%")
+            folder?.log([
+                ("kind", .string("eval")), ("step", .int(step)), ("epoch", .int(epoch + 1)),
+                ("test_loss", .double(last.loss)), ("test_accuracy", .double(last.accuracy)),
+                ("time_s", .double((trainTime.seconds * 1000).rounded() / 1000)),
+            ])
+            if stop { break training }
+        }
+        progress?.finish()
+        let seconds = trainTime.seconds
+        return RunSummary(steps: step, epochs: epochsRun, finalEvaluation: last, trainSeconds: seconds,
+                          samplesPerSecond: Double(samples) / max(seconds, 1e-9))
+    }
+}

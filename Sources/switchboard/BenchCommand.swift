@@ -1,0 +1,149 @@
+import ArgumentParser
+import CAllocCounter
+import Cluster
+import Foundation
+import Kernels
+import Storage
+import Training
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Run a benchmark workload exactly as WORKLOADS.md specifies.",
+        discussion: """
+            Prints steady-state training samples/s (median of repetitions, after warm-up steps), \
+            achieved GFLOP/s, and the fraction of the OpenBLAS sgemm rate measured in the same run \
+            (1024³ and the workload's own GEMM shapes), for each BLAS thread count. Then trains the \
+            workload for --epochs epochs and reports wall time and test accuracy.
+            """)
+
+    @Argument(help: "The workload: W1, or kernels (elementwise kernels alone).")
+    var workload: String
+
+    @Option(help: "BLAS thread counts to run, comma-separated.")
+    var threads: String = "1,2"
+
+    @Option(help: "Warm-up steps not counted.")
+    var warmup = 20
+
+    @Option(help: "Steps per timed repetition.")
+    var steps = 30
+
+    @Option(help: "Timed repetitions (the median is reported).")
+    var repeats = 5
+
+    @Option(help: "Epochs of full training after the throughput runs (0 skips it).")
+    var epochs = 5
+
+    @Option(help: "Fashion-MNIST folder.")
+    var data = "/usr/share/datasets/fashion-mnist"
+
+    func run() throws {
+        if workload == "kernels" { return KernelBench.run() }
+        guard let w = Workload(rawValue: workload.uppercased()) else {
+            throw ValidationError("unknown workload \(workload); available: \(Workload.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let threadCounts = try threads.split(separator: ",").map { s -> Int in
+            guard let n = Int(s.trimmingCharacters(in: .whitespaces)), n > 0 else { throw ValidationError("--threads: \(s) is not a positive integer") }
+            return n
+        }
+        guard repeats >= 1, steps >= 1, warmup >= 0, epochs >= 0 else { throw ValidationError("--repeats and --steps must be ≥ 1") }
+        let comm = try MPIWorld.start()
+        let config = try w.config(dataDir: data, epochs: max(epochs, 1))
+        let d = config.data
+        let train = try Dataset.idx(images: d.path(d.trainImages), labels: d.path(d.trainLabels), classes: d.classes)
+        let test = try Dataset.idx(images: d.path(d.testImages), labels: d.path(d.testLabels), classes: d.classes)
+
+        print("switchboard \(Switchboard.version) bench \(w.rawValue)")
+        print("machine: \(cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
+              + "(thread timeout 2^\(String(cString: getenv("OPENBLAS_THREAD_TIMEOUT") ?? strdup("28"))) cycles); ranks \(comm.size)")
+        for t in threadCounts {
+            BLAS.setThreads(t)
+            let trainer = Trainer(config: config, comm: comm, train: train, test: test)
+            let flops = Workload.trainingFLOPs(trainer.model)
+            for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
+            // Each repetition times the training steps, then the sgemm probes right after, so
+            // both sides of the fraction see the same machine conditions; medians are reported.
+            let shapes = Workload.gemmShapes(trainer.model, rows: config.train.batchSize)
+            var rates: [Double] = [], peaks: [Double] = [], owns: [Double] = []
+            var allocations: UInt64 = 0
+            var batch = warmup
+            for _ in 0..<repeats {
+                let before = sb_thread_allocations()
+                let t0 = ContinuousClock.now
+                var samples = 0
+                for _ in 0..<steps {
+                    samples += try trainer.trainStep(epoch: 0, batch: batch % trainer.order.batchesPerEpoch).rows
+                    batch += 1
+                }
+                let seconds = (ContinuousClock.now - t0).seconds
+                allocations += sb_thread_allocations() - before
+                rates.append(Double(samples) / seconds)
+                owns.append(GEMMProbe.rate(of: shapes))
+                peaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024))
+            }
+            let rate = median(rates), peak = median(peaks), own = median(owns)
+            let achieved = rate * flops / 1e9
+            print("")
+            print("threads \(t): \(Int(rate)) samples/s (median of \(repeats) × \(steps) steps; runs \(rates.map { String(Int($0)) }.joined(separator: ", ")))")
+            print("  \(fixed(flops / 1e6, 2)) MFLOP/sample → \(fixed(achieved, 1)) GFLOP/s")
+            print("  sgemm 1024³: \(fixed(peak, 1)) GFLOP/s → fraction \(fixed(achieved / peak, 3))")
+            print("  sgemm on the workload's shapes: \(fixed(own, 1)) GFLOP/s → fraction \(fixed(achieved / own, 3))")
+            // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call.
+            let gemmCalls = shapes.count * repeats * steps
+            print("  heap allocations in \(repeats * steps) timed steps: \(allocations)"
+                  + (t > 1 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : ""))
+        }
+        if epochs > 0 {
+            BLAS.setThreads(threadCounts.max()!)
+            let trainer = Trainer(config: config, comm: comm, train: train, test: test)
+            let summary = try trainer.run(folder: nil, progress: nil)
+            print("")
+            print("\(epochs) epochs at \(threadCounts.max()!) threads: training loop \(fixed(summary.trainSeconds, 1)) s "
+                  + "(\(Int(summary.samplesPerSecond)) samples/s, evaluation excluded), "
+                  + "test accuracy \(fixed(100 * summary.finalEvaluation.accuracy, 2))%")
+        }
+    }
+
+    func cpuModel() -> String {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = info.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
+              let name = line.split(separator: ":", maxSplits: 1).last else { return "unknown CPU" }
+        return name.trimmingCharacters(in: .whitespaces)
+    }
+
+    func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+}
+
+/// Times `cblas_sgemm` on given shapes at the current BLAS thread count.
+enum GEMMProbe {
+    /// Best-of-3 GFLOP/s of one shape, each trial running ≥ 0.1 s.
+    static func rate(_ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int) -> Double {
+        rate(of: [(ta, tb, m, n, k)])
+    }
+
+    /// GFLOP/s over a list of shapes: total FLOPs over total time, so each shape weighs as
+    /// much as it does in a training step.
+    static func rate(of shapes: [(Transpose, Transpose, Int, Int, Int)]) -> Double {
+        let size = shapes.map { max($0.2 * $0.4, $0.4 * $0.3, $0.2 * $0.3) }.max()!
+        let a = Tensor(shape: [size]), b = Tensor(shape: [size]), c = Tensor(shape: [size])
+        for i in 0..<size { a[i] = Float(i % 7) * 0.1; b[i] = Float(i % 5) * 0.1 }
+        let flops = shapes.reduce(0.0) { $0 + 2 * Double($1.2 * $1.3 * $1.4) }
+        var best = 0.0
+        for _ in 0..<3 {
+            var reps = 0
+            let t0 = ContinuousClock.now
+            var seconds = 0.0
+            while seconds < 0.1 {
+                for (ta, tb, m, n, k) in shapes {
+                    gemm(ta, tb, m: m, n: n, k: k, a: a.data, lda: ta == .none ? k : m,
+                         b: b.data, ldb: tb == .none ? n : k, beta: 0, c: c.data, ldc: n)
+                }
+                reps += 1
+                seconds = (ContinuousClock.now - t0).seconds
+            }
+            best = max(best, flops * Double(reps) / seconds / 1e9)
+        }
+        return best
+    }
+}

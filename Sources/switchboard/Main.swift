@@ -1,0 +1,47 @@
+import ArgumentParser
+import Cluster
+import Foundation
+import Storage
+import Training
+
+@main
+struct SwitchboardCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchboard",
+        abstract: "Train MLP and mixture-of-experts models on CPUs, alone or under mpirun.",
+        version: Switchboard.version,
+        subcommands: [TrainCommand.self, BenchCommand.self])
+
+    /// Runs the command; every error becomes one line on stderr and an exit code:
+    /// 2 for usage and config errors, 1 for data and runtime failures. No stack traces.
+    static func main() {
+        BLASEnvironment.ensureThreadTimeout()
+        let code: Int32
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+            code = 0
+        } catch let e as ConfigError {
+            code = report(e.description, 2)
+        } catch let e as DataError {
+            code = report(e.description, 1)
+        } catch let e as DiskError {
+            code = report(e.description, 1)
+        } catch let e as MPIError {
+            code = report(e.description, 1)
+        } catch {
+            let exit = exitCode(for: error)
+            if exit == .success || error is CleanExit {
+                self.exit(withError: error)   // --help, --version
+            }
+            code = report(fullMessage(for: error), exit == .validationFailure ? 2 : 1)
+        }
+        MPIWorld.finish()
+        Foundation.exit(code)
+    }
+
+    static func report(_ message: String, _ code: Int32) -> Int32 {
+        FileHandle.standardError.write(Data("switchboard: error: \(message)\n".utf8))
+        return code
+    }
+}

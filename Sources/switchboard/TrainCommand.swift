@@ -1,0 +1,68 @@
+import ArgumentParser
+import Cluster
+import Foundation
+import Kernels
+import Storage
+import Training
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train the model a job file describes.",
+        discussion: """
+            Runs alone (a world of one process) or under mpirun. Writes the run folder \
+            <output>/<name>/ with config.toml, metrics.jsonl and, when finished, summary.json.
+            Example: switchboard train cluster/fashion-mlp.toml --set train.epochs=2
+            """)
+
+    @Argument(help: "The job file (TOML).")
+    var job: String
+
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override a setting: section.key=value (repeatable).", valueName: "section.key=value"))
+    var overrides: [String] = []
+
+    @Flag(help: "Do not print the resolved config at start.")
+    var quiet = false
+
+    func run() throws {
+        guard let text = try? String(contentsOfFile: job, encoding: .utf8) else {
+            throw ConfigError("\(job): cannot read the job file (\(FileManager.default.fileExists(atPath: job) ? "unreadable" : "no such file"))")
+        }
+        let config = try JobConfig.parse(text, source: job, overrides: overrides)
+        let comm = try MPIWorld.start()
+        let threads = config.train.threads > 0 ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / comm.size)
+        BLAS.setThreads(threads)
+        let say: (String) -> Void = { if comm.isCoordinator { print($0); fflush(nil) } }
+
+        let d = config.data
+        let train = try Dataset.idx(images: d.path(d.trainImages), labels: d.path(d.trainLabels), classes: d.classes)
+        let test = try Dataset.idx(images: d.path(d.testImages), labels: d.path(d.testLabels), classes: d.classes)
+        guard test.width == train.width else {
+            throw DataError(d.path(d.testImages), "has \(test.width) features per sample, the training images \(train.width)")
+        }
+
+        let trainer = Trainer(config: config, comm: comm, train: train, test: test)
+        let folder = comm.isCoordinator
+            ? try RunFolder(output: config.run.output, name: config.run.name, configTOML: config.resolvedTOML) : nil
+        say("switchboard \(Switchboard.version): \(comm.size) rank\(comm.size == 1 ? "" : "s") × \(threads) BLAS thread\(threads == 1 ? "" : "s") (OpenBLAS \(BLAS.coreName))")
+        if !quiet { say("resolved config:\n" + config.resolvedTOML.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")) }
+        say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(d.classes) classes")
+        say("model: \(trainer.model.store.count.formatted()) parameters; \(trainer.totalSteps) steps of \(config.train.batchSize) samples")
+        if let folder { say("run folder: \(folder.path)") }
+
+        let progress = comm.isCoordinator
+            ? ProgressReporter(totalSteps: trainer.totalSteps, epochs: config.train.epochs, logEvery: config.train.logEvery) : nil
+        let summary = try trainer.run(folder: folder, progress: progress)
+        let e = summary.finalEvaluation
+        say("done: \(summary.steps) steps, \(summary.epochs) epoch\(summary.epochs == 1 ? "" : "s") in \(formatDuration(summary.trainSeconds)) "
+            + "(\(Int(summary.samplesPerSecond)) samples/s); test accuracy \(fixed(100 * e.accuracy, 2))%, test loss \(fixed(e.loss, 4))")
+        try folder?.finish(summary: [
+            ("version", .string(Switchboard.version)), ("steps", .int(summary.steps)), ("epochs", .int(summary.epochs)),
+            ("test_accuracy", .double(e.accuracy)), ("test_loss", .double(e.loss)),
+            ("train_seconds", .double((summary.trainSeconds * 1000).rounded() / 1000)),
+            ("samples_per_s", .double(summary.samplesPerSecond.rounded())),
+            ("ranks", .int(comm.size)), ("threads", .int(threads)),
+        ])
+        if let folder { say("wrote \(folder.path)/") }
+    }
+}
