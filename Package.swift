@@ -40,7 +40,7 @@ let package = Package(
 
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "Kernels"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "CAllocCounter"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Storage", "Cluster", "Kernels", "Layers", "CAllocCounter"]),
         .testTarget(name: "CLITests", dependencies: []),
     ]
 )

@@ -26,7 +26,7 @@ enum IdentityKernel: ActivationKernel {
 enum ReLUKernel: ActivationKernel {
     @inline(__always) static func f(_ z: Float8) -> Float8 { max8(z, Float8()) }
     @inline(__always) static func df(_ z: Float8) -> Float8 {
-        Float8().replacing(with: 1, where: z .> 0)
+        Float8().replacing(with: 1, where: z .> Float8())
     }
 }
 

@@ -63,7 +63,7 @@ public typealias Float8 = SIMD8<Float>
     p = p * t - 0.284_496_736
     p = p * t + 0.254_829_592
     let y: Float8 = 1 - p * t * exp8(-(a * a))
-    return y.replacing(with: -y, where: x .< 0).replacing(with: series, where: a .< 0.75)
+    return y.replacing(with: -y, where: x .< Float8()).replacing(with: series, where: a .< Float8(repeating: 0.75))
 }
 
 /// tanh(x), absolute error below 3e-7.

@@ -1,0 +1,105 @@
+import XCTest
+import Layers
+@testable import Training
+
+final class ConfigTests: XCTestCase {
+    func parse(_ text: String, _ overrides: [String] = []) throws -> JobConfig {
+        try JobConfig.parse(text, source: "job.toml", overrides: overrides)
+    }
+
+    func error(_ text: String, _ overrides: [String] = []) -> String {
+        do {
+            _ = try parse(text, overrides)
+            return "no error"
+        } catch let e as ConfigError {
+            return e.description
+        } catch {
+            return "unexpected \(error)"
+        }
+    }
+
+    func testDefaultsAndTypedValues() throws {
+        let c = try parse("""
+            [model]
+            kind = "residual"
+            width = 64
+            depth = 3
+            activation = "swiglu"
+            norm = "rmsnorm"
+            dropout = 0.25
+            [train]
+            batch_size = 32
+            [optimizer]
+            lr = 3   # an integer is accepted where a number is expected
+            """)
+        XCTAssertEqual(c.model, .residual(width: 64, depth: 3, expansion: 4, norm: .rmsNorm, mlp: .gated(.silu), dropout: 0.25))
+        XCTAssertEqual(c.train.batchSize, 32)
+        XCTAssertEqual(c.train.epochs, 10)
+        XCTAssertEqual(c.optimizer.lr, 3)
+        XCTAssertEqual(c.optimizer.kind, .adamw)
+        XCTAssertEqual(c.data.dir, "/usr/share/datasets/fashion-mnist")
+    }
+
+    func testUnknownKeyNamesItAndTheClosestValidKey() {
+        XCTAssertEqual(error("[train]\nbach_size = 3\n"), "job.toml: unknown key bach_size in [train]; did you mean batch_size?")
+        XCTAssertEqual(error("[trian]\nepochs = 3\n").prefix(59), "job.toml: unknown section [trian]; did you mean [train]? (s")
+    }
+
+    func testWrongTypeAndRangeErrors() {
+        XCTAssertEqual(error("[train]\nbatch_size = \"big\"\n"), "job.toml: [train] batch_size must be an integer, got a string \"big\"")
+        XCTAssertEqual(error("[train]\nbatch_size = 0\n"), "job.toml: [train] batch_size must be at least 1, got 0")
+        XCTAssertEqual(error("[model]\ndropout = 1.0\n"), "job.toml: [model] dropout must be less than 1.0, got 1.0")
+        XCTAssertEqual(error("[model]\nnorm = \"batchnorm\"\n"),
+                       "job.toml: [model] norm = \"batchnorm\" is not one of layernorm, rmsnorm; did you mean \"layernorm\"?")
+        XCTAssertEqual(error("[model]\nactivation = \"gelu_tan\"\n"),
+                       "job.toml: [model] activation = \"gelu_tan\" is not one of relu, gelu, gelu_tanh, silu, swiglu, geglu, reglu, glu; did you mean \"gelu_tanh\"?")
+        XCTAssertEqual(error("[model]\nhidden = [64, \"x\"]\nkind = \"stack\"\n"),
+                       "job.toml: [model] hidden must be an array of integers, got an array [64, \"x\"]")
+    }
+
+    func testSyntaxErrorNamesLineAndColumn() {
+        XCTAssertTrue(error("[train]\nepochs = = 3\n").hasPrefix("job.toml:2:"), error("[train]\nepochs = = 3\n"))
+    }
+
+    func testOverrides() throws {
+        let c = try parse("[train]\nepochs = 3\n", ["train.epochs=7", "model.activation=relu", "run.name=\"x y\""])
+        XCTAssertEqual(c.train.epochs, 7)
+        XCTAssertEqual(c.run.name, "x y")
+        XCTAssertEqual(error("", ["train.epoch=2"]), "job.toml: unknown key epoch in [train]; did you mean epochs?")
+        XCTAssertEqual(error("", ["epochs=2"]), "--set epochs=2: the key must be section.key, like train.epochs")
+        XCTAssertEqual(error("", ["train.epochs"]), "--set train.epochs: expected section.key=value")
+    }
+
+    /// The resolved config is itself a valid job file that resolves to the same text.
+    func testResolvedConfigRoundTrips() throws {
+        let c = try parse("[model]\nkind = \"stack\"\nhidden = [32, 16]\n[optimizer]\nlr = 0.01\n")
+        XCTAssertTrue(c.resolvedTOML.contains("hidden = [32, 16]"))
+        XCTAssertTrue(c.resolvedTOML.contains("batch_size = 256"))
+        let again = try parse(c.resolvedTOML)
+        XCTAssertEqual(again.resolvedTOML, c.resolvedTOML)
+        XCTAssertEqual(again.model, c.model)
+    }
+
+    func testEditDistance() {
+        XCTAssertEqual(editDistance("kitten", "sitting"), 3)
+        XCTAssertEqual(editDistance("", "abc"), 3)
+        XCTAssertEqual(editDistance("abc", ""), 3)
+        XCTAssertNil(closest("zzzzzz", among: ["epochs", "batch_size"]))
+    }
+}
+
+final class ScheduleTests: XCTestCase {
+    func testWarmupThenCosineAndLinear() {
+        let cos = LearningRateSchedule(base: 1, kind: .cosine, warmupSteps: 10, totalSteps: 110, finalFraction: 0.1)
+        XCTAssertEqual(cos.rate(0), 0.1, accuracy: 1e-12)
+        XCTAssertEqual(cos.rate(9), 1, accuracy: 1e-12)
+        XCTAssertEqual(cos.rate(10), 1, accuracy: 1e-12)
+        XCTAssertEqual(cos.rate(60), 0.55, accuracy: 1e-12)
+        XCTAssertEqual(cos.rate(110), 0.1, accuracy: 1e-12)
+        let lin = LearningRateSchedule(base: 2, kind: .linear, warmupSteps: 0, totalSteps: 100, finalFraction: 0)
+        XCTAssertEqual(lin.rate(50), 1, accuracy: 1e-12)
+        let flat = LearningRateSchedule(base: 2, kind: .constant, warmupSteps: 4, totalSteps: 100, finalFraction: 0)
+        XCTAssertEqual(flat.rate(1), 1, accuracy: 1e-12)
+        XCTAssertEqual(flat.rate(99), 2, accuracy: 1e-12)
+    }
+}

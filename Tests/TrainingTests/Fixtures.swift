@@ -1,0 +1,87 @@
+import Foundation
+import Kernels
+import Storage
+
+/// Small synthetic IDX datasets written to a temporary folder, so data tests and training
+/// tests run without the Fashion-MNIST package and in well under a second.
+enum Fixtures {
+    static func temporaryDirectory() -> String {
+        let dir = NSTemporaryDirectory() + "switchboard-tests-\(UUID().uuidString)"
+        try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    /// An IDX file of unsigned bytes with the given dimensions.
+    static func idx(_ dims: [Int], _ bytes: [UInt8], magicType: UInt8 = 0x08) -> [UInt8] {
+        var out: [UInt8] = [0, 0, magicType, UInt8(dims.count)]
+        for d in dims { out += [UInt8(d >> 24 & 255), UInt8(d >> 16 & 255), UInt8(d >> 8 & 255), UInt8(d & 255)] }
+        return out + bytes
+    }
+
+    static func write(_ bytes: [UInt8], to path: String) {
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    }
+
+    /// A learnable toy problem: `count` images of side×side pixels whose class is the
+    /// quadrant holding the brightest blob, plus noise. Files: train/test images/labels.
+    static func dataset(in dir: String, train: Int = 512, test: Int = 128, side: Int = 8, gzip: Bool = false) {
+        func make(_ n: Int, _ seed: UInt64) -> ([UInt8], [UInt8]) {
+            let rng = Philox(seed: seed)
+            var pixels = [UInt8](repeating: 0, count: n * side * side), labels = [UInt8](repeating: 0, count: n)
+            for i in 0..<n {
+                let c = rng.integer(below: 4, stream: 1, index: UInt64(i))
+                labels[i] = UInt8(c)
+                for p in 0..<side * side {
+                    let (r, col) = (p / side, p % side)
+                    let inQuadrant = (r < side / 2) == (c < 2) && (col < side / 2) == (c % 2 == 0)
+                    let noise = rng.uniform(stream: 2, index: UInt64(i * side * side + p)) * 120
+                    pixels[i * side * side + p] = UInt8(min(255, (inQuadrant ? 120 : 0) + noise))
+                }
+            }
+            return (pixels, labels)
+        }
+        let (tx, ty) = make(train, 1), (vx, vy) = make(test, 2)
+        let ext = gzip ? "" : ""
+        write(idx([train, side, side], tx), to: "\(dir)/train-images\(ext)")
+        write(idx([train], ty), to: "\(dir)/train-labels\(ext)")
+        write(idx([test, side, side], vx), to: "\(dir)/test-images\(ext)")
+        write(idx([test], vy), to: "\(dir)/test-labels\(ext)")
+    }
+
+    /// A job file over `dataset(in:)`.
+    static func job(dir: String, extra: String = "") -> String {
+        """
+        [run]
+        name = "toy"
+        seed = 5
+        output = "\(dir)/runs"
+        [data]
+        dir = "\(dir)"
+        train_images = "train-images"
+        train_labels = "train-labels"
+        test_images = "test-images"
+        test_labels = "test-labels"
+        classes = 4
+        [model]
+        kind = "residual"
+        width = 32
+        depth = 2
+        expansion = 2
+        dropout = 0.1
+        [train]
+        epochs = 2
+        batch_size = 48
+        eval_batch_size = 50
+        label_smoothing = 0.1
+        threads = 1
+        log_every = 5
+        [optimizer]
+        lr = 3e-3
+        clip_norm = 1.0
+        [schedule]
+        kind = "cosine"
+        warmup_steps = 4
+        \(extra)
+        """
+    }
+}

@@ -1,0 +1,81 @@
+import XCTest
+import Kernels
+import Layers
+@testable import Training
+
+/// The SIMD optimizers against scalar references of the published update rules, in Double.
+final class OptimizerTests: XCTestCase {
+    func makeStore(_ n: Int) -> (ParameterStore, Parameter, Parameter) {
+        let store = ParameterStore(seed: 1)
+        let w = store.register("w", shape: [n], role: .weight, initializer: .uniform(bound: 1))
+        let b = store.register("b", shape: [5], role: .bias, initializer: .uniform(bound: 1))
+        store.finalize()
+        return (store, w, b)
+    }
+
+    func gradient(_ step: Int, _ i: Int) -> Float { sin(Float(i * 7 + step * 3)) * 0.5 }
+
+    func testAdamWMatchesReference() {
+        let (store, w, b) = makeStore(37)
+        let (lr, b1, b2, eps, wd) = (0.01, 0.9, 0.999, 1e-8, 0.1)
+        let opt = AdamW(count: store.count, beta1: Float(b1), beta2: Float(b2), eps: Float(eps),
+                        weightDecay: Float(wd), decayBiasesAndNorms: false)
+        var p = store.values.array.map(Double.init)
+        var m = [Double](repeating: 0, count: p.count), v = m
+        for t in 1...5 {
+            for i in 0..<store.count { store.grads[i] = gradient(t, i) }
+            opt.step(store, lr: Float(lr), gradScale: 0.5)
+            for i in 0..<p.count {
+                let g = Double(gradient(t, i)) * 0.5
+                m[i] = b1 * m[i] + (1 - b1) * g
+                v[i] = b2 * v[i] + (1 - b2) * g * g
+                let decay = i < w.count ? wd : 0   // biases exempt
+                p[i] *= 1 - lr * decay
+                p[i] -= lr * (m[i] / (1 - pow(b1, Double(t)))) / ((v[i] / (1 - pow(b2, Double(t)))).squareRoot() + eps)
+            }
+            XCTAssertTrue(store.grads.array.allSatisfy { $0 == 0 }, "gradients are zeroed by the step")
+        }
+        let worst = zip(store.values.array, p).map { abs(Double($0) - $1) }.max()!
+        XCTAssertLessThan(worst, 1e-5, "AdamW max |fast − reference| = \(worst)")
+        XCTAssertEqual(b.count, 5)
+    }
+
+    func testSGDMomentumAndNesterovMatchReference() {
+        for nesterov in [false, true] {
+            let (store, _, _) = makeStore(11)
+            let (lr, mu, wd) = (0.1, 0.9, 0.01)
+            let opt = SGD(count: store.count, momentum: Float(mu), nesterov: nesterov, weightDecay: Float(wd), decayBiasesAndNorms: true)
+            var p = store.values.array.map(Double.init)
+            var buf = [Double](repeating: 0, count: p.count)
+            for t in 1...4 {
+                for i in 0..<store.count { store.grads[i] = gradient(t, i) }
+                opt.step(store, lr: Float(lr), gradScale: 1)
+                for i in 0..<p.count {
+                    let g = Double(gradient(t, i)) + wd * p[i]
+                    buf[i] = t == 1 ? g : mu * buf[i] + g
+                    p[i] -= lr * (nesterov ? g + mu * buf[i] : buf[i])
+                }
+            }
+            let worst = zip(store.values.array, p).map { abs(Double($0) - $1) }.max()!
+            XCTAssertLessThan(worst, 1e-5, "SGD (nesterov \(nesterov)) max |fast − reference| = \(worst)")
+        }
+    }
+
+    /// The update is elementwise, so splitting it over worker threads changes nothing.
+    func testAdamWIsBitwiseIndependentOfWorkerThreads() {
+        var results: [[Float]] = []
+        for threads in [1, 2, 3] {
+            BLAS.setThreads(threads)
+            let (store, _, _) = makeStore(200_003)
+            let opt = AdamW(count: store.count, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, decayBiasesAndNorms: true)
+            for t in 1...3 {
+                for i in 0..<store.count { store.grads[i] = gradient(t, i) }
+                opt.step(store, lr: 1e-3, gradScale: 1)
+            }
+            results.append(store.values.array)
+        }
+        BLAS.setThreads(1)
+        XCTAssertEqual(results[0], results[1])
+        XCTAssertEqual(results[0], results[2])
+    }
+}
