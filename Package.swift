@@ -38,9 +38,10 @@ let package = Package(
             ],
             swiftSettings: fast),
 
+        .target(name: "TestSupport", dependencies: ["Kernels"], path: "Tests/TestSupport"),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "Kernels"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Storage", "Cluster", "Kernels", "Layers", "CAllocCounter"]),
-        .testTarget(name: "CLITests", dependencies: []),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Storage", "Cluster", "Kernels", "Layers", "CAllocCounter", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
     ]
 )

@@ -34,7 +34,10 @@ struct SwitchboardCommand: ParsableCommand {
             if exit == .success || error is CleanExit {
                 self.exit(withError: error)   // --help, --version
             }
-            code = report(fullMessage(for: error), exit == .validationFailure ? 2 : 1)
+            // ArgumentParser's text starts "Error: " and ends with a usage hint; keep the hint.
+            var text = fullMessage(for: error)
+            if text.hasPrefix("Error: ") { text.removeFirst(7) }
+            code = report(text, exit == .validationFailure ? 2 : 1)
         }
         MPIWorld.finish()
         Foundation.exit(code)

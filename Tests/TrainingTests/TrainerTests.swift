@@ -1,3 +1,4 @@
+import TestSupport
 import CAllocCounter
 import Cluster
 import Kernels

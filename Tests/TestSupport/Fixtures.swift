@@ -1,30 +1,29 @@
 import Foundation
 import Kernels
-import Storage
 
 /// Small synthetic IDX datasets written to a temporary folder, so data tests and training
 /// tests run without the Fashion-MNIST package and in well under a second.
-enum Fixtures {
-    static func temporaryDirectory() -> String {
+public enum Fixtures {
+    public static func temporaryDirectory() -> String {
         let dir = NSTemporaryDirectory() + "switchboard-tests-\(UUID().uuidString)"
         try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         return dir
     }
 
     /// An IDX file of unsigned bytes with the given dimensions.
-    static func idx(_ dims: [Int], _ bytes: [UInt8], magicType: UInt8 = 0x08) -> [UInt8] {
+    public static func idx(_ dims: [Int], _ bytes: [UInt8], magicType: UInt8 = 0x08) -> [UInt8] {
         var out: [UInt8] = [0, 0, magicType, UInt8(dims.count)]
         for d in dims { out += [UInt8(d >> 24 & 255), UInt8(d >> 16 & 255), UInt8(d >> 8 & 255), UInt8(d & 255)] }
         return out + bytes
     }
 
-    static func write(_ bytes: [UInt8], to path: String) {
+    public static func write(_ bytes: [UInt8], to path: String) {
         FileManager.default.createFile(atPath: path, contents: Data(bytes))
     }
 
     /// A learnable toy problem: `count` images of side×side pixels whose class is the
     /// quadrant holding the brightest blob, plus noise. Files: train/test images/labels.
-    static func dataset(in dir: String, train: Int = 512, test: Int = 128, side: Int = 8, gzip: Bool = false) {
+    public static func dataset(in dir: String, train: Int = 512, test: Int = 128, side: Int = 8) {
         func make(_ n: Int, _ seed: UInt64) -> ([UInt8], [UInt8]) {
             let rng = Philox(seed: seed)
             var pixels = [UInt8](repeating: 0, count: n * side * side), labels = [UInt8](repeating: 0, count: n)
@@ -41,15 +40,14 @@ enum Fixtures {
             return (pixels, labels)
         }
         let (tx, ty) = make(train, 1), (vx, vy) = make(test, 2)
-        let ext = gzip ? "" : ""
-        write(idx([train, side, side], tx), to: "\(dir)/train-images\(ext)")
-        write(idx([train], ty), to: "\(dir)/train-labels\(ext)")
-        write(idx([test, side, side], vx), to: "\(dir)/test-images\(ext)")
-        write(idx([test], vy), to: "\(dir)/test-labels\(ext)")
+        write(idx([train, side, side], tx), to: "\(dir)/train-images")
+        write(idx([train], ty), to: "\(dir)/train-labels")
+        write(idx([test, side, side], vx), to: "\(dir)/test-images")
+        write(idx([test], vy), to: "\(dir)/test-labels")
     }
 
     /// A job file over `dataset(in:)`.
-    static func job(dir: String, extra: String = "") -> String {
+    public static func job(dir: String, extra: String = "") -> String {
         """
         [run]
         name = "toy"

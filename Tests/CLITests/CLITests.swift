@@ -1,0 +1,109 @@
+import Foundation
+import TestSupport
+import XCTest
+
+/// The real `switchboard` binary on real files: exit codes, messages, the run folder.
+final class CLITests: XCTestCase {
+    var dir = ""
+    override func setUp() {
+        dir = Fixtures.temporaryDirectory()
+        Fixtures.dataset(in: dir)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    struct Result { var code: Int32; var out: String; var err: String }
+
+    /// Runs the `switchboard` built next to this test bundle.
+    func run(_ args: [String]) throws -> Result {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard")
+        let p = Process()
+        p.executableURL = bin
+        p.arguments = args
+        p.currentDirectoryURL = URL(fileURLWithPath: dir)
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(code: p.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+    }
+
+    func writeJob(_ text: String) -> String {
+        let path = "\(dir)/job.toml"
+        try! text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// One line on stderr, the exit code, and no run folder left behind.
+    func assertFails(_ args: [String], code: Int32, message: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try run(args)
+        XCTAssertEqual(r.code, code, "stderr: \(r.err)", file: file, line: line)
+        XCTAssertEqual(r.err, "switchboard: error: \(message)\n", file: file, line: line)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"), "a failed start must not leave a run folder",
+                       file: file, line: line)
+    }
+
+    func testConfigErrorsExitWithCode2() throws {
+        try assertFails(["train", "\(dir)/nope.toml"], code: 2, message: "\(dir)/nope.toml: cannot read the job file (no such file)")
+        let job = writeJob(Fixtures.job(dir: dir))
+        try assertFails(["train", job, "--set", "train.bach_size=3"], code: 2,
+                        message: "\(job): unknown key bach_size in [train]; did you mean batch_size?")
+        try assertFails(["train", job, "--set", "train.batch_size=0"], code: 2,
+                        message: "\(job): [train] batch_size must be at least 1, got 0")
+        try assertFails(["train", job, "--set", "train.epochs=\"two\""], code: 2,
+                        message: "\(job): [train] epochs must be an integer, got a string \"two\"")
+        let r = try run(["train", job, "--no-such-flag"])
+        XCTAssertEqual(r.code, 2)
+        XCTAssertTrue(r.err.hasPrefix("switchboard: error: Unknown option '--no-such-flag'\nUsage: switchboard train <job>"), r.err)
+    }
+
+    func testDataErrorsExitWithCode1() throws {
+        let job = writeJob(Fixtures.job(dir: dir))
+        try FileManager.default.removeItem(atPath: "\(dir)/test-labels")
+        try assertFails(["train", job], code: 1, message: "\(dir)/test-labels: cannot open (No such file or directory)")
+
+        Fixtures.write(Fixtures.idx([128], [UInt8](repeating: 1, count: 100)), to: "\(dir)/test-labels")
+        try assertFails(["train", job], code: 1,
+                        message: "\(dir)/test-labels: truncated: data of shape 128 needs 128 bytes, the file ends after 100")
+
+        Fixtures.write(Fixtures.idx([127], [UInt8](repeating: 1, count: 127)), to: "\(dir)/test-labels")
+        try assertFails(["train", job], code: 1, message: "\(dir)/test-labels: has 127 labels but \(dir)/test-images has 128 images")
+    }
+
+    func testTrainWritesARunFolderAndRunsAreReproducible() throws {
+        let job = writeJob(Fixtures.job(dir: dir))
+        let first = try run(["train", job])
+        XCTAssertEqual(first.code, 0, first.err)
+        XCTAssertEqual(first.err, "")
+        XCTAssertTrue(first.out.contains("resolved config:\n  [run]\n  name = \"toy\""), first.out)
+        XCTAssertTrue(first.out.contains("data: 512 training and 128 test samples of 64 features, 4 classes"), first.out)
+        XCTAssertTrue(first.out.contains("epoch 2/2 step 22: test loss"), first.out)
+        XCTAssertTrue(first.out.contains("done: 22 steps, 2 epochs"), first.out)
+        let run1 = "\(dir)/runs/toy"
+        let config = try String(contentsOfFile: "\(run1)/config.toml", encoding: .utf8)
+        XCTAssertTrue(config.contains("batch_size = 48"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(run1)/summary.json"))
+
+        // Not a terminal: plain progress lines every log_every steps.
+        XCTAssertTrue(first.out.contains("epoch 1/2 step 5/22 loss "), first.out)
+        XCTAssertFalse(first.out.contains("\u{1B}["), "no terminal escapes when output is not a terminal")
+
+        // A second run never overwrites the first; with the same seed its metrics are equal.
+        let second = try run(["train", job, "--quiet"])
+        XCTAssertEqual(second.code, 0, second.err)
+        XCTAssertTrue(second.out.contains("run folder: \(dir)/runs/toy-2"), second.out)
+        let a = try metrics("\(run1)/metrics.jsonl"), b = try metrics("\(dir)/runs/toy-2/metrics.jsonl")
+        XCTAssertEqual(a.count, 5 + 2, "one line per logged step (5, 10, 15, 20, 22) and per evaluation")
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(a.filter { $0["kind"] as? String == "eval" }.count, 2)
+    }
+
+    /// metrics.jsonl lines as dictionaries, without the fields that measure time.
+    func metrics(_ path: String) throws -> [NSDictionary] {
+        try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
+            let d = try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+            return d.filter { !["samples_per_s", "time_s"].contains($0.key) } as NSDictionary
+        }
+    }
+}
