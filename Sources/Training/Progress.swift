@@ -41,7 +41,11 @@ public final class ProgressReporter {
             if live { draw(r, loss: mean, now: now) }
             return (mean, samplesPerSecond)
         }
-        if live && (now - lastDraw).seconds > 0.1 { draw(r, loss: r.loss, now: now) }
+        if live && (now - lastDraw).seconds > 0.1 {
+            // Between log lines the bar shows the rate of the window so far.
+            samplesPerSecond = Double(windowSamples) / max((now - windowStart).seconds, 1e-9)
+            draw(r, loss: lossSum / Double(lossCount), now: now)
+        }
         return nil
     }
 

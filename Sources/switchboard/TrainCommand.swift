@@ -25,6 +25,7 @@ struct TrainCommand: ParsableCommand {
     var quiet = false
 
     func run() throws {
+        let started = ContinuousClock.now
         guard let text = try? String(contentsOfFile: job, encoding: .utf8) else {
             throw ConfigError("\(job): cannot read the job file (\(FileManager.default.fileExists(atPath: job) ? "unreadable" : "no such file"))")
         }
@@ -54,12 +55,15 @@ struct TrainCommand: ParsableCommand {
             ? ProgressReporter(totalSteps: trainer.totalSteps, epochs: config.train.epochs, logEvery: config.train.logEvery) : nil
         let summary = try trainer.run(folder: folder, progress: progress)
         let e = summary.finalEvaluation
-        say("done: \(summary.steps) steps, \(summary.epochs) epoch\(summary.epochs == 1 ? "" : "s") in \(formatDuration(summary.trainSeconds)) "
-            + "(\(Int(summary.samplesPerSecond)) samples/s); test accuracy \(fixed(100 * e.accuracy, 2))%, test loss \(fixed(e.loss, 4))")
+        let wall = (ContinuousClock.now - started).seconds
+        say("done: \(summary.steps) steps, \(summary.epochs) epoch\(summary.epochs == 1 ? "" : "s"); test accuracy \(fixed(100 * e.accuracy, 2))%, "
+            + "test loss \(fixed(e.loss, 4)); training \(formatDuration(summary.trainSeconds)) at \(Int(summary.samplesPerSecond)) samples/s, "
+            + "wall \(formatDuration(wall))")
         try folder?.finish(summary: [
             ("version", .string(Switchboard.version)), ("steps", .int(summary.steps)), ("epochs", .int(summary.epochs)),
             ("test_accuracy", .double(e.accuracy)), ("test_loss", .double(e.loss)),
             ("train_seconds", .double((summary.trainSeconds * 1000).rounded() / 1000)),
+            ("wall_seconds", .double((wall * 1000).rounded() / 1000)),
             ("samples_per_s", .double(summary.samplesPerSecond.rounded())),
             ("ranks", .int(comm.size)), ("threads", .int(threads)),
         ])

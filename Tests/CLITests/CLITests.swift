@@ -79,7 +79,7 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(first.out.contains("resolved config:\n  [run]\n  name = \"toy\""), first.out)
         XCTAssertTrue(first.out.contains("data: 512 training and 128 test samples of 64 features, 4 classes"), first.out)
         XCTAssertTrue(first.out.contains("epoch 2/2 step 22: test loss"), first.out)
-        XCTAssertTrue(first.out.contains("done: 22 steps, 2 epochs"), first.out)
+        XCTAssertTrue(first.out.contains("done: 22 steps, 2 epochs; test accuracy "), first.out)
         let run1 = "\(dir)/runs/toy"
         let config = try String(contentsOfFile: "\(run1)/config.toml", encoding: .utf8)
         XCTAssertTrue(config.contains("batch_size = 48"))
