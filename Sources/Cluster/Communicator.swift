@@ -1,4 +1,7 @@
 import CMPI
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The MPI world of this process. Started once per process (MPI allows one `MPI_Init`);
 /// a process started without `mpirun` is a world of one, which is the laptop mode.
@@ -71,7 +74,3 @@ public struct Communicator: @unchecked Sendable {
         return String(cString: buf)
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11):
 /// a counter-based generator. Every number is a pure function of `(seed, stream, index)`,
 /// so any rank draws the same value for the same global sample or parameter element
@@ -98,9 +104,3 @@ public enum RNGStream {
         return h
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif

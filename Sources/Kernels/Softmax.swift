@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Row-wise softmax, log-softmax and softmax cross-entropy over `[rows, cols]` matrices.
 
 @inline(__always) func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
@@ -95,9 +101,3 @@ public func softmaxCrossEntropy(
     }
     return out
 }
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif

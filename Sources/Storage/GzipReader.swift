@@ -1,4 +1,7 @@
 import CZlib
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Sequential reads from a gzip file, or from a plain file (zlib passes those through).
 final class GzipReader {
@@ -45,7 +48,3 @@ final class GzipReader {
         return try read(into: &byte, count: 1) == 0
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Typed, validated access to a job file's settings.
 ///
 /// Every read names its section and key and gives a default, so the reader knows every
@@ -178,5 +180,3 @@ func editDistance(_ a: String, _ b: String) -> Int {
     }
     return a.isEmpty ? b.count : row[b.count]
 }
-
-import Foundation

@@ -1,4 +1,5 @@
 import TOMLKit
+import Foundation
 
 /// A TOML value, converted from the parser's tree once so nothing else depends on it.
 public indirect enum ConfigValue: Equatable, Sendable {
@@ -25,7 +26,7 @@ public indirect enum ConfigValue: Equatable, Sendable {
     public var toml: String {
         switch self {
         case .int(let v): String(v)
-        case .double(let v): v == v.rounded() && abs(v) < 1e15 ? String(format1: v) : "\(v)"
+        case .double(let v): "\(v)"   // Swift writes 1.0, 1e-08, 1e+15: all valid TOML floats
         case .bool(let v): v ? "true" : "false"
         case .string(let v): "\"" + v.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
         case .array(let a): "[" + a.map(\.toml).joined(separator: ", ") + "]"
@@ -64,15 +65,8 @@ public indirect enum ConfigValue: Equatable, Sendable {
     }
 }
 
-extension String {
-    /// A whole-number Double written with a decimal point, so it reads back as a float.
-    init(format1 v: Double) { self = "\(Int(v)).0" }
-}
-
 /// A bad job file or option: exit code 2.
 public struct ConfigError: Error, CustomStringConvertible, Equatable {
     public let description: String
     public init(_ message: String) { description = message }
 }
-
-import Foundation

@@ -1,5 +1,6 @@
 import Kernels
 import Layers
+import Foundation
 
 /// Updates a parameter store from its gradients, then zeroes the gradients (fused into the
 /// same pass, so the next backward can accumulate).
@@ -116,5 +117,3 @@ public final class SGD: Optimizer {
         }
     }
 }
-
-import Foundation

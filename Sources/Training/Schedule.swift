@@ -1,3 +1,5 @@
+import Foundation
+
 /// Learning rate as a function of the optimizer step: linear warmup from 0 over
 /// `warmupSteps`, then constant, cosine or linear decay to `finalFraction · lr` at `totalSteps`.
 public struct LearningRateSchedule: Sendable {
@@ -28,5 +30,3 @@ public struct LearningRateSchedule: Sendable {
         }
     }
 }
-
-import Foundation
