@@ -24,4 +24,5 @@ static inline int sb_thread_funneled(void) { return MPI_THREAD_FUNNELED; }
 static inline int sb_thread_serialized(void) { return MPI_THREAD_SERIALIZED; }
 static inline int sb_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
 static inline int sb_max_processor_name(void) { return MPI_MAX_PROCESSOR_NAME; }
+static inline int sb_max_library_version_string(void) { return MPI_MAX_LIBRARY_VERSION_STRING; }
 static inline MPI_Errhandler sb_errors_return(void) { return MPI_ERRORS_RETURN; }

@@ -21,6 +21,14 @@ public enum MPIWorld {
         return try Communicator(.world)
     }
 
+    /// The MPI library's own version line ("Open MPI v4.1.4, …").
+    public static var libraryVersion: String {
+        var buf = [CChar](repeating: 0, count: Int(sb_max_library_version_string()) + 1)
+        var len: Int32 = 0
+        MPI_Get_library_version(&buf, &len)
+        return String(cString: buf).split(separator: ",").first.map(String.init) ?? "unknown MPI"
+    }
+
     /// Ends MPI; no MPI call may follow.
     public static func finish() {
         if started { MPI_Finalize(); started = false }

@@ -54,7 +54,7 @@ struct BenchCommand: ParsableCommand {
         let train = try Dataset.idx(images: d.path(d.trainImages), labels: d.path(d.trainLabels), classes: d.classes)
         let test = try Dataset.idx(images: d.path(d.testImages), labels: d.path(d.testLabels), classes: d.classes)
 
-        print("switchboard \(Switchboard.version) bench \(w.rawValue)")
+        print("switchboard \(Switchboard.version) bench \(w.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
         print("machine: \(cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
               + "(thread timeout 2^\(String(cString: getenv("OPENBLAS_THREAD_TIMEOUT") ?? strdup("28"))) cycles); ranks \(comm.size)")
         for t in threadCounts {

@@ -11,7 +11,8 @@ struct TrainCommand: ParsableCommand {
         abstract: "Train the model a job file describes.",
         discussion: """
             Runs alone (a world of one process) or under mpirun. Writes the run folder \
-            <output>/<name>/ with config.toml, metrics.jsonl and, when finished, summary.json.
+            <output>/<name>/ with config.toml, metrics.jsonl and, when finished, the trained \
+            parameters in model.h5 and summary.json.
             Example: switchboard train cluster/fashion-mlp.toml --set train.epochs=2
             """)
 
@@ -59,6 +60,9 @@ struct TrainCommand: ParsableCommand {
         say("done: \(summary.steps) steps, \(summary.epochs) epoch\(summary.epochs == 1 ? "" : "s"); test accuracy \(fixed(100 * e.accuracy, 2))%, "
             + "test loss \(fixed(e.loss, 4)); training \(formatDuration(summary.trainSeconds)) at \(Int(summary.samplesPerSecond)) samples/s, "
             + "wall \(formatDuration(wall))")
+        if let folder {
+            try ModelFile.write(trainer.model, to: "\(folder.path)/model.h5", step: summary.steps, configTOML: config.resolvedTOML)
+        }
         try folder?.finish(summary: [
             ("version", .string(Switchboard.version)), ("steps", .int(summary.steps)), ("epochs", .int(summary.epochs)),
             ("test_accuracy", .double(e.accuracy)), ("test_loss", .double(e.loss)),

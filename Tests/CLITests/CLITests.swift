@@ -84,6 +84,7 @@ final class CLITests: XCTestCase {
         let config = try String(contentsOfFile: "\(run1)/config.toml", encoding: .utf8)
         XCTAssertTrue(config.contains("batch_size = 48"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(run1)/summary.json"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(run1)/model.h5"))
 
         // Not a terminal: plain progress lines every log_every steps.
         XCTAssertTrue(first.out.contains("epoch 1/2 step 5/22 loss "), first.out)
