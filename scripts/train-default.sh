@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-swift build -c release --product switchboard 2>&1 | grep -E "error|warning: unre|Compiling switchboard|Build complete" || true
+swift build -c release --product switchboard 2>&1 | grep -E "error:|Build complete" || true
 test -x .build/release/switchboard || { echo "build failed" >&2; exit 1; }
 exec .build/release/switchboard train cluster/fashion-mlp.toml "$@"

@@ -26,7 +26,7 @@ public enum MPIWorld {
         var buf = [CChar](repeating: 0, count: Int(sb_max_library_version_string()) + 1)
         var len: Int32 = 0
         MPI_Get_library_version(&buf, &len)
-        return String(cString: buf).split(separator: ",").first.map(String.init) ?? "unknown MPI"
+        return buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }.split(separator: ",").first.map(String.init) ?? "unknown MPI"
     }
 
     /// Ends MPI; no MPI call may follow.
@@ -79,6 +79,6 @@ public struct Communicator: @unchecked Sendable {
         var buf = [CChar](repeating: 0, count: Int(sb_max_processor_name()) + 1)
         var len: Int32 = 0
         MPI_Get_processor_name(&buf, &len)
-        return String(cString: buf)
+        return buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 }

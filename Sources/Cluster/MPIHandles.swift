@@ -31,7 +31,7 @@ public struct MPIError: Error, CustomStringConvertible {
         var buf = [CChar](repeating: 0, count: 512)
         var len: Int32 = 0
         MPI_Error_string(code, &buf, &len)
-        return "\(call) failed: \(String(cString: buf))"
+        return "\(call) failed: \(buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })"
     }
 }
 

@@ -17,7 +17,7 @@ public protocol RangeTask: AnyObject {
 /// Only for work whose result does not depend on how it is split (elementwise updates), so
 /// results are bitwise identical for any thread count.
 public final class WorkerPool: @unchecked Sendable {
-    nonisolated(unsafe) public static let shared = WorkerPool()
+    public static let shared = WorkerPool()
 
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)

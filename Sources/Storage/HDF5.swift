@@ -12,7 +12,7 @@ public struct HDF5Error: Error, CustomStringConvertible {
 /// Process-wide HDF5 setup.
 enum HDF5Library {
     /// Turns off HDF5's printing of error stacks; errors are reported as `HDF5Error`.
-    nonisolated(unsafe) static let quiet: Void = {
+    static let quiet: Void = {
         H5open()
         H5Eset_auto2(sb_h5e_default(), nil, nil)
     }()

@@ -11,6 +11,8 @@ public struct StepResult: Sendable {
     public var loss: Double
     public var correct: Int
     public var rows: Int
+    /// Global L2 norm of the averaged gradient before clipping; NaN on steps that neither
+    /// clip nor log.
     public var gradNorm: Double
     public var lr: Double
 }
@@ -110,8 +112,11 @@ public final class Trainer {
         let store = model.store
         try comm.allreduceSum(store.grads.data, count: store.count)
 
-        let norm = sumOfSquares(store.grads.data, count: store.count).squareRoot()
+        // The global gradient norm costs a pass over every gradient: taken when clipping
+        // needs it or the step will be logged, not otherwise.
         let clip = config.optimizer.clipNorm
+        let logged = (step + 1) % config.train.logEvery == 0 || step + 1 == totalSteps
+        let norm = clip > 0 || logged ? sumOfSquares(store.grads.data, count: store.count).squareRoot() : .nan
         let gradScale: Float = clip > 0 && norm > clip ? Float(clip / norm) : 1
         let lr = schedule.rate(step)
         optimizer.step(store, lr: Float(lr), gradScale: gradScale)

@@ -93,6 +93,7 @@ struct BenchCommand: ParsableCommand {
             let gemmCalls = shapes.count * repeats * steps
             print("  heap allocations in \(repeats * steps) timed steps: \(allocations)"
                   + (t > 1 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : ""))
+            fflush(nil)
         }
         if epochs > 0 {
             BLAS.setThreads(threadCounts.max()!)

@@ -18,7 +18,7 @@ public enum Fixtures {
     }
 
     public static func write(_ bytes: [UInt8], to path: String) {
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
     }
 
     /// A learnable toy problem: `count` images of side×side pixels whose class is the
