@@ -73,12 +73,4 @@ public struct Communicator: @unchecked Sendable {
         try check(MPI_Allreduce(sb_in_place(), data, Int32(count), DataType.double.raw, ReduceOp.sum.raw, handle.raw),
                   "MPI_Allreduce of \(count) doubles")
     }
-
-    /// The name of the host this rank runs on.
-    public var processorName: String {
-        var buf = [CChar](repeating: 0, count: Int(sb_max_processor_name()) + 1)
-        var len: Int32 = 0
-        MPI_Get_processor_name(&buf, &len)
-        return buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-    }
 }

@@ -11,16 +11,12 @@ public struct DataType: @unchecked Sendable {
     let raw: MPI_Datatype
     public static var float: DataType { DataType(raw: sb_type_float()) }
     public static var double: DataType { DataType(raw: sb_type_double()) }
-    public static var int64: DataType { DataType(raw: sb_type_int64()) }
-    public static var byte: DataType { DataType(raw: sb_type_byte()) }
 }
 
 /// An MPI reduction operation handle.
 public struct ReduceOp: @unchecked Sendable {
     let raw: MPI_Op
     public static var sum: ReduceOp { ReduceOp(raw: sb_op_sum()) }
-    public static var max: ReduceOp { ReduceOp(raw: sb_op_max()) }
-    public static var min: ReduceOp { ReduceOp(raw: sb_op_min()) }
 }
 
 /// A failed MPI call, with the call's name and MPI's own message.

@@ -35,7 +35,6 @@ public enum BLAS {
         openblas_set_num_threads(Int32(n))
         WorkerPool.shared.setThreads(n)
     }
-    public static var threads: Int { Int(openblas_get_num_threads()) }
     /// The kernel family OpenBLAS picked for this CPU ("Haswell", "Zen", …).
     public static var coreName: String { String(cString: openblas_get_corename()) }
     public static var config: String { String(cString: openblas_get_config()) }

@@ -82,6 +82,16 @@ final class PhiloxTests: XCTestCase {
         XCTAssertEqual(rng.uniform(stream: 1, index: 5), Philox(seed: 42).uniform(stream: 1, index: 5))
     }
 
+    func testNormalHasUnitMoments() {
+        let rng = Philox(seed: 11)
+        let xs = (0..<100_000).map { Double(rng.normal(stream: 3, index: UInt64($0))) }
+        let mean = xs.reduce(0, +) / Double(xs.count)
+        let variance = xs.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(xs.count)
+        XCTAssertEqual(mean, 0, accuracy: 0.01)
+        XCTAssertEqual(variance, 1, accuracy: 0.02)
+        XCTAssertEqual(xs.filter { abs($0) > 3 }.count, 270, accuracy: 60, "tail mass of a standard normal")
+    }
+
     func testPermutationIsAPermutationAndKeyed() {
         let rng = Philox(seed: 7)
         let p = rng.permutation(1000, stream: RNGStream.shuffle(epoch: 0))
