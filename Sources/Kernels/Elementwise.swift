@@ -20,13 +20,6 @@ public func scale(_ x: UnsafeMutablePointer<Float>, count n: Int, by s: Float) {
     while i < n { x[i] *= s; i += 1 }
 }
 
-/// y += a · x
-public func axpy(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count n: Int) {
-    var i = 0
-    while i + 8 <= n { store8(load8(y + i) + a * load8(x + i), y + i); i += 8 }
-    while i < n { y[i] += a * x[i]; i += 1 }
-}
-
 /// c = a + b (a residual connection); c may alias a or b.
 public func add(
     _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into c: UnsafeMutablePointer<Float>, count n: Int

@@ -40,8 +40,4 @@ public final class Tensor {
 
     public func fill(_ value: Float) { data.update(repeating: value, count: count) }
     public func zero() { fill(0) }
-    public func copy(from other: Tensor) {
-        precondition(other.count == count, "copy of \(other.shape) into \(shape)")
-        data.update(from: other.data, count: count)
-    }
 }

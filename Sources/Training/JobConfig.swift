@@ -1,5 +1,6 @@
 import Kernels
 import Layers
+import Storage
 
 /// A training job: every setting typed, validated and resolved (defaults filled in).
 public struct JobConfig: Sendable {
@@ -16,6 +17,16 @@ public struct JobConfig: Sendable {
         public var testImages: String, testLabels: String
         public var classes: Int
         public func path(_ file: String) -> String { file.hasPrefix("/") ? file : dir + "/" + file }
+
+        /// Reads the training and test splits and checks they have the same features.
+        public func load() throws -> (train: Dataset, test: Dataset) {
+            let train = try Dataset.idx(images: path(trainImages), labels: path(trainLabels), classes: classes)
+            let test = try Dataset.idx(images: path(testImages), labels: path(testLabels), classes: classes)
+            guard test.width == train.width else {
+                throw DataError(path(testImages), "has \(test.width) features per sample, the training images \(train.width)")
+            }
+            return (train, test)
+        }
     }
 
     public struct Train: Sendable {

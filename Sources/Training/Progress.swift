@@ -28,7 +28,7 @@ public final class ProgressReporter {
         lossSum += r.loss
         lossCount += 1
         let now = ContinuousClock.now
-        let due = r.step % logEvery == 0 || r.step == totalSteps
+        let due = isLoggedStep(r.step, every: logEvery, total: totalSteps)
         if due {
             let seconds = max((now - windowStart).seconds, 1e-9)
             samplesPerSecond = Double(windowSamples) / seconds
@@ -37,8 +37,7 @@ public final class ProgressReporter {
             windowSamples = 0
             lossSum = 0
             lossCount = 0
-            if !live { print(line(r, loss: mean)) }
-            if live { draw(r, loss: mean, now: now) }
+            if live { draw(r, loss: mean, now: now) } else { print(line(r, loss: mean)) }
             return (mean, samplesPerSecond)
         }
         if live && (now - lastDraw).seconds > 0.1 {
@@ -81,6 +80,12 @@ public final class ProgressReporter {
               + "lr \(scientific(r.lr)) \(Int(samplesPerSecond)) samples/s ETA \(eta(r.step))", terminator: "")
         fflush(nil)
     }
+}
+
+/// Whether the 1-based step `step` gets a log line: every `every` steps and the last one.
+/// The trainer uses the same rule to take the gradient norm only on those steps.
+public func isLoggedStep(_ step: Int, every: Int, total: Int) -> Bool {
+    step % every == 0 || step == total
 }
 
 extension Duration {

@@ -115,7 +115,7 @@ public final class Trainer {
         // The global gradient norm costs a pass over every gradient: taken when clipping
         // needs it or the step will be logged, not otherwise.
         let clip = config.optimizer.clipNorm
-        let logged = (step + 1) % config.train.logEvery == 0 || step + 1 == totalSteps
+        let logged = isLoggedStep(step + 1, every: config.train.logEvery, total: totalSteps)
         let norm = clip > 0 || logged ? sumOfSquares(store.grads.data, count: store.count).squareRoot() : .nan
         let gradScale: Float = clip > 0 && norm > clip ? Float(clip / norm) : 1
         let lr = schedule.rate(step)

@@ -47,16 +47,14 @@ struct BenchCommand: ParsableCommand {
             guard let n = Int(s.trimmingCharacters(in: .whitespaces)), n > 0 else { throw ValidationError("--threads: \(s) is not a positive integer") }
             return n
         }
-        guard repeats >= 1, steps >= 1, warmup >= 0, epochs >= 0 else { throw ValidationError("--repeats and --steps must be ≥ 1") }
+        guard repeats >= 1, steps >= 1, warmup >= 0, epochs >= 0 else { throw ValidationError("--repeats and --steps must be at least 1, --warmup and --epochs at least 0") }
         let comm = try MPIWorld.start()
         let config = try w.config(dataDir: data, epochs: max(epochs, 1))
-        let d = config.data
-        let train = try Dataset.idx(images: d.path(d.trainImages), labels: d.path(d.trainLabels), classes: d.classes)
-        let test = try Dataset.idx(images: d.path(d.testImages), labels: d.path(d.testLabels), classes: d.classes)
+        let (train, test) = try config.data.load()
 
         print("switchboard \(Switchboard.version) bench \(w.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
         print("machine: \(cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
-              + "(thread timeout 2^\(String(cString: getenv("OPENBLAS_THREAD_TIMEOUT") ?? strdup("28"))) cycles); ranks \(comm.size)")
+              + "(thread timeout 2^\(getenv("OPENBLAS_THREAD_TIMEOUT").map { String(cString: $0) } ?? "28") cycles); ranks \(comm.size)")
         for t in threadCounts {
             BLAS.setThreads(t)
             let trainer = Trainer(config: config, comm: comm, train: train, test: test)

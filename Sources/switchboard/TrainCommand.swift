@@ -36,19 +36,14 @@ struct TrainCommand: ParsableCommand {
         BLAS.setThreads(threads)
         let say: (String) -> Void = { if comm.isCoordinator { print($0); fflush(nil) } }
 
-        let d = config.data
-        let train = try Dataset.idx(images: d.path(d.trainImages), labels: d.path(d.trainLabels), classes: d.classes)
-        let test = try Dataset.idx(images: d.path(d.testImages), labels: d.path(d.testLabels), classes: d.classes)
-        guard test.width == train.width else {
-            throw DataError(d.path(d.testImages), "has \(test.width) features per sample, the training images \(train.width)")
-        }
+        let (train, test) = try config.data.load()
 
         let trainer = Trainer(config: config, comm: comm, train: train, test: test)
         let folder = comm.isCoordinator
             ? try RunFolder(output: config.run.output, name: config.run.name, configTOML: config.resolvedTOML) : nil
         say("switchboard \(Switchboard.version): \(comm.size) rank\(comm.size == 1 ? "" : "s") × \(threads) BLAS thread\(threads == 1 ? "" : "s") (OpenBLAS \(BLAS.coreName))")
         if !quiet { say("resolved config:\n" + config.resolvedTOML.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")) }
-        say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(d.classes) classes")
+        say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
         say("model: \(trainer.model.store.count.formatted()) parameters; \(trainer.totalSteps) steps of \(config.train.batchSize) samples")
         if let folder { say("run folder: \(folder.path)") }
 

@@ -69,6 +69,11 @@ final class CLITests: XCTestCase {
 
         Fixtures.write(Fixtures.idx([127], [UInt8](repeating: 1, count: 127)), to: "\(dir)/test-labels")
         try assertFails(["train", job], code: 1, message: "\(dir)/test-labels: has 127 labels but \(dir)/test-images has 128 images")
+
+        Fixtures.write(Fixtures.idx([128], [UInt8](repeating: 1, count: 128)), to: "\(dir)/test-labels")
+        Fixtures.write(Fixtures.idx([128, 4, 4], [UInt8](repeating: 1, count: 128 * 16)), to: "\(dir)/test-images")
+        try assertFails(["train", job], code: 1,
+                        message: "\(dir)/test-images: has 16 features per sample, the training images 64")
     }
 
     func testTrainWritesARunFolderAndRunsAreReproducible() throws {

@@ -17,10 +17,8 @@ final class TrainerTests: XCTestCase {
 
     func trainer(_ extra: String = "") throws -> Trainer {
         let config = try JobConfig.parse(Fixtures.job(dir: dir, extra: extra), source: "toy.toml")
-        let d = config.data
-        return Trainer(config: config, comm: try MPIWorld.start(),
-                       train: try Dataset.idx(images: d.path(d.trainImages), labels: d.path(d.trainLabels), classes: 4),
-                       test: try Dataset.idx(images: d.path(d.testImages), labels: d.path(d.testLabels), classes: 4))
+        let (train, test) = try config.data.load()
+        return Trainer(config: config, comm: try MPIWorld.start(), train: train, test: test)
     }
 
     /// Same config and seed: bitwise-identical parameters, optimizer state and metrics.
@@ -55,6 +53,21 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(s.steps, 3)
         XCTAssertEqual(u.totalSteps, 3)
         XCTAssertEqual(s.finalEvaluation.samples, 128)
+    }
+
+    /// Without clipping the gradient norm is taken only on the steps that are logged.
+    func testGradientNormIsTakenExactlyOnLoggedSteps() throws {
+        let base = try trainer()
+        let cfg = try JobConfig.parse(Fixtures.job(dir: dir), source: "t",
+                                      overrides: ["optimizer.clip_norm=0", "train.log_every=4", "train.max_steps=9"])
+        let t = Trainer(config: cfg, comm: base.comm, train: base.trainSet, test: base.testSet)
+        var finite: [Int] = []
+        for b in 0..<9 {
+            let r = try t.trainStep(epoch: 0, batch: b)
+            if r.gradNorm.isFinite { XCTAssertGreaterThan(r.gradNorm, 0); finite.append(r.step) }
+        }
+        XCTAssertEqual(finite, [4, 8, 9])
+        XCTAssertEqual(finite, (1...9).filter { isLoggedStep($0, every: 4, total: 9) })
     }
 
     /// After the first step, a training step makes no heap allocation on this thread
