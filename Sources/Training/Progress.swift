@@ -15,7 +15,15 @@ public final class ProgressReporter {
     var lossSum = 0.0, lossCount = 0
     public private(set) var samplesPerSecond = 0.0
 
-    public init(totalSteps: Int, epochs: Int, logEvery: Int, live: Bool = isatty(STDOUT_FILENO) == 1) {
+    /// A terminal, and not one a launcher made: OpenMPI gives ranks a pseudo-terminal even
+    /// when mpirun's own output goes to a file, so under a launcher lines are plain.
+    public static var outputIsInteractive: Bool {
+        let launchers: [String] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"]
+        let launched = launchers.contains { getenv($0) != nil }
+        return isatty(STDOUT_FILENO) == 1 && !launched
+    }
+
+    public init(totalSteps: Int, epochs: Int, logEvery: Int, live: Bool = ProgressReporter.outputIsInteractive) {
         self.totalSteps = totalSteps
         self.epochs = epochs
         self.logEvery = logEvery
