@@ -7,6 +7,9 @@ import Glibc
 /// a process started without `mpirun` is a world of one, which is the laptop mode.
 public enum MPIWorld {
     nonisolated(unsafe) private static var started = false
+    /// This process's rank and the world's size once MPI has started (0 and 1 before).
+    nonisolated(unsafe) public private(set) static var rank = 0
+    nonisolated(unsafe) public private(set) static var size = 1
 
     /// Initializes MPI with `MPI_THREAD_FUNNELED` (only the main thread calls MPI; OpenBLAS
     /// threads never do) and returns the world communicator. Safe to call more than once.
@@ -18,7 +21,10 @@ public enum MPIWorld {
             MPI_Comm_set_errhandler(sb_comm_world(), sb_errors_return())
             started = true
         }
-        return try Communicator(.world)
+        let world = try Communicator(.world)
+        rank = world.rank
+        size = world.size
+        return world
     }
 
     /// The MPI library's own version line ("Open MPI v4.1.4, …").
@@ -34,7 +40,8 @@ public enum MPIWorld {
         if started { MPI_Finalize(); started = false }
     }
 
-    /// Aborts every rank of the world with `code`.
+    /// Aborts every rank of the world with `code`, so that no rank is left waiting in a
+    /// collective for one that has failed.
     public static func abort(code: Int32) -> Never {
         MPI_Abort(sb_comm_world(), code)
         exit(code)

@@ -29,6 +29,10 @@ struct SwitchboardCommand: ParsableCommand {
             code = report(e.description, 1)
         } catch let e as MPIError {
             code = report(e.description, 1)
+        } catch let e as HDF5Error {
+            code = report(e.description, 1)
+        } catch let e as InjectedFault {
+            code = report(e.description, 1)
         } catch {
             let exit = exitCode(for: error)
             if exit == .success || error is CleanExit {
@@ -43,8 +47,12 @@ struct SwitchboardCommand: ParsableCommand {
         Foundation.exit(code)
     }
 
+    /// Prints the error; in a world of several ranks it names the rank and aborts them all,
+    /// since the others would otherwise wait in their next collective forever.
     static func report(_ message: String, _ code: Int32) -> Int32 {
-        FileHandle.standardError.write(Data("switchboard: error: \(message)\n".utf8))
+        let many = MPIWorld.size > 1
+        FileHandle.standardError.write(Data("switchboard: error: \(many ? "rank \(MPIWorld.rank): " : "")\(message)\n".utf8))
+        if many { MPIWorld.abort(code: code) }
         return code
     }
 }

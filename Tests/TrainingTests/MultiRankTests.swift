@@ -19,21 +19,44 @@ final class MultiRankTests: XCTestCase {
     }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
-    func train(ranks: Int, name: String, job: String) throws -> String {
+    /// Runs `switchboard train` under mpirun; returns its exit code, output and seconds.
+    func mpirun(ranks: Int, name: String, job: String, environment: [String: String] = [:])
+        throws -> (code: Int32, output: String, seconds: Double) {
         let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard")
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
-        p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", String(ranks), bin.path,
-                       "train", job, "--quiet", "--set", "run.name=\"\(name)\""]
+        p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", String(ranks)]
+            + environment.keys.sorted().flatMap { ["-x", $0] }
+            + [bin.path, "train", job, "--quiet", "--set", "run.name=\"\(name)\""]
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe()
         p.standardOutput = out
         p.standardError = out
+        let start = Date()
         try p.run()
+        // A job that hangs (the failure this suite guards against) must fail the test, not CI.
+        DispatchQueue.global().asyncAfter(deadline: .now() + 30) { if p.isRunning { p.terminate() } }
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, text)
-        XCTAssertTrue(text.contains("\(ranks) rank"), text)
+        return (p.terminationStatus, text, Date().timeIntervalSince(start))
+    }
+
+    func train(ranks: Int, name: String, job: String) throws -> String {
+        let r = try mpirun(ranks: ranks, name: name, job: job)
+        XCTAssertEqual(r.code, 0, r.output)
+        XCTAssertTrue(r.output.contains("\(ranks) rank"), r.output)
         return "\(dir)/runs/\(name)/model.h5"
+    }
+
+    /// One rank's error reaches the output with its rank number and stops every rank.
+    func testAnErrorOnOneRankAbortsEveryRank() throws {
+        let job = "\(dir)/job.toml"
+        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
+        let r = try mpirun(ranks: 2, name: "fault", job: job, environment: ["SWITCHBOARD_FAULT": "rank=1,step=3"])
+        XCTAssertNotEqual(r.code, 0, r.output)
+        XCTAssertLessThan(r.seconds, 10, "the job must end promptly, not wait in a collective")
+        XCTAssertTrue(r.output.contains("switchboard: error: rank 1: injected fault before step 3 (SWITCHBOARD_FAULT)"), r.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs/fault/summary.json"))
     }
 
     func testOneTwoAndFourRanksTrainTheSameModel() throws {
