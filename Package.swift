@@ -40,6 +40,7 @@ let package = Package(
 
         .target(name: "TestSupport", dependencies: ["Kernels"], path: "Tests/TestSupport"),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster"]),
         .testTarget(name: "LayersTests", dependencies: ["Layers", "Kernels"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Storage", "Cluster", "Kernels", "Layers", "CAllocCounter", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),

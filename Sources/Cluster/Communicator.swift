@@ -74,6 +74,20 @@ public struct Communicator: @unchecked Sendable {
                   "MPI_Allreduce of \(count) floats")
     }
 
+    /// Gathers `bytes` (the same length on every rank) on the coordinator, in rank order;
+    /// nil on the other ranks.
+    public func gatherBytes(_ bytes: [UInt8]) throws -> [UInt8]? {
+        var out = [UInt8](repeating: 0, count: isCoordinator ? bytes.count * size : 0)
+        try bytes.withUnsafeBufferPointer { send in
+            try out.withUnsafeMutableBufferPointer { recv in
+                try check(MPI_Gather(send.baseAddress, Int32(bytes.count), DataType.byte.raw,
+                                     recv.baseAddress, Int32(bytes.count), DataType.byte.raw, 0, handle.raw),
+                          "MPI_Gather of \(bytes.count) bytes")
+            }
+        }
+        return isCoordinator ? out : nil
+    }
+
     /// In-place sum of `count` doubles over all ranks.
     public func allreduceSum(_ data: UnsafeMutablePointer<Double>, count: Int) throws {
         guard size > 1, count > 0 else { return }

@@ -11,6 +11,7 @@ public struct DataType: @unchecked Sendable {
     let raw: MPI_Datatype
     public static var float: DataType { DataType(raw: sb_type_float()) }
     public static var double: DataType { DataType(raw: sb_type_double()) }
+    public static var byte: DataType { DataType(raw: sb_type_byte()) }
 }
 
 /// An MPI reduction operation handle.

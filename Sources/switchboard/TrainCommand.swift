@@ -32,17 +32,30 @@ struct TrainCommand: ParsableCommand {
         }
         let config = try JobConfig.parse(text, source: job, overrides: overrides)
         let comm = try MPIWorld.start()
-        let threads = config.train.threads > 0 ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / comm.size)
+        // Default: the host's cores shared among the ranks on this host (OpenMPI says how many).
+        let local = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? comm.size
+        let threads = config.train.threads > 0 ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1))
         BLAS.setThreads(threads)
         let say: (String) -> Void = { if comm.isCoordinator { print($0); fflush(nil) } }
+        say("switchboard \(Switchboard.version): \(comm.size) rank\(comm.size == 1 ? "" : "s") × \(threads) BLAS thread\(threads == 1 ? "" : "s") (OpenBLAS \(BLAS.coreName))")
+
+        if comm.size > 1 {
+            let mine = Preflight.report(rank: comm.rank, blasThreads: threads, configText: config.resolvedTOML)
+            if let all = try Preflight.gather(mine, on: comm) {
+                let verdict = Preflight.judge(all)
+                say("preflight:\n" + Preflight.table(all).split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+                for w in verdict.warnings { say("warning: \(w)") }
+                if !verdict.problems.isEmpty {
+                    throw ConfigError("preflight refused to start: " + verdict.problems.joined(separator: "; "))
+                }
+            }
+        }
+        if !quiet { say("resolved config:\n" + config.resolvedTOML.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")) }
 
         let (train, test) = try config.data.load()
-
         let trainer = Trainer(config: config, comm: comm, train: train, test: test)
         let folder = comm.isCoordinator
             ? try RunFolder(output: config.run.output, name: config.run.name, configTOML: config.resolvedTOML) : nil
-        say("switchboard \(Switchboard.version): \(comm.size) rank\(comm.size == 1 ? "" : "s") × \(threads) BLAS thread\(threads == 1 ? "" : "s") (OpenBLAS \(BLAS.coreName))")
-        if !quiet { say("resolved config:\n" + config.resolvedTOML.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")) }
         say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
         say("model: \(trainer.model.store.count.formatted()) parameters; \(trainer.totalSteps) steps of \(config.train.batchSize) samples")
         if let folder { say("run folder: \(folder.path)") }

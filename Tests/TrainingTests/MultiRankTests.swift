@@ -45,7 +45,29 @@ final class MultiRankTests: XCTestCase {
         let r = try mpirun(ranks: ranks, name: name, job: job)
         XCTAssertEqual(r.code, 0, r.output)
         XCTAssertTrue(r.output.contains("\(ranks) rank"), r.output)
+        try r.output.write(toFile: "\(dir)/\(name).out", atomically: true, encoding: .utf8)
         return "\(dir)/runs/\(name)/model.h5"
+    }
+
+    /// Ranks that resolved different configs (here: a different --set) do not start.
+    func testPreflightRefusesRanksWithDifferentConfigs() throws {
+        let job = "\(dir)/job.toml"
+        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
+        p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "1", bin, "train", job, "--quiet",
+                       ":", "-np", "1", bin, "train", job, "--quiet", "--set", "train.epochs=3"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        DispatchQueue.global().asyncAfter(deadline: .now() + 30) { if p.isRunning { p.terminate() } }
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 2, text)
+        XCTAssertTrue(text.contains("switchboard: error: rank 0: preflight refused to start: rank 1 resolved a different config than rank 0"), text)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"), "nothing is written when the preflight refuses")
     }
 
     /// One rank's error reaches the output with its rank number and stops every rank.
@@ -74,6 +96,10 @@ final class MultiRankTests: XCTestCase {
         let two = try load(try train(ranks: 2, name: "p2", job: job))
         let twoAgain = try load(try train(ranks: 2, name: "p2b", job: job))
         let four = try load(try train(ranks: 4, name: "p4", job: job))
+        let preflight = try String(contentsOfFile: "\(dir)/p4.out", encoding: .utf8)
+        XCTAssertTrue(preflight.contains("preflight:\n  rank  host  cores  bound to  BLAS threads"), preflight)
+        XCTAssertTrue(preflight.contains("4 ranks × BLAS threads = 4 threads on \(ProcessInfo.processInfo.activeProcessorCount) cores (oversubscribed")
+                      || ProcessInfo.processInfo.activeProcessorCount >= 4, preflight)
 
         XCTAssertEqual(two.store.values.array, twoAgain.store.values.array, "same world size must be bitwise identical")
         for (label, other) in [("2 ranks", two), ("4 ranks", four)] {
