@@ -19,26 +19,35 @@ final class MultiRankTests: XCTestCase {
     }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
-    /// Runs `switchboard train` under mpirun; returns its exit code, output and seconds.
-    func mpirun(ranks: Int, name: String, job: String, environment: [String: String] = [:])
+    var binary: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard").path
+    }
+
+    /// Runs mpirun with `arguments` (after the root and oversubscription flags); returns its
+    /// exit code, output and seconds. A job still running after 30 s is killed: a hang (the
+    /// failure this suite guards against) must fail the test, not stall CI.
+    func launch(_ arguments: [String], environment: [String: String] = [:])
         throws -> (code: Int32, output: String, seconds: Double) {
-        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard")
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
-        p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", String(ranks)]
-            + environment.keys.sorted().flatMap { ["-x", $0] }
-            + [bin.path, "train", job, "--quiet", "--set", "run.name=\"\(name)\""]
+        p.arguments = ["--allow-run-as-root", "--oversubscribe"] + environment.keys.sorted().flatMap { ["-x", $0] } + arguments
         p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe()
         p.standardOutput = out
         p.standardError = out
         let start = Date()
         try p.run()
-        // A job that hangs (the failure this suite guards against) must fail the test, not CI.
         DispatchQueue.global().asyncAfter(deadline: .now() + 30) { if p.isRunning { p.terminate() } }
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         return (p.terminationStatus, text, Date().timeIntervalSince(start))
+    }
+
+    /// `switchboard train job` on `ranks` ranks, under run name `name`.
+    func mpirun(ranks: Int, name: String, job: String, environment: [String: String] = [:])
+        throws -> (code: Int32, output: String, seconds: Double) {
+        try launch(["-np", String(ranks), binary, "train", job, "--quiet", "--set", "run.name=\"\(name)\""],
+                   environment: environment)
     }
 
     func train(ranks: Int, name: String, job: String) throws -> String {
@@ -53,19 +62,9 @@ final class MultiRankTests: XCTestCase {
     func testPreflightRefusesRanksWithDifferentConfigs() throws {
         let job = "\(dir)/job.toml"
         try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
-        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard").path
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
-        p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "1", bin, "train", job, "--quiet",
-                       ":", "-np", "1", bin, "train", job, "--quiet", "--set", "train.epochs=3"]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        DispatchQueue.global().asyncAfter(deadline: .now() + 30) { if p.isRunning { p.terminate() } }
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 2, text)
+        let (code, text, _) = try launch(["-np", "1", binary, "train", job, "--quiet",
+                                          ":", "-np", "1", binary, "train", job, "--quiet", "--set", "train.epochs=3"])
+        XCTAssertEqual(code, 2, text)
         XCTAssertTrue(text.contains("switchboard: error: rank 0: preflight refused to start: rank 1 resolved a different config than rank 0"), text)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"), "nothing is written when the preflight refuses")
     }
