@@ -4,6 +4,8 @@
 
 static inline MPI_Comm sb_comm_world(void) { return MPI_COMM_WORLD; }
 static inline MPI_Comm sb_comm_null(void) { return MPI_COMM_NULL; }
+static inline MPI_Comm sb_comm_self(void) { return MPI_COMM_SELF; }
+static inline int sb_any_source(void) { return MPI_ANY_SOURCE; }
 static inline MPI_Datatype sb_type_float(void) { return MPI_FLOAT; }
 static inline MPI_Datatype sb_type_double(void) { return MPI_DOUBLE; }
 static inline MPI_Datatype sb_type_int32(void) { return MPI_INT32_T; }

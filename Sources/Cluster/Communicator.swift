@@ -7,6 +7,7 @@ import Glibc
 /// a process started without `mpirun` is a world of one, which is the laptop mode.
 public enum MPIWorld {
     nonisolated(unsafe) private static var started = false
+    nonisolated(unsafe) private static var world: Communicator?
     /// This process's rank and the world's size once MPI has started (0 and 1 before).
     nonisolated(unsafe) public private(set) static var rank = 0
     nonisolated(unsafe) public private(set) static var size = 1
@@ -21,10 +22,18 @@ public enum MPIWorld {
             MPI_Comm_set_errhandler(sb_comm_world(), sb_errors_return())
             started = true
         }
-        let world = try Communicator(.world)
-        rank = world.rank
-        size = world.size
-        return world
+        if let world { return world }
+        let made = try Communicator(.world)
+        world = made
+        rank = made.rank
+        size = made.size
+        return made
+    }
+
+    /// A world of one made of this process alone (`MPI_COMM_SELF`), for measuring one rank
+    /// by itself inside a multi-rank run.
+    public static func alone() throws -> Communicator {
+        try Communicator(CommHandle(raw: sb_comm_self()))
     }
 
     /// The MPI library's own version line ("Open MPI v4.1.4, …").
@@ -48,12 +57,15 @@ public enum MPIWorld {
     }
 }
 
-/// A communicator and this process's place in it.
+/// A communicator and this process's place in it. Every collective goes through the
+/// communicator's watchdog: it carries a tag and cannot wait past the deadline.
 public struct Communicator: @unchecked Sendable {
     public let handle: CommHandle
     public let rank: Int
     public let size: Int
+    public let watchdog: Watchdog
 
+    /// Collective over `handle`: every rank of it must make the same call.
     public init(_ handle: CommHandle) throws {
         self.handle = handle
         var r: Int32 = 0, s: Int32 = 0
@@ -61,6 +73,17 @@ public struct Communicator: @unchecked Sendable {
         try check(MPI_Comm_size(handle.raw, &s), "MPI_Comm_size")
         rank = Int(r)
         size = Int(s)
+        var channel: MPI_Comm? = nil
+        try check(MPI_Comm_dup(handle.raw, &channel), "MPI_Comm_dup")
+        watchdog = Watchdog(channel: channel!, rank: rank, size: size)
+    }
+
+    /// A new communicator over the same ranks, for traffic that must never match this one's
+    /// (the gradient buckets' point-to-point messages). Collective.
+    public func duplicate() throws -> CommHandle {
+        var raw: MPI_Comm? = nil
+        try check(MPI_Comm_dup(handle.raw, &raw), "MPI_Comm_dup")
+        return CommHandle(raw: raw!)
     }
 
     /// The coordinator owns the sample order, prints and writes files.
@@ -68,30 +91,58 @@ public struct Communicator: @unchecked Sendable {
 
     /// In-place sum of `count` floats over all ranks. In a world of one the data is
     /// already the sum, and the call returns without touching it.
-    public func allreduceSum(_ data: UnsafeMutablePointer<Float>, count: Int) throws {
+    public func allreduceSum(_ data: UnsafeMutablePointer<Float>, count: Int, _ phase: StaticString, _ detail: String = "") throws {
         guard size > 1, count > 0 else { return }
-        try check(MPI_Allreduce(sb_in_place(), data, Int32(count), DataType.float.raw, ReduceOp.sum.raw, handle.raw),
-                  "MPI_Allreduce of \(count) floats")
+        watchdog.begin(phase, detail, bytes: count * 4)
+        var request: MPI_Request? = sb_request_null()
+        try check(MPI_Iallreduce(sb_in_place(), data, Int32(count), DataType.float.raw, ReduceOp.sum.raw, handle.raw, &request),
+                  "MPI_Iallreduce of \(count) floats")
+        try complete(&request, "MPI_Iallreduce of \(count) floats")
+    }
+
+    /// Waits for one request under the watchdog.
+    func complete(_ request: inout MPI_Request?, _ call: @autoclosure () -> String) throws {
+        try watchdog.wait {
+            var done: Int32 = 0
+            try check(MPI_Test(&request, &done, sb_status_ignore()), call())
+            return done != 0
+        }
     }
 
     /// Gathers `bytes` (the same length on every rank) on the coordinator, in rank order;
     /// nil on the other ranks.
-    public func gatherBytes(_ bytes: [UInt8]) throws -> [UInt8]? {
+    public func gatherBytes(_ bytes: [UInt8], _ phase: StaticString) throws -> [UInt8]? {
+        guard size > 1 else { return bytes }
+        watchdog.begin(phase, bytes: bytes.count)
         var out = [UInt8](repeating: 0, count: isCoordinator ? bytes.count * size : 0)
         try bytes.withUnsafeBufferPointer { send in
             try out.withUnsafeMutableBufferPointer { recv in
-                try check(MPI_Gather(send.baseAddress, Int32(bytes.count), DataType.byte.raw,
-                                     recv.baseAddress, Int32(bytes.count), DataType.byte.raw, 0, handle.raw),
-                          "MPI_Gather of \(bytes.count) bytes")
+                var request: MPI_Request? = sb_request_null()
+                try check(MPI_Igather(send.baseAddress, Int32(bytes.count), DataType.byte.raw,
+                                      recv.baseAddress, Int32(bytes.count), DataType.byte.raw, 0, handle.raw, &request),
+                          "MPI_Igather of \(bytes.count) bytes")
+                try complete(&request, "MPI_Igather of \(bytes.count) bytes")
             }
         }
         return isCoordinator ? out : nil
     }
 
     /// In-place sum of `count` doubles over all ranks.
-    public func allreduceSum(_ data: UnsafeMutablePointer<Double>, count: Int) throws {
+    public func allreduceSum(_ data: UnsafeMutablePointer<Double>, count: Int, _ phase: StaticString, _ detail: String = "") throws {
         guard size > 1, count > 0 else { return }
-        try check(MPI_Allreduce(sb_in_place(), data, Int32(count), DataType.double.raw, ReduceOp.sum.raw, handle.raw),
-                  "MPI_Allreduce of \(count) doubles")
+        watchdog.begin(phase, detail, bytes: count * 8)
+        var request: MPI_Request? = sb_request_null()
+        try check(MPI_Iallreduce(sb_in_place(), data, Int32(count), DataType.double.raw, ReduceOp.sum.raw, handle.raw, &request),
+                  "MPI_Iallreduce of \(count) doubles")
+        try complete(&request, "MPI_Iallreduce of \(count) doubles")
+    }
+
+    /// Waits until every rank has arrived (a barrier under the watchdog).
+    public func barrier(_ phase: StaticString) throws {
+        guard size > 1 else { return }
+        watchdog.begin(phase, bytes: 0)
+        var request: MPI_Request? = sb_request_null()
+        try check(MPI_Ibarrier(handle.raw, &request), "MPI_Ibarrier")
+        try complete(&request, "MPI_Ibarrier")
     }
 }

@@ -41,7 +41,7 @@ public enum Preflight {
         var bytes = [UInt8](try JSONEncoder().encode(mine))
         guard bytes.count < slot else { throw MPIError(call: "preflight report of \(bytes.count) bytes", code: sb_success()) }
         bytes += [UInt8](repeating: 0, count: slot - bytes.count)
-        guard let all = try comm.gatherBytes(bytes) else { return nil }
+        guard let all = try comm.gatherBytes(bytes, "preflight") else { return nil }
         return try (0..<comm.size).map { r in
             let raw = all[(r * slot)..<((r + 1) * slot)].prefix { $0 != 0 }
             return try JSONDecoder().decode(RankReport.self, from: Data(raw))

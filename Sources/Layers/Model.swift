@@ -38,6 +38,9 @@ public final class Model {
     public let inputs: Int
     public let classes: Int
     public let maxRows: Int
+    /// For each top-level layer, the arena offset from which every gradient is final once
+    /// that layer's backward has run (parameters are laid out in forward order).
+    let finalFrom: [Int]
 
     public init(_ architecture: Architecture, inputs: Int, classes: Int, maxRows: Int, seed: UInt64) {
         self.inputs = inputs
@@ -45,18 +48,24 @@ public final class Model {
         self.maxRows = maxRows
         let store = ParameterStore(seed: seed)
         var layers: [any Layer] = []
+        // The index of the first parameter each top-level layer registers.
+        var firstParameter: [Int] = []
+        func append(_ layer: @autoclosure () -> any Layer) {
+            firstParameter.append(store.parameters.count)
+            layers.append(layer())
+        }
         switch architecture {
         case .stack(let hidden, let activation):
             var width = inputs
             for (i, h) in hidden.enumerated() {
-                layers.append(Linear("layers.\(i)", inputs: width, outputs: h, activation: activation,
+                append(Linear("layers.\(i)", inputs: width, outputs: h, activation: activation,
                                      computesInputGradient: i > 0, maxRows: maxRows, store: store))
                 width = h
             }
-            layers.append(Linear("head", inputs: width, outputs: classes,
+            append(Linear("head", inputs: width, outputs: classes,
                                  computesInputGradient: !hidden.isEmpty, maxRows: maxRows, store: store))
         case .residual(let d, let depth, let expansion, let norm, let mlp, let p):
-            layers.append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false,
+            append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false,
                                  maxRows: maxRows, store: store))
             for i in 0..<depth {
                 let name = "blocks.\(i)"
@@ -74,14 +83,23 @@ public final class Model {
                     branch.append(Dropout(probability: p, width: hidden, site: i, seed: seed, maxRows: maxRows))
                 }
                 branch.append(Linear("\(name).fc2", inputs: hidden, outputs: d, maxRows: maxRows, store: store))
-                layers.append(Residual(Sequential(branch), maxRows: maxRows))
+                append(Residual(Sequential(branch), maxRows: maxRows))
             }
-            layers.append(makeNorm(norm, "norm", width: d, maxRows: maxRows, store: store))
-            layers.append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store))
+            append(makeNorm(norm, "norm", width: d, maxRows: maxRows, store: store))
+            append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store))
         }
         network = Sequential(layers)
         store.finalize()
         self.store = store
+        // A layer without parameters finalizes nothing new: it inherits the next one's offset.
+        var offsets = [Int](repeating: store.count, count: layers.count)
+        var next = store.count
+        for i in layers.indices.reversed() {
+            let end = i + 1 < layers.count ? firstParameter[i + 1] : store.parameters.count
+            if firstParameter[i] < end { next = store.parameters[firstParameter[i]].offset }
+            offsets[i] = next
+        }
+        finalFrom = offsets
     }
 
     /// Logits `[rows, classes]` for inputs `[rows, inputs]`.
@@ -90,8 +108,20 @@ public final class Model {
         return network.forward(x, rows: rows, context: context)
     }
 
-    /// Accumulates parameter gradients for `dlogits`.
+    /// Accumulates parameter gradients for `dlogits`. With `gradientsFinal`: after each top-level layer,
+    /// `gradientsFinal(offset)` says that every gradient at `[offset, store.count)` is
+    /// complete (the data-parallel trainer starts sending those).
     public func backward(_ dlogits: UnsafePointer<Float>, rows: Int) {
-        _ = network.backward(dlogits, rows: rows)
+        backward(dlogits, rows: rows) { _ in }
+    }
+
+    public func backward(_ dlogits: UnsafePointer<Float>, rows: Int, gradientsFinal: (Int) throws -> Void) rethrows {
+        var g: UnsafePointer<Float>? = dlogits
+        let layers = network.layers
+        for i in layers.indices.reversed() {
+            guard let gi = g else { preconditionFailure("a layer before the first returned no input gradient") }
+            g = layers[i].backward(gi, rows: rows)
+            try gradientsFinal(finalFrom[i])
+        }
     }
 }

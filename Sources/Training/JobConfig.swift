@@ -65,7 +65,19 @@ public struct JobConfig: Sendable {
         public var finalFraction: Double
     }
 
+    /// How ranks work together.
+    public struct Parallel: Sendable {
+        /// Size of a gradient bucket: each is summed over the ranks as soon as backward has
+        /// finished it, while backward goes on.
+        public var bucketBytes: Int
+        /// Seconds a rank may wait in one collective before the watchdog declares a hang.
+        public var watchdogSeconds: Double
+        /// Chosen by measurement with `bench W3` (see the README).
+        public static let defaultBucketKiB = 2048
+    }
+
     public var run: Run
+    public var parallel: Parallel
     public var data: Data
     public var model: Architecture
     public var train: Train
@@ -86,6 +98,10 @@ public struct JobConfig: Sendable {
         guard !run.name.isEmpty, !run.name.contains("/"), run.name != ".", run.name != ".." else {
             throw ConfigError("\(source): [run] name must be a plain folder name, got \"\(run.name)\"")
         }
+
+        let parallel = Parallel(
+            bucketBytes: 1024 * (try r.int("parallel", "bucket_kib", Parallel.defaultBucketKiB, min: 1, max: 1 << 20)),
+            watchdogSeconds: try r.double("parallel", "watchdog_seconds", 300, above: 0))
 
         let data = Data(
             dir: try r.string("data", "dir", "/usr/share/datasets/fashion-mnist"),
@@ -140,7 +156,7 @@ public struct JobConfig: Sendable {
             finalFraction: try r.double("schedule", "final_fraction", 0, min: 0, max: 1))
 
         try r.finish()
-        return JobConfig(run: run, data: data, model: model, train: train, optimizer: optimizer,
+        return JobConfig(run: run, parallel: parallel, data: data, model: model, train: train, optimizer: optimizer,
                          schedule: schedule, resolvedTOML: r.resolvedTOML)
     }
 }

@@ -36,6 +36,8 @@ public final class Trainer {
     public let testSet: Dataset
     public let order: GlobalSampleOrder
     public let maxRows: Int
+    /// Sums gradients over the ranks, bucket by bucket, during backward.
+    public let gradientSync: BucketedAllreduce
 
     /// The current epoch's sample order.
     var permutation: [Int32]
@@ -48,7 +50,8 @@ public final class Trainer {
 
     public private(set) var step = 0
 
-    public init(config: JobConfig, comm: Communicator, train: Dataset, test: Dataset) {
+    /// Collective: every rank of `comm` makes its trainer together.
+    public init(config: JobConfig, comm: Communicator, train: Dataset, test: Dataset) throws {
         self.config = config
         self.comm = comm
         trainSet = train
@@ -74,6 +77,15 @@ public final class Trainer {
         x = Tensor(shape: [maxRows, train.width])
         labels = [Int32](repeating: 0, count: maxRows)
         dlogits = Tensor(shape: [maxRows, config.data.classes])
+        comm.watchdog.deadline = config.parallel.watchdogSeconds
+        let parameters = model.store.parameters
+        gradientSync = try BucketedAllreduce(
+            comm: comm, data: model.store.grads.data, count: model.store.count, bucketBytes: config.parallel.bucketBytes,
+            label: { range in
+                // The parameters a bucket touches, by global name.
+                let inside = parameters.filter { $0.offset < range.upperBound && $0.offset + $0.count > range.lowerBound }
+                return inside.count == 1 ? inside[0].name : "\(inside.first!.name) … \(inside.last!.name)"
+            })
     }
 
     static func totalSteps(_ c: JobConfig, _ order: GlobalSampleOrder) -> Int {
@@ -108,9 +120,11 @@ public final class Trainer {
                                 smoothing: config.train.labelSmoothing, gradScale: 1 / Float(globalRows),
                                 dlogits: dlogits.data)
         }
-        model.backward(dlogits.data, rows: rows)
+        comm.watchdog.step = step
+        gradientSync.begin()
+        try model.backward(dlogits.data, rows: rows) { try gradientSync.gradientsFinal(from: $0) }
+        try gradientSync.finish()
         let store = model.store
-        try comm.allreduceSum(store.grads.data, count: store.count)
 
         // The global gradient norm costs a pass over every gradient: taken when clipping
         // needs it or the step will be logged, not otherwise.
@@ -123,7 +137,7 @@ public final class Trainer {
 
         counts[0] = local.lossSum
         counts[1] = Double(local.correct)
-        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 2) }
+        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 2, "metrics") }
         step += 1
         return StepResult(step: step, epoch: epoch, loss: counts[0] / Double(globalRows), correct: Int(counts[1]),
                           rows: globalRows, gradNorm: norm, lr: lr)
@@ -162,7 +176,7 @@ public final class Trainer {
         }
         counts[0] = lossSum
         counts[1] = correct
-        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 2) }
+        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 2, "evaluation") }
         return Evaluation(loss: counts[0] / Double(data.count), accuracy: counts[1] / Double(data.count), samples: data.count)
     }
 }

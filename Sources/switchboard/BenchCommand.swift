@@ -57,7 +57,7 @@ struct BenchCommand: ParsableCommand {
               + "(thread timeout 2^\(getenv("OPENBLAS_THREAD_TIMEOUT").map { String(cString: $0) } ?? "28") cycles); ranks \(comm.size)")
         for t in threadCounts {
             BLAS.setThreads(t)
-            let trainer = Trainer(config: config, comm: comm, train: train, test: test)
+            let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
             let flops = Workload.trainingFLOPs(trainer.model)
             for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
             // Each repetition times the training steps, then the sgemm probes right after, so
@@ -95,7 +95,7 @@ struct BenchCommand: ParsableCommand {
         }
         if epochs > 0 {
             BLAS.setThreads(threadCounts.max()!)
-            let trainer = Trainer(config: config, comm: comm, train: train, test: test)
+            let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
             let summary = try trainer.run(folder: nil, progress: nil)
             print("")
             print("\(epochs) epochs at \(threadCounts.max()!) threads: training loop \(fixed(summary.trainSeconds, 1)) s "

@@ -53,7 +53,7 @@ struct TrainCommand: ParsableCommand {
         if !quiet { say("resolved config:\n" + config.resolvedTOML.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")) }
 
         let (train, test) = try config.data.load()
-        let trainer = Trainer(config: config, comm: comm, train: train, test: test)
+        let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
         let folder = comm.isCoordinator
             ? try RunFolder(output: config.run.output, name: config.run.name, configTOML: config.resolvedTOML) : nil
         say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")

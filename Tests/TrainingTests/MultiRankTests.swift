@@ -44,14 +44,14 @@ final class MultiRankTests: XCTestCase {
     }
 
     /// `switchboard train job` on `ranks` ranks, under run name `name`.
-    func mpirun(ranks: Int, name: String, job: String, environment: [String: String] = [:])
+    func mpirun(ranks: Int, name: String, job: String, settings: [String] = [], environment: [String: String] = [:])
         throws -> (code: Int32, output: String, seconds: Double) {
-        try launch(["-np", String(ranks), binary, "train", job, "--quiet", "--set", "run.name=\"\(name)\""],
-                   environment: environment)
+        try launch(["-np", String(ranks), binary, "train", job, "--quiet", "--set", "run.name=\"\(name)\""]
+                   + settings.flatMap { ["--set", $0] }, environment: environment)
     }
 
-    func train(ranks: Int, name: String, job: String) throws -> String {
-        let r = try mpirun(ranks: ranks, name: name, job: job)
+    func train(ranks: Int, name: String, job: String, settings: [String] = []) throws -> String {
+        let r = try mpirun(ranks: ranks, name: name, job: job, settings: settings)
         XCTAssertEqual(r.code, 0, r.output)
         XCTAssertTrue(r.output.contains("\(ranks) rank"), r.output)
         try r.output.write(toFile: "\(dir)/\(name).out", atomically: true, encoding: .utf8)
@@ -91,16 +91,22 @@ final class MultiRankTests: XCTestCase {
             try ModelFile.read(m, from: path)
             return m
         }
+        // 1 KiB buckets: the ~43 KB of gradients travel in 42 buckets, most of them in flight
+        // during backward, and chunks that do not divide evenly among 4 ranks.
+        let small = ["parallel.bucket_kib=1"]
         let one = try load(try train(ranks: 1, name: "p1", job: job))
-        let two = try load(try train(ranks: 2, name: "p2", job: job))
-        let twoAgain = try load(try train(ranks: 2, name: "p2b", job: job))
-        let four = try load(try train(ranks: 4, name: "p4", job: job))
+        let two = try load(try train(ranks: 2, name: "p2", job: job, settings: small))
+        let twoAgain = try load(try train(ranks: 2, name: "p2b", job: job, settings: small))
+        // On 2 ranks each sum is a + b whatever the bucketing, so one bucket gives the same bits.
+        let twoOneBucket = try load(try train(ranks: 2, name: "p2c", job: job, settings: ["parallel.bucket_kib=4096"]))
+        let four = try load(try train(ranks: 4, name: "p4", job: job, settings: small))
         let preflight = try String(contentsOfFile: "\(dir)/p4.out", encoding: .utf8)
         XCTAssertTrue(preflight.contains("preflight:\n  rank  host  cores  bound to  BLAS threads"), preflight)
         XCTAssertTrue(preflight.contains("4 ranks × BLAS threads = 4 threads on \(ProcessInfo.processInfo.activeProcessorCount) cores (oversubscribed")
                       || ProcessInfo.processInfo.activeProcessorCount >= 4, preflight)
 
         XCTAssertEqual(two.store.values.array, twoAgain.store.values.array, "same world size must be bitwise identical")
+        XCTAssertEqual(two.store.values.array, twoOneBucket.store.values.array, "2 ranks: bucket size must not change a bit")
         for (label, other) in [("2 ranks", two), ("4 ranks", four)] {
             var worst = (0.0, "")
             for (a, b) in zip(one.store.parameters, other.store.parameters) {

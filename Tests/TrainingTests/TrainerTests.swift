@@ -18,7 +18,7 @@ final class TrainerTests: XCTestCase {
     func trainer(_ extra: String = "") throws -> Trainer {
         let config = try JobConfig.parse(Fixtures.job(dir: dir, extra: extra), source: "toy.toml")
         let (train, test) = try config.data.load()
-        return Trainer(config: config, comm: try MPIWorld.start(), train: train, test: test)
+        return try Trainer(config: config, comm: try MPIWorld.start(), train: train, test: test)
     }
 
     /// Same config and seed: bitwise-identical parameters, optimizer state and metrics.
@@ -31,7 +31,7 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(ra.steps, 2 * 11)   // 512 samples in batches of 48: 10 full and one of 32
         // A different seed gives a different model.
         let other = try JobConfig.parse(Fixtures.job(dir: dir), source: "t", overrides: ["run.seed=6"])
-        let c = Trainer(config: other, comm: a.comm, train: a.trainSet, test: a.testSet)
+        let c = try Trainer(config: other, comm: a.comm, train: a.trainSet, test: a.testSet)
         _ = try c.run(folder: nil, progress: nil)
         XCTAssertNotEqual(c.model.store.values.array, a.model.store.values.array)
     }
@@ -48,7 +48,7 @@ final class TrainerTests: XCTestCase {
     func testMaxStepsStopsEarlyAndEvaluates() throws {
         let t = try trainer("")
         let config = try JobConfig.parse(Fixtures.job(dir: dir), source: "t", overrides: ["train.max_steps=3"])
-        let u = Trainer(config: config, comm: t.comm, train: t.trainSet, test: t.testSet)
+        let u = try Trainer(config: config, comm: t.comm, train: t.trainSet, test: t.testSet)
         let s = try u.run(folder: nil, progress: nil)
         XCTAssertEqual(s.steps, 3)
         XCTAssertEqual(u.totalSteps, 3)
@@ -60,7 +60,7 @@ final class TrainerTests: XCTestCase {
         let base = try trainer()
         let cfg = try JobConfig.parse(Fixtures.job(dir: dir), source: "t",
                                       overrides: ["optimizer.clip_norm=0", "train.log_every=4", "train.max_steps=9"])
-        let t = Trainer(config: cfg, comm: base.comm, train: base.trainSet, test: base.testSet)
+        let t = try Trainer(config: cfg, comm: base.comm, train: base.trainSet, test: base.testSet)
         var finite: [Int] = []
         for b in 0..<9 {
             let r = try t.trainStep(epoch: 0, batch: b)
@@ -79,7 +79,7 @@ final class TrainerTests: XCTestCase {
         for overrides in [[], ["model.kind=stack", "model.hidden=[16, 16]", "model.activation=relu"]] {
             let cfg = try JobConfig.parse(Fixtures.job(dir: dir), source: "t", overrides: overrides)
             let base = try trainer()
-            let t = Trainer(config: cfg, comm: base.comm, train: base.trainSet, test: base.testSet)
+            let t = try Trainer(config: cfg, comm: base.comm, train: base.trainSet, test: base.testSet)
             _ = try t.trainStep(epoch: 0, batch: 0)
             let before = sb_thread_allocations()
             for b in 1..<11 { _ = try t.trainStep(epoch: 0, batch: b) }

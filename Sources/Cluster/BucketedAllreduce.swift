@@ -1,0 +1,178 @@
+import CMPI
+import Kernels
+
+/// Sums a flat gradient buffer over all ranks in buckets, each started as soon as backward
+/// has finished the gradients in it and advanced between layers, so that communication
+/// overlaps the rest of backward.
+///
+/// Buckets are contiguous ranges of the buffer, cut from its end: parameters are laid out in
+/// forward order and backward finishes them last-first, so the finished gradients are always
+/// a suffix `[offset, count)`.
+///
+/// Each bucket is a ring allreduce (reduce-scatter, then allgather: `2(P−1)` steps of `1/P`
+/// of the bucket) built from `MPI_Isend`/`MPI_Irecv` on a communicator of its own, advanced by
+/// `MPI_Test`. Measured on 2 ranks with OpenMPI 4.1 (shared memory), `MPI_Iallreduce` moved
+/// gradients at 0.6 of the blocking `MPI_Allreduce`'s rate at every size from 64 KiB to
+/// 11 MiB, while this ring matches it; `bench W3` prints both. The additions happen in a
+/// fixed order, so the result is bitwise reproducible at a given world size, and every rank
+/// ends with the same bits (the allgather copies one rank's sums).
+public final class BucketedAllreduce {
+    /// Bucket ranges in launch order (the end of the buffer first).
+    public let buckets: [Range<Int>]
+    /// A name per bucket for hang reports, such as "bucket 2/4 (layers.1.weight … head.bias)".
+    let labels: [String]
+    let comm: Communicator
+    let channel: MPI_Comm
+    let data: UnsafeMutablePointer<Float>
+    let count: Int
+    /// Room for one incoming chunk per bucket, so all buckets can be in flight at once.
+    let scratch: UnsafeMutablePointer<Float>
+    let scratchOffset: [Int]
+    /// Two requests (receive, send) per bucket.
+    let requests: UnsafeMutablePointer<MPI_Request?>
+    /// Per bucket: 0 not started, s in 1...2(P−1) step s in flight, `done` finished.
+    var stage: [Int]
+    let done: Int
+    var started = 0
+    var finished = 0
+
+    /// Seconds spent in `finish` waiting for the last buckets, in the last step.
+    public private(set) var lastWaitSeconds = 0.0
+    /// Seconds spent advancing buckets between layers, in the last step.
+    public private(set) var lastProgressSeconds = 0.0
+
+    /// - Parameter label: names the part of the buffer a bucket covers (called at init only).
+    public init(comm: Communicator, data: UnsafeMutablePointer<Float>, count: Int, bucketBytes: Int,
+                label: (Range<Int>) -> String = { "floats \($0.lowerBound)..<\($0.upperBound)" }) throws {
+        precondition(bucketBytes >= 4)
+        self.comm = comm
+        self.data = data
+        self.count = count
+        let per = max(1, bucketBytes / 4)
+        var ranges: [Range<Int>] = []
+        var end = count
+        while end > 0 {
+            let start = max(0, end - per)
+            ranges.append(start..<end)
+            end = start
+        }
+        buckets = ranges
+        labels = ranges.enumerated().map { "bucket \($0.offset + 1)/\(ranges.count) (\(label($0.element)))" }
+        let p = comm.size
+        var offsets: [Int] = []
+        var total = 0
+        for r in ranges {
+            offsets.append(total)
+            total += (r.count + p - 1) / p
+        }
+        scratchOffset = offsets
+        scratch = .allocate(capacity: max(total, 1))
+        requests = .allocate(capacity: 2 * max(ranges.count, 1))
+        requests.initialize(repeating: sb_request_null(), count: 2 * max(ranges.count, 1))
+        stage = [Int](repeating: 0, count: ranges.count)
+        done = 2 * (p - 1) + 1
+        channel = p > 1 ? try comm.duplicate().raw : sb_comm_self()
+    }
+
+    deinit {
+        scratch.deallocate()
+        requests.deallocate()
+    }
+
+    /// Starts a step's synchronisation; gradients will be reported final from the end.
+    public func begin() {
+        for b in stage.indices { stage[b] = 0 }
+        started = 0
+        finished = 0
+        lastWaitSeconds = 0
+        lastProgressSeconds = 0
+    }
+
+    /// Backward has finished every gradient at `[offset, count)`: starts the buckets that lie
+    /// wholly inside, and advances the ones in flight.
+    public func gradientsFinal(from offset: Int) throws {
+        guard comm.size > 1 else { return }
+        let t0 = MPI_Wtime()
+        while started < buckets.count && buckets[started].lowerBound >= offset {
+            try advance(started)
+            started += 1
+        }
+        _ = try progress()
+        lastProgressSeconds += MPI_Wtime() - t0
+    }
+
+    /// Starts whatever has not started and waits (under the watchdog) until every bucket is
+    /// summed on every rank.
+    public func finish() throws {
+        guard comm.size > 1 else { return }
+        let t0 = MPI_Wtime()
+        while started < buckets.count {
+            try advance(started)
+            started += 1
+        }
+        let pending = buckets.indices.first { stage[$0] != done } ?? 0
+        comm.watchdog.begin("gradient sync", labels[pending], bytes: buckets[pending].count * 4)
+        try comm.watchdog.wait { try progress() }
+        lastWaitSeconds = MPI_Wtime() - t0
+    }
+
+    /// Advances every started bucket whose current step has completed; true when all are done.
+    func progress() throws -> Bool {
+        var b = 0
+        while b < started {
+            if stage[b] != done {
+                var complete: Int32 = 0
+                try check(MPI_Testall(2, requests + 2 * b, &complete, sb_statuses_ignore()), "MPI_Testall (\(labels[b]))")
+                if complete != 0 { try advance(b) }
+            }
+            b += 1
+        }
+        return finished == buckets.count
+    }
+
+    /// Completes bucket `b`'s current ring step (adding a received partial sum) and posts the
+    /// next one.
+    func advance(_ b: Int) throws {
+        let p = comm.size, r = comm.rank
+        let bucket = buckets[b]
+        let base = data + bucket.lowerBound
+        let n = bucket.count
+        // Chunk i of the bucket: the first n % p chunks hold one extra float.
+        func chunk(_ i: Int) -> (offset: Int, count: Int) {
+            let q = n / p, extra = n % p
+            return (i * q + min(i, extra), q + (i < extra ? 1 : 0))
+        }
+        func mod(_ x: Int) -> Int { ((x % p) + p) % p }
+        let s = stage[b]
+        if s >= 1 && s <= p - 1 {
+            // Reduce-scatter step s−1 received a partial sum of chunk r−s.
+            let c = chunk(mod(r - s))
+            let incoming = scratch + scratchOffset[b]
+            add(UnsafePointer(base + c.offset), UnsafePointer(incoming), into: base + c.offset, count: c.count)
+        }
+        let next = s + 1
+        stage[b] = next
+        if next == done {
+            finished += 1
+            return
+        }
+        let right = Int32(mod(r + 1)), left = Int32(mod(r - 1))
+        let send: (offset: Int, count: Int), recv: (offset: Int, count: Int), into: UnsafeMutablePointer<Float>
+        if next <= p - 1 {
+            let k = next - 1
+            send = chunk(mod(r - k))
+            recv = chunk(mod(r - k - 1))
+            into = scratch + scratchOffset[b]
+        } else {
+            let k = next - p
+            send = chunk(mod(r + 1 - k))
+            recv = chunk(mod(r - k))
+            into = base + recv.offset
+        }
+        let tag = Int32(b)
+        try check(MPI_Irecv(into, Int32(recv.count), sb_type_float(), left, tag, channel, requests + 2 * b),
+                  "MPI_Irecv (\(labels[b]))")
+        try check(MPI_Isend(base + send.offset, Int32(send.count), sb_type_float(), right, tag, channel, requests + 2 * b + 1),
+                  "MPI_Isend (\(labels[b]))")
+    }
+}
