@@ -13,9 +13,15 @@ import Kernels
 /// of the bucket) built from `MPI_Isend`/`MPI_Irecv` on a communicator of its own, advanced by
 /// `MPI_Test`. Measured on 2 ranks with OpenMPI 4.1 (shared memory), `MPI_Iallreduce` moved
 /// gradients at 0.6 of the blocking `MPI_Allreduce`'s rate at every size from 64 KiB to
-/// 11 MiB, while this ring matches it; `bench W3` prints both. The additions happen in a
-/// fixed order, so the result is bitwise reproducible at a given world size, and every rank
-/// ends with the same bits (the allgather copies one rank's sums).
+/// 11 MiB, while this ring matches it; `bench W3` prints both.
+///
+/// One bucket is in flight at a time, the next starting as soon as it is done and ready, and
+/// all share one receive buffer: with every bucket in flight at once (each with its own
+/// buffer) the sync ran at 0.7–0.8 of `MPI_Allreduce`, with one at a time at 1.0, because
+/// the incoming chunk then lands in a buffer that is still in cache.
+///
+/// The additions happen in a fixed order, so the result is bitwise reproducible at a given
+/// world size, and every rank ends with the same bits (the allgather copies one rank's sums).
 public final class BucketedAllreduce {
     /// Bucket ranges in launch order (the end of the buffer first).
     public let buckets: [Range<Int>]
@@ -25,9 +31,8 @@ public final class BucketedAllreduce {
     let channel: MPI_Comm
     let data: UnsafeMutablePointer<Float>
     let count: Int
-    /// Room for one incoming chunk per bucket, so all buckets can be in flight at once.
+    /// Room for one incoming chunk.
     let scratch: UnsafeMutablePointer<Float>
-    let scratchOffset: [Int]
     /// Two requests (receive, send) per bucket.
     let requests: UnsafeMutablePointer<MPI_Request?>
     /// Per bucket: 0 not started, s in 1...2(P−1) step s in flight, `done` finished.
@@ -35,6 +40,8 @@ public final class BucketedAllreduce {
     let done: Int
     var started = 0
     var finished = 0
+    /// Every gradient at `[readyFrom, count)` is final.
+    var readyFrom = 0
 
     /// Seconds spent in `finish` waiting for the last buckets, in the last step.
     public private(set) var lastWaitSeconds = 0.0
@@ -59,14 +66,7 @@ public final class BucketedAllreduce {
         buckets = ranges
         labels = ranges.enumerated().map { "bucket \($0.offset + 1)/\(ranges.count) (\(label($0.element)))" }
         let p = comm.size
-        var offsets: [Int] = []
-        var total = 0
-        for r in ranges {
-            offsets.append(total)
-            total += (r.count + p - 1) / p
-        }
-        scratchOffset = offsets
-        scratch = .allocate(capacity: max(total, 1))
+        scratch = .allocate(capacity: max((per + p - 1) / p, 1))
         requests = .allocate(capacity: 2 * max(ranges.count, 1))
         requests.initialize(repeating: sb_request_null(), count: 2 * max(ranges.count, 1))
         stage = [Int](repeating: 0, count: ranges.count)
@@ -84,19 +84,17 @@ public final class BucketedAllreduce {
         for b in stage.indices { stage[b] = 0 }
         started = 0
         finished = 0
+        readyFrom = count
         lastWaitSeconds = 0
         lastProgressSeconds = 0
     }
 
-    /// Backward has finished every gradient at `[offset, count)`: starts the buckets that lie
-    /// wholly inside, and advances the ones in flight.
+    /// Backward has finished every gradient at `[offset, count)`: advances the bucket in
+    /// flight and starts the next ones that lie wholly inside.
     public func gradientsFinal(from offset: Int) throws {
         guard comm.size > 1 else { return }
         let t0 = MPI_Wtime()
-        while started < buckets.count && buckets[started].lowerBound >= offset {
-            try advance(started)
-            started += 1
-        }
+        readyFrom = offset
         _ = try progress()
         lastProgressSeconds += MPI_Wtime() - t0
     }
@@ -106,26 +104,29 @@ public final class BucketedAllreduce {
     public func finish() throws {
         guard comm.size > 1 else { return }
         let t0 = MPI_Wtime()
-        while started < buckets.count {
-            try advance(started)
-            started += 1
-        }
+        readyFrom = 0
+        _ = try progress()
         let pending = buckets.indices.first { stage[$0] != done } ?? 0
         comm.watchdog.begin("gradient sync", labels[pending], bytes: buckets[pending].count * 4)
         try comm.watchdog.wait { try progress() }
         lastWaitSeconds = MPI_Wtime() - t0
     }
 
-    /// Advances every started bucket whose current step has completed; true when all are done.
+    /// Advances the bucket in flight if its current step has completed, and starts the next
+    /// ready bucket when it is done; true when all are done.
     func progress() throws -> Bool {
-        var b = 0
-        while b < started {
-            if stage[b] != done {
+        while true {
+            if started > finished {
+                let b = started - 1
                 var complete: Int32 = 0
                 try check(MPI_Testall(2, requests + 2 * b, &complete, sb_statuses_ignore()), "MPI_Testall (\(labels[b]))")
-                if complete != 0 { try advance(b) }
+                guard complete != 0 else { return false }
+                try advance(b)
+                if started > finished { continue }
             }
-            b += 1
+            guard started < buckets.count, buckets[started].lowerBound >= readyFrom else { break }
+            try advance(started)
+            started += 1
         }
         return finished == buckets.count
     }
@@ -147,8 +148,7 @@ public final class BucketedAllreduce {
         if s >= 1 && s <= p - 1 {
             // Reduce-scatter step s−1 received a partial sum of chunk r−s.
             let c = chunk(mod(r - s))
-            let incoming = scratch + scratchOffset[b]
-            add(UnsafePointer(base + c.offset), UnsafePointer(incoming), into: base + c.offset, count: c.count)
+            add(UnsafePointer(base + c.offset), UnsafePointer(scratch), into: base + c.offset, count: c.count)
         }
         let next = s + 1
         stage[b] = next
@@ -162,7 +162,7 @@ public final class BucketedAllreduce {
             let k = next - 1
             send = chunk(mod(r - k))
             recv = chunk(mod(r - k - 1))
-            into = scratch + scratchOffset[b]
+            into = scratch
         } else {
             let k = next - p
             send = chunk(mod(r + 1 - k))

@@ -100,6 +100,14 @@ public struct Communicator: @unchecked Sendable {
         try complete(&request, "MPI_Iallreduce of \(count) floats")
     }
 
+    /// A plain blocking `MPI_Allreduce`, without tag or watchdog: the reference rate that
+    /// `bench W3` compares the bucketed gradient sync with.
+    public func referenceAllreduceSum(_ data: UnsafeMutablePointer<Float>, count: Int) throws {
+        guard size > 1, count > 0 else { return }
+        try check(MPI_Allreduce(sb_in_place(), data, Int32(count), DataType.float.raw, ReduceOp.sum.raw, handle.raw),
+                  "MPI_Allreduce of \(count) floats")
+    }
+
     /// Waits for one request under the watchdog.
     func complete(_ request: inout MPI_Request?, _ call: @autoclosure () -> String) throws {
         try watchdog.wait {
@@ -137,12 +145,18 @@ public struct Communicator: @unchecked Sendable {
         try complete(&request, "MPI_Iallreduce of \(count) doubles")
     }
 
-    /// Waits until every rank has arrived (a barrier under the watchdog).
-    public func barrier(_ phase: StaticString) throws {
+    /// Waits until every rank has arrived (a barrier under the watchdog). `idle` ranks sleep
+    /// between polls instead of spinning, to leave the cores to ranks that are measuring.
+    public func barrier(_ phase: StaticString, idle: Bool = false) throws {
         guard size > 1 else { return }
         watchdog.begin(phase, bytes: 0)
         var request: MPI_Request? = sb_request_null()
         try check(MPI_Ibarrier(handle.raw, &request), "MPI_Ibarrier")
-        try complete(&request, "MPI_Ibarrier")
+        try watchdog.wait {
+            var done: Int32 = 0
+            try check(MPI_Test(&request, &done, sb_status_ignore()), "MPI_Ibarrier")
+            if done == 0 && idle { usleep(2000) }
+            return done != 0
+        }
     }
 }

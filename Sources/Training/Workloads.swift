@@ -5,16 +5,20 @@ import Layers
 /// the same code as `train`.
 public enum Workload: String, CaseIterable, Sendable {
     case w1 = "W1"
+    /// W1 data-parallel: 128 samples per rank per step, one BLAS thread per rank.
+    case w3 = "W3"
 
     /// W1: 784 → 1024 → 1024 → 1024 → 10, Linear + ReLU three times then Linear; batch 256;
     /// uniform ±1/√fan_in init; AdamW β (0.9, 0.999), ε 1e-8, decoupled weight decay 0.01 on
     /// every parameter, constant lr 1e-3; mean softmax cross-entropy.
-    public func config(dataDir: String, epochs: Int, seed: UInt64 = 1) throws -> JobConfig {
+    /// W3 is W1 with a global batch of 128 per rank: `ranks` sets it.
+    public func config(dataDir: String, epochs: Int, seed: UInt64 = 1, ranks: Int = 1) throws -> JobConfig {
+        let batch = self == .w3 ? 128 * ranks : 256
         switch self {
-        case .w1:
+        case .w1, .w3:
             return try JobConfig.parse("""
                 [run]
-                name = "bench-w1"
+                name = "bench-\(rawValue.lowercased())"
                 seed = \(seed)
                 [data]
                 dir = "\(dataDir)"
@@ -24,7 +28,8 @@ public enum Workload: String, CaseIterable, Sendable {
                 activation = "relu"
                 [train]
                 epochs = \(epochs)
-                batch_size = 256
+                batch_size = \(batch)
+                threads = \(self == .w3 ? 1 : 0)
                 [optimizer]
                 name = "adamw"
                 lr = 1e-3

@@ -17,7 +17,7 @@ struct BenchCommand: ParsableCommand {
             workload for --epochs epochs and reports wall time and test accuracy.
             """)
 
-    @Argument(help: "The workload: W1, or kernels (elementwise kernels alone).")
+    @Argument(help: "The workload: W1, W3 (under mpirun -np P), or kernels (elementwise kernels alone).")
     var workload: String
 
     @Option(help: "BLAS thread counts to run, comma-separated.")
@@ -38,22 +38,30 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Fashion-MNIST folder.")
     var data = "/usr/share/datasets/fashion-mnist"
 
+    @Option(name: .customLong("bucket-kib"), help: "W3: gradient bucket size for the training run (default: the config default).")
+    var bucketKiB: Int?
+
+    @Option(name: .customLong("sweep-kib"), help: "W3: bucket sizes, comma-separated, for the gradient-sync-alone table.")
+    var sweepKiB = "256,512,1024,2048,4096,8192"
+
     func run() throws {
         if workload == "kernels" { return KernelBench.run() }
         guard let w = Workload(rawValue: workload.uppercased()) else {
             throw ValidationError("unknown workload \(workload); available: \(Workload.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        let threadCounts = try threads.split(separator: ",").map { s -> Int in
-            guard let n = Int(s.trimmingCharacters(in: .whitespaces)), n > 0 else { throw ValidationError("--threads: \(s) is not a positive integer") }
-            return n
-        }
+        let threadCounts = try positiveIntegers(threads, "--threads")
         guard repeats >= 1, steps >= 1, warmup >= 0, epochs >= 0 else { throw ValidationError("--repeats and --steps must be at least 1, --warmup and --epochs at least 0") }
+        if w == .w3 {
+            let sweep = try positiveIntegers(sweepKiB, "--sweep-kib")
+            if let bucketKiB, bucketKiB < 1 { throw ValidationError("--bucket-kib: \(bucketKiB) is not a positive integer") }
+            return try ScalingBench(data: data, warmup: warmup, steps: steps, repeats: repeats, bucketKiB: bucketKiB, sweepKiB: sweep).run()
+        }
         let comm = try MPIWorld.start()
         let config = try w.config(dataDir: data, epochs: max(epochs, 1))
         let (train, test) = try config.data.load()
 
         print("switchboard \(Switchboard.version) bench \(w.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
-        print("machine: \(cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
+        print("machine: \(Self.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
               + "(thread timeout 2^\(getenv("OPENBLAS_THREAD_TIMEOUT").map { String(cString: $0) } ?? "28") cycles); ranks \(comm.size)")
         for t in threadCounts {
             BLAS.setThreads(t)
@@ -104,7 +112,14 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
-    func cpuModel() -> String {
+    func positiveIntegers(_ list: String, _ option: String) throws -> [Int] {
+        try list.split(separator: ",").map { s -> Int in
+            guard let n = Int(s.trimmingCharacters(in: .whitespaces)), n > 0 else { throw ValidationError("\(option): \(s) is not a positive integer") }
+            return n
+        }
+    }
+
+    static func cpuModel() -> String {
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
               let line = info.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
               let name = line.split(separator: ":", maxSplits: 1).last else { return "unknown CPU" }

@@ -1,0 +1,143 @@
+import Cluster
+import Foundation
+import Kernels
+import Storage
+import Training
+
+/// `bench W3` (WORKLOADS.md): W1 data-parallel, 128 samples per rank per step, one BLAS
+/// thread per rank, run under `mpirun -np P`. Measures, in one run:
+/// 1. one rank alone (the others sleep), batch 128: the weak-scaling reference, and
+/// 2. all P ranks, global batch 128·P: samples/s, efficiency, and time per step in
+///    communication — the two alternating, repetition by repetition, so that both see the
+///    same machine (this VM's speed drifts by 20% over a minute);
+/// 3. the gradient sync alone, at several bucket sizes, beside a blocking `MPI_Allreduce` of
+///    the same bytes: whole buffer in one call, and in calls of the bucket size.
+struct ScalingBench {
+    let data: String
+    let warmup: Int
+    let steps: Int
+    let repeats: Int
+    /// Bucket size for the training run; nil takes the config default.
+    let bucketKiB: Int?
+    /// Bucket sizes for the sync-alone table.
+    let sweepKiB: [Int]
+
+    func run() throws {
+        let world = try MPIWorld.start()
+        BLAS.setThreads(1)
+        let say: (String) -> Void = { if world.isCoordinator { print($0); fflush(nil) } }
+        let one = try Workload.w3.config(dataDir: data, epochs: 1, ranks: 1)
+        var all = try Workload.w3.config(dataDir: data, epochs: 1, ranks: world.size)
+        if let bucketKiB { all.parallel.bucketBytes = bucketKiB * 1024 }
+        let (train, test) = try one.data.load()
+        say("switchboard \(Switchboard.version) bench W3; \(BLAS.config); \(MPIWorld.libraryVersion)")
+        say("machine: \(BenchCommand.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; "
+            + "ranks \(world.size) × 1 BLAS thread; OpenBLAS \(BLAS.coreName)")
+
+        // 1 and 2, alternating: one rank alone (the others asleep in a barrier), then all.
+        let single = world.isCoordinator ? try Trainer(config: one, comm: try MPIWorld.alone(), train: train, test: test) : nil
+        let trainer = try Trainer(config: all, comm: world, train: train, test: test)
+        try single.map { try warm($0) }
+        try world.barrier("bench: one rank alone", idle: true)
+        try warm(trainer)
+        var alone = Timing(), timing = Timing()
+        for _ in 0..<repeats {
+            if let single { try timeSteps(single, into: &alone) }
+            try world.barrier("bench: one rank alone", idle: true)
+            try timeSteps(trainer, into: &timing)
+        }
+        timing.finish(steps: repeats * steps)
+        let rate = median(timing.rates), base = world.isCoordinator ? median(alone.rates) : 0
+        let buckets = trainer.gradientSync.buckets.count
+        let bytes = trainer.model.store.count * 4
+        say("")
+        say("1 rank alone, batch 128: \(Int(base)) samples/s (median of \(repeats) × \(steps) steps; runs \(list(alone.rates)))")
+        say("\(world.size) ranks, global batch \(128 * world.size): \(Int(rate)) samples/s (median; runs \(list(timing.rates)))")
+        say("  weak-scaling efficiency: \(Int(rate)) / (\(world.size) × \(Int(base))) = \(fixed(rate / (Double(world.size) * base), 3))")
+        say("  gradients: \(fixed(Double(bytes) / 1e6, 2)) MB in \(buckets) bucket\(buckets == 1 ? "" : "s") of \(all.parallel.bucketBytes / 1024) KiB")
+        say("  communication per step (rank 0), of a \(fixed(1000 * timing.secondsPerStep, 1)) ms step: "
+            + "\(fixed(1000 * timing.progressPerStep, 2)) ms advancing buckets between layers, "
+            + "\(fixed(1000 * timing.syncWaitPerStep, 2)) ms finishing them after backward; "
+            + "\(fixed(1000 * timing.waitPerStep, 2)) ms in all waiting on other ranks (metrics included)")
+
+        // 3. The sync alone against MPI_Allreduce of the same bytes.
+        guard world.size > 1 else { return }
+        say("")
+        say("gradient sync alone, \(fixed(Double(bytes) / 1e6, 2)) MB (best of 5 × 10; GB/s = gradient bytes / time):")
+        say("  bucket KiB  buckets  bucketed sync  MPI_Allreduce in bucket-size calls  MPI_Allreduce whole  sync ÷ whole")
+        let buffer = Tensor(shape: [trainer.model.store.count])
+        let whole = try bandwidth(buffer, world) { try world.referenceAllreduceSum(buffer.data, count: buffer.count) }
+        for kib in sweepKiB {
+            let sync = try BucketedAllreduce(comm: world, data: buffer.data, count: buffer.count, bucketBytes: kib * 1024)
+            let bucketed = try bandwidth(buffer, world) {
+                sync.begin()
+                try sync.gradientsFinal(from: 0)
+                try sync.finish()
+            }
+            let calls = try bandwidth(buffer, world) {
+                for r in sync.buckets { try world.referenceAllreduceSum(buffer.data + r.lowerBound, count: r.count) }
+            }
+            say("  " + [pad(String(kib), 10), pad(String(sync.buckets.count), 7), pad(fixed(bucketed, 2) + " GB/s", 13),
+                        pad(fixed(calls, 2) + " GB/s", 34), pad(fixed(whole, 2) + " GB/s", 19),
+                        pad(fixed(bucketed / whole, 3), 12)].joined(separator: "  "))
+        }
+    }
+
+    /// Samples/s of each timed run, and this rank's time in communication over all of them
+    /// (totals, then per step after `finish`).
+    struct Timing {
+        var rates: [Double] = []
+        var waitPerStep = 0.0, syncWaitPerStep = 0.0, progressPerStep = 0.0, secondsPerStep = 0.0
+
+        mutating func finish(steps: Int) {
+            let n = Double(steps)
+            waitPerStep /= n
+            syncWaitPerStep /= n
+            progressPerStep /= n
+            secondsPerStep /= n
+        }
+    }
+
+    func warm(_ trainer: Trainer) throws {
+        for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
+    }
+
+    /// One timed run of `steps` steps.
+    func timeSteps(_ trainer: Trainer, into timing: inout Timing) throws {
+        let batches = trainer.order.batchesPerEpoch
+        try trainer.comm.barrier("bench: start of a timed run")
+        trainer.comm.watchdog.resetWaitTime()
+        let t0 = ContinuousClock.now
+        var samples = 0
+        for _ in 0..<steps {
+            samples += try trainer.trainStep(epoch: 0, batch: trainer.step % batches).rows
+            timing.syncWaitPerStep += trainer.gradientSync.lastWaitSeconds
+            timing.progressPerStep += trainer.gradientSync.lastProgressSeconds
+        }
+        let seconds = (ContinuousClock.now - t0).seconds
+        timing.secondsPerStep += seconds
+        timing.waitPerStep += trainer.comm.watchdog.waitSeconds
+        timing.rates.append(Double(samples) / seconds)
+    }
+
+    /// Best GB/s of `body` over `buffer`'s bytes, 5 trials of 10 calls, ranks aligned by a
+    /// barrier before each trial. The buffer is refilled so that repeated sums stay finite.
+    func bandwidth(_ buffer: Tensor, _ world: Communicator, _ body: () throws -> Void) throws -> Double {
+        var best = Double.infinity
+        for _ in 0..<5 {
+            buffer.data.update(repeating: 1e-3, count: buffer.count)
+            try world.barrier("bench: sync rate")
+            let t0 = ContinuousClock.now
+            for _ in 0..<10 { try body() }
+            best = min(best, (ContinuousClock.now - t0).seconds / 10)
+        }
+        // Every rank must report the same number: take rank 0's through a sum.
+        var seconds = [world.isCoordinator ? best : 0]
+        try seconds.withUnsafeMutableBufferPointer { try world.allreduceSum($0.baseAddress!, count: 1, "bench: rate") }
+        return Double(buffer.count * 4) / seconds[0] / 1e9
+    }
+
+    func median(_ xs: [Double]) -> Double { xs.isEmpty ? 0 : xs.sorted()[xs.count / 2] }
+    func list(_ xs: [Double]) -> String { xs.map { String(Int($0)) }.joined(separator: ", ") }
+    func pad(_ s: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - s.count)) + s }
+}
