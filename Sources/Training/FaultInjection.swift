@@ -6,23 +6,33 @@ public struct InjectedFault: Error, CustomStringConvertible {
     public var description: String { "injected fault before step \(step) (SWITCHBOARD_FAULT)" }
 }
 
-/// Test hook: `SWITCHBOARD_FAULT=rank=R,step=S` makes rank R throw before training step S, so
-/// tests can check that one rank's error stops the whole job. Unset, it costs one compare.
+/// Test hook: `SWITCHBOARD_FAULT=rank=R,step=S[,kind=K]` acts on rank R before training step
+/// S, so tests can check how the job handles one failing rank. Kinds: `throw` (the default)
+/// throws an error; `stop` sends the process SIGSTOP, as a hung node would look to the others;
+/// `crash` writes through a bad pointer (a real SIGSEGV). Unset, it costs one compare per step.
 public enum FaultInjection {
-    static let plan: (rank: Int, step: Int)? = {
+    public enum Kind: String, Sendable { case `throw`, stop, crash }
+
+    static let plan: (rank: Int, step: Int, kind: Kind)? = {
         guard let raw = getenv("SWITCHBOARD_FAULT") else { return nil }
-        var rank: Int?, step: Int?
+        var rank: Int?, step: Int?, kind = Kind.throw
         for part in String(cString: raw).split(separator: ",") {
             let kv = part.split(separator: "=").map(String.init)
             guard kv.count == 2 else { continue }
             if kv[0] == "rank" { rank = Int(kv[1]) }
             if kv[0] == "step" { step = Int(kv[1]) }
+            if kv[0] == "kind", let k = Kind(rawValue: kv[1]) { kind = k }
         }
         guard let rank, let step else { return nil }
-        return (rank, step)
+        return (rank, step, kind)
     }()
 
     public static func check(rank: Int, step: Int) throws {
-        if let plan, plan.rank == rank, plan.step == step { throw InjectedFault(step: step) }
+        guard let plan, plan.rank == rank, plan.step == step else { return }
+        switch plan.kind {
+        case .throw: throw InjectedFault(step: step)
+        case .stop: raise(SIGSTOP)
+        case .crash: UnsafeMutablePointer<Int>(bitPattern: 16)!.pointee = step
+        }
     }
 }

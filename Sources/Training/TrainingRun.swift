@@ -25,6 +25,7 @@ extension Trainer {
             let t0 = clock.now
             var stop = false
             for batch in 0..<order.batchesPerEpoch {
+                FatalSignalReport.at(step: step)
                 try FaultInjection.check(rank: comm.rank, step: step)
                 let r = try trainStep(epoch: epoch, batch: batch)
                 samples += r.rows

@@ -32,6 +32,7 @@ struct TrainCommand: ParsableCommand {
         }
         let config = try JobConfig.parse(text, source: job, overrides: overrides)
         let comm = try MPIWorld.start()
+        FatalSignalReport.install(rank: comm.rank, ranks: comm.size)
         // Default: the host's cores shared among the ranks on this host (OpenMPI says how many).
         let local = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? comm.size
         let threads = config.train.threads > 0 ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1))

@@ -80,6 +80,45 @@ final class MultiRankTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs/fault/summary.json"))
     }
 
+    /// A rank that stops (SIGSTOP, as a hung node looks to the others) is found by the
+    /// watchdog: the coordinator names it and the collective it never reached, and aborts.
+    func testTheWatchdogNamesAStoppedRankAndAbortsTheJob() throws {
+        let job = "\(dir)/job.toml"
+        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
+        let r = try mpirun(ranks: 2, name: "stop", job: job, settings: ["parallel.watchdog_seconds=2"],
+                           environment: ["SWITCHBOARD_FAULT": "rank=1,step=3,kind=stop"])
+        XCTAssertNotEqual(r.code, 0, r.output)
+        XCTAssertLessThan(r.seconds, 10, "deadline 2 s, grace at most 1 s, and start-up")
+        XCTAssertTrue(r.output.contains("switchboard: watchdog: rank 0 waited 2."), r.output)
+        XCTAssertTrue(r.output.contains("  rank 0: waiting 2."), r.output)
+        XCTAssertTrue(r.output.contains("(step 3, gradient sync: bucket 1/1 (embed.weight … head.bias)"), r.output)
+        XCTAssertTrue(r.output.contains("  rank 1: no answer: never reached collective #"), r.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs/stop/summary.json"))
+    }
+
+    /// When the coordinator itself stops, the rank waiting for it says so and aborts the job.
+    func testTheWatchdogNamesAStoppedCoordinator() throws {
+        let job = "\(dir)/job.toml"
+        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
+        let r = try mpirun(ranks: 2, name: "stop0", job: job, settings: ["parallel.watchdog_seconds=2"],
+                           environment: ["SWITCHBOARD_FAULT": "rank=0,step=3,kind=stop"])
+        XCTAssertNotEqual(r.code, 0, r.output)
+        XCTAssertLessThan(r.seconds, 10, "deadline 2 s, twice the grace, and start-up")
+        XCTAssertTrue(r.output.contains("switchboard: watchdog: rank 1 waited 2."), r.output)
+        XCTAssertTrue(r.output.contains("rank 1: the coordinator (rank 0) did not answer"), r.output)
+    }
+
+    /// A rank killed by a fatal signal names itself and its step; mpirun stops the others.
+    func testARankKilledByASignalIsNamed() throws {
+        let job = "\(dir)/job.toml"
+        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
+        let r = try mpirun(ranks: 2, name: "crash", job: job, environment: ["SWITCHBOARD_FAULT": "rank=1,step=3,kind=crash"])
+        XCTAssertNotEqual(r.code, 0, r.output)
+        XCTAssertLessThan(r.seconds, 10)
+        XCTAssertTrue(r.output.contains("switchboard: error: rank 1: killed by signal SIGSEGV (invalid memory access) in training step 3"), r.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs/crash/summary.json"))
+    }
+
     func testOneTwoAndFourRanksTrainTheSameModel() throws {
         let job = "\(dir)/job.toml"
         // 11 steps per epoch: 50 steps cross four epoch boundaries and four partial batches.
