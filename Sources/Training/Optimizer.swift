@@ -5,8 +5,9 @@ import Foundation
 /// Updates a parameter store from its gradients, then zeroes the gradients (fused into the
 /// same pass, so the next backward can accumulate).
 public protocol Optimizer: AnyObject {
-    /// `gradScale` multiplies every gradient first (global-norm clipping).
-    func step(_ store: ParameterStore, lr: Float, gradScale: Float)
+    /// Updates the flat arena ranges `ranges` (this rank's shard; the whole arena on one
+    /// process). `gradScale` multiplies every gradient first (global-norm clipping).
+    func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float)
     /// Updates taken so far.
     var steps: Int { get }
 }
@@ -32,8 +33,9 @@ public final class AdamW: Optimizer, RangeTask {
     // The step's constants, set by `step` and read by `run` on the pool's threads.
     private var store: ParameterStore?
     private var lr: Float = 0, stepSize: Float = 0, rootBC2: Float = 1, gradScale: Float = 1
+    private var span = 0..<0
 
-    public func step(_ store: ParameterStore, lr: Float, gradScale: Float) {
+    public func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float) {
         steps += 1
         let t = Double(steps)
         self.store = store
@@ -41,14 +43,18 @@ public final class AdamW: Optimizer, RangeTask {
         self.gradScale = gradScale
         stepSize = lr / Float(1 - pow(Double(beta1), t))
         rootBC2 = Float((1 - pow(Double(beta2), t)).squareRoot())
-        // One pass over the flat store, split over the pool's threads: elementwise, so the
-        // result does not depend on the split.
-        WorkerPool.shared.run(self, count: store.count)
+        // One pass over each range, split over the pool's threads: elementwise, so the result
+        // does not depend on the split.
+        for r in ranges {
+            span = r
+            WorkerPool.shared.run(self, count: r.count)
+        }
     }
 
-    /// Updates the flat index range `range` of the store, parameter by parameter.
-    public func run(_ range: Range<Int>) {
+    /// Updates `range` of the current span, parameter by parameter.
+    public func run(_ part: Range<Int>) {
         guard let store else { return }
+        let range = (span.lowerBound + part.lowerBound)..<(span.lowerBound + part.upperBound)
         for p in store.parameters {
             let lo = max(range.lowerBound, p.offset), hi = min(range.upperBound, p.offset + p.count)
             guard lo < hi else { continue }
@@ -101,19 +107,28 @@ public final class SGD: Optimizer {
         buffer = Tensor(shape: [count])
     }
 
-    public func step(_ store: ParameterStore, lr: Float, gradScale: Float) {
+    public func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float) {
         steps += 1
         let mu = momentum, first = steps == 1
-        for p in store.parameters {
-            let wd = decayBiasesAndNorms || p.role == .weight ? weightDecay : 0
-            let w = p.value!, g = p.grad!, b = buffer.data + p.offset
-            for i in 0..<p.count {
-                let gi = g[i] * gradScale + wd * w[i]
-                // PyTorch starts the buffer at the first gradient rather than at 0.
-                b[i] = first ? gi : mu * b[i] + gi
-                w[i] -= lr * (nesterov ? gi + mu * b[i] : b[i])
-                g[i] = 0
+        for range in ranges {
+            for p in store.parameters {
+                let lo = max(range.lowerBound, p.offset), hi = min(range.upperBound, p.offset + p.count)
+                guard lo < hi else { continue }
+                update(p, lo, hi, store: store, lr: lr, gradScale: gradScale, mu: mu, first: first)
             }
+        }
+    }
+
+    /// Updates `[lo, hi)` of the arena, all inside parameter `p`.
+    func update(_ p: Parameter, _ lo: Int, _ hi: Int, store: ParameterStore, lr: Float, gradScale: Float, mu: Float, first: Bool) {
+        let wd = decayBiasesAndNorms || p.role == .weight ? weightDecay : 0
+        let w = store.values.data, g = store.grads.data, b = buffer.data
+        for i in lo..<hi {
+            let gi = g[i] * gradScale + wd * w[i]
+            // PyTorch starts the buffer at the first gradient rather than at 0.
+            b[i] = first ? gi : mu * b[i] + gi
+            w[i] -= lr * (nesterov ? gi + mu * b[i] : b[i])
+            g[i] = 0
         }
     }
 }

@@ -36,8 +36,9 @@ public final class Trainer {
     public let testSet: Dataset
     public let order: GlobalSampleOrder
     public let maxRows: Int
-    /// Sums gradients over the ranks, bucket by bucket, during backward.
-    public let gradientSync: BucketedAllreduce
+    /// Reduce-scatters gradients bucket by bucket during backward, and allgathers the
+    /// parameters each rank updated.
+    public let gradientSync: ShardedSync
 
     /// The current epoch's sample order.
     var permutation: [Int32]
@@ -45,8 +46,8 @@ public final class Trainer {
     let x: Tensor
     var labels: [Int32]
     let dlogits: Tensor
-    /// [lossSum, correct] reduced across ranks in one call.
-    var counts: [Double] = [0, 0]
+    /// [lossSum, correct, Σ grad²] reduced across ranks in one call.
+    var counts: [Double] = [0, 0, 0]
 
     public private(set) var step = 0
 
@@ -79,8 +80,9 @@ public final class Trainer {
         dlogits = Tensor(shape: [maxRows, config.data.classes])
         comm.watchdog.deadline = config.parallel.watchdogSeconds
         let parameters = model.store.parameters
-        gradientSync = try BucketedAllreduce(
-            comm: comm, data: model.store.grads.data, count: model.store.count, bucketBytes: config.parallel.bucketBytes,
+        gradientSync = try ShardedSync(
+            comm: comm, grads: model.store.grads.data, values: model.store.values.data, count: model.store.count,
+            bucketBytes: config.parallel.bucketBytes,
             label: { range in
                 // The parameters a bucket touches, by global name.
                 let inside = parameters.filter { $0.offset < range.upperBound && $0.offset + $0.count > range.lowerBound }
@@ -123,21 +125,28 @@ public final class Trainer {
         comm.watchdog.step = step
         gradientSync.begin()
         try model.backward(dlogits.data, rows: rows) { try gradientSync.gradientsFinal(from: $0) }
-        try gradientSync.finish()
+        try gradientSync.finishReduceScatter()
         let store = model.store
+        let owned = gradientSync.ownedRanges
 
-        // The global gradient norm costs a pass over every gradient: taken when clipping
-        // needs it or the step will be logged, not otherwise.
+        // The global gradient norm costs a pass over this rank's shard of the gradients and
+        // rides on the metrics' reduction: taken when clipping needs it or the step will be
+        // logged, not otherwise.
         let clip = config.optimizer.clipNorm
         let logged = isLoggedStep(step + 1, every: config.train.logEvery, total: totalSteps)
-        let norm = clip > 0 || logged ? sumOfSquares(store.grads.data, count: store.count).squareRoot() : .nan
-        let gradScale: Float = clip > 0 && norm > clip ? Float(clip / norm) : 1
-        let lr = schedule.rate(step)
-        optimizer.step(store, lr: Float(lr), gradScale: gradScale)
-
+        var squares = 0.0
+        if clip > 0 || logged {
+            for r in owned { squares += sumOfSquares(store.grads.data + r.lowerBound, count: r.count) }
+        }
         counts[0] = local.lossSum
         counts[1] = Double(local.correct)
-        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 2, "metrics") }
+        counts[2] = squares
+        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 3, "metrics and gradient norm") }
+        let norm = clip > 0 || logged ? counts[2].squareRoot() : .nan
+        let gradScale: Float = clip > 0 && norm > clip ? Float(clip / norm) : 1
+        let lr = schedule.rate(step)
+        optimizer.step(store, ranges: owned, lr: Float(lr), gradScale: gradScale)
+        try gradientSync.gatherParameters()
         step += 1
         return StepResult(step: step, epoch: epoch, loss: counts[0] / Double(globalRows), correct: Int(counts[1]),
                           rows: globalRows, gradNorm: norm, lr: lr)
@@ -176,7 +185,8 @@ public final class Trainer {
         }
         counts[0] = lossSum
         counts[1] = correct
-        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 2, "evaluation") }
+        counts[2] = 0
+        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 3, "evaluation") }
         return Evaluation(loss: counts[0] / Double(data.count), accuracy: counts[1] / Double(data.count), samples: data.count)
     }
 }

@@ -10,8 +10,9 @@ import Training
 /// 2. all P ranks, global batch 128·P: samples/s, efficiency, and time per step in
 ///    communication — the two alternating, repetition by repetition, so that both see the
 ///    same machine (this VM's speed drifts by 20% over a minute);
-/// 3. the gradient sync alone, at several bucket sizes, beside a blocking `MPI_Allreduce` of
-///    the same bytes: whole buffer in one call, and in calls of the bucket size.
+/// 3. the sync alone (gradient reduce-scatter and parameter allgather, which together move
+///    what an allreduce of the gradients moves), at several bucket sizes, beside a blocking
+///    `MPI_Allreduce` of the same bytes: in one call, and in calls of the bucket size.
 struct ScalingBench {
     let data: String
     let warmup: Int
@@ -56,23 +57,25 @@ struct ScalingBench {
         say("  weak-scaling efficiency: \(Int(rate)) / (\(world.size) × \(Int(base))) = \(fixed(rate / (Double(world.size) * base), 3))")
         say("  gradients: \(fixed(Double(bytes) / 1e6, 2)) MB in \(buckets) bucket\(buckets == 1 ? "" : "s") of \(all.parallel.bucketBytes / 1024) KiB")
         say("  communication per step (rank 0), of a \(fixed(1000 * timing.secondsPerStep, 1)) ms step: "
-            + "\(fixed(1000 * timing.progressPerStep, 2)) ms advancing buckets between layers, "
-            + "\(fixed(1000 * timing.syncWaitPerStep, 2)) ms finishing them after backward; "
-            + "\(fixed(1000 * timing.waitPerStep, 2)) ms in all waiting on other ranks (metrics included)")
+            + "\(fixed(1000 * timing.progressPerStep, 2)) ms reduce-scattering buckets between layers, "
+            + "\(fixed(1000 * timing.scatterPerStep, 2)) ms finishing that after backward, "
+            + "\(fixed(1000 * timing.gatherPerStep, 2)) ms allgathering parameters; "
+            + "\(fixed(1000 * timing.waitPerStep, 2)) ms of all collectives spent waiting on other ranks")
 
         // 3. The sync alone against MPI_Allreduce of the same bytes.
         guard world.size > 1 else { return }
         say("")
-        say("gradient sync alone, \(fixed(Double(bytes) / 1e6, 2)) MB (best of 5 × 10; GB/s = gradient bytes / time):")
+        say("sync alone, \(fixed(Double(bytes) / 1e6, 2)) MB (reduce-scatter + allgather; best of 5 × 10; GB/s = gradient bytes / time):")
         say("  bucket KiB  buckets  bucketed sync  MPI_Allreduce in bucket-size calls  MPI_Allreduce whole  sync ÷ whole")
-        let buffer = Tensor(shape: [trainer.model.store.count])
+        let buffer = Tensor(shape: [trainer.model.store.count]), values = Tensor(shape: [buffer.count])
         let whole = try bandwidth(buffer, world) { try world.referenceAllreduceSum(buffer.data, count: buffer.count) }
         for kib in sweepKiB {
-            let sync = try BucketedAllreduce(comm: world, data: buffer.data, count: buffer.count, bucketBytes: kib * 1024)
+            let sync = try ShardedSync(comm: world, grads: buffer.data, values: values.data, count: buffer.count, bucketBytes: kib * 1024)
             let bucketed = try bandwidth(buffer, world) {
                 sync.begin()
                 try sync.gradientsFinal(from: 0)
-                try sync.finish()
+                try sync.finishReduceScatter()
+                try sync.gatherParameters()
             }
             let calls = try bandwidth(buffer, world) {
                 for r in sync.buckets { try world.referenceAllreduceSum(buffer.data + r.lowerBound, count: r.count) }
@@ -87,13 +90,14 @@ struct ScalingBench {
     /// (totals, then per step after `finish`).
     struct Timing {
         var rates: [Double] = []
-        var waitPerStep = 0.0, syncWaitPerStep = 0.0, progressPerStep = 0.0, secondsPerStep = 0.0
+        var waitPerStep = 0.0, progressPerStep = 0.0, scatterPerStep = 0.0, gatherPerStep = 0.0, secondsPerStep = 0.0
 
         mutating func finish(steps: Int) {
             let n = Double(steps)
             waitPerStep /= n
-            syncWaitPerStep /= n
             progressPerStep /= n
+            scatterPerStep /= n
+            gatherPerStep /= n
             secondsPerStep /= n
         }
     }
@@ -111,8 +115,9 @@ struct ScalingBench {
         var samples = 0
         for _ in 0..<steps {
             samples += try trainer.trainStep(epoch: 0, batch: trainer.step % batches).rows
-            timing.syncWaitPerStep += trainer.gradientSync.lastWaitSeconds
             timing.progressPerStep += trainer.gradientSync.lastProgressSeconds
+            timing.scatterPerStep += trainer.gradientSync.lastScatterSeconds
+            timing.gatherPerStep += trainer.gradientSync.lastGatherSeconds
         }
         let seconds = (ContinuousClock.now - t0).seconds
         timing.secondsPerStep += seconds

@@ -83,3 +83,25 @@ public enum Fixtures {
         """
     }
 }
+
+/// Runs a program and collects its output (stdout and stderr together), killing it after a
+/// deadline: a hang (the failure the multi-rank tests guard against) must fail the test,
+/// not stall CI.
+public enum Launcher {
+    public static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                           deadline: Double = 30) throws -> (code: Int32, output: String, seconds: Double) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        let start = Date()
+        try p.run()
+        DispatchQueue.global().asyncAfter(deadline: .now() + deadline) { if p.isRunning { p.terminate() } }
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text, Date().timeIntervalSince(start))
+    }
+}

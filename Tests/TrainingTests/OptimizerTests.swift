@@ -24,7 +24,7 @@ final class OptimizerTests: XCTestCase {
         var m = [Double](repeating: 0, count: p.count), v = m
         for t in 1...5 {
             for i in 0..<store.count { store.grads[i] = gradient(t, i) }
-            opt.step(store, lr: Float(lr), gradScale: 0.5)
+            opt.step(store, ranges: [0..<store.count], lr: Float(lr), gradScale: 0.5)
             for i in 0..<p.count {
                 let g = Double(gradient(t, i)) * 0.5
                 m[i] = b1 * m[i] + (1 - b1) * g
@@ -48,7 +48,7 @@ final class OptimizerTests: XCTestCase {
             var buf = [Double](repeating: 0, count: p.count)
             for t in 1...4 {
                 for i in 0..<store.count { store.grads[i] = gradient(t, i) }
-                opt.step(store, lr: Float(lr), gradScale: 1)
+                opt.step(store, ranges: [0..<store.count], lr: Float(lr), gradScale: 1)
                 for i in 0..<p.count {
                     let g = Double(gradient(t, i)) + wd * p[i]
                     buf[i] = t == 1 ? g : mu * buf[i] + g
@@ -69,12 +69,34 @@ final class OptimizerTests: XCTestCase {
             let opt = AdamW(count: store.count, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, decayBiasesAndNorms: true)
             for t in 1...3 {
                 for i in 0..<store.count { store.grads[i] = gradient(t, i) }
-                opt.step(store, lr: 1e-3, gradScale: 1)
+                opt.step(store, ranges: [0..<store.count], lr: 1e-3, gradScale: 1)
             }
             results.append(store.values.array)
         }
         BLAS.setThreads(1)
         XCTAssertEqual(results[0], results[1])
         XCTAssertEqual(results[0], results[2])
+    }
+
+    /// A rank updates only its shard of the arena (ranges that may cut through parameters):
+    /// updating the shards one by one equals one update of the whole arena, bit for bit.
+    func testUpdatingShardsEqualsUpdatingTheWholeArena() {
+        func train(_ ranges: [Range<Int>], sgd: Bool) -> [Float] {
+            let (store, _, _) = makeStore(37)
+            let opt: any Optimizer = sgd
+                ? SGD(count: store.count, momentum: 0.9, nesterov: true, weightDecay: 0.01, decayBiasesAndNorms: false)
+                : AdamW(count: store.count, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, decayBiasesAndNorms: false)
+            for t in 1...3 {
+                for i in 0..<store.count { store.grads[i] = gradient(t, i) }
+                opt.step(store, ranges: ranges, lr: 0.01, gradScale: 0.7)
+                XCTAssertTrue(store.grads.array.allSatisfy { $0 == 0 })
+            }
+            return store.values.array
+        }
+        // 42 floats: w is [0, 37), b is [37, 42); the shards cut through both and come in
+        // the sync's order (the end of the arena first).
+        for sgd in [false, true] {
+            XCTAssertEqual(train([30..<42, 13..<30, 0..<13], sgd: sgd), train([0..<42], sgd: sgd), sgd ? "SGD" : "AdamW")
+        }
     }
 }
