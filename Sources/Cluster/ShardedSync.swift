@@ -126,19 +126,13 @@ public final class ShardedSync {
     }
 
     /// Completes the reduce-scatter (under the watchdog): this rank's `ownedRanges` of the
-    /// gradients then hold the sums over all ranks. Gradients outside them are zeroed, ready
+    /// gradients then hold the sums over all ranks, and every other gradient is zero, ready
     /// for the next backward to accumulate into.
     public func finishReduceScatter() throws {
         guard comm.size > 1 else { return }
         let t0 = MPI_Wtime()
         readyFrom = 0
         try wait("gradient reduce-scatter")
-        var from = 0
-        for owned in ownedRanges.reversed() {
-            (grads + from).update(repeating: 0, count: owned.lowerBound - from)
-            from = owned.upperBound
-        }
-        (grads + from).update(repeating: 0, count: count - from)
         lastScatterSeconds = MPI_Wtime() - t0
     }
 
@@ -204,14 +198,18 @@ public final class ShardedSync {
         inFlight = true
     }
 
-    /// Finishes ring step j of bucket b: a reduce-scatter step adds the received partial sum.
+    /// Finishes ring step j of bucket b. A reduce-scatter step adds the received partial sum,
+    /// and zeroes the chunk it sent: every chunk but the owned one is sent exactly once, and
+    /// is not needed again (zeroing it here, still in cache, costs less than a pass at the end).
     func complete(_ b: Int) {
-        let p = comm.size, j = completed[b]
+        let p = comm.size, r = comm.rank, j = completed[b]
         if j < p - 1 {
             let bucket = buckets[b]
-            let c = Self.chunk(((comm.rank - j - 1) % p + p) % p, of: bucket.count, ranks: p)
+            let c = Self.chunk(((r - j - 1) % p + p) % p, of: bucket.count, ranks: p)
             let chunk = grads + bucket.lowerBound + c.offset
             add(UnsafePointer(chunk), UnsafePointer(scratch), into: chunk, count: c.count)
+            let sent = Self.chunk(((r - j) % p + p) % p, of: bucket.count, ranks: p)
+            (grads + bucket.lowerBound + sent.offset).update(repeating: 0, count: sent.count)
         }
         completed[b] = j + 1
     }
