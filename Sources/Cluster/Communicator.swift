@@ -92,12 +92,22 @@ public struct Communicator: @unchecked Sendable {
     /// In-place sum of `count` floats over all ranks. In a world of one the data is
     /// already the sum, and the call returns without touching it.
     public func allreduceSum(_ data: UnsafeMutablePointer<Float>, count: Int, _ phase: StaticString, _ detail: String = "") throws {
+        try allreduceSum(UnsafeMutableRawPointer(data), count: count, .float, bytes: 4, phase, detail)
+    }
+
+    /// In-place sum of `count` doubles over all ranks.
+    public func allreduceSum(_ data: UnsafeMutablePointer<Double>, count: Int, _ phase: StaticString, _ detail: String = "") throws {
+        try allreduceSum(UnsafeMutableRawPointer(data), count: count, .double, bytes: 8, phase, detail)
+    }
+
+    func allreduceSum(_ data: UnsafeMutableRawPointer, count: Int, _ type: DataType, bytes: Int,
+                      _ phase: StaticString, _ detail: String) throws {
         guard size > 1, count > 0 else { return }
-        watchdog.begin(phase, detail, bytes: count * 4)
+        watchdog.begin(phase, detail, bytes: count * bytes)
         var request: MPI_Request? = sb_request_null()
-        try check(MPI_Iallreduce(sb_in_place(), data, Int32(count), DataType.float.raw, ReduceOp.sum.raw, handle.raw, &request),
-                  "MPI_Iallreduce of \(count) floats")
-        try complete(&request, "MPI_Iallreduce of \(count) floats")
+        try check(MPI_Iallreduce(sb_in_place(), data, Int32(count), type.raw, ReduceOp.sum.raw, handle.raw, &request),
+                  "MPI_Iallreduce of \(count) × \(bytes) bytes")
+        try complete(&request, "MPI_Iallreduce of \(count) × \(bytes) bytes")
     }
 
     /// A plain blocking `MPI_Allreduce`, without tag or watchdog: the reference rate that
@@ -133,16 +143,6 @@ public struct Communicator: @unchecked Sendable {
             }
         }
         return isCoordinator ? out : nil
-    }
-
-    /// In-place sum of `count` doubles over all ranks.
-    public func allreduceSum(_ data: UnsafeMutablePointer<Double>, count: Int, _ phase: StaticString, _ detail: String = "") throws {
-        guard size > 1, count > 0 else { return }
-        watchdog.begin(phase, detail, bytes: count * 8)
-        var request: MPI_Request? = sb_request_null()
-        try check(MPI_Iallreduce(sb_in_place(), data, Int32(count), DataType.double.raw, ReduceOp.sum.raw, handle.raw, &request),
-                  "MPI_Iallreduce of \(count) doubles")
-        try complete(&request, "MPI_Iallreduce of \(count) doubles")
     }
 
     /// Waits until every rank has arrived (a barrier under the watchdog). `idle` ranks sleep

@@ -15,9 +15,8 @@ final class CLITests: XCTestCase {
 
     /// Runs the `switchboard` built next to this test bundle.
     func run(_ args: [String]) throws -> Result {
-        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard")
         let p = Process()
-        p.executableURL = bin
+        p.executableURL = URL(fileURLWithPath: Fixtures.binary)
         p.arguments = args
         p.currentDirectoryURL = URL(fileURLWithPath: dir)
         let out = Pipe(), err = Pipe()

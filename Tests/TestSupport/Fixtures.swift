@@ -4,6 +4,11 @@ import Kernels
 /// Small synthetic IDX datasets written to a temporary folder, so data tests and training
 /// tests run without the Fashion-MNIST package and in well under a second.
 public enum Fixtures {
+    /// The `switchboard` executable built beside the test bundle.
+    public static var binary: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard").path
+    }
+
     public static func temporaryDirectory() -> String {
         let dir = NSTemporaryDirectory() + "switchboard-tests-\(UUID().uuidString)"
         try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

@@ -17,9 +17,7 @@ final class MultiHostTests: XCTestCase {
     }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
-    var binary: String {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard").path
-    }
+    var binary: String { Fixtures.binary }
 
     func testTwoNamespaceHostsOverTCPTrainLikeTwoRanksOnOneHost() throws {
         let harness = "\(repository)/cluster/netns/harness.sh"

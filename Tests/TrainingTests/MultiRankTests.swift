@@ -19,9 +19,7 @@ final class MultiRankTests: XCTestCase {
     }
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
-    var binary: String {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard").path
-    }
+    var binary: String { Fixtures.binary }
 
     /// Runs mpirun with `arguments` (after the root and oversubscription flags), killed after
     /// 30 s; returns its exit code, output and seconds.
