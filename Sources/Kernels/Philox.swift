@@ -97,6 +97,11 @@ public enum RNGStream {
         0x4452_0000_0000_0000 | UInt64(site) << 40 | UInt64(step & 0xFF_FFFF_FFFF)
     }
 
+    /// Stream for the expert dropout of MoE layer `site` at a step (σ-MoE).
+    public static func expertDropout(site: Int, step: Int) -> UInt64 {
+        0x4544_0000_0000_0000 | UInt64(site) << 40 | UInt64(step & 0xFF_FFFF_FFFF)
+    }
+
     /// 64-bit FNV-1a of a string's UTF-8 bytes; stable across runs and platforms.
     public static func fnv1a(_ s: String) -> UInt64 {
         var h: UInt64 = 0xCBF2_9CE4_8422_2325

@@ -9,11 +9,15 @@ public struct ForwardContext: Sendable {
     /// Position of this process's first row in the global batch; with `step` it makes a
     /// row's dropout mask a function of its global position, not of the rank that holds it.
     public var rowOffset: Int
+    /// Rows in the whole global batch (0: this pass's rows): MoE auxiliary losses are means
+    /// over the global batch.
+    public var globalRows: Int
 
-    public init(training: Bool, step: Int = 0, rowOffset: Int = 0) {
+    public init(training: Bool, step: Int = 0, rowOffset: Int = 0, globalRows: Int = 0) {
         self.training = training
         self.step = step
         self.rowOffset = rowOffset
+        self.globalRows = globalRows
     }
 }
 

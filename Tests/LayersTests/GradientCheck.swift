@@ -15,9 +15,13 @@ struct GradientCheck {
     let context: ForwardContext
     let x: Tensor
     let r: Tensor
+    /// A loss the layer adds on its own after forward (an MoE layer's auxiliary loss), whose
+    /// gradient its backward includes.
+    let extraLoss: (() -> Double)?
 
     init(_ layer: any Layer, store: ParameterStore, rows: Int, context: ForwardContext = .init(training: true),
-         input: ((Int) -> Float)? = nil) {
+         input: ((Int) -> Float)? = nil, extraLoss: (() -> Double)? = nil) {
+        self.extraLoss = extraLoss
         self.layer = layer
         self.store = store
         self.rows = rows
@@ -33,7 +37,7 @@ struct GradientCheck {
         let y = layer.forward(x.data, rows: rows, context: context)
         var s = 0.0
         for i in 0..<rows * layer.outputWidth { s += Double(y[i]) * Double(r[i]) }
-        return s
+        return s + (extraLoss?() ?? 0)
     }
 
     func numeric(_ p: UnsafeMutablePointer<Float>) -> Double {

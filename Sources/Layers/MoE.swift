@@ -1,0 +1,411 @@
+import Kernels
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A mixture-of-experts feedforward layer on one process: router → top-k → tokens grouped by
+/// expert → one GEMM pair per expert over all its tokens → outputs mixed by the gates, plus
+/// an optional shared expert. Auxiliary losses (load balance, z-loss, σ-MoE entropy) are
+/// computed in forward (`auxLoss`) and their gradients added in backward.
+///
+/// Shapes: x, y `[T, d]`; router logits and probabilities `[T, E]`; assignments `[T, k]`;
+/// the grouped rows `[A, d]` with A ≤ T·k, expert e's rows contiguous at `start[e]`.
+public final class MoE: Layer {
+    public let inputWidth: Int
+    public var outputWidth: Int { inputWidth }
+    public let spec: MoESpec
+    public let router: Parameter             // [E, d]
+    public let w1: [Parameter], b1: [Parameter?]   // [H1, d], [H1]; H1 = H or 2H (GLU)
+    public let w2: [Parameter], b2: [Parameter?]   // [d, H], [d]
+    public let shared: Sequential?
+    /// Distinguishes MoE layers in the expert-dropout RNG stream.
+    public let site: Int
+    let seed: UInt64
+
+    /// Holds the routing (choices, drops) of the last forward pass: for finite-difference
+    /// checks, where a tiny perturbation must not change which experts a token uses.
+    public var holdsRouting = false
+
+    /// The auxiliary loss of the last forward pass (coefficients applied).
+    public private(set) var auxLoss = 0.0
+    /// Assignments routed to each expert in the last pass (before capacity).
+    public private(set) var routed: [Int]
+    /// Assignments each expert took (after capacity).
+    public private(set) var accepted: [Int]
+
+    let d: Int, e: Int, k: Int, h: Int, h1: Int
+    let pointwise: Activation?
+    let gated: GatedActivation?
+
+    let logits: Tensor, probs: Tensor, scores: Tensor   // [T, E]
+    let dprobs: Tensor, dlogits: Tensor                 // [T, E]
+    var choice: [Int32]                                 // [T, k] expert, −1 for none
+    var position: [Int32]                               // [T, k] grouped row, −1 if dropped
+    let gate: Tensor, dgate: Tensor                     // [T, k]
+    var start: [Int]                                    // [E + 1]
+    var rowToken: [Int32]                               // [T·k] token of each grouped row
+    let xs: Tensor, z1: Tensor, hs: Tensor, ys: Tensor  // grouped rows
+    let dys: Tensor, dhs: Tensor, dz1: Tensor, dxs: Tensor
+    let y: Tensor, dx: Tensor                           // [T, d]
+    var meanProb: [Double]                              // P_e
+    var share: [Double]                                 // f_e
+    var lse: [Float]                                    // [T] logsumexp of each token's logits
+    var x: UnsafePointer<Float>?
+    var tokens = 0, globalTokens = 1
+
+    public init(_ name: String, width d: Int, spec: MoESpec, site: Int, seed: UInt64, maxRows: Int, store: ParameterStore) {
+        precondition(spec.topK >= 1 && spec.topK <= spec.experts)
+        inputWidth = d
+        self.spec = spec
+        self.site = site
+        self.seed = seed
+        self.d = d
+        e = spec.experts
+        k = spec.topK
+        h = spec.hidden
+        switch spec.activation {
+        case .pointwise(let f): pointwise = f; gated = nil; h1 = h
+        case .gated(let f): pointwise = nil; gated = GatedActivation(gate: f); h1 = 2 * h
+        }
+        router = store.register("\(name).router.weight", shape: [e, d], role: .weight,
+                                initializer: .uniform(bound: 1 / Float(d).squareRoot()))
+        var w1: [Parameter] = [], b1: [Parameter?] = [], w2: [Parameter] = [], b2: [Parameter?] = []
+        for i in 0..<e {
+            let p = "\(name).experts.\(i)"
+            let in1 = 1 / Float(d).squareRoot(), in2 = 1 / Float(h).squareRoot()
+            w1.append(store.register("\(p).w1", shape: [h1, d], role: .weight, initializer: .uniform(bound: in1)))
+            b1.append(spec.bias ? store.register("\(p).b1", shape: [h1], role: .bias, initializer: .uniform(bound: in1)) : nil)
+            w2.append(store.register("\(p).w2", shape: [d, h], role: .weight, initializer: .uniform(bound: in2)))
+            b2.append(spec.bias ? store.register("\(p).b2", shape: [d], role: .bias, initializer: .uniform(bound: in2)) : nil)
+        }
+        self.w1 = w1
+        self.b1 = b1
+        self.w2 = w2
+        self.b2 = b2
+        if spec.sharedHidden > 0 {
+            let sh = spec.sharedHidden
+            var layers: [any Layer] = []
+            switch spec.activation {
+            case .pointwise(let f):
+                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: sh, bias: spec.bias, activation: f, maxRows: maxRows, store: store))
+            case .gated(let f):
+                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: 2 * sh, bias: spec.bias, maxRows: maxRows, store: store))
+                layers.append(GLULayer(gate: f, hidden: sh, maxRows: maxRows))
+            }
+            layers.append(Linear("\(name).shared.fc2", inputs: sh, outputs: d, bias: spec.bias, maxRows: maxRows, store: store))
+            shared = Sequential(layers)
+        } else {
+            shared = nil
+        }
+        let a = maxRows * k
+        logits = Tensor(shape: [maxRows, e])
+        probs = Tensor(shape: [maxRows, e])
+        scores = Tensor(shape: [maxRows, e])
+        dprobs = Tensor(shape: [maxRows, e])
+        dlogits = Tensor(shape: [maxRows, e])
+        choice = [Int32](repeating: -1, count: a)
+        position = [Int32](repeating: -1, count: a)
+        gate = Tensor(shape: [a])
+        dgate = Tensor(shape: [a])
+        start = [Int](repeating: 0, count: e + 1)
+        rowToken = [Int32](repeating: 0, count: a)
+        xs = Tensor(shape: [a, d])
+        z1 = Tensor(shape: [a, h1])
+        hs = Tensor(shape: [a, h])
+        ys = Tensor(shape: [a, d])
+        dys = Tensor(shape: [a, d])
+        dhs = Tensor(shape: [a, h])
+        dz1 = Tensor(shape: [a, h1])
+        dxs = Tensor(shape: [a, d])
+        y = Tensor(shape: [maxRows, d])
+        dx = Tensor(shape: [maxRows, d])
+        meanProb = [Double](repeating: 0, count: e)
+        share = [Double](repeating: 0, count: e)
+        lse = [Float](repeating: 0, count: maxRows)
+        routed = [Int](repeating: 0, count: e)
+        accepted = [Int](repeating: 0, count: e)
+    }
+
+    // MARK: - Forward
+
+    public func forward(_ x: UnsafePointer<Float>, rows t: Int, context: ForwardContext) -> UnsafePointer<Float> {
+        self.x = x
+        tokens = t
+        globalTokens = max(context.globalRows > 0 ? context.globalRows : t, 1)
+        // logits[T, E] = x · Wrᵀ
+        gemm(.none, .transpose, m: t, n: e, k: d, a: x, lda: d, b: router.value, ldb: d, beta: 0, c: logits.data, ldc: e)
+        softmaxRows(logits.data, probs.data, rows: t, cols: e)
+        let selection: UnsafePointer<Float>
+        switch spec.router {
+        case .softmax: selection = UnsafePointer(probs.data)
+        case .sigmoid:
+            scores.data.update(from: logits.data, count: t * e)
+            Activation.sigmoid.forward(z: scores.data, bias: nil, y: scores.data, rows: t, cols: e)
+            selection = UnsafePointer(scores.data)
+        }
+        if !holdsRouting { route(selection, context: context) }
+        computeGates()
+        dispatch()
+        runExperts()
+        combine()
+        if let shared {
+            let s = shared.forward(x, rows: t, context: context)
+            add(UnsafePointer(y.data), s, into: y.data, count: t * d)
+        }
+        computeAuxLoss()
+        return UnsafePointer(y.data)
+    }
+
+    /// Chooses each token's k experts (highest selection score first, lower index on ties,
+    /// skipping experts dropped by expert dropout) and applies the capacity, in token order.
+    func route(_ selection: UnsafePointer<Float>, context: ForwardContext) {
+        let t = tokens
+        let dropping = context.training && spec.expertDropout > 0
+        let rng = Philox(seed: seed)
+        let stream = RNGStream.expertDropout(site: site, step: context.step)
+        for i in 0..<e { routed[i] = 0; accepted[i] = 0 }
+        let capacity = spec.capacity(tokens: globalTokens)
+        for r in 0..<t {
+            let row = selection + r * e
+            let global = UInt64(context.rowOffset + r)
+            for slot in 0..<k {
+                var best = -1
+                var bestScore = -Float.infinity
+                for j in 0..<e {
+                    if dropping && rng.uniform(stream: stream, index: global * UInt64(e) + UInt64(j)) < spec.expertDropout { continue }
+                    var taken = false
+                    for s in 0..<slot where choice[r * k + s] == Int32(j) { taken = true }
+                    if taken { continue }
+                    if row[j] > bestScore || best < 0 { best = j; bestScore = row[j] }
+                }
+                choice[r * k + slot] = Int32(best)
+                if best >= 0 {
+                    routed[best] += 1
+                    // Position within the expert for now; made absolute once counts are known.
+                    if accepted[best] < capacity {
+                        position[r * k + slot] = Int32(accepted[best])
+                        accepted[best] += 1
+                    } else {
+                        position[r * k + slot] = -1
+                    }
+                } else {
+                    position[r * k + slot] = -1
+                }
+            }
+        }
+        start[0] = 0
+        for i in 0..<e { start[i + 1] = start[i] + accepted[i] }
+        for a in 0..<(t * k) where position[a] >= 0 {
+            position[a] += Int32(start[Int(choice[a])])
+        }
+    }
+
+    /// Gates from the current probabilities or scores for the held or new choices.
+    func computeGates() {
+        for r in 0..<tokens {
+            var total: Float = 0
+            for slot in 0..<k {
+                let c = Int(choice[r * k + slot])
+                let g: Float
+                switch spec.router {
+                case .softmax: g = c >= 0 ? probs[r * e + c] : 0
+                case .sigmoid: g = c >= 0 ? scores[r * e + c] : 0
+                }
+                gate[r * k + slot] = g
+                total += g
+            }
+            if case .softmax(true) = spec.router, total > 0 {
+                for slot in 0..<k { gate[r * k + slot] /= total }
+            }
+        }
+    }
+
+    /// Copies each accepted assignment's token row to its place in the grouped rows.
+    func dispatch() {
+        for a in 0..<(tokens * k) {
+            let p = Int(position[a])
+            guard p >= 0 else { continue }
+            let r = a / k
+            rowToken[p] = Int32(r)
+            (xs.data + p * d).update(from: x! + r * d, count: d)
+        }
+    }
+
+    /// Expert i: h = f(xs·W1ᵀ + b1), ys = h·W2ᵀ + b2, over its contiguous rows.
+    func runExperts() {
+        for i in 0..<e {
+            let n = start[i + 1] - start[i]
+            guard n > 0 else { continue }
+            let xr = xs.data + start[i] * d, zr = z1.data + start[i] * h1, hr = hs.data + start[i] * h
+            let yr = ys.data + start[i] * d
+            gemm(.none, .transpose, m: n, n: h1, k: d, a: xr, lda: d, b: w1[i].value, ldb: d, beta: 0, c: zr, ldc: h1)
+            if let pointwise {
+                pointwise.forward(z: zr, bias: b1[i]?.value, y: hr, rows: n, cols: h)
+            } else {
+                if let b = b1[i] { Activation.identity.forward(z: zr, bias: b.value, y: zr, rows: n, cols: h1) }
+                gated!.forward(ab: zr, h: hr, rows: n, hidden: h)
+            }
+            gemm(.none, .transpose, m: n, n: d, k: h, a: hr, lda: h, b: w2[i].value, ldb: h, beta: 0, c: yr, ldc: d)
+            if let b = b2[i] { Activation.identity.forward(z: yr, bias: b.value, y: yr, rows: n, cols: d) }
+        }
+    }
+
+    /// y[t] = Σ_slots gate · ys[position]; a dropped assignment adds nothing.
+    func combine() {
+        y.data.update(repeating: 0, count: tokens * d)
+        for a in 0..<(tokens * k) {
+            let p = Int(position[a])
+            guard p >= 0 else { continue }
+            axpy(gate[a], ys.data + p * d, y.data + (a / k) * d, d)
+        }
+    }
+
+    /// f_e, P_e, logsumexp per token, and the weighted sum of the auxiliary losses.
+    func computeAuxLoss() {
+        let t = tokens
+        var assignments = 0
+        for i in 0..<e { assignments += routed[i] }
+        for i in 0..<e {
+            share[i] = Double(routed[i]) / Double(max(assignments, 1))
+            var s = 0.0
+            for r in 0..<t { s += Double(probs[r * e + i]) }
+            meanProb[i] = s / Double(t)
+        }
+        var zSum = 0.0
+        for r in 0..<t {
+            let row = logits.data + r * e
+            var m = -Float.infinity
+            for j in 0..<e { m = Swift.max(m, row[j]) }
+            var s: Float = 0
+            for j in 0..<e { s += expf(row[j] - m) }
+            lse[r] = m + logf(s)
+            zSum += Double(lse[r] * lse[r])
+        }
+        var balance = 0.0, entropy = 0.0
+        for i in 0..<e {
+            balance += share[i] * meanProb[i]
+            if meanProb[i] > 0 { entropy += meanProb[i] * log(meanProb[i]) }
+        }
+        auxLoss = Double(spec.balanceCoefficient) * Double(e) * balance
+            + Double(spec.zLossCoefficient) * zSum / Double(globalTokens)
+            + Double(spec.entropyCoefficient) * entropy
+    }
+
+    // MARK: - Backward
+
+    public func backward(_ dy: UnsafePointer<Float>, rows t: Int) -> UnsafePointer<Float>? {
+        guard let x else { preconditionFailure("MoE.backward before forward") }
+        dx.data.update(repeating: 0, count: t * d)
+        if let shared, let ds = shared.backward(dy, rows: t) {
+            add(UnsafePointer(dx.data), ds, into: dx.data, count: t * d)
+        }
+        // Combine: dys[p] = gate · dy[t], dgate = dy[t] · ys[p].
+        for a in 0..<(t * k) {
+            let p = Int(position[a])
+            guard p >= 0 else { dgate[a] = 0; continue }
+            let dyr = dy + (a / k) * d
+            dgate[a] = dot(dyr, ys.data + p * d, d)
+            scaleCopy(gate[a], dyr, dys.data + p * d, d)
+        }
+        expertsBackward()
+        // The grouped rows' input gradients go back to their tokens.
+        for p in 0..<start[e] {
+            let r = Int(rowToken[p])
+            add(UnsafePointer(dx.data + r * d), UnsafePointer(dxs.data + p * d), into: dx.data + r * d, count: d)
+        }
+        routerBackward(dy)
+        // Router: dWr[E, d] += dlogitsᵀ · x, dx += dlogits · Wr.
+        gemm(.transpose, .none, m: e, n: d, k: t, a: dlogits.data, lda: e, b: x, ldb: d, beta: 1, c: router.grad, ldc: d)
+        gemm(.none, .none, m: t, n: d, k: e, a: dlogits.data, lda: e, b: router.value, ldb: d, beta: 1, c: dx.data, ldc: d)
+        return UnsafePointer(dx.data)
+    }
+
+    func expertsBackward() {
+        for i in 0..<e {
+            let n = start[i + 1] - start[i]
+            guard n > 0 else { continue }
+            let o = start[i]
+            let xr = xs.data + o * d, zr = z1.data + o * h1, hr = hs.data + o * h
+            let dyr = dys.data + o * d, dhr = dhs.data + o * h, dzr = dz1.data + o * h1, dxr = dxs.data + o * d
+            if let b = b2[i] { addColumnSums(dyr, rows: n, cols: d, into: b.grad) }
+            // dW2[d, H] += dysᵀ · h;  dh = dys · W2
+            gemm(.transpose, .none, m: d, n: h, k: n, a: dyr, lda: d, b: hr, ldb: h, beta: 1, c: w2[i].grad, ldc: h)
+            gemm(.none, .none, m: n, n: h, k: d, a: dyr, lda: d, b: w2[i].value, ldb: h, beta: 0, c: dhr, ldc: h)
+            if let pointwise {
+                pointwise.backward(z: zr, dy: dhr, dz: dzr, dbias: b1[i]?.grad, rows: n, cols: h)
+            } else {
+                gated!.backward(ab: zr, dh: dhr, dab: dzr, rows: n, hidden: h)
+                if let b = b1[i] { addColumnSums(dzr, rows: n, cols: h1, into: b.grad) }
+            }
+            // dW1[H1, d] += dz1ᵀ · xs;  dxs = dz1 · W1
+            gemm(.transpose, .none, m: h1, n: d, k: n, a: dzr, lda: h1, b: xr, ldb: d, beta: 1, c: w1[i].grad, ldc: d)
+            gemm(.none, .none, m: n, n: d, k: h1, a: dzr, lda: h1, b: w1[i].value, ldb: d, beta: 0, c: dxr, ldc: d)
+        }
+    }
+
+    /// dlogits from the gates and the auxiliary losses.
+    func routerBackward(_ dy: UnsafePointer<Float>) {
+        let t = tokens
+        let inv = 1 / Float(globalTokens)
+        for r in 0..<t {
+            let pr = probs.data + r * e, dp = dprobs.data + r * e, dz = dlogits.data + r * e
+            // ∂aux/∂p[t, i] for the terms built on the batch-mean softmax P.
+            for i in 0..<e {
+                var g = spec.balanceCoefficient * Float(e) * Float(share[i]) * inv
+                if spec.entropyCoefficient != 0 && meanProb[i] > 0 {
+                    g += spec.entropyCoefficient * (Float(log(meanProb[i])) + 1) * inv
+                }
+                dp[i] = g
+                dz[i] = 0
+            }
+            // Gates.
+            switch spec.router {
+            case .softmax(let renormalize):
+                var total: Float = 0, weighted: Float = 0
+                for slot in 0..<k where choice[r * k + slot] >= 0 {
+                    total += pr[Int(choice[r * k + slot])]
+                    weighted += dgate[r * k + slot] * gate[r * k + slot]
+                }
+                for slot in 0..<k where choice[r * k + slot] >= 0 {
+                    let c = Int(choice[r * k + slot])
+                    dp[c] += renormalize ? (dgate[r * k + slot] - weighted) / total : dgate[r * k + slot]
+                }
+            case .sigmoid:
+                let sr = scores.data + r * e
+                for slot in 0..<k where choice[r * k + slot] >= 0 {
+                    let c = Int(choice[r * k + slot])
+                    dz[c] += dgate[r * k + slot] * sr[c] * (1 - sr[c])
+                }
+            }
+            // Softmax backward: dz += p ⊙ (dp − Σ dp·p); z-loss: dz += c·2·lse/T · p.
+            var dotp: Float = 0
+            for i in 0..<e { dotp += dp[i] * pr[i] }
+            let zTerm = spec.zLossCoefficient * 2 * lse[r] * inv
+            for i in 0..<e { dz[i] += pr[i] * (dp[i] - dotp) + zTerm * pr[i] }
+        }
+    }
+}
+
+/// y += a · x
+@inline(__always) func axpy(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    var i = 0
+    while i + 8 <= n { store8(load8(y + i) + a * load8(x + i), y + i); i += 8 }
+    while i < n { y[i] += a * x[i]; i += 1 }
+}
+
+/// y = a · x
+@inline(__always) func scaleCopy(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    var i = 0
+    while i + 8 <= n { store8(a * load8(x + i), y + i); i += 8 }
+    while i < n { y[i] = a * x[i]; i += 1 }
+}
+
+/// Σ x·y
+@inline(__always) func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = Float8()
+    var i = 0
+    while i + 8 <= n { acc += load8(x + i) * load8(y + i); i += 8 }
+    var s = acc.sum()
+    while i < n { s += x[i] * y[i]; i += 1 }
+    return s
+}
