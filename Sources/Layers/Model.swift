@@ -8,6 +8,8 @@ public enum Architecture: Sendable, Equatable {
     /// `x + W2·drop(f(W1·norm(x)))` with hidden width `expansion·d` (doubled inside W1 for a
     /// GLU variant), then a final norm and a Linear head.
     case residual(width: Int, depth: Int, expansion: Int, norm: NormKind, mlp: BlockActivation, dropout: Float)
+    /// As `residual`, with a mixture of experts in every block: `x + MoE(norm(x))` (W2).
+    case moe(width: Int, depth: Int, norm: NormKind, spec: MoESpec)
 }
 
 /// The nonlinearity of an MLP block: a pointwise activation or a gated linear unit.
@@ -38,6 +40,8 @@ public final class Model {
     public let inputs: Int
     public let classes: Int
     public let maxRows: Int
+    /// The MoE layers, in order.
+    public let moeLayers: [MoE]
     /// For each top-level layer, the arena offset from which every gradient is final once
     /// that layer's backward has run (parameters are laid out in forward order).
     let finalFrom: [Int]
@@ -48,6 +52,7 @@ public final class Model {
         self.maxRows = maxRows
         let store = ParameterStore(seed: seed)
         var layers: [any Layer] = []
+        var moes: [MoE] = []
         // The index of the first parameter each top-level layer registers.
         var firstParameter: [Int] = []
         func append(_ layer: @autoclosure () -> any Layer) {
@@ -87,7 +92,20 @@ public final class Model {
             }
             append(makeNorm(norm, "norm", width: d, maxRows: maxRows, store: store))
             append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store))
+        case .moe(let d, let depth, let norm, let spec):
+            append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false,
+                          maxRows: maxRows, store: store))
+            for i in 0..<depth {
+                let name = "blocks.\(i)"
+                let moe = MoE("\(name).moe", width: d, spec: spec, site: i, seed: seed, maxRows: maxRows, store: store)
+                moes.append(moe)
+                append(Residual(Sequential([makeNorm(norm, "\(name).norm", width: d, maxRows: maxRows, store: store), moe]),
+                                maxRows: maxRows))
+            }
+            append(makeNorm(norm, "norm", width: d, maxRows: maxRows, store: store))
+            append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store))
         }
+        moeLayers = moes
         network = Sequential(layers)
         store.finalize()
         self.store = store
@@ -101,6 +119,9 @@ public final class Model {
         }
         finalFrom = offsets
     }
+
+    /// The MoE layers' auxiliary losses from the last forward pass (coefficients applied).
+    public var auxLoss: Double { moeLayers.reduce(0) { $0 + $1.auxLoss } }
 
     /// Logits `[rows, classes]` for inputs `[rows, inputs]`.
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {

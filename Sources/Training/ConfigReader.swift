@@ -94,6 +94,9 @@ public final class ConfigReader {
         }
     }
 
+    /// Whether the file (or an override) has a section of this name.
+    public func hasSection(_ name: String) -> Bool { root[name] != nil }
+
     /// Rejects unknown sections and keys, naming the closest valid one.
     public func finish() throws {
         for (name, v) in root.sorted(by: { $0.key < $1.key }) {

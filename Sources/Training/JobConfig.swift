@@ -87,6 +87,32 @@ public struct JobConfig: Sendable {
     /// The resolved config as TOML, printed at start and saved in the run folder.
     public var resolvedTOML: String
 
+    /// The `[moe]` section.
+    static func moeSpec(_ r: ConfigReader, source: String) throws -> MoESpec {
+        let experts = try r.int("moe", "experts", 16, min: 1)
+        let topK = try r.int("moe", "top_k", 2, min: 1)
+        guard topK <= experts else {
+            throw ConfigError("\(source): [moe] top_k = \(topK) is larger than experts = \(experts); a token cannot use more experts than exist")
+        }
+        let hidden = try r.int("moe", "hidden", 512, min: 1)
+        let activation = try r.string("moe", "activation", "gelu", oneOf: BlockActivation.names)
+        let bias = try r.bool("moe", "bias", true)
+        let routerName = try r.string("moe", "router", "softmax", oneOf: ["softmax", "sigmoid"])
+        let router: RouterKind = routerName == "sigmoid" ? .sigmoid : .softmax(renormalize: try r.bool("moe", "renormalize", true))
+        let balance = try r.double("moe", "balance_loss", 0.01, min: 0)
+        let zLoss = try r.double("moe", "z_loss", 0, min: 0)
+        let entropy = try r.double("moe", "entropy_loss", 0, min: 0)
+        let dropless = try r.bool("moe", "dropless", true)
+        // A capacity factor of 0 or less would drop every token: dropless says "no limit".
+        let capacity = dropless ? 0 : try r.double("moe", "capacity_factor", 1.25, above: 0)
+        let expertDropout = try r.double("moe", "expert_dropout", 0, min: 0, below: 1)
+        let shared = try r.int("moe", "shared_hidden", 0, min: 0)
+        return MoESpec(experts: experts, topK: topK, hidden: hidden, activation: BlockActivation(name: activation)!, bias: bias,
+                       router: router, balanceCoefficient: Float(balance), zLossCoefficient: Float(zLoss),
+                       entropyCoefficient: Float(entropy), capacityFactor: Float(capacity),
+                       expertDropout: Float(expertDropout), sharedHidden: shared)
+    }
+
     /// Reads and validates a job file's text, with `section.key=value` overrides applied.
     public static func parse(_ text: String, source: String, overrides: [String] = []) throws -> JobConfig {
         let r = try ConfigReader(text: text, source: source)
@@ -112,21 +138,30 @@ public struct JobConfig: Sendable {
             testLabels: try r.string("data", "test_labels", "t10k-labels-idx1-ubyte.gz"),
             classes: try r.int("data", "classes", 10, min: 2, max: 65536))
 
-        let kind = try r.string("model", "kind", "residual", oneOf: ["residual", "stack"])
-        let hidden = try r.intArray("model", "hidden", [1024, 1024, 1024], min: 1)
-        let width = try r.int("model", "width", 512, min: 1)
-        let depth = try r.int("model", "depth", 2, min: 0)
-        let expansion = try r.int("model", "expansion", 4, min: 1)
-        let norm = try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue))
-        let activationName = try r.string("model", "activation", "gelu",
-                                          oneOf: kind == "stack" ? ["relu", "gelu", "gelu_tanh", "silu"] : BlockActivation.names)
-        let dropout = try r.double("model", "dropout", 0, min: 0, below: 1)
+        let kind = try r.string("model", "kind", "residual", oneOf: ["residual", "stack", "moe"])
         let model: Architecture
-        if kind == "stack" {
-            model = .stack(hidden: hidden, activation: Activation(rawValue: activationName)!)
-        } else {
+        switch kind {
+        case "stack":
+            let hidden = try r.intArray("model", "hidden", [1024, 1024, 1024], min: 1)
+            let activation = try r.string("model", "activation", "gelu", oneOf: ["relu", "gelu", "gelu_tanh", "silu"])
+            model = .stack(hidden: hidden, activation: Activation(rawValue: activation)!)
+        case "moe":
+            let width = try r.int("model", "width", 256, min: 1)
+            let depth = try r.int("model", "depth", 2, min: 0)
+            let norm = try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue))
+            model = .moe(width: width, depth: depth, norm: NormKind(rawValue: norm)!, spec: try moeSpec(r, source: source))
+        default:
+            let width = try r.int("model", "width", 512, min: 1)
+            let depth = try r.int("model", "depth", 2, min: 0)
+            let expansion = try r.int("model", "expansion", 4, min: 1)
+            let norm = try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue))
+            let activation = try r.string("model", "activation", "gelu", oneOf: BlockActivation.names)
+            let dropout = try r.double("model", "dropout", 0, min: 0, below: 1)
             model = .residual(width: width, depth: depth, expansion: expansion, norm: NormKind(rawValue: norm)!,
-                              mlp: BlockActivation(name: activationName)!, dropout: Float(dropout))
+                              mlp: BlockActivation(name: activation)!, dropout: Float(dropout))
+        }
+        if kind != "moe", r.hasSection("moe") {
+            throw ConfigError("\(source): [moe] applies to [model] kind = \"moe\", not \"\(kind)\"")
         }
 
         let batch = try r.int("train", "batch_size", 256, min: 1)

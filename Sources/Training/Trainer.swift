@@ -7,7 +7,8 @@ import Storage
 public struct StepResult: Sendable {
     public var step: Int
     public var epoch: Int
-    /// Mean loss over the global batch (cross-entropy with label smoothing).
+    /// Mean loss over the global batch (cross-entropy with label smoothing), plus the MoE
+    /// layers' auxiliary losses.
     public var loss: Double
     public var correct: Int
     public var rows: Int
@@ -78,6 +79,10 @@ public final class Trainer {
         x = Tensor(shape: [maxRows, train.width])
         labels = [Int32](repeating: 0, count: maxRows)
         dlogits = Tensor(shape: [maxRows, config.data.classes])
+        if comm.size > 1 && !model.moeLayers.isEmpty {
+            throw ConfigError("\(config.run.name): mixture-of-experts models train on one process for now; "
+                              + "expert parallelism over ranks is not built yet (issue 4)")
+        }
         comm.watchdog.deadline = config.parallel.watchdogSeconds
         let parameters = model.store.parameters
         gradientSync = try ShardedSync(
@@ -114,7 +119,7 @@ public final class Trainer {
                 trainSet.gather(slice, into: x.data, labels: y.baseAddress!)
             }
         }
-        let context = ForwardContext(training: true, step: step, rowOffset: mine.lowerBound)
+        let context = ForwardContext(training: true, step: step, rowOffset: mine.lowerBound, globalRows: globalRows)
         let logits = model.forward(x.data, rows: rows, context: context)
         // Gradients of the mean over the *global* batch, so summing over ranks averages.
         let local = labels.withUnsafeBufferPointer {
@@ -148,7 +153,8 @@ public final class Trainer {
         optimizer.step(store, ranges: owned, lr: Float(lr), gradScale: gradScale)
         try gradientSync.gatherParameters()
         step += 1
-        return StepResult(step: step, epoch: epoch, loss: counts[0] / Double(globalRows), correct: Int(counts[1]),
+        // The MoE auxiliary losses are already means over the global batch.
+        return StepResult(step: step, epoch: epoch, loss: counts[0] / Double(globalRows) + model.auxLoss, correct: Int(counts[1]),
                           rows: globalRows, gradNorm: norm, lr: lr)
     }
 

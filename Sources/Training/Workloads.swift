@@ -5,6 +5,9 @@ import Layers
 /// the same code as `train`.
 public enum Workload: String, CaseIterable, Sendable {
     case w1 = "W1"
+    /// 784 → 256 → two residual MoE blocks (16 experts 256→512→256, GELU, top-2 softmax,
+    /// renormalized, dropless, load-balancing loss 0.01) → LayerNorm → 10.
+    case w2 = "W2"
     /// W1 data-parallel: 128 samples per rank per step, one BLAS thread per rank.
     case w3 = "W3"
 
@@ -14,7 +17,47 @@ public enum Workload: String, CaseIterable, Sendable {
     /// W3 is W1 with a global batch of 128 per rank: `ranks` sets it.
     public func config(dataDir: String, epochs: Int, seed: UInt64 = 1, ranks: Int = 1) throws -> JobConfig {
         let batch = self == .w3 ? 128 * ranks : 256
+        let common = """
+            [train]
+            epochs = \(epochs)
+            batch_size = \(batch)
+            threads = \(self == .w3 ? 1 : 0)
+            [optimizer]
+            name = "adamw"
+            lr = 1e-3
+            beta1 = 0.9
+            beta2 = 0.999
+            eps = 1e-8
+            weight_decay = 0.01
+            decay_biases_and_norms = true
+            [schedule]
+            kind = "constant"
+            """
         switch self {
+        case .w2:
+            return try JobConfig.parse("""
+                [run]
+                name = "bench-w2"
+                seed = \(seed)
+                [data]
+                dir = "\(dataDir)"
+                [model]
+                kind = "moe"
+                width = 256
+                depth = 2
+                norm = "layernorm"
+                [moe]
+                experts = 16
+                top_k = 2
+                hidden = 512
+                activation = "gelu"
+                bias = true
+                router = "softmax"
+                renormalize = true
+                balance_loss = 0.01
+                dropless = true
+                \(common)
+                """, source: "workload \(rawValue)")
         case .w1, .w3:
             return try JobConfig.parse("""
                 [run]
@@ -26,44 +69,41 @@ public enum Workload: String, CaseIterable, Sendable {
                 kind = "stack"
                 hidden = [1024, 1024, 1024]
                 activation = "relu"
-                [train]
-                epochs = \(epochs)
-                batch_size = \(batch)
-                threads = \(self == .w3 ? 1 : 0)
-                [optimizer]
-                name = "adamw"
-                lr = 1e-3
-                beta1 = 0.9
-                beta2 = 0.999
-                eps = 1e-8
-                weight_decay = 0.01
-                decay_biases_and_norms = true
-                [schedule]
-                kind = "constant"
+                \(common)
                 """, source: "workload \(rawValue)")
         }
     }
 
     /// Training FLOPs per sample: forward, weight-gradient and input-gradient products of
-    /// every matmul, except the input gradient of the first layer.
+    /// every matmul, except the input gradient of the first layer. An expert's matrices count
+    /// k/E times: a token goes through k of the E experts.
     public static func trainingFLOPs(_ model: Model) -> Double {
+        let experts = Dictionary(uniqueKeysWithValues: model.moeLayers.flatMap { moe in
+            (moe.w1 + moe.w2).map { ($0.name, Double(moe.spec.topK) / Double(moe.spec.experts)) }
+        })
         var macs = 0.0, first = 0.0
         for p in model.store.parameters where p.role == .weight && p.shape.count == 2 {
-            let m = Double(p.shape[0] * p.shape[1])
+            let m = Double(p.shape[0] * p.shape[1]) * (experts[p.name] ?? 1)
             if first == 0 { first = m }
             macs += m
         }
         return 2 * (3 * macs - first)
     }
 
-    /// The GEMMs one training step of a plain Linear stack makes, as (transA, transB, m, n, k).
+    /// The GEMMs one training step makes, as (transA, transB, m, n, k): for every weight
+    /// matrix its forward, weight-gradient and input-gradient products (no input gradient for
+    /// the first). An expert's products run on its share of the batch, T·k/E rows when the
+    /// router balances perfectly.
     public static func gemmShapes(_ model: Model, rows: Int) -> [(Transpose, Transpose, Int, Int, Int)] {
+        let experts = Dictionary(uniqueKeysWithValues: model.moeLayers.flatMap { moe in
+            (moe.w1 + moe.w2).map { ($0.name, max(1, rows * moe.spec.topK / moe.spec.experts)) }
+        })
         var shapes: [(Transpose, Transpose, Int, Int, Int)] = []
         for (i, p) in model.store.parameters.filter({ $0.role == .weight && $0.shape.count == 2 }).enumerated() {
-            let out = p.shape[0], inp = p.shape[1]
-            shapes.append((.none, .transpose, rows, out, inp))        // forward
-            shapes.append((.transpose, .none, out, inp, rows))        // weight gradient
-            if i > 0 { shapes.append((.none, .none, rows, inp, out)) } // input gradient
+            let out = p.shape[0], inp = p.shape[1], n = experts[p.name] ?? rows
+            shapes.append((.none, .transpose, n, out, inp))        // forward
+            shapes.append((.transpose, .none, out, inp, n))        // weight gradient
+            if i > 0 { shapes.append((.none, .none, n, inp, out)) } // input gradient
         }
         return shapes
     }

@@ -57,6 +57,27 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.err.hasPrefix("switchboard: error: Unknown option '--no-such-flag'\nUsage: switchboard train <job>"), r.err)
     }
 
+    /// Mixture-of-experts settings that cannot work are refused before anything runs.
+    func testBadMoEConfigsExitWithCode2() throws {
+        let moe = Fixtures.job(dir: dir).replacingOccurrences(of: "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1",
+                                                            with: "kind = \"moe\"\nwidth = 16\ndepth = 1")
+        XCTAssertTrue(moe.contains("kind = \"moe\""))
+        let job = writeJob(moe + "\n[moe]\nexperts = 4\nhidden = 8\n")
+        try assertFails(["train", job, "--set", "moe.top_k=5"], code: 2,
+                        message: "\(job): [moe] top_k = 5 is larger than experts = 4; a token cannot use more experts than exist")
+        try assertFails(["train", job, "--set", "moe.dropless=false", "--set", "moe.capacity_factor=0"], code: 2,
+                        message: "\(job): [moe] capacity_factor must be greater than 0.0, got 0.0")
+        try assertFails(["train", job, "--set", "moe.router=\"softmx\""], code: 2,
+                        message: "\(job): [moe] router = \"softmx\" is not one of softmax, sigmoid; did you mean \"softmax\"?")
+        let dense = writeJob(Fixtures.job(dir: dir) + "\n[moe]\nexperts = 4\n")
+        try assertFails(["train", dense], code: 2, message: "\(dense): [moe] applies to [model] kind = \"moe\", not \"residual\"")
+        // And a valid one trains.
+        let valid = writeJob(moe + "\n[moe]\nexperts = 4\nhidden = 8\n")
+        let r = try run(["train", valid, "--quiet", "--set", "train.max_steps=5"])
+        XCTAssertEqual(r.code, 0, r.err)
+        XCTAssertTrue(r.out.contains("done: 5 steps"), r.out)
+    }
+
     func testDataErrorsExitWithCode1() throws {
         let job = writeJob(Fixtures.job(dir: dir))
         try FileManager.default.removeItem(atPath: "\(dir)/test-labels")

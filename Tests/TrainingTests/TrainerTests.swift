@@ -76,8 +76,15 @@ final class TrainerTests: XCTestCase {
         #if DEBUG
         throw XCTSkip("allocation-free stepping is a property of the optimized build: run the suite as scripts/test does (release)")
         #endif
-        for overrides in [[], ["model.kind=stack", "model.hidden=[16, 16]", "model.activation=relu"]] {
-            let cfg = try JobConfig.parse(Fixtures.job(dir: dir), source: "t", overrides: overrides)
+        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
+        let models = [
+            residual,
+            "kind = \"stack\"\nhidden = [16, 16]\nactivation = \"relu\"",
+            "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\nexperts = 4\nhidden = 8\nz_loss = 0.001\ndropless = false\ncapacity_factor = 1.0",
+        ]
+        for model in models {
+            let text = Fixtures.job(dir: dir).replacingOccurrences(of: residual, with: model)
+            let cfg = try JobConfig.parse(text, source: "t")
             let base = try trainer()
             let t = try Trainer(config: cfg, comm: base.comm, train: base.trainSet, test: base.testSet)
             _ = try t.trainStep(epoch: 0, batch: 0)
