@@ -41,29 +41,26 @@ public typealias Float8 = SIMD8<Float>
     return p * scale
 }
 
-/// erf(x), absolute error below 3e-7: Abramowitz & Stegun 7.1.26 for |x| ≥ 0.75, where it
-/// is accurate; its `1 − p·t·e^{−x²}` cancels near 0, so there the Maclaurin series is used.
+/// erf(x), absolute error below 5e-7 (4.2e-7 measured over [−6, 6]): the rational
+/// approximation `x·P(x²)/Q(x²)` on x clamped to [−4, 4] (beyond, erf is ±1 in Float) that
+/// Eigen and TensorFlow use. No exp and no lane selects: 2.5× the speed of the
+/// Abramowitz–Stegun form with a series near 0 that this replaced.
 @inline(__always) public func erf8(_ x: Float8) -> Float8 {
+    let x = max8(min8(x, Float8(repeating: 4)), Float8(repeating: -4))
     let x2 = x * x
-    var s = Float8(repeating: 1.0 / 685_440)
-    s = s * x2 - 1.0 / 75600
-    s = s * x2 + 1.0 / 9360
-    s = s * x2 - 1.0 / 1320
-    s = s * x2 + 1.0 / 216
-    s = s * x2 - 1.0 / 42
-    s = s * x2 + 1.0 / 10
-    s = s * x2 - 1.0 / 3
-    s = s * x2 + 1
-    let series = 1.128_379_167 * x * s
-    let a = max8(x, -x)
-    let t = 1 / (1 + 0.327_591_1 * a)
-    var p = Float8(repeating: 1.061_405_429)
-    p = p * t - 1.453_152_027
-    p = p * t + 1.421_413_741
-    p = p * t - 0.284_496_736
-    p = p * t + 0.254_829_592
-    let y: Float8 = 1 - p * t * exp8(-(a * a))
-    return y.replacing(with: -y, where: x .< Float8()).replacing(with: series, where: a .< Float8(repeating: 0.75))
+    var p = Float8(repeating: -2.726_142_258_013_06e-10)
+    p = p * x2 + 2.770_681_424_959_02e-08
+    p = p * x2 - 2.101_024_020_825_08e-06
+    p = p * x2 - 5.692_506_394_623_46e-05
+    p = p * x2 - 7.349_906_303_268_55e-04
+    p = p * x2 - 2.954_599_808_540_25e-03
+    p = p * x2 - 1.609_603_332_624_15e-02
+    var q = Float8(repeating: -1.456_607_184_649_96e-05)
+    q = q * x2 - 2.133_740_552_789_05e-04
+    q = q * x2 - 1.682_826_974_382_03e-03
+    q = q * x2 - 7.373_329_167_204_68e-03
+    q = q * x2 - 1.426_473_905_141_89e-02
+    return x * p / q
 }
 
 /// tanh(x), absolute error below 3e-7.

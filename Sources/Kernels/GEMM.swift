@@ -35,6 +35,16 @@ public enum BLAS {
         openblas_set_num_threads(Int32(n))
         WorkerPool.shared.setThreads(n)
     }
+    /// Runs `body` with every BLAS call single-threaded, for work that runs several small
+    /// GEMMs side by side on the worker pool (one MoE expert per thread): OpenBLAS's own
+    /// threads do not pay on a 32-row product.
+    public static func singleThreaded(_ body: () -> Void) {
+        let n = openblas_get_num_threads()
+        if n > 1 { openblas_set_num_threads(1) }
+        body()
+        if n > 1 { openblas_set_num_threads(n) }
+    }
+
     /// The kernel family OpenBLAS picked for this CPU ("Haswell", "Zen", …).
     public static var coreName: String { String(cString: openblas_get_corename()) }
     public static var config: String { String(cString: openblas_get_config()) }

@@ -28,6 +28,8 @@ public final class WorkerPool: @unchecked Sendable {
     private var job: (any RangeTask)?
     private var jobCount = 0, jobAlign = 1
     private var parts = 1
+    /// Threads taking part in the current job (fewer than `parts` for a short job).
+    private var active = 1
 
     /// Threads that take part in `parallelFor`, the caller included.
     public var threads: Int { workers + 1 }
@@ -59,15 +61,17 @@ public final class WorkerPool: @unchecked Sendable {
     }
 
     /// Runs `task` on `threads` disjoint ranges covering `0..<n`, each starting at a multiple
-    /// of `align`, the caller taking the first; returns when all are done.
-    public func run(_ task: any RangeTask, count n: Int, align: Int = 64) {
-        let k = parts
-        if k <= 1 || n < 1 << 16 { task.run(0..<n); return }
+    /// of `align`, the caller taking the first; returns when all are done. Below `minimum`
+    /// items the caller does it all (splitting small elementwise work costs more than it saves).
+    public func run(_ task: any RangeTask, count n: Int, align: Int = 64, minimum: Int = 1 << 16) {
+        let k = min(parts, n / align)
+        if k <= 1 || n < minimum { task.run(0..<n); return }
         pthread_mutex_lock(mutex)
         job = task
         jobCount = n
         jobAlign = align
         pending = k - 1
+        active = k
         generation += 1
         pthread_cond_broadcast(wake)
         pthread_mutex_unlock(mutex)
@@ -90,8 +94,8 @@ public final class WorkerPool: @unchecked Sendable {
         while true {
             while generation == seen { pthread_cond_wait(wake, mutex) }
             seen = generation
-            guard let job, index < parts else { continue }
-            let range = Self.part(index, of: parts, n: jobCount, align: jobAlign)
+            guard let job, index < active else { continue }
+            let range = Self.part(index, of: active, n: jobCount, align: jobAlign)
             pthread_mutex_unlock(mutex)
             job.run(range)
             pthread_mutex_lock(mutex)
