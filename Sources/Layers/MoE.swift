@@ -235,14 +235,28 @@ public final class MoE: Layer, RangeTask {
     /// T·k/E rows (32 in W2) OpenBLAS's own threading costs more than it gains. Each expert
     /// touches only its own rows and gradients, so the split changes no result.
     var inBackward = false
+    /// Threads share the experts in contiguous groups of about equal rows.
+    var parts = 1
 
     func runExperts() {
         inBackward = false
-        BLAS.singleThreaded { WorkerPool.shared.run(self, count: e, align: 1, minimum: 2) }
+        forEachExpertInParallel()
     }
 
+    func forEachExpertInParallel() {
+        parts = min(WorkerPool.shared.threads, e)
+        BLAS.singleThreaded { WorkerPool.shared.run(self, count: parts, align: 1, minimum: 2) }
+    }
+
+    /// Part j takes the experts whose rows start in `[j, j + 1) · A / parts`.
     public func run(_ range: Range<Int>) {
-        for i in range { inBackward ? expertBackward(i) : expertForward(i) }
+        let total = start[e]
+        var i = 0
+        while i < e && start[i] * parts < range.lowerBound * total { i += 1 }
+        while i < e && (start[i] * parts < range.upperBound * total || (range.upperBound == parts)) {
+            inBackward ? expertBackward(i) : expertForward(i)
+            i += 1
+        }
     }
 
     /// Expert i: h = f(xs·W1ᵀ + b1), ys = h·W2ᵀ + b2, over its contiguous rows.
@@ -334,7 +348,7 @@ public final class MoE: Layer, RangeTask {
 
     func expertsBackward() {
         inBackward = true
-        BLAS.singleThreaded { WorkerPool.shared.run(self, count: e, align: 1, minimum: 2) }
+        forEachExpertInParallel()
     }
 
     func expertBackward(_ i: Int) {

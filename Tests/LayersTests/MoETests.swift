@@ -104,4 +104,26 @@ final class MoETests: XCTestCase {
         }
         XCTAssertTrue((0..<moe.w1[2].count).contains { moe.w1[2].grad[$0] != 0 })
     }
+
+    /// Experts run side by side on the worker threads; each touches only its own rows and
+    /// gradients, so outputs and gradients are bitwise the same on 1, 2 and 3 threads.
+    func testExpertsOnSeveralThreadsGiveTheSameBits() {
+        var results: [[Float]] = []
+        for threads in [1, 2, 3] {
+            BLAS.setThreads(threads)
+            let (moe, store) = make(MoESpec(experts: 7, topK: 2, hidden: 16, activation: .pointwise(.gelu), balanceCoefficient: 0.01),
+                                    rows: 40, width: 12)
+            let x = Tensor(shape: [40, 12]), dy = Tensor(shape: [40, 12])
+            for i in 0..<x.count { x[i] = sin(Float(i) * 0.37); dy[i] = cos(Float(i) * 0.11) }
+            store.zeroGrads()
+            let y = moe.forward(x.data, rows: 40, context: .init(training: true))
+            var out = (0..<x.count).map { y[$0] }
+            let dx = moe.backward(dy.data, rows: 40)!
+            out += (0..<x.count).map { dx[$0] } + store.grads.array
+            results.append(out)
+        }
+        BLAS.setThreads(1)
+        XCTAssertEqual(results[0], results[1])
+        XCTAssertEqual(results[0], results[2])
+    }
 }
