@@ -11,6 +11,7 @@ import Glibc
 /// Shapes: x, y `[T, d]`; router logits and probabilities `[T, E]`; assignments `[T, k]`;
 /// the grouped rows `[A, d]` with A ≤ T·k, expert e's rows contiguous at `start[e]`.
 public final class MoE: Layer, RangeTask {
+    public let name: String
     public let inputWidth: Int
     public var outputWidth: Int { inputWidth }
     public let spec: MoESpec
@@ -32,6 +33,10 @@ public final class MoE: Layer, RangeTask {
     public private(set) var routed: [Int]
     /// Assignments each expert took (after capacity).
     public private(set) var accepted: [Int]
+    /// Router statistics since the last `takeTelemetry()`.
+    public private(set) var telemetry: MoETelemetry
+    /// Consecutive telemetry intervals in which each expert received nothing.
+    public private(set) var idleIntervals: [Int]
 
     let d: Int, e: Int, k: Int, h: Int, h1: Int
     let pointwise: Activation?
@@ -55,6 +60,7 @@ public final class MoE: Layer, RangeTask {
 
     public init(_ name: String, width d: Int, spec: MoESpec, site: Int, seed: UInt64, maxRows: Int, store: ParameterStore) {
         precondition(spec.topK >= 1 && spec.topK <= spec.experts)
+        self.name = name
         inputWidth = d
         self.spec = spec
         self.site = site
@@ -124,6 +130,18 @@ public final class MoE: Layer, RangeTask {
         lse = [Float](repeating: 0, count: maxRows)
         routed = [Int](repeating: 0, count: e)
         accepted = [Int](repeating: 0, count: e)
+        telemetry = MoETelemetry(experts: e)
+        idleIntervals = [Int](repeating: 0, count: e)
+    }
+
+    /// The statistics of the interval that ends now; a new interval starts.
+    public func takeTelemetry() -> MoETelemetry {
+        let t = telemetry
+        for i in 0..<e { idleIntervals[i] = t.routed[i] == 0 ? idleIntervals[i] + 1 : 0 }
+        for i in 0..<e { telemetry.routed[i] = 0; telemetry.accepted[i] = 0 }
+        telemetry.auxSum = 0
+        telemetry.passes = 0
+        return t
     }
 
     // MARK: - Forward
@@ -153,6 +171,14 @@ public final class MoE: Layer, RangeTask {
             add(UnsafePointer(y.data), s, into: y.data, count: t * d)
         }
         computeAuxLoss()
+        if context.training {
+            for i in 0..<e {
+                telemetry.routed[i] += routed[i]
+                telemetry.accepted[i] += accepted[i]
+            }
+            telemetry.auxSum += auxLoss
+            telemetry.passes += 1
+        }
         return UnsafePointer(y.data)
     }
 

@@ -13,6 +13,34 @@ public struct RunSummary: Sendable {
 }
 
 extension Trainer {
+    /// Each MoE layer's router statistics since the last logged step: one compact line per
+    /// layer, warnings for router collapse (one expert with more than half the assignments)
+    /// and for experts that received nothing for three intervals running, and metrics fields.
+    func moeTelemetry() -> (lines: [String], fields: [(String, JSONValue)]) {
+        var lines: [String] = [], fields: [(String, JSONValue)] = []
+        for (l, moe) in model.moeLayers.enumerated() {
+            let t = moe.takeTelemetry()
+            let busiest = t.busiest
+            lines.append("  \(moe.name): tokens per expert \(t.routed.min() ?? 0)–\(t.routed.max() ?? 0), "
+                         + "dropped \(fixed(100 * t.droppedFraction, 1))%, balance \(fixed(t.balance, 3)), aux \(fixed(t.meanAux, 4))")
+            if busiest.share > 0.5 {
+                lines.append("warning: \(moe.name): expert \(busiest.expert) took \(Int(100 * busiest.share))% of the assignments (router collapse?)")
+            }
+            let idle = moe.idleIntervals.indices.filter { moe.idleIntervals[$0] == 3 }
+            if !idle.isEmpty {
+                lines.append("warning: \(moe.name): expert\(idle.count == 1 ? "" : "s") \(idle.map(String.init).joined(separator: ", ")) "
+                             + "received no tokens for 3 logging intervals")
+            }
+            fields += [
+                ("moe\(l)_tokens", .array(t.routed.map { .int($0) })),
+                ("moe\(l)_dropped", .double(t.droppedFraction)),
+                ("moe\(l)_balance", .double(t.balance)),
+                ("moe\(l)_aux", .double(t.meanAux)),
+            ]
+        }
+        return (lines, fields)
+    }
+
     /// Trains for the configured epochs (or `max_steps`), evaluating on the test split after
     /// every epoch. Only the coordinator prints and writes `folder`.
     public func run(folder: RunFolder?, progress: ProgressReporter?) throws -> RunSummary {
@@ -29,12 +57,16 @@ extension Trainer {
                 try FaultInjection.check(rank: comm.rank, step: step)
                 let r = try trainStep(epoch: epoch, batch: batch)
                 samples += r.rows
+                // Every rank closes the MoE telemetry interval on the same steps.
+                let moe: (lines: [String], fields: [(String, JSONValue)]) =
+                    isLoggedStep(r.step, every: config.train.logEvery, total: totalSteps) ? moeTelemetry() : ([], [])
                 if let logged = progress?.step(r) {
+                    for line in moe.lines { progress?.message(line) }
                     folder?.log([
                         ("kind", .string("train")), ("step", .int(r.step)), ("epoch", .int(epoch + 1)),
                         ("loss", .double(logged.loss)), ("lr", .double(r.lr)), ("grad_norm", .double(r.gradNorm)),
                         ("samples_per_s", .double(logged.samplesPerSecond.rounded())),
-                    ])
+                    ] + moe.fields)
                 }
                 if config.train.maxSteps > 0 && step >= config.train.maxSteps { stop = true; break }
             }

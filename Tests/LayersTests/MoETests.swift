@@ -127,3 +127,39 @@ final class MoETests: XCTestCase {
         XCTAssertEqual(results[0], results[2])
     }
 }
+
+/// Router statistics over a logging interval.
+final class MoETelemetryTests: XCTestCase {
+    func testBalanceDroppedShareAndBusiestExpert() {
+        var t = MoETelemetry(experts: 4)
+        t.routed = [10, 10, 10, 10]
+        t.accepted = [10, 10, 8, 10]
+        XCTAssertEqual(t.balance, 1, accuracy: 1e-12)
+        XCTAssertEqual(t.droppedFraction, 2.0 / 40, accuracy: 1e-12)
+        t.routed = [0, 40, 0, 0]
+        XCTAssertEqual(t.balance, 0, accuracy: 1e-12)
+        XCTAssertEqual(t.busiest.expert, 1)
+        XCTAssertEqual(t.busiest.share, 1, accuracy: 1e-12)
+    }
+
+    /// Intervals add up training passes only, `takeTelemetry` starts a new one, and an
+    /// expert's idle count grows while it gets nothing.
+    func testIntervalsAndIdleExperts() {
+        let store = ParameterStore(seed: 1)
+        let moe = MoE("m", width: 4, spec: MoESpec(experts: 3, topK: 1, hidden: 2, activation: .pointwise(.relu)),
+                      site: 0, seed: 1, maxRows: 5, store: store)
+        store.finalize()
+        // Zero router: every logit ties and the lowest index wins, so expert 0 takes all.
+        moe.router.value.update(repeating: 0, count: moe.router.count)
+        let x = Tensor(shape: [5, 4])
+        for i in 0..<x.count { x[i] = Float(i % 3) }
+        _ = moe.forward(x.data, rows: 5, context: .init(training: true))
+        _ = moe.forward(x.data, rows: 5, context: .init(training: true))
+        _ = moe.forward(x.data, rows: 5, context: .init(training: false))
+        let t = moe.takeTelemetry()
+        XCTAssertEqual(t.routed, [10, 0, 0])
+        XCTAssertEqual(t.passes, 2)
+        XCTAssertEqual(moe.idleIntervals, [0, 1, 1])
+        XCTAssertEqual(moe.telemetry.routed, [0, 0, 0])
+    }
+}

@@ -95,4 +95,21 @@ final class TrainerTests: XCTestCase {
             XCTAssertEqual(made, 0, "\(made) heap allocations in 11 training steps (\(cfg.model))")
         }
     }
+
+    /// A router that sends every token to one expert is reported as a collapse.
+    func testMoETelemetryWarnsOfRouterCollapse() throws {
+        let base = try trainer()
+        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
+        let text = Fixtures.job(dir: dir).replacingOccurrences(
+            of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 1\n[moe]\nexperts = 4\ntop_k = 1\nhidden = 8")
+        let t = try Trainer(config: try JobConfig.parse(text, source: "t"), comm: base.comm, train: base.trainSet, test: base.testSet)
+        let moe = t.model.moeLayers[0]
+        moe.router.value.update(repeating: 0, count: moe.router.count)   // ties: expert 0 wins
+        _ = try t.trainStep(epoch: 0, batch: 0)
+        let report = t.moeTelemetry()
+        XCTAssertTrue(report.lines.contains("warning: blocks.0.moe: expert 0 took 100% of the assignments (router collapse?)"),
+                      report.lines.joined(separator: "\n"))
+        XCTAssertTrue(report.lines[0].hasPrefix("  blocks.0.moe: tokens per expert 0–48, dropped 0.0%, balance 0.000"), report.lines[0])
+        XCTAssertEqual(report.fields.map(\.0), ["moe0_tokens", "moe0_dropped", "moe0_balance", "moe0_aux"])
+    }
 }
