@@ -110,6 +110,21 @@ public struct Communicator: @unchecked Sendable {
         try complete(&request, "MPI_Iallreduce of \(count) × \(bytes) bytes")
     }
 
+    /// In place: the sum of `data` over the ranks below this one (`MPI_Exscan`); zeros on
+    /// rank 0, where MPI leaves the result undefined.
+    public func sumBelow(_ data: UnsafeMutablePointer<Double>, count: Int, _ phase: StaticString, _ detail: String = "") throws {
+        guard size > 1, count > 0 else {
+            data.update(repeating: 0, count: count)
+            return
+        }
+        watchdog.begin(phase, detail, bytes: count * 8)
+        var request: MPI_Request? = sb_request_null()
+        try check(MPI_Iexscan(sb_in_place(), data, Int32(count), DataType.double.raw, ReduceOp.sum.raw, handle.raw, &request),
+                  "MPI_Iexscan of \(count) doubles")
+        try complete(&request, "MPI_Iexscan of \(count) doubles")
+        if rank == 0 { data.update(repeating: 0, count: count) }
+    }
+
     /// A plain blocking `MPI_Allreduce`, without tag or watchdog: the reference rate that
     /// `bench W3` compares the bucketed gradient sync with.
     public func referenceAllreduceSum(_ data: UnsafeMutablePointer<Float>, count: Int) throws {

@@ -3,6 +3,17 @@ import Kernels
 import Glibc
 #endif
 
+/// Sums over the ranks that share a global batch, for an MoE layer under data parallelism:
+/// capacity is applied in global token order and the auxiliary losses are over the global
+/// batch, so P ranks route exactly as one process would. Training passes only (evaluation
+/// is dropless and needs no statistics, so ranks may evaluate different numbers of chunks).
+public protocol RankReduction: AnyObject {
+    /// In-place sum over the ranks.
+    func sum(_ data: UnsafeMutablePointer<Double>, count: Int)
+    /// In place: the sum over the ranks below this one (zeros on rank 0).
+    func sumBelow(_ data: UnsafeMutablePointer<Double>, count: Int)
+}
+
 /// A mixture-of-experts feedforward layer on one process: router → top-k → tokens grouped by
 /// expert → one GEMM pair per expert over all its tokens → outputs mixed by the gates, plus
 /// an optional shared expert. Auxiliary losses (load balance, z-loss, σ-MoE entropy) are
@@ -33,6 +44,12 @@ public final class MoE: Layer, RangeTask {
     public private(set) var routed: [Int]
     /// Assignments each expert took (after capacity).
     public private(set) var accepted: [Int]
+    /// Set by a data-parallel trainer; nil on one process.
+    public var reduction: (any RankReduction)?
+    /// [routed counts E | probability sums E | Σ lse²], summed over the ranks.
+    var statistics: [Double]
+    /// Routed counts of the ranks below this one, per expert.
+    var below: [Double]
     /// Router statistics since the last `takeTelemetry()`.
     public private(set) var telemetry: MoETelemetry
     /// Consecutive telemetry intervals in which each expert received nothing.
@@ -131,6 +148,8 @@ public final class MoE: Layer, RangeTask {
         routed = [Int](repeating: 0, count: e)
         accepted = [Int](repeating: 0, count: e)
         telemetry = MoETelemetry(experts: e)
+        statistics = [Double](repeating: 0, count: 2 * e + 1)
+        below = [Double](repeating: 0, count: e)
         idleIntervals = [Int](repeating: 0, count: e)
     }
 
@@ -170,11 +189,14 @@ public final class MoE: Layer, RangeTask {
             let s = shared.forward(x, rows: t, context: context)
             add(UnsafePointer(y.data), s, into: y.data, count: t * d)
         }
-        computeAuxLoss()
+        computeAuxLoss(training: context.training)
         if context.training {
+            // Global counts: every rank reports the same interval.
+            let capacity = spec.capacityFactor > 0 ? spec.capacity(tokens: globalTokens) : Int.max
             for i in 0..<e {
-                telemetry.routed[i] += routed[i]
-                telemetry.accepted[i] += accepted[i]
+                let all = Int(statistics[i])
+                telemetry.routed[i] += all
+                telemetry.accepted[i] += Swift.min(all, capacity)
             }
             telemetry.auxSum += auxLoss
             telemetry.passes += 1
@@ -183,14 +205,14 @@ public final class MoE: Layer, RangeTask {
     }
 
     /// Chooses each token's k experts (highest selection score first, lower index on ties,
-    /// skipping experts dropped by expert dropout) and applies the capacity, in token order.
+    /// skipping experts dropped by expert dropout), then applies the capacity in global token
+    /// order: this rank's assignments to expert e come after those of the ranks below it.
     func route(_ selection: UnsafePointer<Float>, context: ForwardContext) {
         let t = tokens
         let dropping = context.training && spec.expertDropout > 0
         let rng = Philox(seed: seed)
         let stream = RNGStream.expertDropout(site: site, step: context.step)
         for i in 0..<e { routed[i] = 0; accepted[i] = 0 }
-        let capacity = spec.capacity(tokens: globalTokens)
         for r in 0..<t {
             let row = selection + r * e
             let global = UInt64(context.rowOffset + r)
@@ -205,18 +227,27 @@ public final class MoE: Layer, RangeTask {
                     if row[j] > bestScore || best < 0 { best = j; bestScore = row[j] }
                 }
                 choice[r * k + slot] = Int32(best)
-                if best >= 0 {
-                    routed[best] += 1
-                    // Position within the expert for now; made absolute once counts are known.
-                    if accepted[best] < capacity {
-                        position[r * k + slot] = Int32(accepted[best])
-                        accepted[best] += 1
-                    } else {
-                        position[r * k + slot] = -1
-                    }
-                } else {
-                    position[r * k + slot] = -1
-                }
+                if best >= 0 { routed[best] += 1 }
+            }
+        }
+        // Capacity in global order (training passes of a data-parallel run ask the ranks below).
+        let limited = spec.capacityFactor > 0 && context.training
+        let capacity = limited ? spec.capacity(tokens: globalTokens) : Int.max
+        if limited, let reduction {
+            for i in 0..<e { below[i] = Double(routed[i]) }
+            below.withUnsafeMutableBufferPointer { reduction.sumBelow($0.baseAddress!, count: e) }
+        } else {
+            for i in 0..<e { below[i] = 0 }
+        }
+        for a in 0..<(t * k) {
+            let c = Int(choice[a])
+            guard c >= 0 else { position[a] = -1; continue }
+            // Position within the expert for now; made absolute once counts are known.
+            if Int(below[c]) + accepted[c] < capacity {
+                position[a] = Int32(accepted[c])
+                accepted[c] += 1
+            } else {
+                position[a] = -1   // and so is every later one: the count only grows
             }
         }
         start[0] = 0
@@ -312,16 +343,15 @@ public final class MoE: Layer, RangeTask {
         }
     }
 
-    /// f_e, P_e, logsumexp per token, and the weighted sum of the auxiliary losses.
-    func computeAuxLoss() {
+    /// f_e, P_e and Σ lse² over the global batch (summed over the ranks in a data-parallel
+    /// training pass), and the weighted sum of the auxiliary losses.
+    func computeAuxLoss(training: Bool) {
         let t = tokens
-        var assignments = 0
-        for i in 0..<e { assignments += routed[i] }
         for i in 0..<e {
-            share[i] = Double(routed[i]) / Double(max(assignments, 1))
+            statistics[i] = Double(routed[i])
             var s = 0.0
             for r in 0..<t { s += Double(probs[r * e + i]) }
-            meanProb[i] = s / Double(t)
+            statistics[e + i] = s
         }
         var zSum = 0.0
         for r in 0..<t {
@@ -333,13 +363,22 @@ public final class MoE: Layer, RangeTask {
             lse[r] = m + logf(s)
             zSum += Double(lse[r] * lse[r])
         }
+        statistics[2 * e] = zSum
+        if training, let reduction {
+            statistics.withUnsafeMutableBufferPointer { reduction.sum($0.baseAddress!, count: 2 * e + 1) }
+        }
+        let n = Double(training ? globalTokens : t)
+        var assignments = 0.0
+        for i in 0..<e { assignments += statistics[i] }
         var balance = 0.0, entropy = 0.0
         for i in 0..<e {
+            share[i] = statistics[i] / Swift.max(assignments, 1)
+            meanProb[i] = statistics[e + i] / n
             balance += share[i] * meanProb[i]
             if meanProb[i] > 0 { entropy += meanProb[i] * log(meanProb[i]) }
         }
         auxLoss = Double(spec.balanceCoefficient) * Double(e) * balance
-            + Double(spec.zLossCoefficient) * zSum / Double(globalTokens)
+            + Double(spec.zLossCoefficient) * statistics[2 * e] / n
             + Double(spec.entropyCoefficient) * entropy
     }
 

@@ -51,6 +51,8 @@ public final class Trainer {
     var counts: [Double] = [0, 0, 0]
 
     public private(set) var step = 0
+    /// The MoE layers' collectives inside forward.
+    let moeSums: MoERankSums
 
     /// Collective: every rank of `comm` makes its trainer together.
     public init(config: JobConfig, comm: Communicator, train: Dataset, test: Dataset) throws {
@@ -79,10 +81,8 @@ public final class Trainer {
         x = Tensor(shape: [maxRows, train.width])
         labels = [Int32](repeating: 0, count: maxRows)
         dlogits = Tensor(shape: [maxRows, config.data.classes])
-        if comm.size > 1 && !model.moeLayers.isEmpty {
-            throw ConfigError("\(config.run.name): mixture-of-experts models train on one process for now; "
-                              + "expert parallelism over ranks is not built yet (issue 4)")
-        }
+        moeSums = MoERankSums(comm)
+        if comm.size > 1 { for moe in model.moeLayers { moe.reduction = moeSums } }
         comm.watchdog.deadline = config.parallel.watchdogSeconds
         let parameters = model.store.parameters
         gradientSync = try ShardedSync(
@@ -121,6 +121,7 @@ public final class Trainer {
         }
         let context = ForwardContext(training: true, step: step, rowOffset: mine.lowerBound, globalRows: globalRows)
         let logits = model.forward(x.data, rows: rows, context: context)
+        try moeSums.rethrow()
         // Gradients of the mean over the *global* batch, so summing over ranks averages.
         let local = labels.withUnsafeBufferPointer {
             softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows, classes: model.classes,
@@ -194,5 +195,28 @@ public final class Trainer {
         counts[2] = 0
         try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 3, "evaluation") }
         return Evaluation(loss: counts[0] / Double(data.count), accuracy: counts[1] / Double(data.count), samples: data.count)
+    }
+}
+
+/// The MoE layers' sums over the ranks. A layer's forward cannot throw, so an MPI error is
+/// kept and thrown by the trainer right after forward (every rank then aborts).
+final class MoERankSums: RankReduction {
+    let comm: Communicator
+    var error: (any Error)?
+
+    init(_ comm: Communicator) { self.comm = comm }
+
+    func sum(_ data: UnsafeMutablePointer<Double>, count: Int) {
+        guard error == nil else { return }
+        do { try comm.allreduceSum(data, count: count, "MoE statistics") } catch { self.error = error }
+    }
+
+    func sumBelow(_ data: UnsafeMutablePointer<Double>, count: Int) {
+        guard error == nil else { return }
+        do { try comm.sumBelow(data, count: count, "MoE capacity order") } catch { self.error = error }
+    }
+
+    func rethrow() throws {
+        if let error { throw error }
     }
 }

@@ -136,19 +136,66 @@ final class MultiRankTests: XCTestCase {
         XCTAssertEqual(two.store.values.array, twoAgain.store.values.array, "same world size must be bitwise identical")
         XCTAssertEqual(twoSmallBuckets.store.values.array, twoOneBucket.store.values.array, "2 ranks: bucket size must not change a bit")
         for (label, other) in [("2 ranks", two), ("4 ranks", four)] {
-            var worst = (0.0, "")
-            for (a, b) in zip(one.store.parameters, other.store.parameters) {
-                var diff = 0.0, norm = 0.0
-                for i in 0..<a.count {
-                    let d = Double(a.value[i]) - Double(b.value[i])
-                    diff += d * d
-                    norm += Double(a.value[i]) * Double(a.value[i])
-                }
-                let rel = (diff / max(norm, 1e-30)).squareRoot()
-                if rel > worst.0 { worst = (rel, a.name) }
-            }
+            let worst = Self.maxRelativeDifference(one, other)
             XCTAssertLessThanOrEqual(worst.0, Self.tolerance, "\(label): max relative L2 difference \(worst.0) in \(worst.1)")
             print("\(label) vs 1 rank after 50 steps: max relative L2 difference \(worst.0) (\(worst.1))")
+        }
+    }
+
+    /// Max over tensors of ‖a − b‖₂ / ‖a‖₂, and the tensor where it occurs.
+    static func maxRelativeDifference(_ a: Model, _ b: Model) -> (Double, String) {
+        var worst = (0.0, "")
+        for (p, q) in zip(a.store.parameters, b.store.parameters) {
+            var diff = 0.0, norm = 0.0
+            for i in 0..<p.count {
+                let d = Double(p.value[i]) - Double(q.value[i])
+                diff += d * d
+                norm += Double(p.value[i]) * Double(p.value[i])
+            }
+            let rel = (diff / max(norm, 1e-30)).squareRoot()
+            if rel > worst.0 { worst = (rel, p.name) }
+        }
+        return worst
+    }
+
+    /// An MoE model trains the same on 1, 2 and 4 ranks: capacity is applied in global token
+    /// order (a scan over the ranks) and the auxiliary losses use global statistics.
+    func testMoEOnOneTwoAndFourRanksTrainsTheSameModel() throws {
+        let job = "\(dir)/job.toml"
+        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
+        let text = Fixtures.job(dir: dir)
+            .replacingOccurrences(of: residual, with: """
+                kind = "moe"
+                width = 16
+                depth = 2
+                [moe]
+                experts = 4
+                top_k = 2
+                hidden = 8
+                balance_loss = 0.01
+                z_loss = 0.001
+                dropless = false
+                capacity_factor = 0.8
+                """)
+            .replacingOccurrences(of: "epochs = 2", with: "epochs = 3\nmax_steps = 30")
+        try text.write(toFile: job, atomically: true, encoding: .utf8)
+        let config = try JobConfig.parse(text, source: job)
+        func load(_ path: String) throws -> Model {
+            let m = Model(config.model, inputs: 64, classes: 4, maxRows: 1, seed: 999)
+            try ModelFile.read(m, from: path)
+            return m
+        }
+        let one = try load(try train(ranks: 1, name: "m1", job: job))
+        let two = try load(try train(ranks: 2, name: "m2", job: job))
+        let four = try load(try train(ranks: 4, name: "m4", job: job))
+        // Capacity 0.8 drops assignments: the runs show it in their telemetry.
+        let log = try String(contentsOfFile: "\(dir)/m1.out", encoding: .utf8)
+        XCTAssertTrue(log.contains("blocks.0.moe: tokens per expert"), log)
+        XCTAssertFalse(log.contains("dropped 0.0%"), "capacity 0.8 must drop some assignments: \(log)")
+        for (label, other) in [("2 ranks", two), ("4 ranks", four)] {
+            let worst = Self.maxRelativeDifference(one, other)
+            XCTAssertLessThanOrEqual(worst.0, Self.tolerance, "MoE \(label): max relative L2 difference \(worst.0) in \(worst.1)")
+            print("MoE \(label) vs 1 rank after 30 steps: max relative L2 difference \(worst.0) (\(worst.1))")
         }
     }
 }
