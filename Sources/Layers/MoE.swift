@@ -91,7 +91,7 @@ public final class MoE: Layer, RangeTask {
         case .gated(let f): pointwise = nil; gated = GatedActivation(gate: f); h1 = 2 * h
         }
         router = store.register("\(name).router.weight", shape: [e, d], role: .weight,
-                                initializer: .uniform(bound: 1 / Float(d).squareRoot()))
+                                initializer: spec.zeroRouterInit ? .zeros : .uniform(bound: 1 / Float(d).squareRoot()))
         var w1: [Parameter] = [], b1: [Parameter?] = [], w2: [Parameter] = [], b2: [Parameter?] = []
         for i in 0..<e {
             let p = "\(name).experts.\(i)"

@@ -36,11 +36,15 @@ public struct MoESpec: Sendable, Equatable {
     public var expertDropout: Float
     /// Hidden width of a shared expert every token goes through (0: none).
     public var sharedHidden: Int
+    /// Start the router at zero: every expert scores the same, ties go to the lowest index,
+    /// so at first all tokens go to experts 0..<k (uniform gates). Used to test skewed
+    /// routing; the router learns its way out.
+    public var zeroRouterInit: Bool
 
     public init(experts: Int, topK: Int, hidden: Int, activation: BlockActivation, bias: Bool = true,
                 router: RouterKind = .softmax(renormalize: true), balanceCoefficient: Float = 0,
                 zLossCoefficient: Float = 0, entropyCoefficient: Float = 0, capacityFactor: Float = 0,
-                expertDropout: Float = 0, sharedHidden: Int = 0) {
+                expertDropout: Float = 0, sharedHidden: Int = 0, zeroRouterInit: Bool = false) {
         self.experts = experts
         self.topK = topK
         self.hidden = hidden
@@ -53,6 +57,7 @@ public struct MoESpec: Sendable, Equatable {
         self.capacityFactor = capacityFactor
         self.expertDropout = expertDropout
         self.sharedHidden = sharedHidden
+        self.zeroRouterInit = zeroRouterInit
     }
 
     /// The most assignments one expert accepts from a batch of `tokens` tokens.

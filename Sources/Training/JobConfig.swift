@@ -107,10 +107,11 @@ public struct JobConfig: Sendable {
         let capacity = dropless ? 0 : try r.double("moe", "capacity_factor", 1.25, above: 0)
         let expertDropout = try r.double("moe", "expert_dropout", 0, min: 0, below: 1)
         let shared = try r.int("moe", "shared_hidden", 0, min: 0)
+        let routerInit = try r.string("moe", "router_init", "uniform", oneOf: ["uniform", "zeros"])
         return MoESpec(experts: experts, topK: topK, hidden: hidden, activation: BlockActivation(name: activation)!, bias: bias,
                        router: router, balanceCoefficient: Float(balance), zLossCoefficient: Float(zLoss),
                        entropyCoefficient: Float(entropy), capacityFactor: Float(capacity),
-                       expertDropout: Float(expertDropout), sharedHidden: shared)
+                       expertDropout: Float(expertDropout), sharedHidden: shared, zeroRouterInit: routerInit == "zeros")
     }
 
     /// Reads and validates a job file's text, with `section.key=value` overrides applied.

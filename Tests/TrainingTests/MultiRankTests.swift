@@ -158,44 +158,62 @@ final class MultiRankTests: XCTestCase {
         return worst
     }
 
-    /// An MoE model trains the same on 1, 2 and 4 ranks: capacity is applied in global token
-    /// order (a scan over the ranks) and the auxiliary losses use global statistics.
-    func testMoEOnOneTwoAndFourRanksTrainsTheSameModel() throws {
+    /// The toy job with an MoE model: `moe` is the body of the [moe] section.
+    func moeJob(_ moe: String, steps: Int) throws -> (path: String, config: JobConfig) {
         let job = "\(dir)/job.toml"
         let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
         let text = Fixtures.job(dir: dir)
-            .replacingOccurrences(of: residual, with: """
-                kind = "moe"
-                width = 16
-                depth = 2
-                [moe]
-                experts = 4
-                top_k = 2
-                hidden = 8
-                balance_loss = 0.01
-                z_loss = 0.001
-                dropless = false
-                capacity_factor = 0.8
-                """)
-            .replacingOccurrences(of: "epochs = 2", with: "epochs = 3\nmax_steps = 30")
+            .replacingOccurrences(of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\n" + moe)
+            .replacingOccurrences(of: "epochs = 2", with: "epochs = 3\nmax_steps = \(steps)")
         try text.write(toFile: job, atomically: true, encoding: .utf8)
-        let config = try JobConfig.parse(text, source: job)
+        return (job, try JobConfig.parse(text, source: job))
+    }
+
+    /// Trains `job` on 1, 2 and 4 ranks and checks the parameters agree; returns rank 1's output.
+    func assertSameOnOneTwoAndFourRanks(_ job: (path: String, config: JobConfig), _ label: String, settings: [String] = [],
+                                        file: StaticString = #filePath, line: UInt = #line) throws -> String {
         func load(_ path: String) throws -> Model {
-            let m = Model(config.model, inputs: 64, classes: 4, maxRows: 1, seed: 999)
+            let m = Model(job.config.model, inputs: 64, classes: 4, maxRows: 1, seed: 999)
             try ModelFile.read(m, from: path)
             return m
         }
-        let one = try load(try train(ranks: 1, name: "m1", job: job))
-        let two = try load(try train(ranks: 2, name: "m2", job: job))
-        let four = try load(try train(ranks: 4, name: "m4", job: job))
-        // Capacity 0.8 drops assignments: the runs show it in their telemetry.
-        let log = try String(contentsOfFile: "\(dir)/m1.out", encoding: .utf8)
+        let name = label.filter { $0.isLetter || $0.isNumber }
+        let one = try load(try train(ranks: 1, name: "\(name)1", job: job.path, settings: settings))
+        for ranks in [2, 4] {
+            let other = try load(try train(ranks: ranks, name: "\(name)\(ranks)", job: job.path, settings: settings))
+            let worst = Self.maxRelativeDifference(one, other)
+            XCTAssertLessThanOrEqual(worst.0, Self.tolerance, "\(label), \(ranks) ranks: max relative L2 difference \(worst.0) in \(worst.1)",
+                                     file: file, line: line)
+            print("MoE \(label), \(ranks) ranks vs 1: max relative L2 difference \(worst.0) (\(worst.1))")
+        }
+        return try String(contentsOfFile: "\(dir)/\(name)1.out", encoding: .utf8)
+    }
+
+    /// An MoE model trains the same on 1, 2 and 4 ranks: capacity is applied in global token
+    /// order (a scan over the ranks) and the auxiliary losses use global statistics.
+    func testMoEOnOneTwoAndFourRanksTrainsTheSameModel() throws {
+        let job = try moeJob("experts = 4\ntop_k = 2\nhidden = 8\nbalance_loss = 0.01\nz_loss = 0.001\ndropless = false\ncapacity_factor = 0.8",
+                             steps: 30)
+        let log = try assertSameOnOneTwoAndFourRanks(job, "capacity")
         XCTAssertTrue(log.contains("blocks.0.moe: tokens per expert"), log)
         XCTAssertFalse(log.contains("dropped 0.0%"), "capacity 0.8 must drop some assignments: \(log)")
-        for (label, other) in [("2 ranks", two), ("4 ranks", four)] {
-            let worst = Self.maxRelativeDifference(one, other)
-            XCTAssertLessThanOrEqual(worst.0, Self.tolerance, "MoE \(label): max relative L2 difference \(worst.0) in \(worst.1)")
-            print("MoE \(label) vs 1 rank after 30 steps: max relative L2 difference \(worst.0) (\(worst.1))")
+    }
+
+    /// Skewed routing: a zero router sends every token to expert 0 at first (top-1), leaving
+    /// the other experts, and on several ranks whole ranks' worth of experts, without tokens;
+    /// expert counts that do not divide the ranks (6 on 4) and fewer experts than ranks (2 on 4).
+    func testMoEWithSkewedRoutingTrainsTheSameOnOneTwoAndFourRanks() throws {
+        // (label, [moe] section, a line the first step's telemetry must show)
+        let cases = [
+            ("one expert", "experts = 4\ntop_k = 1\nhidden = 8\nrouter_init = \"zeros\"",
+             "warning: blocks.0.moe: expert 0 took 100% of the assignments (router collapse?)"),
+            ("six experts", "experts = 6\ntop_k = 2\nhidden = 8\nrouter_init = \"zeros\"\ndropless = false\ncapacity_factor = 1.5",
+             "blocks.0.moe: tokens per expert 0–48, dropped 50.0%"),   // capacity ⌈1.5·96/6⌉ = 24 of 48
+            ("two experts", "experts = 2\ntop_k = 1\nhidden = 8", "blocks.0.moe: tokens per expert"),
+        ]
+        for (label, moe, expected) in cases {
+            let log = try assertSameOnOneTwoAndFourRanks(try moeJob(moe, steps: 12), label, settings: ["train.log_every=1"])
+            XCTAssertTrue(log.contains(expected), "\(label): \(log)")
         }
     }
 }
