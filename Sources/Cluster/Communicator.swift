@@ -125,6 +125,33 @@ public struct Communicator: @unchecked Sendable {
         if rank == 0 { data.update(repeating: 0, count: count) }
     }
 
+    /// Fixed-size all-to-all: `perRank` Int32 to every rank from `send` (rank after rank), the
+    /// same from every rank into `receive`.
+    public func allToAll(_ send: UnsafePointer<Int32>, _ receive: UnsafeMutablePointer<Int32>, perRank: Int,
+                         _ phase: StaticString, _ detail: String = "") throws {
+        guard size > 1 else { receive.update(from: send, count: perRank); return }
+        watchdog.begin(phase, detail, bytes: perRank * size * 4)
+        var request: MPI_Request? = sb_request_null()
+        try check(MPI_Ialltoall(send, Int32(perRank), sb_type_int32(), receive, Int32(perRank), sb_type_int32(), handle.raw, &request),
+                  "MPI_Ialltoall of \(perRank) integers per rank")
+        try complete(&request, "MPI_Ialltoall of \(perRank) integers per rank")
+    }
+
+    /// All-to-all of float runs of different lengths (`MPI_Alltoallv`): `sendCounts[r]` floats
+    /// from `send + sendOffsets[r]` to rank r, `receiveCounts[q]` from rank q into
+    /// `receive + receiveOffsets[q]`. Zero-length runs are allowed.
+    public func allToAll(_ send: UnsafePointer<Float>, _ sendCounts: UnsafePointer<Int32>, _ sendOffsets: UnsafePointer<Int32>,
+                         _ receive: UnsafeMutablePointer<Float>, _ receiveCounts: UnsafePointer<Int32>,
+                         _ receiveOffsets: UnsafePointer<Int32>, _ phase: StaticString, _ detail: String = "") throws {
+        var bytes = 0
+        for r in 0..<size { bytes += Int(sendCounts[r]) * 4 }
+        watchdog.begin(phase, detail, bytes: bytes)
+        var request: MPI_Request? = sb_request_null()
+        try check(MPI_Ialltoallv(send, sendCounts, sendOffsets, sb_type_float(), receive, receiveCounts, receiveOffsets,
+                                 sb_type_float(), handle.raw, &request), "MPI_Ialltoallv of \(bytes) bytes")
+        try complete(&request, "MPI_Ialltoallv of \(bytes) bytes")
+    }
+
     /// A plain blocking `MPI_Allreduce`, without tag or watchdog: the reference rate that
     /// `bench W3` compares the bucketed gradient sync with.
     public func referenceAllreduceSum(_ data: UnsafeMutablePointer<Float>, count: Int) throws {

@@ -64,10 +64,13 @@ public final class MoE: Layer, RangeTask {
     var choice: [Int32]                                 // [T, k] expert, −1 for none
     var position: [Int32]                               // [T, k] grouped row, −1 if dropped
     let gate: Tensor, dgate: Tensor                     // [T, k]
-    var start: [Int]                                    // [E + 1]
     var rowToken: [Int32]                               // [T·k] token of each grouped row
-    let xs: Tensor, z1: Tensor, hs: Tensor, ys: Tensor  // grouped rows
-    let dys: Tensor, dhs: Tensor, dz1: Tensor, dxs: Tensor
+    /// This rank's accepted assignments grouped by expert, and (expert parallelism) the rows
+    /// other ranks sent to the experts run here; `work` is the set the experts run on.
+    let local: ExpertRows
+    var owner: ExpertRows?
+    var work: ExpertRows
+    var start: UnsafeMutablePointer<Int> { local.start }
     let y: Tensor, dx: Tensor                           // [T, d]
     var meanProb: [Double]                              // P_e
     var share: [Double]                                 // f_e
@@ -130,16 +133,9 @@ public final class MoE: Layer, RangeTask {
         position = [Int32](repeating: -1, count: a)
         gate = Tensor(shape: [a])
         dgate = Tensor(shape: [a])
-        start = [Int](repeating: 0, count: e + 1)
         rowToken = [Int32](repeating: 0, count: a)
-        xs = Tensor(shape: [a, d])
-        z1 = Tensor(shape: [a, h1])
-        hs = Tensor(shape: [a, h])
-        ys = Tensor(shape: [a, d])
-        dys = Tensor(shape: [a, d])
-        dhs = Tensor(shape: [a, h])
-        dz1 = Tensor(shape: [a, h1])
-        dxs = Tensor(shape: [a, d])
+        local = ExpertRows(rows: a, width: d, hidden: h, firstWidth: h1, experts: e)
+        work = local
         y = Tensor(shape: [maxRows, d])
         dx = Tensor(shape: [maxRows, d])
         meanProb = [Double](repeating: 0, count: e)
@@ -284,7 +280,7 @@ public final class MoE: Layer, RangeTask {
             guard p >= 0 else { continue }
             let r = a / k
             rowToken[p] = Int32(r)
-            (xs.data + p * d).update(from: x! + r * d, count: d)
+            (local.x.data + p * d).update(from: x! + r * d, count: d)
         }
     }
 
@@ -307,6 +303,7 @@ public final class MoE: Layer, RangeTask {
 
     /// Part j takes the experts whose rows start in `[j, j + 1) · A / parts`.
     public func run(_ range: Range<Int>) {
+        let start = work.start
         let total = start[e]
         var i = 0
         while i < e && start[i] * parts < range.lowerBound * total { i += 1 }
@@ -318,10 +315,10 @@ public final class MoE: Layer, RangeTask {
 
     /// Expert i: h = f(xs·W1ᵀ + b1), ys = h·W2ᵀ + b2, over its contiguous rows.
     func expertForward(_ i: Int) {
-        let n = start[i + 1] - start[i]
+        let w = work, o = w.start[i], n = w.start[i + 1] - o
         guard n > 0 else { return }
-        let xr = xs.data + start[i] * d, zr = z1.data + start[i] * h1, hr = hs.data + start[i] * h
-        let yr = ys.data + start[i] * d
+        let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
+        let yr = w.y.data + o * d
         gemm(.none, .transpose, m: n, n: h1, k: d, a: xr, lda: d, b: w1[i].value, ldb: d, beta: 0, c: zr, ldc: h1)
         if let pointwise {
             pointwise.forward(z: zr, bias: b1[i]?.value, y: hr, rows: n, cols: h)
@@ -339,7 +336,7 @@ public final class MoE: Layer, RangeTask {
         for a in 0..<(tokens * k) {
             let p = Int(position[a])
             guard p >= 0 else { continue }
-            axpy(gate[a], ys.data + p * d, y.data + (a / k) * d, d)
+            axpy(gate[a], local.y.data + p * d, y.data + (a / k) * d, d)
         }
     }
 
@@ -395,14 +392,14 @@ public final class MoE: Layer, RangeTask {
             let p = Int(position[a])
             guard p >= 0 else { dgate[a] = 0; continue }
             let dyr = dy + (a / k) * d
-            dgate[a] = dot(dyr, ys.data + p * d, d)
-            scaleCopy(gate[a], dyr, dys.data + p * d, d)
+            dgate[a] = dot(dyr, local.y.data + p * d, d)
+            scaleCopy(gate[a], dyr, local.dy.data + p * d, d)
         }
         expertsBackward()
         // The grouped rows' input gradients go back to their tokens.
         for p in 0..<start[e] {
             let r = Int(rowToken[p])
-            add(UnsafePointer(dx.data + r * d), UnsafePointer(dxs.data + p * d), into: dx.data + r * d, count: d)
+            add(UnsafePointer(dx.data + r * d), UnsafePointer(local.dx.data + p * d), into: dx.data + r * d, count: d)
         }
         routerBackward(dy)
         // Router: dWr[E, d] += dlogitsᵀ · x, dx += dlogits · Wr.
@@ -417,11 +414,10 @@ public final class MoE: Layer, RangeTask {
     }
 
     func expertBackward(_ i: Int) {
-        let n = start[i + 1] - start[i]
+        let w = work, o = w.start[i], n = w.start[i + 1] - o
         guard n > 0 else { return }
-        let o = start[i]
-        let xr = xs.data + o * d, zr = z1.data + o * h1, hr = hs.data + o * h
-        let dyr = dys.data + o * d, dhr = dhs.data + o * h, dzr = dz1.data + o * h1, dxr = dxs.data + o * d
+        let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
+        let dyr = w.dy.data + o * d, dhr = w.dh.data + o * h, dzr = w.dz1.data + o * h1, dxr = w.dx.data + o * d
         if let b = b2[i] { addColumnSums(dyr, rows: n, cols: d, into: b.grad) }
         // dW2[d, H] += dysᵀ · h;  dh = dys · W2
         gemm(.transpose, .none, m: d, n: h, k: n, a: dyr, lda: d, b: hr, ldb: h, beta: 1, c: w2[i].grad, ldc: h)
