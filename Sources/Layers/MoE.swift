@@ -71,6 +71,9 @@ public final class MoE: Layer, RangeTask {
     var owner: ExpertRows?
     var work: ExpertRows
     var start: UnsafeMutablePointer<Int> { local.start }
+    /// Set by `attach` under expert parallelism.
+    var exchange: ExchangeBuffers?
+    let maxRows: Int
     let y: Tensor, dx: Tensor                           // [T, d]
     var meanProb: [Double]                              // P_e
     var share: [Double]                                 // f_e
@@ -81,6 +84,7 @@ public final class MoE: Layer, RangeTask {
     public init(_ name: String, width d: Int, spec: MoESpec, site: Int, seed: UInt64, maxRows: Int, store: ParameterStore) {
         precondition(spec.topK >= 1 && spec.topK <= spec.experts)
         self.name = name
+        self.maxRows = maxRows
         inputWidth = d
         self.spec = spec
         self.site = site
@@ -149,6 +153,15 @@ public final class MoE: Layer, RangeTask {
         idleIntervals = [Int](repeating: 0, count: e)
     }
 
+    /// Runs this layer's experts across ranks from now on: tokens go to the rank that runs
+    /// their expert (`exchange.runner`) and come back. Sizes the buffers for the worst case,
+    /// every token of every rank on experts run here.
+    public func attach(_ exchange: any ExpertExchange) {
+        let rows = exchange.ranks * maxRows * k
+        owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e)
+        self.exchange = ExchangeBuffers(exchange, experts: e, rows: rows, width: d)
+    }
+
     /// The statistics of the interval that ends now; a new interval starts.
     public func takeTelemetry() -> MoETelemetry {
         let t = telemetry
@@ -179,7 +192,7 @@ public final class MoE: Layer, RangeTask {
         if !holdsRouting { route(selection, context: context) }
         computeGates()
         dispatch()
-        runExperts()
+        if let exchange { exchangeForward(exchange) } else { runExperts() }
         combine()
         if let shared {
             let s = shared.forward(x, rows: t, context: context)
@@ -364,7 +377,7 @@ public final class MoE: Layer, RangeTask {
         if training, let reduction {
             statistics.withUnsafeMutableBufferPointer { reduction.sum($0.baseAddress!, count: 2 * e + 1) }
         }
-        let n = Double(training ? globalTokens : t)
+        let n = Double(max(training ? globalTokens : t, 1))
         var assignments = 0.0
         for i in 0..<e { assignments += statistics[i] }
         var balance = 0.0, entropy = 0.0
@@ -395,7 +408,7 @@ public final class MoE: Layer, RangeTask {
             dgate[a] = dot(dyr, local.y.data + p * d, d)
             scaleCopy(gate[a], dyr, local.dy.data + p * d, d)
         }
-        expertsBackward()
+        if let exchange { exchangeBackward(exchange) } else { expertsBackward() }
         // The grouped rows' input gradients go back to their tokens.
         for p in 0..<start[e] {
             let r = Int(rowToken[p])
@@ -498,4 +511,36 @@ public final class MoE: Layer, RangeTask {
     var s = acc.sum()
     while i < n { s += x[i] * y[i]; i += 1 }
     return s
+}
+
+extension MoE {
+    /// This rank's grouped rows go to the ranks that run their experts (counts first, then
+    /// rows), the experts run here on everything sent to them, and the outputs return.
+    func exchangeForward(_ b: ExchangeBuffers) {
+        let p = b.ranks
+        for i in 0..<(p * e) { b.sendRows[i] = 0 }
+        for i in 0..<e { b.sendRows[b.exchange.runner(of: i) * e + i] = Int32(start[i + 1] - start[i]) }
+        b.exchange.allToAll(b.sendRows, b.receiveRows, perRank: e)
+        b.setCounts(width: d)
+        b.exchange.allToAll(local.x.data, b.sendCounts, b.sendOffsets, b.staging.data, b.receiveCounts, b.receiveOffsets)
+        let o = owner!
+        b.regroup(o.x.data, start: o.start, width: d, toExperts: true, settingStart: true)
+        work = o
+        runExperts()
+        work = local
+        b.regroup(o.y.data, start: o.start, width: d, toExperts: false, settingStart: false)
+        b.exchange.allToAll(b.staging.data, b.receiveCounts, b.receiveOffsets, local.y.data, b.sendCounts, b.sendOffsets)
+    }
+
+    /// The output gradients travel the same way; the experts' input gradients come back.
+    func exchangeBackward(_ b: ExchangeBuffers) {
+        let o = owner!
+        b.exchange.allToAll(local.dy.data, b.sendCounts, b.sendOffsets, b.staging.data, b.receiveCounts, b.receiveOffsets)
+        b.regroup(o.dy.data, start: o.start, width: d, toExperts: true, settingStart: false)
+        work = o
+        expertsBackward()
+        work = local
+        b.regroup(o.dx.data, start: o.start, width: d, toExperts: false, settingStart: false)
+        b.exchange.allToAll(b.staging.data, b.receiveCounts, b.receiveOffsets, local.dx.data, b.sendCounts, b.sendOffsets)
+    }
 }

@@ -51,8 +51,10 @@ public final class Trainer {
     var counts: [Double] = [0, 0, 0]
 
     public private(set) var step = 0
-    /// The MoE layers' collectives inside forward.
-    let moeSums: MoERankSums
+    /// The MoE layers' collectives inside forward and backward.
+    let moeSums: MoECollectives
+    /// Which ranks run which experts (MoE models).
+    public let placement: ExpertPlacement?
 
     /// Collective: every rank of `comm` makes its trainer together.
     public init(config: JobConfig, comm: Communicator, train: Dataset, test: Dataset) throws {
@@ -81,8 +83,15 @@ public final class Trainer {
         x = Tensor(shape: [maxRows, train.width])
         labels = [Int32](repeating: 0, count: maxRows)
         dlogits = Tensor(shape: [maxRows, config.data.classes])
-        moeSums = MoERankSums(comm)
-        if comm.size > 1 { for moe in model.moeLayers { moe.reduction = moeSums } }
+        moeSums = MoECollectives(comm)
+        placement = model.moeLayers.first.map { ExpertPlacement(experts: $0.spec.experts, ranks: comm.size) }
+        if comm.size > 1, let placement {
+            moeSums.placement = placement
+            for moe in model.moeLayers {
+                moe.reduction = moeSums
+                moe.attach(moeSums)
+            }
+        }
         comm.watchdog.deadline = config.parallel.watchdogSeconds
         let parameters = model.store.parameters
         gradientSync = try ShardedSync(
@@ -131,6 +140,7 @@ public final class Trainer {
         comm.watchdog.step = step
         gradientSync.begin()
         try model.backward(dlogits.data, rows: rows) { try gradientSync.gradientsFinal(from: $0) }
+        try moeSums.rethrow()
         try gradientSync.finishReduceScatter()
         let store = model.store
         let owned = gradientSync.ownedRanges
@@ -169,9 +179,11 @@ public final class Trainer {
         while start < data.count {
             let n = min(chunk, data.count - start)
             let mine = GlobalSampleOrder.part(rows: n, rank: comm.rank, ranks: comm.size)
+            // A rank's part of a chunk may exceed maxRows: take it in pieces, as many on every
+            // rank (the largest part decides), since an MoE forward pass is collective.
+            let largest = (n + comm.size - 1) / comm.size
             var done = 0
-            // A rank's part of a chunk may exceed maxRows when P is small; take it in pieces.
-            while done < mine.count {
+            for _ in 0..<((largest + maxRows - 1) / maxRows) {
                 let rows = min(maxRows, mine.count - done)
                 for i in 0..<rows { indices[i] = Int32(start + mine.lowerBound + done + i) }
                 indices.withUnsafeBufferPointer { idx in
@@ -180,6 +192,7 @@ public final class Trainer {
                     }
                 }
                 let logits = model.forward(x.data, rows: rows, context: ForwardContext(training: false))
+                try moeSums.rethrow()
                 let out = labels.withUnsafeBufferPointer {
                     softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows, classes: model.classes,
                                         smoothing: 0, gradScale: 0, dlogits: nil)
@@ -198,13 +211,19 @@ public final class Trainer {
     }
 }
 
-/// The MoE layers' sums over the ranks. A layer's forward cannot throw, so an MPI error is
-/// kept and thrown by the trainer right after forward (every rank then aborts).
-final class MoERankSums: RankReduction {
+/// The MoE layers' collectives: sums for capacity order and auxiliary statistics, and the
+/// expert exchange. A layer's forward and backward cannot throw, so an MPI error is kept and
+/// thrown by the trainer right after (every rank then aborts); later calls do nothing.
+final class MoECollectives: RankReduction, ExpertExchange {
     let comm: Communicator
+    var placement = ExpertPlacement(experts: 1, ranks: 1)
     var error: (any Error)?
 
     init(_ comm: Communicator) { self.comm = comm }
+
+    var ranks: Int { comm.size }
+
+    func runner(of expert: Int) -> Int { placement.runner(of: expert, forTokensOf: comm.rank) }
 
     func sum(_ data: UnsafeMutablePointer<Double>, count: Int) {
         guard error == nil else { return }
@@ -214,6 +233,20 @@ final class MoERankSums: RankReduction {
     func sumBelow(_ data: UnsafeMutablePointer<Double>, count: Int) {
         guard error == nil else { return }
         do { try comm.sumBelow(data, count: count, "MoE capacity order") } catch { self.error = error }
+    }
+
+    func allToAll(_ send: UnsafePointer<Int32>, _ receive: UnsafeMutablePointer<Int32>, perRank: Int) {
+        guard error == nil else { return }
+        do { try comm.allToAll(send, receive, perRank: perRank, "MoE token counts") } catch { self.error = error }
+    }
+
+    func allToAll(_ send: UnsafePointer<Float>, _ sendCounts: UnsafePointer<Int32>, _ sendOffsets: UnsafePointer<Int32>,
+                  _ receive: UnsafeMutablePointer<Float>, _ receiveCounts: UnsafePointer<Int32>,
+                  _ receiveOffsets: UnsafePointer<Int32>) {
+        guard error == nil else { return }
+        do {
+            try comm.allToAll(send, sendCounts, sendOffsets, receive, receiveCounts, receiveOffsets, "MoE token exchange")
+        } catch { self.error = error }
     }
 
     func rethrow() throws {

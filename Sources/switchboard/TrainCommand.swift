@@ -59,6 +59,9 @@ struct TrainCommand: ParsableCommand {
             ? try RunFolder(output: config.run.output, name: config.run.name, configTOML: config.resolvedTOML) : nil
         say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
         say("model: \(trainer.model.store.count.formatted()) parameters; \(trainer.totalSteps) steps of \(config.train.batchSize) samples")
+        if comm.size > 1, let placement = trainer.placement {
+            say("experts (each MoE layer):\n" + placement.description.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+        }
         if let folder { say("run folder: \(folder.path)") }
 
         let progress = comm.isCoordinator

@@ -195,6 +195,8 @@ final class MultiRankTests: XCTestCase {
         let job = try moeJob("experts = 4\ntop_k = 2\nhidden = 8\nbalance_loss = 0.01\nz_loss = 0.001\ndropless = false\ncapacity_factor = 0.8",
                              steps: 30)
         let log = try assertSameOnOneTwoAndFourRanks(job, "capacity")
+        let four = try String(contentsOfFile: "\(dir)/capacity4.out", encoding: .utf8)
+        XCTAssertTrue(four.contains("experts (each MoE layer):\n  rank 0: expert 0\n  rank 1: expert 1\n  rank 2: expert 2\n  rank 3: expert 3"), four)
         XCTAssertTrue(log.contains("blocks.0.moe: tokens per expert"), log)
         XCTAssertFalse(log.contains("dropped 0.0%"), "capacity 0.8 must drop some assignments: \(log)")
     }
