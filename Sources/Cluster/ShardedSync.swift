@@ -31,7 +31,7 @@ public final class ShardedSync {
     /// Bucket ranges in launch order (the end of the arena first).
     public let buckets: [Range<Int>]
     /// The arena ranges this rank sums and updates: one chunk of each bucket (all of the
-    /// arena in a world of one).
+    /// synced regions in a world of one).
     public let ownedRanges: [Range<Int>]
     /// A name per bucket for hang reports, such as "bucket 2/4 (layers.1.weight … head.bias)".
     let labels: [String]
@@ -63,8 +63,11 @@ public final class ShardedSync {
     public private(set) var lastGatherSeconds = 0.0
 
     /// - Parameter label: names the part of the arena a bucket covers (called at init only).
+    /// - Parameter regions: the parts of the arena every rank holds and syncs, ascending
+    ///   (nil: all of it). Experts that only their runner holds are left out.
+    /// - Parameter label: names the part of the arena a bucket covers (called at init only).
     public init(comm: Communicator, grads: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>,
-                count: Int, bucketBytes: Int,
+                count: Int, bucketBytes: Int, regions: [Range<Int>]? = nil,
                 label: (Range<Int>) -> String = { "floats \($0.lowerBound)..<\($0.upperBound)" }) throws {
         precondition(bucketBytes >= 4)
         self.comm = comm
@@ -72,17 +75,20 @@ public final class ShardedSync {
         self.values = values
         self.count = count
         let per = max(1, bucketBytes / 4)
+        // Buckets never span two regions: each is one contiguous run of the arena.
         var ranges: [Range<Int>] = []
-        var end = count
-        while end > 0 {
-            let start = max(0, end - per)
-            ranges.append(start..<end)
-            end = start
+        for region in (regions ?? [0..<count]).reversed() {
+            var end = region.upperBound
+            while end > region.lowerBound {
+                let start = max(region.lowerBound, end - per)
+                ranges.append(start..<end)
+                end = start
+            }
         }
         buckets = ranges
         labels = ranges.enumerated().map { "bucket \($0.offset + 1)/\(ranges.count) (\(label($0.element)))" }
         let p = comm.size, r = comm.rank
-        ownedRanges = p == 1 ? [0..<count] : ranges.map { b in
+        ownedRanges = p == 1 ? (regions ?? [0..<count]) : ranges.map { b in
             let c = Self.chunk((r + 1) % p, of: b.count, ranks: p)
             return (b.lowerBound + c.offset)..<(b.lowerBound + c.offset + c.count)
         }

@@ -55,6 +55,12 @@ public final class Trainer {
     let moeSums: MoECollectives
     /// Which ranks run which experts (MoE models).
     public let placement: ExpertPlacement?
+    /// What this rank's optimizer updates: its shard of the synced parameters, and the
+    /// experts only it runs.
+    let updateRanges: [Range<Int>]
+    /// Per MoE layer, all of its experts' parameters and those this rank runs (when experts
+    /// live on their runners only).
+    let expertSpans: [Range<Int>], ownExpertSpans: [Range<Int>]
 
     /// Collective: every rank of `comm` makes its trainer together.
     public init(config: JobConfig, comm: Communicator, train: Dataset, test: Dataset) throws {
@@ -94,14 +100,57 @@ public final class Trainer {
         }
         comm.watchdog.deadline = config.parallel.watchdogSeconds
         let parameters = model.store.parameters
+        // With one runner per expert (E ≥ P), an expert's gradient and update live on its
+        // runner alone: experts stay out of the sync, and each rank updates its own. Replicated
+        // experts (E < P) are summed by the sync like dense parameters (zero where not run).
+        var regions: [Range<Int>]? = nil
+        var ownExperts: [Range<Int>] = []
+        if comm.size > 1, let placement, placement.experts >= comm.size {
+            var excluded: [Range<Int>] = []
+            for moe in model.moeLayers {
+                func span(_ experts: Range<Int>) -> Range<Int> {
+                    let last = moe.b2[experts.upperBound - 1] ?? moe.w2[experts.upperBound - 1]
+                    return moe.w1[experts.lowerBound].offset..<(last.offset + last.count)
+                }
+                excluded.append(span(0..<moe.spec.experts))
+                ownExperts.append(span(placement.experts(on: comm.rank)))
+            }
+            var from = 0
+            var kept: [Range<Int>] = []
+            for x in excluded.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+                if x.lowerBound > from { kept.append(from..<x.lowerBound) }
+                from = x.upperBound
+            }
+            if from < model.store.count { kept.append(from..<model.store.count) }
+            regions = kept
+        }
         gradientSync = try ShardedSync(
             comm: comm, grads: model.store.grads.data, values: model.store.values.data, count: model.store.count,
-            bucketBytes: config.parallel.bucketBytes,
+            bucketBytes: config.parallel.bucketBytes, regions: regions,
             label: { range in
                 // The parameters a bucket touches, by global name.
                 let inside = parameters.filter { $0.offset < range.upperBound && $0.offset + $0.count > range.lowerBound }
                 return inside.count == 1 ? inside[0].name : "\(inside.first!.name) … \(inside.last!.name)"
             })
+        updateRanges = gradientSync.ownedRanges + ownExperts
+        expertSpans = regions == nil ? [] : model.moeLayers.map { moe in
+            let last = moe.b2[moe.spec.experts - 1] ?? moe.w2[moe.spec.experts - 1]
+            return moe.w1[0].offset..<(last.offset + last.count)
+        }
+        ownExpertSpans = ownExperts
+    }
+
+    /// Copies every expert's parameters from the rank that runs it to every rank, so that the
+    /// whole model can be written or evaluated anywhere (each rank otherwise holds current
+    /// values only for its own experts). Collective; nothing to do when experts are synced.
+    public func collectExperts() throws {
+        for (span, own) in zip(expertSpans, ownExpertSpans) {
+            let values = model.store.values.data
+            // Zero the experts run elsewhere; the sum over ranks is then the runners' values.
+            (values + span.lowerBound).update(repeating: 0, count: own.lowerBound - span.lowerBound)
+            (values + own.upperBound).update(repeating: 0, count: span.upperBound - own.upperBound)
+            try comm.allreduceSum(values + span.lowerBound, count: span.count, "expert collection")
+        }
     }
 
     static func totalSteps(_ c: JobConfig, _ order: GlobalSampleOrder) -> Int {
@@ -143,7 +192,7 @@ public final class Trainer {
         try moeSums.rethrow()
         try gradientSync.finishReduceScatter()
         let store = model.store
-        let owned = gradientSync.ownedRanges
+        let owned = updateRanges
 
         // The global gradient norm costs a pass over this rank's shard of the gradients and
         // rides on the metrics' reduction: taken when clipping needs it or the step will be

@@ -83,6 +83,7 @@ extension Trainer {
             if stop { break training }
         }
         progress?.finish()
+        try collectExperts()
         let seconds = trainTime.seconds
         return RunSummary(steps: step, epochs: epochsRun, finalEvaluation: last, trainSeconds: seconds,
                           samplesPerSecond: Double(samples) / max(seconds, 1e-9))

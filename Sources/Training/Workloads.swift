@@ -10,18 +10,24 @@ public enum Workload: String, CaseIterable, Sendable {
     case w2 = "W2"
     /// W1 data-parallel: 128 samples per rank per step, one BLAS thread per rank.
     case w3 = "W3"
+    /// W2 expert-parallel: 256 samples per rank per step, the experts spread over the ranks,
+    /// one BLAS thread per rank.
+    case w4 = "W4"
+
+    /// Samples per rank per step of the scaling workloads (W3, W4).
+    public var samplesPerRank: Int { self == .w3 ? 128 : 256 }
 
     /// W1: 784 → 1024 → 1024 → 1024 → 10, Linear + ReLU three times then Linear; batch 256;
     /// uniform ±1/√fan_in init; AdamW β (0.9, 0.999), ε 1e-8, decoupled weight decay 0.01 on
     /// every parameter, constant lr 1e-3; mean softmax cross-entropy.
     /// W3 is W1 with a global batch of 128 per rank: `ranks` sets it.
     public func config(dataDir: String, epochs: Int, seed: UInt64 = 1, ranks: Int = 1) throws -> JobConfig {
-        let batch = self == .w3 ? 128 * ranks : 256
+        let batch = self == .w3 || self == .w4 ? samplesPerRank * ranks : 256
         let common = """
             [train]
             epochs = \(epochs)
             batch_size = \(batch)
-            threads = \(self == .w3 ? 1 : 0)
+            threads = \(self == .w3 || self == .w4 ? 1 : 0)
             [optimizer]
             name = "adamw"
             lr = 1e-3
@@ -34,10 +40,10 @@ public enum Workload: String, CaseIterable, Sendable {
             kind = "constant"
             """
         switch self {
-        case .w2:
+        case .w2, .w4:
             return try JobConfig.parse("""
                 [run]
-                name = "bench-w2"
+                name = "bench-\(rawValue.lowercased())"
                 seed = \(seed)
                 [data]
                 dir = "\(dataDir)"

@@ -17,7 +17,7 @@ struct BenchCommand: ParsableCommand {
             workload for --epochs epochs and reports wall time and test accuracy.
             """)
 
-    @Argument(help: "The workload: W1, W3 (under mpirun -np P), or kernels (elementwise kernels alone).")
+    @Argument(help: "The workload: W1, W2, W3 or W4 (these two under mpirun -np P), or kernels (elementwise kernels alone).")
     var workload: String
 
     @Option(help: "BLAS thread counts to run, comma-separated.")
@@ -38,10 +38,10 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Fashion-MNIST folder.")
     var data = "/usr/share/datasets/fashion-mnist"
 
-    @Option(name: .customLong("bucket-kib"), help: "W3: gradient bucket size for the training run (default: the config default).")
+    @Option(name: .customLong("bucket-kib"), help: "W3, W4: gradient bucket size for the training run (default: the config default).")
     var bucketKiB: Int?
 
-    @Option(name: .customLong("sweep-kib"), help: "W3: bucket sizes, comma-separated, for the gradient-sync-alone table.")
+    @Option(name: .customLong("sweep-kib"), help: "W3, W4: bucket sizes, comma-separated, for the gradient-sync-alone table.")
     var sweepKiB = "256,512,1024,2048,4096,8192"
 
     func run() throws {
@@ -51,10 +51,10 @@ struct BenchCommand: ParsableCommand {
         }
         let threadCounts = try positiveIntegers(threads, "--threads")
         guard repeats >= 1, steps >= 1, warmup >= 0, epochs >= 0 else { throw ValidationError("--repeats and --steps must be at least 1, --warmup and --epochs at least 0") }
-        if w == .w3 {
+        if w == .w3 || w == .w4 {
             let sweep = try positiveIntegers(sweepKiB, "--sweep-kib")
             if let bucketKiB, bucketKiB < 1 { throw ValidationError("--bucket-kib: \(bucketKiB) is not a positive integer") }
-            return try ScalingBench(data: data, warmup: warmup, steps: steps, repeats: repeats, bucketKiB: bucketKiB, sweepKiB: sweep).run()
+            return try ScalingBench(workload: w, data: data, warmup: warmup, steps: steps, repeats: repeats, bucketKiB: bucketKiB, sweepKiB: sweep).run()
         }
         let comm = try MPIWorld.start()
         let config = try w.config(dataDir: data, epochs: max(epochs, 1))

@@ -4,16 +4,19 @@ import Kernels
 import Storage
 import Training
 
-/// `bench W3` (WORKLOADS.md): W1 data-parallel, 128 samples per rank per step, one BLAS
+/// `bench W3` and `bench W4` (WORKLOADS.md): W1 data-parallel with 128 samples per rank per
+/// step, or W2 expert-parallel with 256, one BLAS
 /// thread per rank, run under `mpirun -np P`. Measures, in one run:
-/// 1. one rank alone (the others sleep), batch 128: the weak-scaling reference, and
-/// 2. all P ranks, global batch 128·P: samples/s, efficiency, and time per step in
+/// 1. one rank alone (the others sleep), its per-rank batch: the weak-scaling reference, and
+/// 2. all P ranks, global batch P times that: samples/s, efficiency, and time per step in
 ///    communication — the two alternating, repetition by repetition, so that both see the
 ///    same machine (this VM's speed drifts by 20% over a minute);
 /// 3. the sync alone (gradient reduce-scatter and parameter allgather, which together move
 ///    what an allreduce of the gradients moves), at several bucket sizes, beside a blocking
 ///    `MPI_Allreduce` of the same bytes: in one call, and in calls of the bucket size.
 struct ScalingBench {
+    /// W3 (W1 on P ranks) or W4 (W2 on P ranks, experts spread over them).
+    let workload: Workload
     let data: String
     let warmup: Int
     let steps: Int
@@ -27,11 +30,12 @@ struct ScalingBench {
         let world = try MPIWorld.start()
         BLAS.setThreads(1)
         let say: (String) -> Void = { if world.isCoordinator { print($0); fflush(nil) } }
-        let one = try Workload.w3.config(dataDir: data, epochs: 1, ranks: 1)
-        var all = try Workload.w3.config(dataDir: data, epochs: 1, ranks: world.size)
+        let one = try workload.config(dataDir: data, epochs: 1, ranks: 1)
+        var all = try workload.config(dataDir: data, epochs: 1, ranks: world.size)
+        let per = workload.samplesPerRank
         if let bucketKiB { all.parallel.bucketBytes = bucketKiB * 1024 }
         let (train, test) = try one.data.load()
-        say("switchboard \(Switchboard.version) bench W3; \(BLAS.config); \(MPIWorld.libraryVersion)")
+         say("switchboard \(Switchboard.version) bench \(workload.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
         say("machine: \(BenchCommand.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; "
             + "ranks \(world.size) × 1 BLAS thread; OpenBLAS \(BLAS.coreName)")
 
@@ -52,10 +56,15 @@ struct ScalingBench {
         let buckets = trainer.gradientSync.buckets.count
         let bytes = trainer.model.store.count * 4
         say("")
-        say("1 rank alone, batch 128: \(Int(base)) samples/s (median of \(repeats) × \(steps) steps; runs \(list(alone.rates)))")
-        say("\(world.size) ranks, global batch \(128 * world.size): \(Int(rate)) samples/s (median; runs \(list(timing.rates)))")
+        say("1 rank alone, batch \(per): \(Int(base)) samples/s (median of \(repeats) × \(steps) steps; runs \(list(alone.rates)))")
+        if let placement = trainer.placement, world.size > 1 {
+            say("experts (each MoE layer): " + placement.description.replacingOccurrences(of: "\n", with: "; "))
+        }
+        say("\(world.size) ranks, global batch \(per * world.size): \(Int(rate)) samples/s (median; runs \(list(timing.rates)))")
         say("  weak-scaling efficiency: \(Int(rate)) / (\(world.size) × \(Int(base))) = \(fixed(rate / (Double(world.size) * base), 3))")
-        say("  gradients: \(fixed(Double(bytes) / 1e6, 2)) MB in \(buckets) bucket\(buckets == 1 ? "" : "s") of \(all.parallel.bucketBytes / 1024) KiB")
+        let synced = trainer.gradientSync.buckets.reduce(0) { $0 + $1.count } * 4
+        say("  gradients synced: \(fixed(Double(synced) / 1e6, 2)) MB in \(buckets) bucket\(buckets == 1 ? "" : "s") of \(all.parallel.bucketBytes / 1024) KiB"
+            + (synced < bytes ? " (of \(fixed(Double(bytes) / 1e6, 2)) MB: each expert stays with the rank that runs it)" : ""))
         say("  communication per step (rank 0), of a \(fixed(1000 * timing.secondsPerStep, 1)) ms step: "
             + "\(fixed(1000 * timing.progressPerStep, 2)) ms reduce-scattering buckets between layers, "
             + "\(fixed(1000 * timing.scatterPerStep, 2)) ms finishing that after backward, "
