@@ -39,14 +39,10 @@ public enum Workload: String, CaseIterable, Sendable {
             [schedule]
             kind = "constant"
             """
+        let model: String
         switch self {
         case .w2, .w4:
-            return try JobConfig.parse("""
-                [run]
-                name = "bench-\(rawValue.lowercased())"
-                seed = \(seed)
-                [data]
-                dir = "\(dataDir)"
+            model = """
                 [model]
                 kind = "moe"
                 width = 256
@@ -62,22 +58,24 @@ public enum Workload: String, CaseIterable, Sendable {
                 renormalize = true
                 balance_loss = 0.01
                 dropless = true
-                \(common)
-                """, source: "workload \(rawValue)")
+                """
         case .w1, .w3:
-            return try JobConfig.parse("""
-                [run]
-                name = "bench-\(rawValue.lowercased())"
-                seed = \(seed)
-                [data]
-                dir = "\(dataDir)"
+            model = """
                 [model]
                 kind = "stack"
                 hidden = [1024, 1024, 1024]
                 activation = "relu"
-                \(common)
-                """, source: "workload \(rawValue)")
+                """
         }
+        return try JobConfig.parse("""
+            [run]
+            name = "bench-\(rawValue.lowercased())"
+            seed = \(seed)
+            [data]
+            dir = "\(dataDir)"
+            \(model)
+            \(common)
+            """, source: "workload \(rawValue)")
     }
 
     /// Training FLOPs per sample: forward, weight-gradient and input-gradient products of
