@@ -21,7 +21,16 @@ extension Trainer {
         for (l, moe) in model.moeLayers.enumerated() {
             let t = moe.takeTelemetry()
             let busiest = t.busiest
-            lines.append("  \(moe.name): tokens per expert \(t.routed.min() ?? 0)–\(t.routed.max() ?? 0), "
+            var perRank = ""
+            if comm.size > 1, let placement {
+                // Assignments each rank's experts took (a replicated expert's split evenly).
+                let load = (0..<comm.size).map { r in
+                    placement.experts(on: r).reduce(0.0) { $0 + Double(t.accepted[$1]) / Double(placement.runners(of: $1).count) }
+                }
+                perRank = ", per rank max \(Int(load.max()!)) mean \(Int(load.reduce(0, +) / Double(load.count)))"
+                fields.append(("moe\(l)_rank_max", .double(load.max()!)))
+            }
+            lines.append("  \(moe.name): tokens per expert \(t.routed.min() ?? 0)–\(t.routed.max() ?? 0)\(perRank), "
                          + "dropped \(fixed(100 * t.droppedFraction, 1))%, balance \(fixed(t.balance, 3)), aux \(fixed(t.meanAux, 4))")
             if busiest.share > 0.5 {
                 lines.append("warning: \(moe.name): expert \(busiest.expert) took \(Int(100 * busiest.share))% of the assignments (router collapse?)")
