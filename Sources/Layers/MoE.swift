@@ -14,9 +14,10 @@ public protocol RankReduction: AnyObject {
     func sumBelow(_ data: UnsafeMutablePointer<Double>, count: Int)
 }
 
-/// A mixture-of-experts feedforward layer on one process: router → top-k → tokens grouped by
-/// expert → one GEMM pair per expert over all its tokens → outputs mixed by the gates, plus
-/// an optional shared expert. Auxiliary losses (load balance, z-loss, σ-MoE entropy) are
+/// A mixture-of-experts feedforward layer: router → top-k → tokens grouped by expert → one
+/// GEMM pair per expert over all its tokens → outputs mixed by the gates, plus an optional
+/// shared expert. On several ranks (`attach`), the grouped tokens travel to the ranks that run
+/// their experts and back (`ExpertExchange.swift`). Auxiliary losses (load balance, z-loss, σ-MoE entropy) are
 /// computed in forward (`auxLoss`) and their gradients added in backward.
 ///
 /// Shapes: x, y `[T, d]`; router logits and probabilities `[T, E]`; assignments `[T, k]`;
@@ -44,7 +45,7 @@ public final class MoE: Layer, RangeTask {
     public private(set) var routed: [Int]
     /// Assignments each expert took (after capacity).
     public private(set) var accepted: [Int]
-    /// Set by a data-parallel trainer; nil on one process.
+    /// Set by a multi-rank trainer; nil on one process.
     public var reduction: (any RankReduction)?
     /// [routed counts E | probability sums E | Σ lse²], summed over the ranks.
     var statistics: [Double]

@@ -100,44 +100,45 @@ public final class Trainer {
         }
         comm.watchdog.deadline = config.parallel.watchdogSeconds
         let parameters = model.store.parameters
-        // With one runner per expert (E ≥ P), an expert's gradient and update live on its
-        // runner alone: experts stay out of the sync, and each rank updates its own. Replicated
-        // experts (E < P) are summed by the sync like dense parameters (zero where not run).
-        var regions: [Range<Int>]? = nil
-        var ownExperts: [Range<Int>] = []
-        if comm.size > 1, let placement, placement.experts >= comm.size {
-            var excluded: [Range<Int>] = []
-            for moe in model.moeLayers {
-                func span(_ experts: Range<Int>) -> Range<Int> {
-                    let last = moe.b2[experts.upperBound - 1] ?? moe.w2[experts.upperBound - 1]
-                    return moe.w1[experts.lowerBound].offset..<(last.offset + last.count)
-                }
-                excluded.append(span(0..<moe.spec.experts))
-                ownExperts.append(span(placement.experts(on: comm.rank)))
-            }
-            var from = 0
-            var kept: [Range<Int>] = []
-            for x in excluded.sorted(by: { $0.lowerBound < $1.lowerBound }) {
-                if x.lowerBound > from { kept.append(from..<x.lowerBound) }
-                from = x.upperBound
-            }
-            if from < model.store.count { kept.append(from..<model.store.count) }
-            regions = kept
-        }
+        let experts = Self.expertSpans(model, placement: placement, comm: comm)
         gradientSync = try ShardedSync(
             comm: comm, grads: model.store.grads.data, values: model.store.values.data, count: model.store.count,
-            bucketBytes: config.parallel.bucketBytes, regions: regions,
+            bucketBytes: config.parallel.bucketBytes, regions: experts.synced,
             label: { range in
                 // The parameters a bucket touches, by global name.
                 let inside = parameters.filter { $0.offset < range.upperBound && $0.offset + $0.count > range.lowerBound }
                 return inside.count == 1 ? inside[0].name : "\(inside.first!.name) … \(inside.last!.name)"
             })
-        updateRanges = gradientSync.ownedRanges + ownExperts
-        expertSpans = regions == nil ? [] : model.moeLayers.map { moe in
-            let last = moe.b2[moe.spec.experts - 1] ?? moe.w2[moe.spec.experts - 1]
-            return moe.w1[0].offset..<(last.offset + last.count)
+        updateRanges = gradientSync.ownedRanges + experts.own
+        expertSpans = experts.all
+        ownExpertSpans = experts.own
+    }
+
+    /// With one runner per expert (E ≥ P), an expert's gradient and update live on its runner
+    /// alone: experts stay out of the sync (`synced` is the rest of the arena) and each rank
+    /// updates its own (`own`, per MoE layer; `all` is each layer's whole expert span).
+    /// Replicated experts (E < P) are summed by the sync like dense parameters (zero where
+    /// not run): then `synced` is nil and the lists are empty.
+    static func expertSpans(_ model: Model, placement: ExpertPlacement?, comm: Communicator)
+        -> (synced: [Range<Int>]?, all: [Range<Int>], own: [Range<Int>]) {
+        guard comm.size > 1, let placement, placement.experts >= comm.size else { return (nil, [], []) }
+        var all: [Range<Int>] = [], own: [Range<Int>] = []
+        for moe in model.moeLayers {
+            func span(_ experts: Range<Int>) -> Range<Int> {
+                let last = moe.b2[experts.upperBound - 1] ?? moe.w2[experts.upperBound - 1]
+                return moe.w1[experts.lowerBound].offset..<(last.offset + last.count)
+            }
+            all.append(span(0..<moe.spec.experts))
+            own.append(span(placement.experts(on: comm.rank)))
         }
-        ownExpertSpans = ownExperts
+        var from = 0
+        var synced: [Range<Int>] = []
+        for x in all.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if x.lowerBound > from { synced.append(from..<x.lowerBound) }
+            from = x.upperBound
+        }
+        if from < model.store.count { synced.append(from..<model.store.count) }
+        return (synced, all, own)
     }
 
     /// Copies every expert's parameters from the rank that runs it to every rank, so that the
@@ -177,6 +178,7 @@ public final class Trainer {
                 trainSet.gather(slice, into: x.data, labels: y.baseAddress!)
             }
         }
+        comm.watchdog.step = step
         let context = ForwardContext(training: true, step: step, rowOffset: mine.lowerBound, globalRows: globalRows)
         let logits = model.forward(x.data, rows: rows, context: context)
         try moeSums.rethrow()
@@ -186,7 +188,6 @@ public final class Trainer {
                                 smoothing: config.train.labelSmoothing, gradScale: 1 / Float(globalRows),
                                 dlogits: dlogits.data)
         }
-        comm.watchdog.step = step
         gradientSync.begin()
         try model.backward(dlogits.data, rows: rows) { try gradientSync.gradientsFinal(from: $0) }
         try moeSums.rethrow()
