@@ -13,7 +13,7 @@ import Kernels
 /// Together that is exactly a ring allreduce of the gradients (reduce-scatter + allgather,
 /// `2(P−1)` steps of `1/P` of a bucket), with the allgather moving parameters instead of
 /// gradients, so communication costs the same as averaging gradients while the optimizer
-/// costs 1/P. Measured on W3 (2 ranks): AdamW took 13% of a one-rank step.
+/// costs 1/P. On W3, AdamW is about 11% of a one-rank step (7.8 of ~69 ms).
 ///
 /// Buckets are contiguous ranges of the flat arena, cut from its end: parameters are laid out
 /// in forward order and backward finishes them last-first, so finished gradients always form

@@ -51,6 +51,10 @@ public final class MoE: Layer, RangeTask {
     var statistics: [Double]
     /// Routed counts of the ranks below this one, per expert.
     var below: [Double]
+    /// ∂aux/∂p[t, e] of the terms built on the batch means, the same for every token.
+    var dMean: [Float]
+    /// [E] experts the token being routed may not use (expert dropout).
+    var excluded: [Bool]
     /// Router statistics since the last `takeTelemetry()`.
     public private(set) var telemetry: MoETelemetry
     /// Consecutive telemetry intervals in which each expert received nothing.
@@ -151,6 +155,8 @@ public final class MoE: Layer, RangeTask {
         telemetry = MoETelemetry(experts: e)
         statistics = [Double](repeating: 0, count: 2 * e + 1)
         below = [Double](repeating: 0, count: e)
+        dMean = [Float](repeating: 0, count: e)
+        excluded = [Bool](repeating: false, count: e)
         idleIntervals = [Int](repeating: 0, count: e)
     }
 
@@ -226,11 +232,15 @@ public final class MoE: Layer, RangeTask {
         for r in 0..<t {
             let row = selection + r * e
             let global = UInt64(context.rowOffset + r)
+            // Which experts this token may not use (drawn once per token and expert).
+            for j in 0..<e {
+                excluded[j] = dropping && rng.uniform(stream: stream, index: global * UInt64(e) + UInt64(j)) < spec.expertDropout
+            }
             for slot in 0..<k {
                 var best = -1
                 var bestScore = -Float.infinity
                 for j in 0..<e {
-                    if dropping && rng.uniform(stream: stream, index: global * UInt64(e) + UInt64(j)) < spec.expertDropout { continue }
+                    if excluded[j] { continue }
                     var taken = false
                     for s in 0..<slot where choice[r * k + s] == Int32(j) { taken = true }
                     if taken { continue }
@@ -451,15 +461,18 @@ public final class MoE: Layer, RangeTask {
     func routerBackward(_ dy: UnsafePointer<Float>) {
         let t = tokens
         let inv = 1 / Float(globalTokens)
+        // ∂aux/∂p[t, i] for the terms built on the batch-mean softmax P: one value per expert.
+        for i in 0..<e {
+            var g = spec.balanceCoefficient * Float(e) * Float(share[i]) * inv
+            if spec.entropyCoefficient != 0 && meanProb[i] > 0 {
+                g += spec.entropyCoefficient * (Float(log(meanProb[i])) + 1) * inv
+            }
+            dMean[i] = g
+        }
         for r in 0..<t {
             let pr = probs.data + r * e, dp = dprobs.data + r * e, dz = dlogits.data + r * e
-            // ∂aux/∂p[t, i] for the terms built on the batch-mean softmax P.
             for i in 0..<e {
-                var g = spec.balanceCoefficient * Float(e) * Float(share[i]) * inv
-                if spec.entropyCoefficient != 0 && meanProb[i] > 0 {
-                    g += spec.entropyCoefficient * (Float(log(meanProb[i])) + 1) * inv
-                }
-                dp[i] = g
+                dp[i] = dMean[i]
                 dz[i] = 0
             }
             // Gates.
@@ -518,30 +531,31 @@ extension MoE {
     /// This rank's grouped rows go to the ranks that run their experts (counts first, then
     /// rows), the experts run here on everything sent to them, and the outputs return.
     func exchangeForward(_ b: ExchangeBuffers) {
-        let p = b.ranks
-        for i in 0..<(p * e) { b.sendRows[i] = 0 }
+        for i in 0..<(b.ranks * e) { b.sendRows[i] = 0 }
         for i in 0..<e { b.sendRows[b.exchange.runner(of: i) * e + i] = Int32(start[i + 1] - start[i]) }
         b.exchange.allToAll(b.sendRows, b.receiveRows, perRank: e)
         b.setCounts(width: d)
-        b.exchange.allToAll(local.x.data, b.sendCounts, b.sendOffsets, b.staging.data, b.receiveCounts, b.receiveOffsets)
         let o = owner!
-        b.regroup(o.x.data, start: o.start, width: d, toExperts: true, settingStart: true)
-        work = o
-        runExperts()
-        work = local
-        b.regroup(o.y.data, start: o.start, width: d, toExperts: false, settingStart: false)
-        b.exchange.allToAll(b.staging.data, b.receiveCounts, b.receiveOffsets, local.y.data, b.sendCounts, b.sendOffsets)
+        roundTrip(b, send: local.x, arrive: o.x, settingStart: true, leave: o.y, receive: local.y) { runExperts() }
     }
 
     /// The output gradients travel the same way; the experts' input gradients come back.
     func exchangeBackward(_ b: ExchangeBuffers) {
         let o = owner!
-        b.exchange.allToAll(local.dy.data, b.sendCounts, b.sendOffsets, b.staging.data, b.receiveCounts, b.receiveOffsets)
-        b.regroup(o.dy.data, start: o.start, width: d, toExperts: true, settingStart: false)
+        roundTrip(b, send: local.dy, arrive: o.dy, settingStart: false, leave: o.dx, receive: local.dx) { expertsBackward() }
+    }
+
+    /// `send` (this rank's rows) → the runners' `arrive`, grouped by expert; `run` on the
+    /// runners' rows; their `leave` → this rank's `receive`, with the counts of the forward pass.
+    func roundTrip(_ b: ExchangeBuffers, send: Tensor, arrive: Tensor, settingStart: Bool, leave: Tensor, receive: Tensor,
+                   run: () -> Void) {
+        let o = owner!
+        b.exchange.allToAll(send.data, b.sendCounts, b.sendOffsets, b.staging.data, b.receiveCounts, b.receiveOffsets)
+        b.regroup(arrive.data, start: o.start, width: d, toExperts: true, settingStart: settingStart)
         work = o
-        expertsBackward()
+        run()
         work = local
-        b.regroup(o.dx.data, start: o.start, width: d, toExperts: false, settingStart: false)
-        b.exchange.allToAll(b.staging.data, b.receiveCounts, b.receiveOffsets, local.dx.data, b.sendCounts, b.sendOffsets)
+        b.regroup(leave.data, start: o.start, width: d, toExperts: false, settingStart: false)
+        b.exchange.allToAll(b.staging.data, b.receiveCounts, b.receiveOffsets, receive.data, b.sendCounts, b.sendOffsets)
     }
 }

@@ -23,16 +23,8 @@ struct SwitchboardCommand: ParsableCommand {
             code = 0
         } catch let e as ConfigError {
             code = report(e.description, 2)
-        } catch let e as DataError {
-            code = report(e.description, 1)
-        } catch let e as DiskError {
-            code = report(e.description, 1)
-        } catch let e as MPIError {
-            code = report(e.description, 1)
-        } catch let e as HDF5Error {
-            code = report(e.description, 1)
-        } catch let e as InjectedFault {
-            code = report(e.description, 1)
+        } catch where error is DataError || error is DiskError || error is MPIError || error is HDF5Error || error is InjectedFault {
+            code = report("\(error)", 1)
         } catch {
             let exit = exitCode(for: error)
             if exit == .success || error is CleanExit {

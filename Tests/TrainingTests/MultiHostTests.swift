@@ -7,17 +7,9 @@ import XCTest
 /// Two ranks on two hosts, talking over TCP, train the same model as two ranks on one host.
 /// The hosts are network namespaces made by `cluster/netns/harness.sh` (each with its own
 /// address and hostname); mpirun reaches the second host through `rsh-agent.sh`.
-final class MultiHostTests: XCTestCase {
+final class MultiHostTests: ToyDataTestCase {
     let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent().path
-    var dir = ""
-    override func setUp() {
-        dir = Fixtures.temporaryDirectory()
-        Fixtures.dataset(in: dir)
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
-
-    var binary: String { Fixtures.binary }
 
     func testTwoNamespaceHostsOverTCPTrainLikeTwoRanksOnOneHost() throws {
         let harness = "\(repository)/cluster/netns/harness.sh"
@@ -28,9 +20,8 @@ final class MultiHostTests: XCTestCase {
             throw XCTSkip("MULTI-HOST TEST NOT RUN: network namespaces cannot be created here "
                           + "(needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN, and iproute2): \(probe.output)")
         }
-        let job = "\(dir)/job.toml"
         let text = Fixtures.job(dir: dir).replacingOccurrences(of: "epochs = 2", with: "epochs = 3\nmax_steps = 30")
-        try text.write(toFile: job, atomically: true, encoding: .utf8)
+        let job = try writeJob(text)
         let train = [binary, "train", job, "--quiet", "--set", "parallel.bucket_kib=4"]
 
         let local = try Launcher.run("/usr/bin/mpirun", ["--allow-run-as-root", "--oversubscribe", "-np", "2"]

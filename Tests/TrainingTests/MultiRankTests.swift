@@ -8,18 +8,9 @@ import XCTest
 /// 2-core machine) trains the same model. Ranks sum gradients in a different order than one
 /// process sums rows inside its GEMMs, so equality across world sizes is within a tolerance;
 /// at one world size it is bitwise.
-final class MultiRankTests: XCTestCase {
+final class MultiRankTests: ToyDataTestCase {
     /// Max over tensors of ‖θ_P − θ_1‖₂ / ‖θ_1‖₂ after 50 steps.
     static let tolerance = 1e-5
-
-    var dir = ""
-    override func setUp() {
-        dir = Fixtures.temporaryDirectory()
-        Fixtures.dataset(in: dir)
-    }
-    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
-
-    var binary: String { Fixtures.binary }
 
     /// Runs mpirun with `arguments` (after the root and oversubscription flags), killed after
     /// 30 s; returns its exit code, output and seconds.
@@ -36,6 +27,11 @@ final class MultiRankTests: XCTestCase {
                    + settings.flatMap { ["--set", $0] }, environment: environment)
     }
 
+    /// The toy job on 2 ranks with the fault hook set to `fault` (`rank=R,step=S[,kind=K]`).
+    func faulty(_ fault: String, name: String, settings: [String] = []) throws -> (code: Int32, output: String, seconds: Double) {
+        try mpirun(ranks: 2, name: name, job: try writeJob(), settings: settings, environment: ["SWITCHBOARD_FAULT": fault])
+    }
+
     func train(ranks: Int, name: String, job: String, settings: [String] = []) throws -> String {
         let r = try mpirun(ranks: ranks, name: name, job: job, settings: settings)
         XCTAssertEqual(r.code, 0, r.output)
@@ -46,8 +42,7 @@ final class MultiRankTests: XCTestCase {
 
     /// Ranks that resolved different configs (here: a different --set) do not start.
     func testPreflightRefusesRanksWithDifferentConfigs() throws {
-        let job = "\(dir)/job.toml"
-        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
+        let job = try writeJob()
         let (code, text, _) = try launch(["-np", "1", binary, "train", job, "--quiet",
                                           ":", "-np", "1", binary, "train", job, "--quiet", "--set", "train.epochs=3"])
         XCTAssertEqual(code, 2, text)
@@ -57,9 +52,7 @@ final class MultiRankTests: XCTestCase {
 
     /// One rank's error reaches the output with its rank number and stops every rank.
     func testAnErrorOnOneRankAbortsEveryRank() throws {
-        let job = "\(dir)/job.toml"
-        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
-        let r = try mpirun(ranks: 2, name: "fault", job: job, environment: ["SWITCHBOARD_FAULT": "rank=1,step=3"])
+        let r = try faulty("rank=1,step=3", name: "fault")
         XCTAssertNotEqual(r.code, 0, r.output)
         XCTAssertLessThan(r.seconds, 10, "the job must end promptly, not wait in a collective")
         XCTAssertTrue(r.output.contains("switchboard: error: rank 1: injected fault before step 3 (SWITCHBOARD_FAULT)"), r.output)
@@ -69,10 +62,7 @@ final class MultiRankTests: XCTestCase {
     /// A rank that stops (SIGSTOP, as a hung node looks to the others) is found by the
     /// watchdog: the coordinator names it and the collective it never reached, and aborts.
     func testTheWatchdogNamesAStoppedRankAndAbortsTheJob() throws {
-        let job = "\(dir)/job.toml"
-        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
-        let r = try mpirun(ranks: 2, name: "stop", job: job, settings: ["parallel.watchdog_seconds=2"],
-                           environment: ["SWITCHBOARD_FAULT": "rank=1,step=3,kind=stop"])
+        let r = try faulty("rank=1,step=3,kind=stop", name: "stop", settings: ["parallel.watchdog_seconds=2"])
         XCTAssertNotEqual(r.code, 0, r.output)
         XCTAssertLessThan(r.seconds, 6, "deadline 2 s, a grace of 1 s to collect answers, and start-up")
         XCTAssertTrue(r.output.contains("switchboard: watchdog: rank 0 waited 2."), r.output)
@@ -84,10 +74,7 @@ final class MultiRankTests: XCTestCase {
 
     /// When the coordinator itself stops, the rank waiting for it says so and aborts the job.
     func testTheWatchdogNamesAStoppedCoordinator() throws {
-        let job = "\(dir)/job.toml"
-        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
-        let r = try mpirun(ranks: 2, name: "stop0", job: job, settings: ["parallel.watchdog_seconds=2"],
-                           environment: ["SWITCHBOARD_FAULT": "rank=0,step=3,kind=stop"])
+        let r = try faulty("rank=0,step=3,kind=stop", name: "stop0", settings: ["parallel.watchdog_seconds=2"])
         XCTAssertNotEqual(r.code, 0, r.output)
         XCTAssertLessThan(r.seconds, 10, "deadline 2 s, twice the grace, and start-up")
         XCTAssertTrue(r.output.contains("switchboard: watchdog: rank 1 waited 2."), r.output)
@@ -96,9 +83,7 @@ final class MultiRankTests: XCTestCase {
 
     /// A rank killed by a fatal signal names itself and its step; mpirun stops the others.
     func testARankKilledByASignalIsNamed() throws {
-        let job = "\(dir)/job.toml"
-        try Fixtures.job(dir: dir).write(toFile: job, atomically: true, encoding: .utf8)
-        let r = try mpirun(ranks: 2, name: "crash", job: job, environment: ["SWITCHBOARD_FAULT": "rank=1,step=3,kind=crash"])
+        let r = try faulty("rank=1,step=3,kind=crash", name: "crash")
         XCTAssertNotEqual(r.code, 0, r.output)
         XCTAssertLessThan(r.seconds, 10)
         XCTAssertTrue(r.output.contains("switchboard: error: rank 1: killed by signal SIGSEGV (invalid memory access) in training step 3"), r.output)
@@ -106,10 +91,9 @@ final class MultiRankTests: XCTestCase {
     }
 
     func testOneTwoAndFourRanksTrainTheSameModel() throws {
-        let job = "\(dir)/job.toml"
         // 11 steps per epoch: 50 steps cross four epoch boundaries and four partial batches.
         let text = Fixtures.job(dir: dir).replacingOccurrences(of: "epochs = 2", with: "epochs = 5\nmax_steps = 50")
-        try text.write(toFile: job, atomically: true, encoding: .utf8)
+        let job = try writeJob(text)
         let config = try JobConfig.parse(text, source: job)
         func load(_ path: String) throws -> Model {
             let m = Model(config.model, inputs: 64, classes: 4, maxRows: 1, seed: 999)
@@ -160,12 +144,11 @@ final class MultiRankTests: XCTestCase {
 
     /// The toy job with an MoE model: `moe` is the body of the [moe] section.
     func moeJob(_ moe: String, steps: Int) throws -> (path: String, config: JobConfig) {
-        let job = "\(dir)/job.toml"
         let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
         let text = Fixtures.job(dir: dir)
             .replacingOccurrences(of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\n" + moe)
             .replacingOccurrences(of: "epochs = 2", with: "epochs = 3\nmax_steps = \(steps)")
-        try text.write(toFile: job, atomically: true, encoding: .utf8)
+        let job = try writeJob(text)
         return (job, try JobConfig.parse(text, source: job))
     }
 
