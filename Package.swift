@@ -21,8 +21,8 @@ let package = Package(
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         // Counts heap allocations per thread; linked only into tests and the bench check.
         .target(name: "CAllocCounter"),
-        // Names the rank and step when a rank dies of a fatal signal.
-        .target(name: "CFatalSignal"),
+        // Names the rank and step when a rank dies of a fatal signal; notes SIGTERM/SIGINT as a request to stop.
+        .target(name: "CSignals"),
 
         .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: fast),
         .target(name: "Cluster", dependencies: ["CMPI", "Kernels"], swiftSettings: fast),
@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "Storage", dependencies: ["CHDF5", "CZlib", "Kernels"], swiftSettings: fast),
         .target(
             name: "Training",
-            dependencies: ["Kernels", "Cluster", "Layers", "Storage", "CFatalSignal", "TOMLKit"],
+            dependencies: ["Kernels", "Cluster", "Layers", "Storage", "CSignals", "TOMLKit"],
             swiftSettings: fast),
         .executableTarget(
             name: "switchboard",

@@ -187,6 +187,25 @@ public struct Communicator: @unchecked Sendable {
         return isCoordinator ? out : nil
     }
 
+    /// The coordinator's `bytes`, on every rank (any length): the length goes first, then the
+    /// bytes. The other ranks' `bytes` are replaced.
+    public func broadcastBytes(_ bytes: inout [UInt8], _ phase: StaticString) throws {
+        guard size > 1 else { return }
+        var length = Int64(bytes.count)
+        watchdog.begin(phase, bytes: 8)
+        var request: MPI_Request? = sb_request_null()
+        try check(MPI_Ibcast(&length, 1, DataType.int64.raw, 0, handle.raw, &request), "MPI_Ibcast of a length")
+        try complete(&request, "MPI_Ibcast of a length")
+        if !isCoordinator { bytes = [UInt8](repeating: 0, count: Int(length)) }
+        guard length > 0 else { return }
+        watchdog.begin(phase, bytes: Int(length))
+        try bytes.withUnsafeMutableBufferPointer { buffer in
+            try check(MPI_Ibcast(buffer.baseAddress, Int32(length), DataType.byte.raw, 0, handle.raw, &request),
+                      "MPI_Ibcast of \(length) bytes")
+            try complete(&request, "MPI_Ibcast of \(length) bytes")
+        }
+    }
+
     /// Waits until every rank has arrived (a barrier under the watchdog). `idle` ranks sleep
     /// between polls instead of spinning, to leave the cores to ranks that are measuring.
     public func barrier(_ phase: StaticString, idle: Bool = false) throws {

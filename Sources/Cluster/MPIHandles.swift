@@ -12,6 +12,7 @@ public struct DataType: @unchecked Sendable {
     public static var float: DataType { DataType(raw: sb_type_float()) }
     public static var double: DataType { DataType(raw: sb_type_double()) }
     public static var byte: DataType { DataType(raw: sb_type_byte()) }
+    public static var int64: DataType { DataType(raw: sb_type_int64()) }
 }
 
 /// An MPI reduction operation handle.

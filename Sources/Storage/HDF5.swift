@@ -43,12 +43,19 @@ enum HDF5Library {
 /// An owned HDF5 identifier, closed exactly once when the handle goes away.
 final class H5Handle {
     let id: hid_t
-    private let close: (hid_t) -> herr_t
+    private let closer: (hid_t) -> herr_t
+    private var isOpen = true
     init(_ id: hid_t, close: @escaping (hid_t) -> herr_t) {
         self.id = id
-        self.close = close
+        self.closer = close
     }
-    deinit { _ = close(id) }
+    /// Closes now (once); the result of HDF5's close call.
+    func close() -> herr_t {
+        guard isOpen else { return 0 }
+        isOpen = false
+        return closer(id)
+    }
+    deinit { _ = close() }
 }
 
 /// An HDF5 file opened for writing (created, truncating) or reading.
@@ -78,6 +85,30 @@ public final class HDF5File {
     /// Writes a float32 dataset of `shape` at `name` (intermediate groups are created),
     /// chunked and protected by the Fletcher32 checksum, so a flipped byte fails the read.
     public func writeFloats(_ name: String, shape: [Int], _ data: UnsafePointer<Float>) throws {
+        try write(name, shape: shape, type: sb_h5t_native_float(), elementBytes: 4, data)
+    }
+
+    /// Writes bytes as a one-dimensional uint8 dataset (chunked, Fletcher32).
+    public func writeBytes(_ name: String, _ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write(name, shape: [max(bytes.count, 1)], type: sb_h5t_native_uint8(), elementBytes: 1, $0.baseAddress!) }
+    }
+
+    /// Reads a one-dimensional uint8 dataset of at most `limit` bytes.
+    public func readBytes(_ name: String, limit: Int) throws -> [UInt8] {
+        let shape = try shape(of: name)
+        guard shape.count == 1, shape[0] <= limit else {
+            throw HDF5Error(path: path, action: "reading \(name)", details: "shape \(shape), expected at most \(limit) bytes")
+        }
+        var out = [UInt8](repeating: 0, count: shape[0])
+        let dataset = try openDataset(name)
+        try out.withUnsafeMutableBytes { buffer in
+            _ = try HDF5Library.check(H5Dread(dataset.id, sb_h5t_native_uint8(), sb_h5s_all(), sb_h5s_all(), sb_h5p_default(), buffer.baseAddress!),
+                                  path, "reading dataset \(name)")
+        }
+        return out
+    }
+
+    private func write(_ name: String, shape: [Int], type: hid_t, elementBytes: Int, _ data: UnsafeRawPointer) throws {
         let count = shape.reduce(1, *)
         precondition(count > 0, "empty dataset \(name)")
         let dims = shape.map { hsize_t($0) }
@@ -86,32 +117,82 @@ public final class HDF5File {
         // Chunks of about 1 MiB: whole rows, at least one.
         let rowElements = dims.dropFirst().reduce(1, *)
         var chunk = dims
-        chunk[0] = max(1, min(dims[0], hsize_t(262_144) / max(rowElements, 1)))
+        chunk[0] = max(1, min(dims[0], hsize_t(1 << 20 / elementBytes) / max(rowElements, 1)))
         try HDF5Library.check(H5Pset_chunk(plist.id, Int32(chunk.count), chunk), path, "chunking \(name)")
         try HDF5Library.check(H5Pset_fletcher32(plist.id), path, "checksumming \(name)")
+        let links = try intermediateGroups()
+        let dataset = H5Handle(try HDF5Library.check(
+            H5Dcreate2(handle.id, name, type, space.id, links.id, plist.id, sb_h5p_default()),
+            path, "creating dataset \(name)"), close: H5Dclose)
+        try HDF5Library.check(H5Dwrite(dataset.id, type, sb_h5s_all(), sb_h5s_all(), sb_h5p_default(), data),
+                              path, "writing dataset \(name)")
+    }
+
+    /// Link-creation properties that make missing groups on the way.
+    private func intermediateGroups() throws -> H5Handle {
         let links = H5Handle(try HDF5Library.check(H5Pcreate(sb_h5p_link_create()), path, "link properties"), close: H5Pclose)
         try HDF5Library.check(H5Pset_create_intermediate_group(links.id, 1), path, "link properties")
-        let dataset = H5Handle(try HDF5Library.check(
-            H5Dcreate2(handle.id, name, sb_h5t_native_float(), space.id, links.id, plist.id, sb_h5p_default()),
-            path, "creating dataset \(name)"), close: H5Dclose)
-        try HDF5Library.check(H5Dwrite(dataset.id, sb_h5t_native_float(), sb_h5s_all(), sb_h5s_all(), sb_h5p_default(), data),
-                              path, "writing dataset \(name)")
+        return links
+    }
+
+    private func openDataset(_ name: String) throws -> H5Handle {
+        H5Handle(try HDF5Library.check(H5Dopen2(handle.id, name, sb_h5p_default()), path, "opening dataset \(name)"), close: H5Dclose)
+    }
+
+    /// The shape of dataset `name` (following links), without reading its data.
+    public func shape(of name: String) throws -> [Int] {
+        let dataset = try openDataset(name)
+        let space = H5Handle(try HDF5Library.check(H5Dget_space(dataset.id), path, "reading the shape of \(name)"), close: H5Sclose)
+        let rank = Int(try HDF5Library.check(H5Sget_simple_extent_ndims(space.id), path, "reading the shape of \(name)"))
+        guard rank <= 32 else { throw HDF5Error(path: path, action: "reading \(name)", details: "rank \(rank) is implausible") }
+        var dims = [hsize_t](repeating: 0, count: max(rank, 1))
+        try HDF5Library.check(H5Sget_simple_extent_dims(space.id, &dims, nil), path, "reading the shape of \(name)")
+        return dims.prefix(rank).map { Int($0) }
     }
 
     /// Reads the float32 dataset `name`, checking its shape is `shape` before reading.
     public func readFloats(_ name: String, shape: [Int], into data: UnsafeMutablePointer<Float>) throws {
-        let dataset = H5Handle(try HDF5Library.check(H5Dopen2(handle.id, name, sb_h5p_default()), path, "opening dataset \(name)"), close: H5Dclose)
-        let space = H5Handle(try HDF5Library.check(H5Dget_space(dataset.id), path, "reading the shape of \(name)"), close: H5Sclose)
-        let rank = Int(try HDF5Library.check(H5Sget_simple_extent_ndims(space.id), path, "reading the shape of \(name)"))
-        var dims = [hsize_t](repeating: 0, count: max(rank, 1))
-        guard rank <= 32 else { throw HDF5Error(path: path, action: "reading \(name)", details: "rank \(rank) is implausible") }
-        try HDF5Library.check(H5Sget_simple_extent_dims(space.id, &dims, nil), path, "reading the shape of \(name)")
-        let found = dims.prefix(rank).map { Int($0) }
+        let found = try self.shape(of: name)
         guard found == shape else {
             throw HDF5Error(path: path, action: "reading \(name)", details: "shape \(found), expected \(shape)")
         }
+        let dataset = try openDataset(name)
         try HDF5Library.check(H5Dread(dataset.id, sb_h5t_native_float(), sb_h5s_all(), sb_h5s_all(), sb_h5p_default(), data),
                               path, "reading dataset \(name)")
+    }
+
+    /// Makes `name` a link to `object` in the HDF5 file `file` (a path relative to this
+    /// file's folder, where HDF5 looks first), creating groups on the way.
+    public func linkExternal(_ name: String, file: String, object: String) throws {
+        let links = try intermediateGroups()
+        try HDF5Library.check(H5Lcreate_external(file, object, handle.id, name, links.id, sb_h5p_default()),
+                              path, "linking \(name) to \(file):\(object)")
+    }
+
+    /// Whether a link `name` exists (each group on the way must exist too).
+    public func contains(_ name: String) -> Bool {
+        var prefix = ""
+        for part in name.split(separator: "/") {
+            prefix += "/" + part
+            guard H5Lexists(handle.id, prefix, sb_h5p_default()) > 0 else { H5Eclear2(sb_h5e_default()); return false }
+        }
+        return true
+    }
+
+    /// The string attribute `name` of the root group, at most `limit` bytes.
+    public func attribute(_ name: String, limit: Int = 1 << 20) throws -> String {
+        let attr = H5Handle(try HDF5Library.check(H5Aopen(handle.id, name, sb_h5p_default()), path, "opening attribute \(name)"), close: H5Aclose)
+        let type = H5Handle(try HDF5Library.check(H5Aget_type(attr.id), path, "attribute \(name)"), close: H5Tclose)
+        guard H5Tget_class(type.id) == H5T_STRING, H5Tis_variable_str(type.id) == 0 else {
+            throw HDF5Error(path: path, action: "reading attribute \(name)", details: "not a fixed-length string")
+        }
+        let size = H5Tget_size(type.id)
+        guard size > 0, size <= limit else {
+            throw HDF5Error(path: path, action: "reading attribute \(name)", details: "\(size) bytes, expected at most \(limit)")
+        }
+        var bytes = [UInt8](repeating: 0, count: size)
+        try HDF5Library.check(H5Aread(attr.id, type.id, &bytes), path, "reading attribute \(name)")
+        return String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
     }
 
     /// Sets a string attribute on the file's root group.
@@ -130,5 +211,10 @@ public final class HDF5File {
     /// Flushes the file's buffers to the operating system.
     public func flush() throws {
         try HDF5Library.check(H5Fflush(handle.id, H5F_SCOPE_GLOBAL), path, "flushing")
+    }
+
+    /// Closes the file now, reporting a failed close (the last buffered writes happen here).
+    public func close() throws {
+        try HDF5Library.check(handle.close(), path, "closing")
     }
 }

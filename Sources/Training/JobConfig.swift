@@ -77,7 +77,21 @@ public struct JobConfig: Sendable {
         public static let defaultBucketKiB = 1024
     }
 
+    /// When checkpoints are saved and how many are kept.
+    public struct Checkpoint: Sendable {
+        /// Save after every this many steps (0: not by step count).
+        public var everySteps: Int
+        /// Save when this many minutes have passed since the last save (0: not by time); the
+        /// coordinator's clock decides, for every rank at the same step.
+        public var everyMinutes: Double
+        /// Checkpoints kept in the run folder (the newest; 0 keeps all).
+        public var keepLast: Int
+        /// Save when training ends.
+        public var atEnd: Bool
+    }
+
     public var run: Run
+    public var checkpoint: Checkpoint
     public var parallel: Parallel
     public var data: Data
     public var model: Architecture
@@ -126,6 +140,12 @@ public struct JobConfig: Sendable {
         guard !run.name.isEmpty, !run.name.contains("/"), run.name != ".", run.name != ".." else {
             throw ConfigError("\(source): [run] name must be a plain folder name, got \"\(run.name)\"")
         }
+
+        let checkpoint = Checkpoint(
+            everySteps: try r.int("checkpoint", "every_steps", 0, min: 0),
+            everyMinutes: try r.double("checkpoint", "every_minutes", 30, min: 0),
+            keepLast: try r.int("checkpoint", "keep_last", 3, min: 0),
+            atEnd: try r.bool("checkpoint", "at_end", true))
 
         let parallel = Parallel(
             bucketBytes: 1024 * (try r.int("parallel", "bucket_kib", Parallel.defaultBucketKiB, min: 1, max: 1 << 20)),
@@ -193,7 +213,7 @@ public struct JobConfig: Sendable {
             finalFraction: try r.double("schedule", "final_fraction", 0, min: 0, max: 1))
 
         try r.finish()
-        return JobConfig(run: run, parallel: parallel, data: data, model: model, train: train, optimizer: optimizer,
+        return JobConfig(run: run, checkpoint: checkpoint, parallel: parallel, data: data, model: model, train: train, optimizer: optimizer,
                          schedule: schedule, resolvedTOML: r.resolvedTOML)
     }
 }

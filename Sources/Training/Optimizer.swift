@@ -8,8 +8,13 @@ public protocol Optimizer: AnyObject {
     /// Updates the flat arena ranges `ranges` (this rank's shard; the whole arena on one
     /// process). `gradScale` multiplies every gradient first (global-norm clipping).
     func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float)
-    /// Updates taken so far.
-    var steps: Int { get }
+    /// Updates taken so far (restored from a checkpoint).
+    var steps: Int { get set }
+    /// The name checkpoints record ("adamw", "sgd").
+    var name: String { get }
+    /// Per-parameter state laid out like the parameter arena, by the name checkpoints give it
+    /// (`m`, `v`; `momentum`).
+    var state: [(name: String, values: Tensor)] { get }
 }
 
 /// AdamW (Loshchilov & Hutter 2019): Adam with weight decay decoupled from the gradient,
@@ -17,8 +22,10 @@ public protocol Optimizer: AnyObject {
 public final class AdamW: Optimizer, RangeTask {
     public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
     public let decayBiasesAndNorms: Bool
-    public private(set) var steps = 0
+    public var steps = 0
     public let m: Tensor, v: Tensor
+    public var name: String { "adamw" }
+    public var state: [(name: String, values: Tensor)] { [("m", m), ("v", v)] }
 
     public init(count: Int, beta1: Float, beta2: Float, eps: Float, weightDecay: Float, decayBiasesAndNorms: Bool) {
         self.beta1 = beta1
@@ -96,8 +103,10 @@ public final class AdamW: Optimizer, RangeTask {
 /// and L2 weight decay added to the gradient.
 public final class SGD: Optimizer {
     public let momentum: Float, nesterov: Bool, weightDecay: Float, decayBiasesAndNorms: Bool
-    public private(set) var steps = 0
+    public var steps = 0
     public let buffer: Tensor
+    public var name: String { "sgd" }
+    public var state: [(name: String, values: Tensor)] { [("momentum", buffer)] }
 
     public init(count: Int, momentum: Float, nesterov: Bool, weightDecay: Float, decayBiasesAndNorms: Bool) {
         self.momentum = momentum

@@ -1,18 +1,21 @@
 import Foundation
+import Storage
 
 /// The folder a run writes: `<output>/<name>/` with the resolved `config.toml`,
 /// `metrics.jsonl` (one JSON object per logged step and per evaluation) and, only when the
 /// run finished, `summary.json`. A run never writes into a folder that already has files:
-/// it takes the next free name (`<name>-2`, `<name>-3`, …), so nothing on disk is lost.
+/// it takes the next free name (`<name>-2`, `<name>-3`, …), so nothing on disk is lost —
+/// unless it continues that run (`--resume auto`), appending to its metrics.
 public final class RunFolder {
     public let path: String
     private let metrics: UnsafeMutablePointer<FILE>
 
-    public init(output: String, name: String, configTOML: String) throws {
+    /// - Parameter continuing: use `<output>/<name>` as it is (made if missing) and append.
+    public init(output: String, name: String, configTOML: String, continuing: Bool = false) throws {
         let fm = FileManager.default
         var candidate = "\(output)/\(name)"
         var n = 2
-        while let items = try? fm.contentsOfDirectory(atPath: candidate), !items.isEmpty {
+        while !continuing, let items = try? fm.contentsOfDirectory(atPath: candidate), !items.isEmpty {
             candidate = "\(output)/\(name)-\(n)"
             n += 1
         }
@@ -23,7 +26,7 @@ public final class RunFolder {
         }
         path = candidate
         try Self.write(configTOML, to: "\(candidate)/config.toml")
-        guard let f = fopen("\(candidate)/metrics.jsonl", "w") else {
+        guard let f = fopen("\(candidate)/metrics.jsonl", continuing ? "a" : "w") else {
             throw DiskError("\(candidate)/metrics.jsonl", "cannot open for writing (\(String(cString: strerror(errno))))")
         }
         metrics = f
@@ -49,13 +52,6 @@ public final class RunFolder {
             throw DiskError(path, "cannot write (\(error.localizedDescription))")
         }
     }
-}
-
-/// A file or folder that could not be written.
-public struct DiskError: Error, CustomStringConvertible {
-    public let path: String, problem: String
-    public init(_ path: String, _ problem: String) { self.path = path; self.problem = problem }
-    public var description: String { "\(path): \(problem)" }
 }
 
 /// The JSON this program writes: numbers print in Swift's shortest round-trip form, so

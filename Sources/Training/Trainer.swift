@@ -16,6 +16,10 @@ public struct StepResult: Sendable {
     /// clip nor log.
     public var gradNorm: Double
     public var lr: Double
+    /// Some rank asked for a checkpoint after this step (the coordinator's timer), or to stop
+    /// (SIGTERM or SIGINT): every rank learns it from the same reduction, at the same step.
+    public var saveRequested = false
+    public var stopRequested = false
 }
 
 /// Loss and accuracy over a whole dataset.
@@ -47,10 +51,17 @@ public final class Trainer {
     let x: Tensor
     var labels: [Int32]
     let dlogits: Tensor
-    /// [lossSum, correct, Σ grad²] reduced across ranks in one call.
-    var counts: [Double] = [0, 0, 0]
+    /// [lossSum, correct, Σ grad², save wanted, stop wanted] reduced across ranks in one call.
+    var counts: [Double] = [0, 0, 0, 0, 0]
+    /// Set on the coordinator when a checkpoint is due by time; rides on the next step's
+    /// reduction so every rank saves after the same step.
+    public var wantsSave = false
 
-    public private(set) var step = 0
+    public internal(set) var step = 0
+    /// For the checkpoint's metrics summary.
+    var lastLoss: Double?
+    var lastEvaluation: Evaluation?
+    var lastExpertTokens: [[Int]] = []
     /// The MoE layers' collectives inside forward and backward.
     let moeSums: MoECollectives
     /// Which ranks run which experts (MoE models).
@@ -61,6 +72,8 @@ public final class Trainer {
     /// Per MoE layer, all of its experts' parameters and those this rank runs (when experts
     /// live on their runners only).
     let expertSpans: [Range<Int>], ownExpertSpans: [Range<Int>]
+    /// The parts of the arena every rank holds and the gradient sync covers.
+    let syncedRegions: [Range<Int>]
 
     /// Collective: every rank of `comm` makes its trainer together.
     public init(config: JobConfig, comm: Communicator, train: Dataset, test: Dataset) throws {
@@ -112,6 +125,7 @@ public final class Trainer {
         updateRanges = gradientSync.ownedRanges + experts.own
         expertSpans = experts.all
         ownExpertSpans = experts.own
+        syncedRegions = experts.synced ?? [0..<model.store.count]
     }
 
     /// With one runner per expert (E ≥ P), an expert's gradient and update live on its runner
@@ -207,7 +221,9 @@ public final class Trainer {
         counts[0] = local.lossSum
         counts[1] = Double(local.correct)
         counts[2] = squares
-        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 3, "metrics and gradient norm") }
+        counts[3] = wantsSave ? 1 : 0
+        counts[4] = StopRequest.isRequested ? 1 : 0
+        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 5, "metrics and gradient norm") }
         let norm = clip > 0 || logged ? counts[2].squareRoot() : .nan
         let gradScale: Float = clip > 0 && norm > clip ? Float(clip / norm) : 1
         let lr = schedule.rate(step)
@@ -215,8 +231,10 @@ public final class Trainer {
         try gradientSync.gatherParameters()
         step += 1
         // The MoE auxiliary losses are already means over the global batch.
-        return StepResult(step: step, epoch: epoch, loss: counts[0] / Double(globalRows) + model.auxLoss, correct: Int(counts[1]),
-                          rows: globalRows, gradNorm: norm, lr: lr)
+        let loss = counts[0] / Double(globalRows) + model.auxLoss
+        lastLoss = loss
+        return StepResult(step: step, epoch: epoch, loss: loss, correct: Int(counts[1]),
+                          rows: globalRows, gradNorm: norm, lr: lr, saveRequested: counts[3] > 0, stopRequested: counts[4] > 0)
     }
 
     /// Loss (without label smoothing) and accuracy on `data`; each rank evaluates its part of
@@ -257,7 +275,9 @@ public final class Trainer {
         counts[1] = correct
         counts[2] = 0
         try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 3, "evaluation") }
-        return Evaluation(loss: counts[0] / Double(data.count), accuracy: counts[1] / Double(data.count), samples: data.count)
+        let result = Evaluation(loss: counts[0] / Double(data.count), accuracy: counts[1] / Double(data.count), samples: data.count)
+        lastEvaluation = result
+        return result
     }
 }
 

@@ -10,6 +10,10 @@ public struct RunSummary: Sendable {
     public var finalEvaluation: Evaluation
     public var trainSeconds: Double
     public var samplesPerSecond: Double
+    /// Stopped early by SIGTERM or SIGINT (after saving).
+    public var stopped: Bool
+    /// The last checkpoint this run committed (coordinator only).
+    public var lastCheckpoint: String?
 }
 
 extension Trainer {
@@ -18,8 +22,10 @@ extension Trainer {
     /// and for experts that received nothing for three intervals running, and metrics fields.
     func moeTelemetry() -> (lines: [String], fields: [(String, JSONValue)]) {
         var lines: [String] = [], fields: [(String, JSONValue)] = []
+        lastExpertTokens = []
         for (l, moe) in model.moeLayers.enumerated() {
             let t = moe.takeTelemetry()
+            lastExpertTokens.append(t.routed)
             let busiest = t.busiest
             var perRank = ""
             if comm.size > 1, let placement {
@@ -50,21 +56,43 @@ extension Trainer {
         return (lines, fields)
     }
 
-    /// Trains for the configured epochs (or `max_steps`), evaluating on the test split after
-    /// every epoch. Only the coordinator prints and writes `folder`.
-    public func run(folder: RunFolder?, progress: ProgressReporter?) throws -> RunSummary {
-        var last = Evaluation(loss: .nan, accuracy: 0, samples: 0)
+    /// Trains from the current step (0, or where a checkpoint left off) to the configured
+    /// epochs (or `max_steps`), evaluating on the test split after every epoch and saving
+    /// checkpoints into `run` (every rank's path of the run folder) on schedule, at the end,
+    /// and when asked to stop. Only the coordinator prints and writes `folder`.
+    public func run(folder: RunFolder?, run: String?, threads: Int, progress: ProgressReporter?) throws -> RunSummary {
+        let c = config.checkpoint
+        var last = lastEvaluation ?? Evaluation(loss: .nan, accuracy: 0, samples: 0)
         var samples = 0
         let clock = ContinuousClock()
         var trainTime = Duration.zero
-        var epochsRun = 0
-        training: for epoch in 0..<config.train.epochs {
+        var lastSave = clock.now
+        var lastCheckpoint: String?
+        var stopped = false
+        let perEpoch = order.batchesPerEpoch
+        let first = step / perEpoch
+        func save() throws {
+            guard let run else { return }
             let t0 = clock.now
-            var stop = false
-            for batch in 0..<order.batchesPerEpoch {
+            let path = try saveCheckpoint(in: run, keepLast: c.keepLast, threads: threads)
+            lastSave = clock.now
+            if let path {
+                lastCheckpoint = path
+                let seconds = (clock.now - t0).seconds
+                progress?.message("checkpoint \(path) (step \(step), \(fixed(seconds, 2)) s)")
+                folder?.log([("kind", .string("checkpoint")), ("step", .int(step)), ("path", .string(path)),
+                             ("seconds", .double((seconds * 1000).rounded() / 1000))])
+            }
+        }
+        training: for epoch in first..<max(first, config.train.epochs) {
+            for batch in (epoch == first ? step % perEpoch : 0)..<perEpoch {
+                if config.train.maxSteps > 0 && step >= config.train.maxSteps { break training }
                 FatalSignalReport.at(step: step)
                 try FaultInjection.check(rank: comm.rank, step: step)
+                wantsSave = comm.isCoordinator && c.everyMinutes > 0 && (clock.now - lastSave).seconds >= 60 * c.everyMinutes
+                let t0 = clock.now
                 let r = try trainStep(epoch: epoch, batch: batch)
+                trainTime += clock.now - t0
                 samples += r.rows
                 // Every rank closes the MoE telemetry interval on the same steps.
                 let moe: (lines: [String], fields: [(String, JSONValue)]) =
@@ -77,24 +105,32 @@ extension Trainer {
                         ("samples_per_s", .double(logged.samplesPerSecond.rounded())),
                     ] + moe.fields)
                 }
-                if config.train.maxSteps > 0 && step >= config.train.maxSteps { stop = true; break }
+                let finished = (config.train.maxSteps > 0 && step >= config.train.maxSteps)
+                    || (batch == perEpoch - 1 && epoch == config.train.epochs - 1)
+                // An epoch's evaluation comes before a checkpoint taken at its end, so a run
+                // resumed there starts the next epoch with nothing left undone.
+                if batch == perEpoch - 1 || finished {
+                    last = try evaluate(testSet)
+                    progress?.message("epoch \(epoch + 1)/\(config.train.epochs) step \(step): test loss \(fixed(last.loss, 4)) "
+                                      + "accuracy \(fixed(100 * last.accuracy, 2))%")
+                    folder?.log([
+                        ("kind", .string("eval")), ("step", .int(step)), ("epoch", .int(epoch + 1)),
+                        ("test_loss", .double(last.loss)), ("test_accuracy", .double(last.accuracy)),
+                        ("time_s", .double((trainTime.seconds * 1000).rounded() / 1000)),
+                    ])
+                }
+                if r.stopRequested || r.saveRequested || (c.everySteps > 0 && step % c.everySteps == 0) || (finished && c.atEnd) {
+                    try save()
+                }
+                if r.stopRequested { stopped = true; break training }
+                if finished { break training }
             }
-            trainTime += clock.now - t0
-            epochsRun = epoch + 1
-            last = try evaluate(testSet)
-            progress?.message("epoch \(epoch + 1)/\(config.train.epochs) step \(step): test loss \(fixed(last.loss, 4)) "
-                              + "accuracy \(fixed(100 * last.accuracy, 2))%")
-            folder?.log([
-                ("kind", .string("eval")), ("step", .int(step)), ("epoch", .int(epoch + 1)),
-                ("test_loss", .double(last.loss)), ("test_accuracy", .double(last.accuracy)),
-                ("time_s", .double((trainTime.seconds * 1000).rounded() / 1000)),
-            ])
-            if stop { break training }
         }
         progress?.finish()
         try collectExperts()
         let seconds = trainTime.seconds
-        return RunSummary(steps: step, epochs: epochsRun, finalEvaluation: last, trainSeconds: seconds,
-                          samplesPerSecond: Double(samples) / max(seconds, 1e-9))
+        return RunSummary(steps: step, epochs: min(config.train.epochs, (step + perEpoch - 1) / perEpoch), finalEvaluation: last,
+                          trainSeconds: seconds, samplesPerSecond: Double(samples) / max(seconds, 1e-9), stopped: stopped,
+                          lastCheckpoint: lastCheckpoint)
     }
 }

@@ -104,7 +104,7 @@ struct BenchCommand: ParsableCommand {
         if epochs > 0 {
             BLAS.setThreads(threadCounts.max()!)
             let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
-            let summary = try trainer.run(folder: nil, progress: nil)
+            let summary = try trainer.run(folder: nil, run: nil, threads: threadCounts.max()!, progress: nil)
             print("")
             print("\(epochs) epochs at \(threadCounts.max()!) threads: training loop \(fixed(summary.trainSeconds, 1)) s "
                   + "(\(Int(summary.samplesPerSecond)) samples/s, evaluation excluded), "

@@ -21,9 +21,12 @@ struct SwitchboardCommand: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
             code = 0
+        } catch let stop as StoppedBySignal {
+            code = stop.exitCode
         } catch let e as ConfigError {
             code = report(e.description, 2)
-        } catch where error is DataError || error is DiskError || error is MPIError || error is HDF5Error || error is InjectedFault {
+        } catch where error is DataError || error is DiskError || error is MPIError || error is HDF5Error || error is InjectedFault
+                    || error is CheckpointError {
             code = report("\(error)", 1)
         } catch {
             let exit = exitCode(for: error)

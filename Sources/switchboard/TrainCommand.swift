@@ -11,8 +11,10 @@ struct TrainCommand: ParsableCommand {
         abstract: "Train the model a job file describes.",
         discussion: """
             Runs alone (a world of one process) or under mpirun. Writes the run folder \
-            <output>/<name>/ with config.toml, metrics.jsonl and, when finished, the trained \
-            parameters in model.h5 and summary.json.
+            <output>/<name>/ with config.toml, metrics.jsonl, checkpoints (step-NNNNNN/, as \
+            [checkpoint] says) and, when finished, the trained parameters in model.h5 and \
+            summary.json. SIGTERM or SIGINT: the step finishes, a checkpoint is saved, and the \
+            program exits with 143 or 130; run the same command with --resume auto to go on.
             Example: switchboard train cluster/fashion-mlp.toml --set train.epochs=2
             """)
 
@@ -25,6 +27,13 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Do not print the resolved config at start.")
     var quiet = false
 
+    @Option(help: ArgumentHelp("""
+        Continue from a checkpoint. auto: the newest checkpoint in the run folder <output>/<name> that \
+        loads (older ones if it does not), continuing that folder, or step 0 if it has none. \
+        A path: that checkpoint folder, into a new run folder. Any number of ranks can load any checkpoint.
+        """, valueName: "auto|path"))
+    var resume: String?
+
     func run() throws {
         let started = ContinuousClock.now
         guard let text = try? String(contentsOfFile: job, encoding: .utf8) else {
@@ -33,6 +42,7 @@ struct TrainCommand: ParsableCommand {
         let config = try JobConfig.parse(text, source: job, overrides: overrides)
         let comm = try MPIWorld.start()
         FatalSignalReport.install(rank: comm.rank, ranks: comm.size)
+        StopRequest.install()
         // Default: the host's cores shared among the ranks on this host (OpenMPI says how many).
         let local = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? comm.size
         let threads = config.train.threads > 0 ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1))
@@ -55,18 +65,47 @@ struct TrainCommand: ParsableCommand {
 
         let (train, test) = try config.data.load()
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
+        let continuing = resume == "auto"
         let folder = comm.isCoordinator
-            ? try RunFolder(output: config.run.output, name: config.run.name, configTOML: config.resolvedTOML) : nil
+            ? try RunFolder(output: config.run.output, name: config.run.name, configTOML: config.resolvedTOML, continuing: continuing) : nil
+        if let folder {
+            for orphan in try CheckpointFolder.removeOrphans(in: folder.path) {
+                say("removed \(folder.path)/\(orphan): an interrupted save")
+            }
+        }
+        // Every rank writes its checkpoint shards into the coordinator's run folder.
+        var runBytes = Array((folder?.path ?? "").utf8)
+        try comm.broadcastBytes(&runBytes, "run folder")
+        let runPath = String(decoding: runBytes, as: UTF8.self)
         say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
         say("model: \(trainer.model.store.count.formatted()) parameters; \(trainer.totalSteps) steps of \(config.train.batchSize) samples")
         if comm.size > 1, let placement = trainer.placement {
             say("experts (each MoE layer):\n" + placement.description.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
         }
         if let folder { say("run folder: \(folder.path)") }
+        if let resume {
+            if let m = try trainer.resume(resume, run: runPath, log: { say("warning: " + $0) }) {
+                let p = m.position
+                say("resumed from \(Trainer.folder(of: resume == "auto" ? runPath + "/" + CheckpointFolder.name(step: p.step) : resume)): "
+                    + "step \(p.step), epoch \(p.epoch + 1) at sample \(p.sampleCursor) of its order (saved by \(m.programVersion) "
+                    + "on \(m.worldSize) rank\(m.worldSize == 1 ? "" : "s") × \(m.threads) thread\(m.threads == 1 ? "" : "s"))")
+                for line in Self.reshardLines(m, trainer: trainer, threads: threads) { say(line) }
+                folder?.log([("kind", .string("resume")), ("step", .int(p.step)), ("saved_on_ranks", .int(m.worldSize)),
+                             ("checkpoint_id", .string(m.id))])
+            } else {
+                say("no checkpoint in \(runPath); starting at step 0")
+            }
+        }
 
         let progress = comm.isCoordinator
             ? ProgressReporter(totalSteps: trainer.totalSteps, epochs: config.train.epochs, logEvery: config.train.logEvery) : nil
-        let summary = try trainer.run(folder: folder, progress: progress)
+        let summary = try trainer.run(folder: folder, run: runPath, threads: threads, progress: progress)
+        if summary.stopped {
+            let signal = StopRequest.signal
+            say("stopped by \(signal == SIGINT ? "SIGINT" : "SIGTERM") after step \(summary.steps)"
+                + (summary.lastCheckpoint.map { "; saved \($0); continue with --resume auto" } ?? ""))
+            throw StoppedBySignal(signal: signal)
+        }
         let e = summary.finalEvaluation
         let wall = (ContinuousClock.now - started).seconds
         say("done: \(summary.steps) steps, \(summary.epochs) epoch\(summary.epochs == 1 ? "" : "s"); test accuracy \(fixed(100 * e.accuracy, 2))%, "
@@ -84,5 +123,24 @@ struct TrainCommand: ParsableCommand {
             ("ranks", .int(comm.size)), ("threads", .int(threads)),
         ])
         if let folder { say("wrote \(folder.path)/") }
+    }
+
+    /// What a load on a different world size or placement moved, for the log.
+    static func reshardLines(_ m: CheckpointManifest, trainer: Trainer, threads: Int) -> [String] {
+        let ranks = trainer.comm.size
+        var lines: [String] = []
+        let state = trainer.optimizer.state.map(\.name).joined(separator: ", ")
+        if m.worldSize != ranks {
+            lines.append("resharded from \(m.worldSize) to \(ranks) rank\(ranks == 1 ? "" : "s") by global name: parameters and optimizer state (\(state))")
+        }
+        if let saved = m.placement, let now = trainer.placement {
+            let was = saved.expertsByRank.map { "\($0[0])–\($0[1] - 1)" }.joined(separator: " | ")
+            let isNow = (0..<now.ranks).map { "\(now.experts(on: $0).lowerBound)–\(now.experts(on: $0).upperBound - 1)" }.joined(separator: " | ")
+            if was != isNow { lines.append("experts by rank were \(was), now \(isNow)") }
+        }
+        if m.worldSize == ranks && m.threads != threads {
+            lines.append("warning: saved with \(m.threads) BLAS threads per rank, running with \(threads): the continuation will not be bitwise identical")
+        }
+        return lines
     }
 }

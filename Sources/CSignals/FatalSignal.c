@@ -1,4 +1,4 @@
-#include "FatalSignal.h"
+#include "Signals.h"
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>

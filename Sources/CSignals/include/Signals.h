@@ -9,3 +9,11 @@ void sb_install_fatal_signal_report(const char *prefix);
 
 /// The training step the report names; set once per step (a plain store).
 void sb_fatal_signal_set_step(int64_t step);
+
+/// Installs handlers for SIGTERM and SIGINT that only note the request (clusters send SIGTERM
+/// before preemption): training finishes its step, saves a checkpoint and exits. A second
+/// SIGINT is not caught, so Ctrl-C twice still kills at once.
+void sb_install_stop_request(void);
+
+/// The signal that asked to stop (SIGTERM or SIGINT), or 0.
+int sb_stop_requested(void);

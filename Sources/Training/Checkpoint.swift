@@ -1,0 +1,274 @@
+import Cluster
+import Foundation
+import Kernels
+import Layers
+import Storage
+
+/// Saving and loading checkpoints (DESIGN.md, "Checkpoints"). Both are collective.
+extension Trainer {
+    /// Experts whose parameters and state only their runner holds (E ≥ P on several ranks).
+    var expertsLocal: Bool { !expertSpans.isEmpty }
+
+    /// Saves the current state as `<run>/step-NNNNNN/` and applies retention; returns the
+    /// checkpoint's path on the coordinator, nil elsewhere.
+    ///
+    /// 1. The coordinator makes `step-NNNNNN.tmp/` and sends every rank the save's id.
+    /// 2. The dense optimizer state, sharded over the ranks, is gathered by global name.
+    /// 3. Each rank writes its tensors (`CheckpointPlan`) to `rank-RRRRR.h5`, closes and
+    ///    fsyncs it. A rank that fails throws, which aborts every rank before any commit.
+    /// 4. The tensors' CRC-32s reach the coordinator in one sum (each is non-zero on its
+    ///    writer only), which doubles as "every rank has written and synced".
+    /// 5. The coordinator writes the main file (manifest, external links), fsyncs it, and
+    ///    commits the folder by rename (`CheckpointFolder.commit`).
+    public func saveCheckpoint(in run: String, keepLast: Int, threads: Int) throws -> String? {
+        let final = "\(run)/\(CheckpointFolder.name(step: step))"
+        let tmp = final + ".tmp"
+        var id: [UInt8] = []
+        if comm.isCoordinator {
+            try DurableFiles.remove(tmp)
+            try DurableFiles.makeFolder(tmp)
+            id = Array("\(CheckpointFolder.name(step: step))-\(UInt64(Date().timeIntervalSince1970 * 1e6))-\(getpid())".utf8)
+        }
+        try comm.broadcastBytes(&id, "checkpoint start")
+        let saveID = String(decoding: id, as: UTF8.self)
+        try gatherOptimizerState()
+
+        let parameters = model.store.parameters
+        let states = optimizer.state
+        let plan = CheckpointPlan(model: model, placement: placement, ranks: comm.size, expertsLocal: expertsLocal,
+                                  stateCount: states.count)
+        let perParameter = 1 + states.count
+        var crcs = [Double](repeating: 0, count: parameters.count * perParameter)
+        let mine = parameters.indices.filter { plan.writer[$0] == comm.rank }
+        if !mine.isEmpty {
+            let path = "\(tmp)/\(CheckpointPlan.shardFile(rank: comm.rank))"
+            let file = try HDF5File.create(path)
+            try file.setAttribute("checkpoint_id", saveID)
+            try file.setAttribute("rank", String(comm.rank))
+            for i in mine {
+                let p = parameters[i]
+                try file.writeFloats(CheckpointPlan.parameterPath(p.name), shape: p.shape, p.value)
+                crcs[i * perParameter] = Double(CRC32.of(p.value, bytes: p.count * 4))
+                for (s, state) in states.enumerated() {
+                    let data = state.values.data + p.offset
+                    try file.writeFloats(CheckpointPlan.statePath(state.name, p.name), shape: p.shape, data)
+                    crcs[i * perParameter + 1 + s] = Double(CRC32.of(data, bytes: p.count * 4))
+                }
+            }
+            try file.close()
+            try DurableFiles.sync(path)
+        }
+        try crcs.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: $0.count, "checkpoint checksums") }
+        guard comm.isCoordinator else { return nil }
+
+        var tensors: [CheckpointManifest.Tensor] = []
+        for (i, p) in parameters.enumerated() {
+            let file = CheckpointPlan.shardFile(rank: plan.writer[i])
+            tensors.append(.init(name: CheckpointPlan.parameterPath(p.name), file: file, shape: p.shape, crc32: UInt32(crcs[i * perParameter])))
+            for (s, state) in states.enumerated() {
+                tensors.append(.init(name: CheckpointPlan.statePath(state.name, p.name), file: file, shape: p.shape,
+                                     crc32: UInt32(crcs[i * perParameter + 1 + s])))
+            }
+        }
+        let files = Set(plan.writer).sorted().map { CheckpointPlan.shardFile(rank: $0) }
+        let manifest = CheckpointManifest(
+            id: saveID, programVersion: Switchboard.version, created: ISO8601DateFormatter().string(from: Date()),
+            position: position, rng: .init(seed: config.run.seed, dropoutStep: step, shuffleEpoch: position.epoch),
+            worldSize: comm.size, threads: threads,
+            placement: placement.map { p in .init(experts: p.experts, ranks: p.ranks,
+                                                 expertsByRank: (0..<p.ranks).map { [p.experts(on: $0).lowerBound, p.experts(on: $0).upperBound] }) },
+            optimizer: optimizer.name, optimizerSteps: optimizer.steps, config: config.resolvedTOML,
+            metrics: .init(lastLoss: lastLoss, testLoss: lastEvaluation?.loss, testAccuracy: lastEvaluation?.accuracy,
+                           expertTokens: lastExpertTokens),
+            files: files, tensors: tensors)
+        let mainPath = "\(tmp)/\(CheckpointManifest.mainFile)"
+        let main = try HDF5File.create(mainPath)
+        try main.writeBytes(CheckpointManifest.manifestDataset, try manifest.encoded())
+        try main.setAttribute("checkpoint_id", saveID)
+        try main.setAttribute("step", String(step))
+        try main.setAttribute("switchboard_version", Switchboard.version)
+        for t in tensors { try main.linkExternal(t.name, file: t.file, object: t.name) }
+        try main.close()
+        try DurableFiles.sync(mainPath)
+        try CheckpointFolder.commit(tmp, as: final)
+        try CheckpointFolder.retain(keepLast, in: run, keep: final)
+        return final
+    }
+
+    /// Where training stands: the next batch is `batch` of `epoch` (every epoch has the same
+    /// number of batches, so the step count says it).
+    var position: CheckpointManifest.Position {
+        let perEpoch = order.batchesPerEpoch
+        return .init(step: step, epoch: step / perEpoch, batch: step % perEpoch,
+                     sampleCursor: (step % perEpoch) * config.train.batchSize)
+    }
+
+    /// Gives every rank the whole dense optimizer state: each rank updates only its shard
+    /// (`ShardedSync.ownedRanges`), so the rest is zeroed and the state summed over ranks
+    /// (adding zeros is exact). Experts on their runners are written by the runner as is.
+    func gatherOptimizerState() throws {
+        guard comm.size > 1 else { return }
+        let owned = gradientSync.ownedRanges.sorted { $0.lowerBound < $1.lowerBound }
+        for state in optimizer.state {
+            let data = state.values.data
+            for region in syncedRegions {
+                var cursor = region.lowerBound
+                for o in owned where o.overlaps(region) {
+                    (data + cursor).update(repeating: 0, count: o.lowerBound - cursor)
+                    cursor = o.upperBound
+                }
+                (data + cursor).update(repeating: 0, count: region.upperBound - cursor)
+                try comm.allreduceSum(data + region.lowerBound, count: region.count, "checkpoint: optimizer state")
+            }
+        }
+    }
+
+    /// Loads the checkpoint at `path` (its folder or main file) on every rank: all ranks
+    /// succeed, or all throw the same `CheckpointError` with the first failing rank's reason.
+    public func loadCheckpoint(_ path: String) throws -> CheckpointManifest {
+        var result: Result<CheckpointManifest, any Error>
+        do { result = .success(try readCheckpoint(path)) } catch { result = .failure(error) }
+        var failed = [0.0]
+        if case .failure = result { failed[0] = 1 }
+        try comm.allreduceSum(&failed, count: 1, "checkpoint load")
+        if failed[0] == 0, case .success(let manifest) = result { return manifest }
+        // Every rank's reason, on the coordinator, in rank order; the first one is reported.
+        var mine = ""
+        if case .failure(let error) = result { mine = (error as? CheckpointError)?.problem ?? "\(error)" }
+        let width = 2048
+        let padded = Array(mine.utf8.prefix(width)) + [UInt8](repeating: 0, count: max(0, width - mine.utf8.count))
+        let all = try comm.gatherBytes(padded, "checkpoint load")
+        var reason = "another rank could not load it"
+        if let all {
+            for r in 0..<comm.size {
+                let text = String(decoding: all[(r * width)..<((r + 1) * width)].prefix { $0 != 0 }, as: UTF8.self)
+                if !text.isEmpty { reason = comm.size > 1 ? "rank \(r): \(text)" : text; break }
+            }
+        }
+        throw CheckpointError(Self.folder(of: path), reason)
+    }
+
+    public static func folder(of path: String) -> String {
+        path.hasSuffix(".h5") ? (path as NSString).deletingLastPathComponent : path
+    }
+
+    /// This rank's part of a load: the manifest, checked against the model as a whole; then
+    /// the tensors this rank needs, each checked against its CRC-32.
+    func readCheckpoint(_ path: String) throws -> CheckpointManifest {
+        let folder = Self.folder(of: path)
+        let mainPath = "\(folder)/\(CheckpointManifest.mainFile)"
+        guard FileManager.default.fileExists(atPath: mainPath) else {
+            throw CheckpointError(folder, "no \(CheckpointManifest.mainFile): not a committed checkpoint (the manifest is written last)")
+        }
+        let manifest: CheckpointManifest
+        do {
+            let main = try HDF5File.open(mainPath)
+            manifest = try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: CheckpointManifest.maxBytes),
+                                                     source: mainPath)
+        } catch let e as HDF5Error {
+            throw CheckpointError(mainPath, "cannot read the manifest (\(e.action) failed\(e.details.isEmpty ? "" : ": " + e.details))")
+        }
+        let byName = Dictionary(manifest.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        try checkFits(manifest, byName, source: mainPath)
+
+        let plan = CheckpointPlan(model: model, placement: placement, ranks: comm.size, expertsLocal: expertsLocal,
+                                  stateCount: optimizer.state.count)
+        var shards: [String: HDF5File] = [:]
+        func read(_ name: String, into data: UnsafeMutablePointer<Float>) throws {
+            let t = byName[name]!
+            let filePath = "\(folder)/\(t.file)"
+            do {
+                if shards[t.file] == nil {
+                    guard FileManager.default.fileExists(atPath: filePath) else {
+                        throw CheckpointError(filePath, "missing: it holds tensor \(name)")
+                    }
+                    let file = try HDF5File.open(filePath)
+                    let id = try file.attribute("checkpoint_id")
+                    guard id == manifest.id else {
+                        throw CheckpointError(filePath, "belongs to save \(id), the manifest to \(manifest.id) (tensor \(name))")
+                    }
+                    shards[t.file] = file
+                }
+                try shards[t.file]!.readFloats(name, shape: t.shape, into: data)
+            } catch let e as HDF5Error {
+                throw CheckpointError(filePath, "tensor \(name): \(e.action) failed\(e.details.isEmpty ? "" : " (\(e.details))")")
+            }
+            let crc = String(format: "%08x", CRC32.of(data, bytes: t.count * 4))
+            guard crc == t.crc32 else {
+                throw CheckpointError(filePath, "tensor \(name): CRC-32 \(crc), the manifest says \(t.crc32)")
+            }
+        }
+        let parameters = model.store.parameters
+        for (i, p) in parameters.enumerated() {
+            // Experts that live on their runners are read by their runners only.
+            if let e = plan.expert[i], let placement, !placement.experts(on: comm.rank).contains(e) { continue }
+            try read(CheckpointPlan.parameterPath(p.name), into: p.value)
+        }
+        let mine = updateRanges
+        for state in optimizer.state {
+            for p in parameters where mine.contains(where: { $0.overlaps(p.offset..<(p.offset + p.count)) }) {
+                try read(CheckpointPlan.statePath(state.name, p.name), into: state.values.data + p.offset)
+            }
+        }
+        step = manifest.position.step
+        optimizer.steps = manifest.optimizerSteps
+        lastLoss = manifest.metrics.lastLoss
+        return manifest
+    }
+
+    /// Every way the manifest does not fit this model and job, reported at once.
+    func checkFits(_ m: CheckpointManifest, _ byName: [String: CheckpointManifest.Tensor], source: String) throws {
+        var problems: [String] = []
+        var expected: [String: [Int]] = [:]
+        for p in model.store.parameters {
+            expected[CheckpointPlan.parameterPath(p.name)] = p.shape
+            if m.optimizer == optimizer.name {
+                for s in optimizer.state { expected[CheckpointPlan.statePath(s.name, p.name)] = p.shape }
+            }
+        }
+        if m.optimizer != optimizer.name { problems.append("optimizer \(m.optimizer) in the checkpoint, \(optimizer.name) in the job") }
+        for (name, shape) in expected.sorted(by: { $0.key < $1.key }) {
+            guard let t = byName[name] else { problems.append("\(name) is missing"); continue }
+            if t.shape != shape { problems.append("\(name) has shape \(t.shape), the model \(shape)") }
+        }
+        for t in m.tensors where expected[t.name] == nil && m.optimizer == optimizer.name {
+            problems.append("\(t.name) is not in this model")
+        }
+        let perEpoch = order.batchesPerEpoch
+        let p = m.position
+        if p.batch >= perEpoch || p.epoch * perEpoch + p.batch != p.step || p.sampleCursor != p.batch * config.train.batchSize {
+            problems.append("training position \(p) does not fit \(perEpoch) batches of \(config.train.batchSize) per epoch "
+                            + "(is the batch size or the dataset different?)")
+        }
+        if m.rng.seed != config.run.seed { problems.append("seed \(m.rng.seed) in the checkpoint, \(config.run.seed) in the job") }
+        guard !problems.isEmpty else { return }
+        let shown = problems.prefix(20).joined(separator: "; ")
+        throw CheckpointError(source, "does not fit this job: \(shown)\(problems.count > 20 ? "; and \(problems.count - 20) more" : "")")
+    }
+
+    /// Resumes from `path`, or with `path == "auto"` from the newest checkpoint in `run` that
+    /// loads, falling back to older ones with a line (through `log`, on the coordinator)
+    /// saying why. Returns nil when `auto` finds no checkpoint at all.
+    public func resume(_ path: String, run: String, log: (String) -> Void) throws -> CheckpointManifest? {
+        let auto = path == "auto"
+        var list: [UInt8] = []
+        if comm.isCoordinator {
+            let candidates = auto ? CheckpointFolder.list(in: run).map(\.path) : [path]
+            list = Array(candidates.joined(separator: "\n").utf8)
+        }
+        try comm.broadcastBytes(&list, "checkpoint candidates")
+        let candidates = String(decoding: list, as: UTF8.self).split(separator: "\n").map(String.init)
+        var reasons: [String] = []
+        for candidate in candidates {
+            do {
+                return try loadCheckpoint(candidate)
+            } catch let e as CheckpointError where auto {
+                log("checkpoint \(candidate) does not load: \(e.problem)"
+                    + (candidate == candidates.last ? "" : "; trying the one before"))
+                reasons.append(e.description)
+            }
+        }
+        if candidates.isEmpty { return nil }
+        throw CheckpointError(run, "no checkpoint loads (\(reasons.count) tried); the newest: \(reasons[0])")
+    }
+}
