@@ -52,7 +52,12 @@ public enum CheckpointFolder {
         guard keepLast > 0 else { return [] }
         let all = list(in: run)
         let removed = all.dropFirst(keepLast).map(\.path).filter { $0 != keep }
-        for path in removed { try DurableFiles.remove(path) }
+        for path in removed {
+            // Renamed first, so a removal cut short leaves an orphan, never half a checkpoint.
+            let doomed = path + ".removing.tmp"
+            try DurableFiles.rename(path, doomed)
+            try DurableFiles.remove(doomed)
+        }
         return removed
     }
 }

@@ -58,6 +58,7 @@ extension Trainer {
             try file.close()
             try DurableFiles.sync(path)
         }
+        FaultInjection.checkInSave(rank: comm.rank, step: step)
         try crcs.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: $0.count, "checkpoint checksums") }
         guard comm.isCoordinator else { return nil }
 
@@ -134,7 +135,15 @@ extension Trainer {
         if failed[0] == 0, case .success(let manifest) = result { return manifest }
         // Every rank's reason, on the coordinator, in rank order; the first one is reported.
         var mine = ""
-        if case .failure(let error) = result { mine = (error as? CheckpointError)?.problem ?? "\(error)" }
+        let folder = Self.folder(of: path)
+        if case .failure(let error) = result {
+            // Name the file inside the checkpoint where it is not the checkpoint itself.
+            if let e = error as? CheckpointError {
+                mine = e.path == folder ? e.problem : "\(e.path.hasPrefix(folder + "/") ? String(e.path.dropFirst(folder.count + 1)) : e.path): \(e.problem)"
+            } else {
+                mine = "\(error)"
+            }
+        }
         let width = 2048
         let padded = Array(mine.utf8.prefix(width)) + [UInt8](repeating: 0, count: max(0, width - mine.utf8.count))
         let all = try comm.gatherBytes(padded, "checkpoint load")
@@ -145,7 +154,7 @@ extension Trainer {
                 if !text.isEmpty { reason = comm.size > 1 ? "rank \(r): \(text)" : text; break }
             }
         }
-        throw CheckpointError(Self.folder(of: path), reason)
+        throw CheckpointError(folder, reason)
     }
 
     public static func folder(of path: String) -> String {

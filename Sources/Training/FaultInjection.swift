@@ -9,9 +9,12 @@ public struct InjectedFault: Error, CustomStringConvertible {
 /// Test hook: `SWITCHBOARD_FAULT=rank=R,step=S[,kind=K]` acts on rank R before training step
 /// S, so tests can check how the job handles one failing rank. Kinds: `throw` (the default)
 /// throws an error; `stop` sends the process SIGSTOP, as a hung node would look to the others;
-/// `crash` writes through a bad pointer (a real SIGSEGV). Unset, it costs one compare per step.
+/// `crash` writes through a bad pointer (a real SIGSEGV); `kill-in-save` acts later, inside the
+/// checkpoint of step S, after this rank has written and synced its shard and before the
+/// commit: it sends itself SIGKILL, a death in the middle of a save. Unset, it costs one
+/// compare per step.
 public enum FaultInjection {
-    public enum Kind: String, Sendable { case `throw`, stop, crash }
+    public enum Kind: String, Sendable { case `throw`, stop, crash, killInSave = "kill-in-save" }
 
     static let plan: (rank: Int, step: Int, kind: Kind)? = {
         guard let raw = getenv("SWITCHBOARD_FAULT") else { return nil }
@@ -28,11 +31,20 @@ public enum FaultInjection {
     }()
 
     public static func check(rank: Int, step: Int) throws {
-        guard let plan, plan.rank == rank, plan.step == step else { return }
+        guard let plan, plan.rank == rank, plan.step == step, plan.kind != .killInSave else { return }
         switch plan.kind {
+        case .killInSave: break
         case .throw: throw InjectedFault(step: step)
         case .stop: raise(SIGSTOP)
         case .crash: UnsafeMutablePointer<Int>(bitPattern: 16)!.pointee = step
         }
+    }
+}
+
+extension FaultInjection {
+    /// Called inside the save of the checkpoint for `step` (which holds `step` steps).
+    static func checkInSave(rank: Int, step: Int) {
+        guard let plan, plan.kind == .killInSave, plan.rank == rank, plan.step == step else { return }
+        kill(getpid(), SIGKILL)
     }
 }

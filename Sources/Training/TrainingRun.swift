@@ -60,7 +60,7 @@ extension Trainer {
     /// epochs (or `max_steps`), evaluating on the test split after every epoch and saving
     /// checkpoints into `run` (every rank's path of the run folder) on schedule, at the end,
     /// and when asked to stop. Only the coordinator prints and writes `folder`.
-    public func run(folder: RunFolder?, run: String?, threads: Int, progress: ProgressReporter?) throws -> RunSummary {
+    public func run(folder: RunFolder?, run: String? = nil, threads: Int = 1, progress: ProgressReporter?) throws -> RunSummary {
         let c = config.checkpoint
         var last = lastEvaluation ?? Evaluation(loss: .nan, accuracy: 0, samples: 0)
         var samples = 0

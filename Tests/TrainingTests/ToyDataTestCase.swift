@@ -1,6 +1,8 @@
 import Foundation
+import Layers
 import TestSupport
 import XCTest
+@testable import Training
 
 /// Tests that run the real binary on the toy dataset in a temporary folder of their own.
 class ToyDataTestCase: XCTestCase {
@@ -18,5 +20,61 @@ class ToyDataTestCase: XCTestCase {
         let path = "\(dir)/job.toml"
         try (text ?? Fixtures.job(dir: dir)).write(toFile: path, atomically: true, encoding: .utf8)
         return path
+    }
+
+    /// Runs mpirun with `arguments` (after the root and oversubscription flags), killed after
+    /// 30 s; returns its exit code, output and seconds.
+    func launch(_ arguments: [String], environment: [String: String] = [:])
+        throws -> (code: Int32, output: String, seconds: Double) {
+        try Launcher.run("/usr/bin/mpirun", ["--allow-run-as-root", "--oversubscribe"]
+                         + environment.keys.sorted().flatMap { ["-x", $0] } + arguments, environment: environment)
+    }
+
+    /// `switchboard train job` on `ranks` ranks, under run name `name`.
+    func mpirun(ranks: Int, name: String, job: String, settings: [String] = [], extraArguments: [String] = [],
+                environment: [String: String] = [:]) throws -> (code: Int32, output: String, seconds: Double) {
+        try launch(["-np", String(ranks), binary, "train", job, "--quiet", "--set", "run.name=\"\(name)\""]
+                   + settings.flatMap { ["--set", $0] } + extraArguments, environment: environment)
+    }
+
+    func train(ranks: Int, name: String, job: String, settings: [String] = []) throws -> String {
+        let r = try mpirun(ranks: ranks, name: name, job: job, settings: settings)
+        XCTAssertEqual(r.code, 0, r.output)
+        XCTAssertTrue(r.output.contains("\(ranks) rank"), r.output)
+        try r.output.write(toFile: "\(dir)/\(name).out", atomically: true, encoding: .utf8)
+        return "\(dir)/runs/\(name)/model.h5"
+    }
+
+    /// Max over tensors of ‖a − b‖₂ / ‖a‖₂, and the tensor where it occurs.
+    static func maxRelativeDifference(_ a: Model, _ b: Model) -> (Double, String) {
+        var worst = (0.0, "")
+        for (p, q) in zip(a.store.parameters, b.store.parameters) {
+            var diff = 0.0, norm = 0.0
+            for i in 0..<p.count {
+                let d = Double(p.value[i]) - Double(q.value[i])
+                diff += d * d
+                norm += Double(p.value[i]) * Double(p.value[i])
+            }
+            let rel = (diff / max(norm, 1e-30)).squareRoot()
+            if rel > worst.0 { worst = (rel, p.name) }
+        }
+        return worst
+    }
+
+    /// The toy job with an MoE model: `moe` is the body of the [moe] section.
+    func moeJob(_ moe: String, steps: Int) throws -> (path: String, config: JobConfig) {
+        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
+        let text = Fixtures.job(dir: dir)
+            .replacingOccurrences(of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\n" + moe)
+            .replacingOccurrences(of: "epochs = 2", with: "epochs = 3\nmax_steps = \(steps)")
+        let job = try writeJob(text)
+        return (job, try JobConfig.parse(text, source: job))
+    }
+
+    /// The parameters of a model file (`model.h5`) written by a run of `config`.
+    func loadModel(_ path: String, _ config: JobConfig) throws -> Model {
+        let m = Model(config.model, inputs: 64, classes: 4, maxRows: 1, seed: 999)
+        try ModelFile.read(m, from: path)
+        return m
     }
 }

@@ -1,0 +1,270 @@
+import Foundation
+import Layers
+import Storage
+import TestSupport
+import XCTest
+@testable import Training
+
+/// Checkpoints made by the real binary under `mpirun`: killed runs resume bitwise, any world
+/// size continues any checkpoint, corruption is caught and `--resume auto` falls back, and
+/// SIGTERM saves and exits.
+final class CheckpointTests: ToyDataTestCase {
+    /// The toy job for `epochs` epochs of 11 steps, with settings appended to [train].
+    func job(epochs: Int, checkpoint: String) throws -> (path: String, config: JobConfig) {
+        let text = Fixtures.job(dir: dir, extra: "[checkpoint]\n" + checkpoint)
+            .replacingOccurrences(of: "epochs = 2", with: "epochs = \(epochs)")
+        let path = try writeJob(text)
+        return (path, try JobConfig.parse(text, source: path))
+    }
+
+    /// The manifest of the checkpoint folder `path`.
+    func manifest(_ path: String) throws -> CheckpointManifest {
+        let main = try HDF5File.open("\(path)/\(CheckpointManifest.mainFile)")
+        return try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: 1 << 24), source: path)
+    }
+
+    /// Every tensor's CRC-32 by name: equal maps mean bitwise-equal parameters and optimizer state.
+    func checksums(_ path: String) throws -> [String: String] {
+        Dictionary(uniqueKeysWithValues: try manifest(path).tensors.map { ($0.name, $0.crc32) })
+    }
+
+    /// Starts `mpirun -np ranks switchboard train …` with its output going to `log`, without
+    /// waiting for it.
+    func start(ranks: Int, name: String, job: String, extra: [String], log: String, environment: [String: String] = [:]) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
+        p.arguments = ["--allow-run-as-root", "--oversubscribe"] + environment.keys.sorted().flatMap { ["-x", $0] }
+            + ["-np", String(ranks), binary, "train", job, "--quiet", "--set", "run.name=\"\(name)\""] + extra
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let out = FileHandle(forWritingAtPath: log)!
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        return p
+    }
+
+    /// The rank processes mpirun started.
+    func ranks(of mpirun: Process) -> [Int32] {
+        let r = try? Launcher.run("/usr/bin/pgrep", ["-P", String(mpirun.processIdentifier)])
+        return (r?.output ?? "").split(separator: "\n").compactMap { Int32($0) }
+    }
+
+    /// 2 ranks, a checkpoint every 2 steps; kill -9 a random rank, or all of them, at random
+    /// moments (some land inside saves), and twice inside a save on purpose (after a rank
+    /// has written its shard, before the commit: on rank 1, then on the coordinator). Each
+    /// time `--resume auto` continues, and the end is bitwise the run never killed:
+    /// parameters and AdamW moments (every tensor's CRC-32), and `model.h5`.
+    func testKilledRunsResumeToTheSameBits() throws {
+        let (path, config) = try job(epochs: 80, checkpoint: "every_steps = 2\nkeep_last = 2")
+        let reference = try mpirun(ranks: 2, name: "whole", job: path)
+        XCTAssertEqual(reference.code, 0, reference.output)
+        let whole = "\(dir)/runs/whole"
+
+        var rng = SystemRandomNumberGenerator()
+        var kills = 0, resumedFrom: [Int] = []
+        let log = "\(dir)/killed.log"
+        func resumedStep(_ text: String) -> Int? {
+            guard let r = text.range(of: "resumed from ") else { return nil }
+            let rest = text[r.upperBound...]
+            guard let s = rest.range(of: ": step ") else { return nil }
+            return Int(rest[s.upperBound...].prefix { $0.isNumber })
+        }
+        // Two deaths inside saves, then random kills until five have landed, then to the end.
+        let inSave = ["rank=1,step=40,kind=kill-in-save", "rank=0,step=80,kind=kill-in-save"]
+        for attempt in 0..<40 {
+            let fault = attempt < inSave.count ? inSave[attempt] : nil
+            let p = try start(ranks: 2, name: "killed", job: path, extra: ["--resume", "auto"], log: log,
+                              environment: fault.map { ["SWITCHBOARD_FAULT": $0] } ?? [:])
+            var killed = false
+            if fault == nil && kills < 7 {
+                // Start-up takes ~0.5 s; the whole run ~1.5–3 s.
+                Thread.sleep(forTimeInterval: Double.random(in: 0.5...1.3, using: &rng))
+                let pids = ranks(of: p)
+                if p.isRunning && !pids.isEmpty {
+                    let victims = Bool.random(using: &rng) ? pids : [pids.randomElement(using: &rng)!]
+                    for v in victims { kill(v, SIGKILL) }
+                    killed = true
+                }
+            }
+            p.waitUntilExit()
+            let text = try String(contentsOfFile: log, encoding: .utf8)
+            if let s = resumedStep(text) { resumedFrom.append(s) }
+            if fault != nil {
+                XCTAssertNotEqual(p.terminationStatus, 0, "the fault \(fault!) must kill the run\n\(text)")
+                kills += 1
+                continue
+            }
+            if p.terminationStatus == 0 { break }
+            XCTAssertTrue(killed, "the run failed without being killed:\n\(text)")
+            kills += 1
+        }
+        XCTAssertGreaterThanOrEqual(kills, 7, "two kills inside saves and at least five at random moments")
+        XCTAssertTrue(resumedFrom.contains { $0 > 0 }, "some run resumed from a checkpoint: \(resumedFrom)")
+        print("kill test: \(kills) kills; runs resumed from steps \(resumedFrom)")
+
+        let final = CheckpointFolder.name(step: 880)
+        XCTAssertEqual(try checksums("\(whole)/\(final)"), try checksums("\(dir)/runs/killed/\(final)"))
+        let a = try loadModel("\(whole)/model.h5", config), b = try loadModel("\(dir)/runs/killed/model.h5", config)
+        XCTAssertEqual(Self.maxRelativeDifference(a, b).0, 0)
+        let left = try FileManager.default.contentsOfDirectory(atPath: "\(dir)/runs/killed")
+        XCTAssertFalse(left.contains { $0.hasSuffix(".tmp") }, "interrupted saves are cleaned up: \(left)")
+        XCTAssertEqual(left.filter { $0.hasPrefix("step-") }.count, 2, "keep_last = 2: \(left)")
+    }
+
+    /// An MoE model of 8 experts saved on 2 ranks continues on 1 and on 4, and one saved on 4
+    /// continues on 2; each matches the run that kept its world size, every tensor (parameters,
+    /// AdamW m and v) is written exactly once, and `h5ls -r` lists them all by global name.
+    func testMoECheckpointsContinueOnAnyNumberOfRanks() throws {
+        let (path, config) = try moeJob("experts = 8\ntop_k = 2\nhidden = 8\nbalance_loss = 0.01\nz_loss = 0.001", steps: 24)
+        try (try String(contentsOfFile: path, encoding: .utf8) + "\n[checkpoint]\nevery_steps = 12\n")
+            .write(toFile: path, atomically: true, encoding: .utf8)
+        let model = Model(config.model, inputs: 64, classes: 4, maxRows: 1, seed: 1)
+        var expected = Set<String>()
+        for p in model.store.parameters {
+            expected.formUnion(["params/\(p.name)", "optimizer/m/\(p.name)", "optimizer/v/\(p.name)"])
+        }
+        XCTAssertEqual(expected.count, 3 * model.store.parameters.count)
+        for (saved, continued) in [(2, [1, 4]), (4, [2])] {
+            let base = "save\(saved)"
+            _ = try train(ranks: saved, name: base, job: path)
+            let checkpoint = "\(dir)/runs/\(base)/\(CheckpointFolder.name(step: 12))"
+            let m = try manifest(checkpoint)
+            XCTAssertEqual(m.worldSize, saved)
+            XCTAssertEqual(m.placement?.expertsByRank.count, saved)
+            XCTAssertEqual(Set(m.tensors.map(\.name)), expected, "every tensor in the manifest")
+            XCTAssertEqual(m.tensors.count, expected.count, "each exactly once")
+            // In the shard files themselves, each tensor is in exactly one.
+            var holders: [String: [String]] = [:]
+            for file in m.files {
+                let listing = try Launcher.run("/usr/bin/h5ls", ["-r", "\(checkpoint)/\(file)"]).output
+                for line in listing.split(separator: "\n") where line.contains("Dataset") {
+                    let name = String(line.split(separator: " ")[0].dropFirst())
+                    holders[name, default: []].append(file)
+                }
+            }
+            XCTAssertEqual(Set(holders.keys), expected)
+            XCTAssertTrue(holders.values.allSatisfy { $0.count == 1 }, "tensors in more than one shard: \(holders.filter { $0.value.count > 1 })")
+            let experts = holders.filter { $0.key.hasPrefix("params/blocks.0.moe.experts.") }.values.map { $0[0] }
+            XCTAssertEqual(Set(experts).count, saved, "each rank wrote its own experts")
+            let main = try Launcher.run("/usr/bin/h5ls", ["-r", "\(checkpoint)/\(CheckpointManifest.mainFile)"]).output
+            for name in expected { XCTAssertTrue(main.contains("/\(name) "), "h5ls -r lists \(name)") }
+
+            let reference = try loadModel("\(dir)/runs/\(base)/model.h5", config)
+            for ranks in continued {
+                let name = "from\(saved)on\(ranks)"
+                let r = try mpirun(ranks: ranks, name: name, job: path, settings: [], extraArguments: ["--resume", checkpoint])
+                XCTAssertEqual(r.code, 0, r.output)
+                XCTAssertTrue(r.output.contains("resumed from \(checkpoint): step 12"), r.output)
+                XCTAssertTrue(r.output.contains("resharded from \(saved) to \(ranks) rank"), r.output)
+                let other = try loadModel("\(dir)/runs/\(name)/model.h5", config)
+                let worst = Self.maxRelativeDifference(reference, other)
+                XCTAssertLessThanOrEqual(worst.0, 1e-5, "saved on \(saved), continued on \(ranks): \(worst.1)")
+                print("MoE saved on \(saved) ranks, continued on \(ranks): max relative L2 difference \(worst.0) (\(worst.1))")
+            }
+        }
+    }
+
+    /// Each kind of damage to the newest checkpoint is named (file and tensor) and `--resume
+    /// auto` falls back to the one before; the continuation then ends bitwise where the
+    /// undamaged run ended, and replaces the damaged checkpoint.
+    func testCorruptCheckpointsAreDetectedAndSkipped() throws {
+        let (path, config) = try job(epochs: 2, checkpoint: "every_steps = 10\nkeep_last = 0")
+        _ = try train(ranks: 2, name: "good", job: path)
+        let good = "\(dir)/runs/good"
+        let newest = CheckpointFolder.name(step: 22), older = CheckpointFolder.name(step: 20)
+        let m = try manifest("\(good)/\(newest)")
+        let victim = m.tensors.first { $0.name == "params/blocks.1.fc1.weight" }!
+        let goodModel = try loadModel("\(good)/model.h5", config)
+
+        typealias Damage = (String, (String) throws -> Void, [String])
+        let cases: [Damage] = [
+            ("truncated shard", { ck in
+                let f = "\(ck)/\(victim.file)"
+                let size = try FileManager.default.attributesOfItem(atPath: f)[.size] as! Int
+                XCTAssertEqual(truncate(f, off_t(size / 2)), 0)
+            }, [victim.file, "tensor params/", "truncated"]),
+            ("flipped byte", { ck in
+                // Find the tensor's first bytes in its shard (chunks are stored as is) and flip one.
+                let f = "\(ck)/\(victim.file)"
+                let values = [Float](unsafeUninitializedCapacity: victim.count) { buffer, n in
+                    try? HDF5File.open(f).readFloats(victim.name, shape: victim.shape, into: buffer.baseAddress!)
+                    n = victim.count
+                }
+                var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: f)))
+                let needle = values.prefix(8).withUnsafeBytes { Array($0) }
+                let at = (0...(bytes.count - needle.count)).first { bytes[$0..<($0 + needle.count)].elementsEqual(needle) }!
+                bytes[at + 5] ^= 0x10
+                try Data(bytes).write(to: URL(fileURLWithPath: f))
+            }, [victim.file, "tensor \(victim.name)"]),
+            ("deleted shard", { ck in try FileManager.default.removeItem(atPath: "\(ck)/\(victim.file)") },
+             [victim.file, "missing: it holds tensor params/"]),
+            ("deleted manifest", { ck in try FileManager.default.removeItem(atPath: "\(ck)/\(CheckpointManifest.mainFile)") },
+             ["no checkpoint.h5: not a committed checkpoint"]),
+            ("shard from another save", { ck in
+                let other = "\(good)/\(older)/\(victim.file)", f = "\(ck)/\(victim.file)"
+                try FileManager.default.removeItem(atPath: f)
+                try FileManager.default.copyItem(atPath: other, toPath: f)
+            }, [victim.file, "belongs to save \(CheckpointFolder.name(step: 20))-", "the manifest to \(m.id)", "(tensor params/"]),
+        ]
+        for (label, damage, expected) in cases {
+            let name = label.filter(\.isLetter)
+            let run = "\(dir)/runs/\(name)"
+            try FileManager.default.copyItem(atPath: good, toPath: run)
+            for f in ["model.h5", "summary.json"] { try FileManager.default.removeItem(atPath: "\(run)/\(f)") }
+            try damage("\(run)/\(newest)")
+            let r = try mpirun(ranks: 2, name: name, job: path, extraArguments: ["--resume", "auto"])
+            XCTAssertEqual(r.code, 0, "\(label): \(r.output)")
+            let warning = r.output.split(separator: "\n").first { $0.hasPrefix("warning: checkpoint \(run)/\(newest) does not load: ") }
+            XCTAssertNotNil(warning, "\(label): \(r.output)")
+            for piece in expected { XCTAssertTrue(warning?.contains(piece) ?? false, "\(label): '\(piece)' in: \(warning ?? "")") }
+            XCTAssertTrue(r.output.contains("resumed from \(run)/\(older): step 20"), "\(label): \(r.output)")
+            XCTAssertEqual(Self.maxRelativeDifference(goodModel, try loadModel("\(run)/model.h5", config)).0, 0, label)
+            XCTAssertEqual(try checksums("\(run)/\(newest)"), try checksums("\(good)/\(newest)"), "\(label): the damaged checkpoint is replaced")
+            print("\(label): \(warning ?? "")")
+        }
+        // With nothing that loads, --resume auto stops rather than starting over.
+        for (_, checkpoint) in CheckpointFolder.list(in: good) {
+            try FileManager.default.removeItem(atPath: "\(checkpoint)/\(victim.file)")
+        }
+        let r = try mpirun(ranks: 2, name: "good", job: path, extraArguments: ["--resume", "auto"])
+        XCTAssertEqual(r.code, 1, r.output)
+        XCTAssertTrue(r.output.contains("no checkpoint loads"), r.output)
+    }
+
+    /// SIGTERM to one rank (as Slurm signals every task, and mpirun forwards): the step
+    /// finishes, every rank joins the save, the program exits 143; `--resume auto` then ends
+    /// bitwise where the uninterrupted run ends.
+    func testSIGTERMSavesAndTheRunContinuesExactly() throws {
+        let (path, config) = try job(epochs: 60, checkpoint: "every_minutes = 0\nat_end = true")
+        let whole = try mpirun(ranks: 2, name: "whole", job: path)
+        XCTAssertEqual(whole.code, 0, whole.output)
+        let log = "\(dir)/term.log"
+        let p = try start(ranks: 2, name: "term", job: path, extra: [], log: log)
+        // Once training is under way (a handler is installed at start-up; before it, SIGTERM kills).
+        for _ in 0..<200 where !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("step 50/") {
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let pids = ranks(of: p)
+        XCTAssertEqual(pids.count, 2)
+        kill(pids.last!, SIGTERM)
+        p.waitUntilExit()
+        let text = try String(contentsOfFile: log, encoding: .utf8)
+        XCTAssertTrue(text.contains("stopped by SIGTERM after step "), text)
+        XCTAssertTrue(text.contains("continue with --resume auto"), text)
+        let saved = CheckpointFolder.list(in: "\(dir)/runs/term")
+        XCTAssertEqual(saved.count, 1, text)
+        let step = saved[0].step
+        XCTAssertGreaterThan(step, 0)
+        XCTAssertLessThan(step, 660, "stopped before the end")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs/term/summary.json"), "the run did not finish")
+
+        let r = try mpirun(ranks: 2, name: "term", job: path, extraArguments: ["--resume", "auto"])
+        XCTAssertEqual(r.code, 0, r.output)
+        XCTAssertTrue(r.output.contains("resumed from \(saved[0].path): step \(step)"), r.output)
+        let final = CheckpointFolder.name(step: 660)
+        XCTAssertEqual(try checksums("\(dir)/runs/whole/\(final)"), try checksums("\(dir)/runs/term/\(final)"))
+        let a = try loadModel("\(dir)/runs/whole/model.h5", config), b = try loadModel("\(dir)/runs/term/model.h5", config)
+        XCTAssertEqual(Self.maxRelativeDifference(a, b).0, 0)
+    }
+}
