@@ -1,7 +1,7 @@
 import Foundation
 
 /// What a checkpoint holds, written last by the coordinator (DESIGN.md, "Checkpoints"): every
-/// logical tensor with the file and dataset that hold it, its shape, dtype and CRC-32; the
+/// logical tensor with the file and dataset that hold it, its shape, dtype and checksum; the
 /// training position; and what is needed to understand the run later. Stored as JSON in the
 /// `manifest` dataset of the checkpoint's main file (`checkpoint.h5`), so it is protected by
 /// the same Fletcher32 checksum as the tensors. Decoding never trusts a size: `validate()`
@@ -21,14 +21,15 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
         public var file: String
         public var shape: [Int]
         public var dtype: String
-        /// zlib's CRC-32 of the little-endian bytes, as 8 hex digits.
-        public var crc32: String
-        public init(name: String, file: String, shape: [Int], dtype: String = "float32", crc32: UInt32) {
+        /// The CRC-32 (zlib's) of the dataset's chunk Fletcher32 sums, little-endian, in chunk
+        /// order, as 8 hex digits (`HDF5File.writeTensor`).
+        public var checksum: String
+        public init(name: String, file: String, shape: [Int], dtype: String = "float32", checksum: UInt32) {
             self.name = name
             self.file = file
             self.shape = shape
             self.dtype = dtype
-            self.crc32 = String(format: "%08x", crc32)
+            self.checksum = String(format: "%08x", checksum)
         }
         public var count: Int { shape.reduce(1, *) }
     }
@@ -167,7 +168,7 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
                 out.append("tensor \(t.name) has implausible shape \(t.shape)")
             }
             if t.dtype != "float32" { out.append("tensor \(t.name) has dtype \(t.dtype), expected float32") }
-            if UInt32(t.crc32, radix: 16) == nil || t.crc32.count != 8 { out.append("tensor \(t.name) has checksum \"\(t.crc32)\", expected 8 hex digits") }
+            if UInt32(t.checksum, radix: 16) == nil || t.checksum.count != 8 { out.append("tensor \(t.name) has checksum \"\(t.checksum)\", expected 8 hex digits") }
         }
         if let p = placement, p.expertsByRank.count != p.ranks || !(1...1 << 20).contains(p.experts) {
             out.append("expert placement lists \(p.expertsByRank.count) ranks for \(p.ranks)")

@@ -1,6 +1,4 @@
-import CZlib
 import Foundation
-import Kernels
 
 /// A file or folder that could not be written, read or moved.
 public struct DiskError: Error, CustomStringConvertible {
@@ -55,42 +53,4 @@ public enum DurableFiles {
 
 extension String {
     var nonEmpty: String? { isEmpty ? nil : self }
-}
-
-/// CRC-32 (zlib's, the one `zlib.crc32` in Python computes) of a tensor's bytes, recorded in
-/// the checkpoint manifest so a shard that does not belong to it is caught. Computed in
-/// pieces on the worker threads and combined (`crc32_combine`).
-public enum CRC32 {
-    public static func of(_ data: UnsafeRawPointer, bytes: Int) -> UInt32 {
-        let piece = 4 << 20
-        guard bytes > 2 * piece else { return UInt32(crc32(0, data.assumingMemoryBound(to: UInt8.self), UInt32(bytes))) }
-        let task = PieceTask(data: data.assumingMemoryBound(to: UInt8.self), bytes: bytes, piece: piece)
-        WorkerPool.shared.run(task, count: task.pieces)
-        var crc = task.results[0]
-        for i in 1..<task.pieces {
-            let length = min(piece, bytes - i * piece)
-            crc = crc32_combine(crc, task.results[i], off_t(length))
-        }
-        return UInt32(crc)
-    }
-
-    /// CRCs of consecutive pieces, one slot per piece.
-    final class PieceTask: RangeTask, @unchecked Sendable {
-        let data: UnsafePointer<UInt8>, bytes: Int, piece: Int, pieces: Int
-        /// One slot per piece, written by whichever thread takes it.
-        let results: UnsafeMutablePointer<uLong>
-        init(data: UnsafePointer<UInt8>, bytes: Int, piece: Int) {
-            self.data = data
-            self.bytes = bytes
-            self.piece = piece
-            pieces = (bytes + piece - 1) / piece
-            results = .allocate(capacity: pieces)
-        }
-        deinit { results.deallocate() }
-        func run(_ part: Range<Int>) {
-            for i in part {
-                results[i] = crc32(0, data + i * piece, UInt32(min(piece, bytes - i * piece)))
-            }
-        }
-    }
 }

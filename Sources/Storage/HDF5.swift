@@ -109,23 +109,33 @@ public final class HDF5File {
     }
 
     private func write(_ name: String, shape: [Int], type: hid_t, elementBytes: Int, _ data: UnsafeRawPointer) throws {
+        let dataset = try createDataset(name, shape: shape, type: type, elementBytes: elementBytes).dataset
+        try HDF5Library.check(H5Dwrite(dataset.id, type, sb_h5s_all(), sb_h5s_all(), sb_h5p_default(), data),
+                              path, "writing dataset \(name)")
+    }
+
+    /// Creates a chunked, Fletcher32-checksummed dataset: chunks of whole rows, about 1 MiB.
+    func createDataset(_ name: String, shape: [Int], type: hid_t, elementBytes: Int) throws -> (dataset: H5Handle, chunkRows: Int) {
         let count = shape.reduce(1, *)
         precondition(count > 0, "empty dataset \(name)")
         let dims = shape.map { hsize_t($0) }
         let space = H5Handle(try HDF5Library.check(H5Screate_simple(Int32(dims.count), dims, nil), path, "describing \(name)"), close: H5Sclose)
         let plist = H5Handle(try HDF5Library.check(H5Pcreate(sb_h5p_dataset_create()), path, "dataset properties for \(name)"), close: H5Pclose)
-        // Chunks of about 1 MiB: whole rows, at least one.
         let rowElements = dims.dropFirst().reduce(1, *)
         var chunk = dims
-        chunk[0] = max(1, min(dims[0], hsize_t(1 << 20 / elementBytes) / max(rowElements, 1)))
+        chunk[0] = Self.chunkRows(rows: dims[0], rowElements: rowElements, elementBytes: elementBytes)
         try HDF5Library.check(H5Pset_chunk(plist.id, Int32(chunk.count), chunk), path, "chunking \(name)")
         try HDF5Library.check(H5Pset_fletcher32(plist.id), path, "checksumming \(name)")
         let links = try intermediateGroups()
         let dataset = H5Handle(try HDF5Library.check(
             H5Dcreate2(handle.id, name, type, space.id, links.id, plist.id, sb_h5p_default()),
             path, "creating dataset \(name)"), close: H5Dclose)
-        try HDF5Library.check(H5Dwrite(dataset.id, type, sb_h5s_all(), sb_h5s_all(), sb_h5p_default(), data),
-                              path, "writing dataset \(name)")
+        return (dataset, Int(chunk[0]))
+    }
+
+    /// Rows per chunk: about 1 MiB of whole rows, at least one row, at most all of them.
+    static func chunkRows(rows: hsize_t, rowElements: hsize_t, elementBytes: Int) -> hsize_t {
+        max(1, min(rows, hsize_t(1 << 20 / elementBytes) / max(rowElements, 1)))
     }
 
     /// Link-creation properties that make missing groups on the way.
@@ -135,7 +145,7 @@ public final class HDF5File {
         return links
     }
 
-    private func openDataset(_ name: String) throws -> H5Handle {
+    func openDataset(_ name: String) throws -> H5Handle {
         H5Handle(try HDF5Library.check(H5Dopen2(handle.id, name, sb_h5p_default()), path, "opening dataset \(name)"), close: H5Dclose)
     }
 

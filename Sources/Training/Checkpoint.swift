@@ -16,7 +16,7 @@ extension Trainer {
     /// 2. The dense optimizer state, sharded over the ranks, is gathered by global name.
     /// 3. Each rank writes its tensors (`CheckpointPlan`) to `rank-RRRRR.h5`, closes and
     ///    fsyncs it. A rank that fails throws, which aborts every rank before any commit.
-    /// 4. The tensors' CRC-32s reach the coordinator in one sum (each is non-zero on its
+    /// 4. The tensors' checksums reach the coordinator in one sum (each is non-zero on its
     ///    writer only), which doubles as "every rank has written and synced".
     /// 5. The coordinator writes the main file (manifest, external links), fsyncs it, and
     ///    commits the folder by rename (`CheckpointFolder.commit`).
@@ -47,12 +47,10 @@ extension Trainer {
             try file.setAttribute("rank", String(comm.rank))
             for i in mine {
                 let p = parameters[i]
-                try file.writeFloats(CheckpointPlan.parameterPath(p.name), shape: p.shape, p.value)
-                crcs[i * perParameter] = Double(CRC32.of(p.value, bytes: p.count * 4))
+                crcs[i * perParameter] = Double(try file.writeTensor(CheckpointPlan.parameterPath(p.name), shape: p.shape, p.value))
                 for (s, state) in states.enumerated() {
-                    let data = state.values.data + p.offset
-                    try file.writeFloats(CheckpointPlan.statePath(state.name, p.name), shape: p.shape, data)
-                    crcs[i * perParameter + 1 + s] = Double(CRC32.of(data, bytes: p.count * 4))
+                    crcs[i * perParameter + 1 + s] = Double(try file.writeTensor(CheckpointPlan.statePath(state.name, p.name), shape: p.shape,
+                                                                                 state.values.data + p.offset))
                 }
             }
             try file.close()
@@ -65,10 +63,10 @@ extension Trainer {
         var tensors: [CheckpointManifest.Tensor] = []
         for (i, p) in parameters.enumerated() {
             let file = CheckpointPlan.shardFile(rank: plan.writer[i])
-            tensors.append(.init(name: CheckpointPlan.parameterPath(p.name), file: file, shape: p.shape, crc32: UInt32(crcs[i * perParameter])))
+            tensors.append(.init(name: CheckpointPlan.parameterPath(p.name), file: file, shape: p.shape, checksum: UInt32(crcs[i * perParameter])))
             for (s, state) in states.enumerated() {
                 tensors.append(.init(name: CheckpointPlan.statePath(state.name, p.name), file: file, shape: p.shape,
-                                     crc32: UInt32(crcs[i * perParameter + 1 + s])))
+                                     checksum: UInt32(crcs[i * perParameter + 1 + s])))
             }
         }
         let files = Set(plan.writer).sorted().map { CheckpointPlan.shardFile(rank: $0) }
@@ -162,7 +160,8 @@ extension Trainer {
     }
 
     /// This rank's part of a load: the manifest, checked against the model as a whole; then
-    /// the tensors this rank needs, each checked against its CRC-32.
+    /// the tensors this rank needs, every chunk checked against its Fletcher32 sum and each
+    /// tensor against the manifest's checksum.
     func readCheckpoint(_ path: String) throws -> CheckpointManifest {
         let folder = Self.folder(of: path)
         let mainPath = "\(folder)/\(CheckpointManifest.mainFile)"
@@ -198,13 +197,12 @@ extension Trainer {
                     }
                     shards[t.file] = file
                 }
-                try shards[t.file]!.readFloats(name, shape: t.shape, into: data)
+                let sum = String(format: "%08x", try shards[t.file]!.readTensor(name, shape: t.shape, into: data))
+                guard sum == t.checksum else {
+                    throw CheckpointError(filePath, "tensor \(name): checksum \(sum), the manifest says \(t.checksum)")
+                }
             } catch let e as HDF5Error {
                 throw CheckpointError(filePath, "tensor \(name): \(e.action) failed\(e.details.isEmpty ? "" : " (\(e.details))")")
-            }
-            let crc = String(format: "%08x", CRC32.of(data, bytes: t.count * 4))
-            guard crc == t.crc32 else {
-                throw CheckpointError(filePath, "tensor \(name): CRC-32 \(crc), the manifest says \(t.crc32)")
             }
         }
         let parameters = model.store.parameters

@@ -13,6 +13,9 @@ public enum Workload: String, CaseIterable, Sendable {
     /// W2 expert-parallel: 256 samples per rank per step, the experts spread over the ranks,
     /// one BLAS thread per rank.
     case w4 = "W4"
+    /// Checkpoint I/O: a stack of six 4096 → 4096 layers (100.7 M parameters) with AdamW
+    /// state, saved and loaded (`bench W5`); no training.
+    case w5 = "W5"
 
     /// Samples per rank per step of the scaling workloads (W3, W4).
     public var samplesPerRank: Int { self == .w3 ? 128 : 256 }
@@ -58,6 +61,13 @@ public enum Workload: String, CaseIterable, Sendable {
                 renormalize = true
                 balance_loss = 0.01
                 dropless = true
+                """
+        case .w5:
+            model = """
+                [model]
+                kind = "stack"
+                hidden = [4096, 4096, 4096, 4096, 4096, 4096]
+                activation = "relu"
                 """
         case .w1, .w3:
             model = """

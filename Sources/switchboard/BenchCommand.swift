@@ -17,7 +17,7 @@ struct BenchCommand: ParsableCommand {
             workload for --epochs epochs and reports wall time and test accuracy.
             """)
 
-    @Argument(help: "The workload: W1, W2, W3 or W4 (these two under mpirun -np P), or kernels (elementwise kernels alone).")
+    @Argument(help: "The workload: W1, W2, W3 or W4 (these two under mpirun -np P), W5 (checkpoint I/O), or kernels (elementwise kernels alone).")
     var workload: String
 
     @Option(help: "BLAS thread counts to run, comma-separated.")
@@ -44,11 +44,15 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("sweep-kib"), help: "W3, W4: bucket sizes, comma-separated, for the gradient-sync-alone table.")
     var sweepKiB = "256,512,1024,2048,4096,8192"
 
+    @Option(help: "W5: the folder to write in (made, and emptied of what the bench writes, after).")
+    var folder = "checkpoints/bench-w5"
+
     func run() throws {
         if workload == "kernels" { return KernelBench.run() }
         guard let w = Workload(rawValue: workload.uppercased()) else {
             throw ValidationError("unknown workload \(workload); available: \(Workload.allCases.map(\.rawValue).joined(separator: ", "))")
         }
+        if w == .w5 { return try CheckpointBench(directory: folder, repeats: repeats).run() }
         let threadCounts = try positiveIntegers(threads, "--threads")
         guard repeats >= 1, steps >= 1, warmup >= 0, epochs >= 0 else { throw ValidationError("--repeats and --steps must be at least 1, --warmup and --epochs at least 0") }
         if w == .w3 || w == .w4 {

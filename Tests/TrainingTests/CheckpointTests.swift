@@ -23,9 +23,9 @@ final class CheckpointTests: ToyDataTestCase {
         return try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: 1 << 24), source: path)
     }
 
-    /// Every tensor's CRC-32 by name: equal maps mean bitwise-equal parameters and optimizer state.
+    /// Every tensor's checksum by name: equal maps mean bitwise-equal parameters and optimizer state.
     func checksums(_ path: String) throws -> [String: String] {
-        Dictionary(uniqueKeysWithValues: try manifest(path).tensors.map { ($0.name, $0.crc32) })
+        Dictionary(uniqueKeysWithValues: try manifest(path).tensors.map { ($0.name, $0.checksum) })
     }
 
     /// Starts `mpirun -np ranks switchboard train …` with its output going to `log`, without
@@ -54,7 +54,7 @@ final class CheckpointTests: ToyDataTestCase {
     /// moments (some land inside saves), and twice inside a save on purpose (after a rank
     /// has written its shard, before the commit: on rank 1, then on the coordinator). Each
     /// time `--resume auto` continues, and the end is bitwise the run never killed:
-    /// parameters and AdamW moments (every tensor's CRC-32), and `model.h5`.
+    /// parameters and AdamW moments (every tensor's checksum), and `model.h5`.
     func testKilledRunsResumeToTheSameBits() throws {
         let (path, config) = try job(epochs: 80, checkpoint: "every_steps = 2\nkeep_last = 2")
         let reference = try mpirun(ranks: 2, name: "whole", job: path)
@@ -266,5 +266,23 @@ final class CheckpointTests: ToyDataTestCase {
         XCTAssertEqual(try checksums("\(dir)/runs/whole/\(final)"), try checksums("\(dir)/runs/term/\(final)"))
         let a = try loadModel("\(dir)/runs/whole/model.h5", config), b = try loadModel("\(dir)/runs/term/model.h5", config)
         XCTAssertEqual(Self.maxRelativeDifference(a, b).0, 0)
+    }
+
+    /// A checkpoint that does not fit the job is refused with every mismatch listed at once,
+    /// before anything is read into the model.
+    func testACheckpointOfAnotherModelIsRefusedWithEveryMismatch() throws {
+        let (path, _) = try job(epochs: 1, checkpoint: "")
+        let first = try Launcher.run(binary, ["train", path, "--quiet", "--set", "train.max_steps=3"])
+        XCTAssertEqual(first.code, 0, first.output)
+        let checkpoint = "\(dir)/runs/toy/\(CheckpointFolder.name(step: 3))"
+        let r = try Launcher.run(binary, ["train", path, "--quiet", "--resume", checkpoint, "--set", "model.width=24",
+                                          "--set", "optimizer.name=\"sgd\"", "--set", "run.seed=6"])
+        XCTAssertEqual(r.code, 1, r.output)
+        let line = r.output.split(separator: "\n").first { $0.hasPrefix("switchboard: error: \(checkpoint): ") } ?? ""
+        for piece in ["does not fit this job", "optimizer adamw in the checkpoint, sgd in the job",
+                      "params/embed.weight has shape [32, 64], the model [24, 64]", "params/blocks.0.norm.weight has shape [32], the model [24]",
+                      "seed 5 in the checkpoint, 6 in the job"] {
+            XCTAssertTrue(line.contains(piece), "'\(piece)' in: \(r.output)")
+        }
     }
 }

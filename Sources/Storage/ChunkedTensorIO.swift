@@ -1,0 +1,188 @@
+import CHDF5
+import CZlib
+import Foundation
+import Glibc
+import Kernels
+
+/// Checkpoint tensors, written and read chunk by chunk around HDF5's filter pipeline, at disk
+/// speed. The datasets are ordinary chunked float32 datasets with the `fletcher32` filter, so
+/// h5py, `h5dump` and `HDF5File.readFloats` read them and verify every chunk as usual. This
+/// program computes the Fletcher32 sums itself (`Fletcher32`, on the worker threads) and
+/// hands HDF5 finished chunks (`H5Dwrite_chunk`); it reads by asking HDF5 where each chunk
+/// lies (`H5Dget_chunk_info`, every address and size checked against the file) and `pread`s
+/// the chunks on the worker threads straight into the tensor, verifying each sum. HDF5's own
+/// pipeline checksums on one thread, at a third of the disk's read rate here (`bench W5`).
+///
+/// A tensor's checksum, recorded in the manifest, is the CRC-32 of its chunks' Fletcher32
+/// sums (little-endian, in chunk order): it changes with any chunk, and costs nothing more
+/// than the chunks' own verification.
+extension HDF5File {
+    /// Writes `data` of `shape` as the dataset `name`; returns the tensor's checksum.
+    public func writeTensor(_ name: String, shape: [Int], _ data: UnsafePointer<Float>) throws -> UInt32 {
+        let (dataset, chunkRows) = try createDataset(name, shape: shape, type: sb_h5t_native_float(), elementBytes: 4)
+        let layout = ChunkLayout(shape: shape, chunkRows: chunkRows)
+        let sums = ChunkSums(data: UnsafeRawPointer(data), layout: layout)
+        WorkerPool.shared.run(sums, count: layout.fullChunks)
+        let staging = UnsafeMutableRawPointer.allocate(byteCount: layout.chunkBytes + 4, alignment: 64)
+        defer { staging.deallocate() }
+        var offset = [hsize_t](repeating: 0, count: shape.count)
+        for c in 0..<layout.chunks {
+            let valid = layout.validBytes(c)
+            staging.copyMemory(from: UnsafeRawPointer(data) + c * layout.chunkBytes, byteCount: valid)
+            if valid < layout.chunkBytes {
+                // An edge chunk is stored whole; HDF5 pads it, and so do we, with zeros.
+                (staging + valid).initializeMemory(as: UInt8.self, repeating: 0, count: layout.chunkBytes - valid)
+                sums.results[c] = Fletcher32.checksum(staging, bytes: layout.chunkBytes)
+            }
+            (staging + layout.chunkBytes).storeBytes(of: sums.results[c].littleEndian, as: UInt32.self)
+            offset[0] = hsize_t(c * chunkRows)
+            try HDF5Library.check(H5Dwrite_chunk(dataset.id, sb_h5p_default(), 0, offset, layout.chunkBytes + 4, staging),
+                                  path, "writing chunk \(c) of \(name)")
+        }
+        return sums.combined
+    }
+
+    /// Reads the dataset `name` of `shape` into `data`, verifying every chunk's Fletcher32;
+    /// returns the tensor's checksum. The dataset must be laid out as `writeTensor` lays it.
+    public func readTensor(_ name: String, shape: [Int], into data: UnsafeMutablePointer<Float>) throws -> UInt32 {
+        func fail(_ problem: String) -> HDF5Error { HDF5Error(path: path, action: "reading \(name)", details: problem) }
+        let found = try self.shape(of: name)
+        guard found == shape else { throw fail("shape \(found), expected \(shape)") }
+        let dataset = try openDataset(name)
+        let plist = H5Handle(try HDF5Library.check(H5Dget_create_plist(dataset.id), path, "properties of \(name)"), close: H5Pclose)
+        var chunk = [hsize_t](repeating: 0, count: shape.count)
+        guard H5Pget_layout(plist.id) == H5D_CHUNKED,
+              H5Pget_chunk(plist.id, Int32(shape.count), &chunk) == Int32(shape.count),
+              chunk.dropFirst().map({ Int($0) }) == Array(shape.dropFirst()), chunk[0] >= 1,
+              H5Pget_nfilters(plist.id) == 1, H5Pget_filter_by_id2(plist.id, H5Z_FILTER_FLETCHER32, nil, nil, nil, 0, nil, nil) >= 0
+        else {
+            H5Eclear2(sb_h5e_default())
+            throw fail("not stored as checkpoint tensors are (chunks of whole rows with the fletcher32 filter alone)")
+        }
+        let layout = ChunkLayout(shape: shape, chunkRows: Int(chunk[0]))
+        let space = H5Handle(try HDF5Library.check(H5Dget_space(dataset.id), path, "the shape of \(name)"), close: H5Sclose)
+        var count: hsize_t = 0
+        try HDF5Library.check(H5Dget_num_chunks(dataset.id, space.id, &count), path, "counting the chunks of \(name)")
+        guard Int(count) == layout.chunks else { throw fail("\(count) chunks stored, \(layout.chunks) expected") }
+
+        let fd = Glibc.open(path, O_RDONLY)
+        guard fd >= 0 else { throw fail("cannot open the file (\(String(cString: strerror(errno))))") }
+        defer { Glibc.close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw fail("cannot stat the file") }
+        let reader = ChunkReader(fd: fd, data: UnsafeMutableRawPointer(data), layout: layout)
+        var offset = [hsize_t](repeating: 0, count: shape.count)
+        for i in 0..<layout.chunks {
+            var mask: UInt32 = 0, address: haddr_t = 0, size: hsize_t = 0
+            try HDF5Library.check(H5Dget_chunk_info(dataset.id, space.id, hsize_t(i), &offset, &mask, &address, &size),
+                                  path, "locating chunk \(i) of \(name)")
+            let c = Int(offset[0]) / layout.chunkRows
+            guard Int(offset[0]) % layout.chunkRows == 0, c < layout.chunks, offset.dropFirst().allSatisfy({ $0 == 0 }),
+                  reader.addresses[c] < 0 else { throw fail("chunk \(i) has offset \(offset)") }
+            guard mask == 0, Int(size) == layout.chunkBytes + 4 else { throw fail("chunk \(c) holds \(size) bytes, expected \(layout.chunkBytes + 4)") }
+            guard address < haddr_t(info.st_size), Int(address) + Int(size) <= Int(info.st_size) else {
+                throw fail("chunk \(c) lies at bytes \(address)..<\(Int(address) + Int(size)) of a \(info.st_size)-byte file (truncated?)")
+            }
+            reader.addresses[c] = Int(address)
+        }
+        // Ask the kernel for the whole tensor now, so the disk streams while chunks are checked.
+        let first = reader.addresses.min()!, end = reader.addresses.max()! + layout.chunkBytes + 4
+        _ = posix_fadvise(fd, off_t(first), off_t(end - first), POSIX_FADV_WILLNEED)
+        WorkerPool.shared.run(reader, count: layout.chunks)
+        for c in 0..<layout.chunks where reader.status[c] != 0 {
+            throw fail(reader.status[c] == 1 ? "chunk \(c) of \(layout.chunks): short read"
+                       : "chunk \(c) of \(layout.chunks) fails its Fletcher32 checksum (data error)")
+        }
+        return reader.sums.combined
+    }
+}
+
+/// Chunks of whole rows; all full except perhaps the last.
+struct ChunkLayout {
+    let chunkRows: Int, rowBytes: Int, rows: Int
+    let chunks: Int, fullChunks: Int, chunkBytes: Int
+    init(shape: [Int], chunkRows: Int) {
+        self.chunkRows = chunkRows
+        rows = shape[0]
+        rowBytes = shape.dropFirst().reduce(1, *) * 4
+        chunks = (rows + chunkRows - 1) / chunkRows
+        fullChunks = rows / chunkRows
+        chunkBytes = chunkRows * rowBytes
+    }
+    /// Bytes of chunk c that hold data (less than `chunkBytes` for an edge chunk).
+    func validBytes(_ c: Int) -> Int { min(chunkRows, rows - c * chunkRows) * rowBytes }
+}
+
+/// Fletcher32 of each full chunk, computed on the worker threads.
+final class ChunkSums: RangeTask, @unchecked Sendable {
+    let data: UnsafeRawPointer, layout: ChunkLayout
+    let results: UnsafeMutablePointer<UInt32>
+    init(data: UnsafeRawPointer, layout: ChunkLayout) {
+        self.data = data
+        self.layout = layout
+        results = .allocate(capacity: layout.chunks)
+        results.initialize(repeating: 0, count: layout.chunks)
+    }
+    deinit { results.deallocate() }
+    func run(_ part: Range<Int>) {
+        for c in part { results[c] = Fletcher32.checksum(data + c * layout.chunkBytes, bytes: layout.chunkBytes) }
+    }
+    /// CRC-32 of the sums, little-endian, in chunk order.
+    var combined: UInt32 {
+        var crc: uLong = 0
+        for c in 0..<layout.chunks {
+            var le = results[c].littleEndian
+            crc = withUnsafeBytes(of: &le) { crc32(crc, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), 4) }
+        }
+        return UInt32(crc)
+    }
+}
+
+/// Reads chunks with `pread` on the worker threads, straight into the tensor (an edge chunk
+/// through a buffer of its own), and checks each one's stored Fletcher32.
+final class ChunkReader: RangeTask, @unchecked Sendable {
+    let fd: Int32, data: UnsafeMutableRawPointer, layout: ChunkLayout
+    var addresses: [Int]
+    let sums: ChunkSums
+    /// Per chunk: 0 good, 1 short read, 2 checksum mismatch.
+    let status: UnsafeMutablePointer<Int8>
+    init(fd: Int32, data: UnsafeMutableRawPointer, layout: ChunkLayout) {
+        self.fd = fd
+        self.data = data
+        self.layout = layout
+        addresses = [Int](repeating: -1, count: layout.chunks)
+        sums = ChunkSums(data: data, layout: layout)
+        status = .allocate(capacity: layout.chunks)
+        status.initialize(repeating: 0, count: layout.chunks)
+    }
+    deinit { status.deallocate() }
+
+    func run(_ part: Range<Int>) {
+        for c in part {
+            let valid = layout.validBytes(c)
+            let edge = valid < layout.chunkBytes
+            let target = edge ? UnsafeMutableRawPointer.allocate(byteCount: layout.chunkBytes, alignment: 64) : data + c * layout.chunkBytes
+            defer { if edge { target.deallocate() } }
+            var stored: UInt32 = 0
+            let address = addresses.withUnsafeBufferPointer { $0[c] }
+            guard readFully(target, layout.chunkBytes, at: address),
+                  withUnsafeMutableBytes(of: &stored, { readFully($0.baseAddress!, 4, at: address + layout.chunkBytes) })
+            else { status[c] = 1; continue }
+            let sum = Fletcher32.checksum(target, bytes: layout.chunkBytes)
+            sums.results[c] = sum
+            if sum != UInt32(littleEndian: stored) { status[c] = 2 }
+            if edge { (data + c * layout.chunkBytes).copyMemory(from: target, byteCount: valid) }
+        }
+    }
+
+    func readFully(_ buffer: UnsafeMutableRawPointer, _ count: Int, at offset: Int) -> Bool {
+        var done = 0
+        while done < count {
+            let n = pread(fd, buffer + done, count - done, off_t(offset + done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            done += n
+        }
+        return true
+    }
+}
