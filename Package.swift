@@ -23,11 +23,13 @@ let package = Package(
         .target(name: "CAllocCounter"),
         // Names the rank and step when a rank dies of a fatal signal; notes SIGTERM/SIGINT as a request to stop.
         .target(name: "CSignals"),
+        // HDF5's Fletcher32 checksum, vectorized (AVX2 when the CPU has it), for checkpoints.
+        .target(name: "CChecksum", cSettings: [.unsafeFlags(["-O3"])]),
 
         .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: fast),
         .target(name: "Cluster", dependencies: ["CMPI", "Kernels"], swiftSettings: fast),
         .target(name: "Layers", dependencies: ["Kernels"], swiftSettings: fast),
-        .target(name: "Storage", dependencies: ["CHDF5", "CZlib", "Kernels"], swiftSettings: fast),
+        .target(name: "Storage", dependencies: ["CHDF5", "CZlib", "CChecksum", "Kernels"], swiftSettings: fast),
         .target(
             name: "Training",
             dependencies: ["Kernels", "Cluster", "Layers", "Storage", "CSignals", "TOMLKit"],

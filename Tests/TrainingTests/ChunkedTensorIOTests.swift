@@ -45,8 +45,12 @@ final class ChunkedTensorIOTests: XCTestCase {
         for length in [0, 1, 2, 15, 16, 718, 720, 721, 722, 736, 5000, 100_001, 1 << 20] {
             for fill in [nil, UInt8(0xff)] {
                 let bytes = (0..<length).map { _ in fill ?? UInt8.random(in: 0...255, using: &rng) }
-                let got = bytes.withUnsafeBytes { Fletcher32.checksum($0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, bytes: length) }
-                XCTAssertEqual(got, Self.referenceFletcher32(bytes), "\(length) bytes, fill \(String(describing: fill))")
+                let base = { (b: UnsafeRawBufferPointer) in b.baseAddress ?? UnsafeRawPointer(bitPattern: 1)! }
+                let expected = Self.referenceFletcher32(bytes)
+                XCTAssertEqual(bytes.withUnsafeBytes { Fletcher32.checksum(base($0), bytes: length) }, expected,
+                               "\(length) bytes, fill \(String(describing: fill))")
+                XCTAssertEqual(bytes.withUnsafeBytes { Fletcher32.checksumWithoutAVX2(base($0), bytes: length) }, expected,
+                               "SSE2: \(length) bytes, fill \(String(describing: fill))")
             }
         }
     }
