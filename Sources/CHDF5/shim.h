@@ -12,6 +12,7 @@ static inline hid_t sb_h5t_c_s1(void) { H5open(); return H5T_C_S1; }
 static inline hid_t sb_h5p_default(void) { return H5P_DEFAULT; }
 static inline hid_t sb_h5p_dataset_create(void) { H5open(); return H5P_DATASET_CREATE; }
 static inline hid_t sb_h5p_file_access(void) { H5open(); return H5P_FILE_ACCESS; }
+static inline hid_t sb_h5p_dataset_access(void) { H5open(); return H5P_DATASET_ACCESS; }
 static inline hid_t sb_h5p_link_create(void) { H5open(); return H5P_LINK_CREATE; }
 static inline hid_t sb_h5s_all(void) { return H5S_ALL; }
 static inline hid_t sb_h5e_default(void) { return H5E_DEFAULT; }

@@ -1,18 +1,33 @@
 import Kernels
 
-/// A labelled classification dataset held in memory: features `[count, features]` as Float,
-/// labels `[count]`.
+/// A labelled classification dataset: labels `[count]` in memory, and features `[count,
+/// width]` as Float either in memory (IDX) or read from an HDF5 file a batch at a time.
 public final class Dataset {
+    /// The features held in memory (empty when they are read from `samples`).
     public let features: Tensor
     public let labels: [Int32]
     public let classes: Int
+    /// The HDF5 file rows are read from, batch by batch.
+    let samples: HDF5Samples?
     public var count: Int { labels.count }
-    public var width: Int { features.cols }
+    public let width: Int
 
     public init(features: Tensor, labels: [Int32], classes: Int) {
         precondition(features.rows == labels.count)
         self.features = features
         self.labels = labels
+        self.classes = classes
+        width = features.cols
+        samples = nil
+    }
+
+    /// HDF5 training data (`HDF5Samples`): datasets `x` and `y` of the file at `path`.
+    public init(hdf5 path: String, x: String, y: String, classes: Int) throws {
+        let samples = try HDF5Samples(path: path, x: x, y: y, classes: classes)
+        self.samples = samples
+        labels = samples.labels
+        width = samples.width
+        features = Tensor(shape: [0, samples.width])
         self.classes = classes
     }
 
@@ -39,11 +54,10 @@ public final class Dataset {
     /// Copies the samples at `indices` into `x` `[indices.count, width]` and `y`.
     @inline(__always)
     public func gather(_ indices: UnsafeBufferPointer<Int32>, into x: UnsafeMutablePointer<Float>,
-                       labels y: UnsafeMutablePointer<Int32>) {
+                       labels y: UnsafeMutablePointer<Int32>) throws {
+        for (row, i) in indices.enumerated() { y[row] = labels[Int(i)] }
+        if let samples { return try samples.read(indices, into: x) }
         let w = width
-        for (row, i) in indices.enumerated() {
-            (x + row * w).update(from: features.data + Int(i) * w, count: w)
-            y[row] = labels[Int(i)]
-        }
+        for (row, i) in indices.enumerated() { (x + row * w).update(from: features.data + Int(i) * w, count: w) }
     }
 }

@@ -108,14 +108,22 @@ public final class HDF5File {
         return out
     }
 
-    private func write(_ name: String, shape: [Int], type: hid_t, elementBytes: Int, _ data: UnsafeRawPointer) throws {
-        let dataset = try createDataset(name, shape: shape, type: type, elementBytes: elementBytes).dataset
+    /// Writes a uint8 dataset of `shape` (chunks of about `chunkBytes`, Fletcher32).
+    public func writeUInt8(_ name: String, shape: [Int], _ data: UnsafePointer<UInt8>, chunkBytes: Int = 1 << 20) throws {
+        try write(name, shape: shape, type: sb_h5t_native_uint8(), elementBytes: 1, data, chunkBytes: chunkBytes)
+    }
+
+    private func write(_ name: String, shape: [Int], type: hid_t, elementBytes: Int, _ data: UnsafeRawPointer,
+                       chunkBytes: Int = 1 << 20) throws {
+        let dataset = try createDataset(name, shape: shape, type: type, elementBytes: elementBytes, chunkBytes: chunkBytes).dataset
         try HDF5Library.check(H5Dwrite(dataset.id, type, sb_h5s_all(), sb_h5s_all(), sb_h5p_default(), data),
                               path, "writing dataset \(name)")
     }
 
-    /// Creates a chunked, Fletcher32-checksummed dataset: chunks of whole rows, about 1 MiB.
-    func createDataset(_ name: String, shape: [Int], type: hid_t, elementBytes: Int) throws -> (dataset: H5Handle, chunkRows: Int) {
+    /// Creates a chunked, Fletcher32-checksummed dataset: chunks of whole rows, about
+    /// `chunkBytes` (1 MiB by default).
+    func createDataset(_ name: String, shape: [Int], type: hid_t, elementBytes: Int, chunkBytes: Int = 1 << 20) throws
+        -> (dataset: H5Handle, chunkRows: Int) {
         let count = shape.reduce(1, *)
         precondition(count > 0, "empty dataset \(name)")
         let dims = shape.map { hsize_t($0) }
@@ -123,7 +131,7 @@ public final class HDF5File {
         let plist = H5Handle(try HDF5Library.check(H5Pcreate(sb_h5p_dataset_create()), path, "dataset properties for \(name)"), close: H5Pclose)
         let rowElements = dims.dropFirst().reduce(1, *)
         var chunk = dims
-        chunk[0] = Self.chunkRows(rows: dims[0], rowElements: rowElements, elementBytes: elementBytes)
+        chunk[0] = Self.chunkRows(rows: dims[0], rowElements: rowElements, elementBytes: elementBytes, chunkBytes: chunkBytes)
         try HDF5Library.check(H5Pset_chunk(plist.id, Int32(chunk.count), chunk), path, "chunking \(name)")
         try HDF5Library.check(H5Pset_fletcher32(plist.id), path, "checksumming \(name)")
         let links = try intermediateGroups()
@@ -133,9 +141,9 @@ public final class HDF5File {
         return (dataset, Int(chunk[0]))
     }
 
-    /// Rows per chunk: about 1 MiB of whole rows, at least one row, at most all of them.
-    static func chunkRows(rows: hsize_t, rowElements: hsize_t, elementBytes: Int) -> hsize_t {
-        max(1, min(rows, hsize_t(1 << 20 / elementBytes) / max(rowElements, 1)))
+    /// Rows per chunk: about `chunkBytes` of whole rows, at least one row, at most all of them.
+    static func chunkRows(rows: hsize_t, rowElements: hsize_t, elementBytes: Int, chunkBytes: Int) -> hsize_t {
+        max(1, min(rows, hsize_t(chunkBytes / elementBytes) / max(rowElements, 1)))
     }
 
     /// Link-creation properties that make missing groups on the way.
@@ -145,8 +153,18 @@ public final class HDF5File {
         return links
     }
 
-    func openDataset(_ name: String) throws -> H5Handle {
-        H5Handle(try HDF5Library.check(H5Dopen2(handle.id, name, sb_h5p_default()), path, "opening dataset \(name)"), close: H5Dclose)
+    /// Opens dataset `name`; `cacheBytes` sizes its chunk cache (HDF5's default is 1 MiB).
+    func openDataset(_ name: String, cacheBytes: Int? = nil) throws -> H5Handle {
+        var access = sb_h5p_default()
+        var properties: H5Handle?
+        if let cacheBytes {
+            let p = H5Handle(try HDF5Library.check(H5Pcreate(sb_h5p_dataset_access()), path, "dataset access properties"), close: H5Pclose)
+            try HDF5Library.check(H5Pset_chunk_cache(p.id, 12_421, cacheBytes, 0.75), path, "sizing the chunk cache of \(name)")
+            access = p.id
+            properties = p
+        }
+        defer { withExtendedLifetime(properties) {} }
+        return H5Handle(try HDF5Library.check(H5Dopen2(handle.id, name, access), path, "opening dataset \(name)"), close: H5Dclose)
     }
 
     /// The shape of dataset `name` (following links), without reading its data.

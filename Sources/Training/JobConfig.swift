@@ -12,18 +12,33 @@ public struct JobConfig: Sendable {
     }
 
     public struct Data: Sendable {
+        public enum Format: Sendable {
+            /// IDX image and label files (gzip or plain), held in memory.
+            case idx(trainImages: String, trainLabels: String, testImages: String, testLabels: String)
+            /// One HDF5 file per split with datasets `x` and `y` (`HDF5Samples`), read a batch
+            /// at a time.
+            case hdf5(train: String, test: String, x: String, y: String)
+        }
         public var dir: String
-        public var trainImages: String, trainLabels: String
-        public var testImages: String, testLabels: String
+        public var format: Format
         public var classes: Int
         public func path(_ file: String) -> String { file.hasPrefix("/") ? file : dir + "/" + file }
 
-        /// Reads the training and test splits and checks they have the same features.
+        /// Opens the training and test splits and checks they have the same features.
         public func load() throws -> (train: Dataset, test: Dataset) {
-            let train = try Dataset.idx(images: path(trainImages), labels: path(trainLabels), classes: classes)
-            let test = try Dataset.idx(images: path(testImages), labels: path(testLabels), classes: classes)
+            let train: Dataset, test: Dataset, testName: String
+            switch format {
+            case let .idx(trainImages, trainLabels, testImages, testLabels):
+                train = try Dataset.idx(images: path(trainImages), labels: path(trainLabels), classes: classes)
+                test = try Dataset.idx(images: path(testImages), labels: path(testLabels), classes: classes)
+                testName = path(testImages)
+            case let .hdf5(trainFile, testFile, x, y):
+                train = try Dataset(hdf5: path(trainFile), x: x, y: y, classes: classes)
+                test = try Dataset(hdf5: path(testFile), x: x, y: y, classes: classes)
+                testName = path(testFile)
+            }
             guard test.width == train.width else {
-                throw DataError(path(testImages), "has \(test.width) features per sample, the training images \(train.width)")
+                throw DataError(testName, "has \(test.width) features per sample, the training data \(train.width)")
             }
             return (train, test)
         }
@@ -151,13 +166,18 @@ public struct JobConfig: Sendable {
             bucketBytes: 1024 * (try r.int("parallel", "bucket_kib", Parallel.defaultBucketKiB, min: 1, max: 1 << 20)),
             watchdogSeconds: try r.double("parallel", "watchdog_seconds", 300, above: 0))
 
-        let data = Data(
-            dir: try r.string("data", "dir", "/usr/share/datasets/fashion-mnist"),
-            trainImages: try r.string("data", "train_images", "train-images-idx3-ubyte.gz"),
-            trainLabels: try r.string("data", "train_labels", "train-labels-idx1-ubyte.gz"),
-            testImages: try r.string("data", "test_images", "t10k-images-idx3-ubyte.gz"),
-            testLabels: try r.string("data", "test_labels", "t10k-labels-idx1-ubyte.gz"),
-            classes: try r.int("data", "classes", 10, min: 2, max: 65536))
+        let dataDir = try r.string("data", "dir", "/usr/share/datasets/fashion-mnist")
+        let format: Data.Format
+        if try r.string("data", "format", "idx", oneOf: ["idx", "hdf5"]) == "hdf5" {
+            format = .hdf5(train: try r.string("data", "train_file", "train.h5"), test: try r.string("data", "test_file", "test.h5"),
+                           x: try r.string("data", "x_name", "x"), y: try r.string("data", "y_name", "y"))
+        } else {
+            format = .idx(trainImages: try r.string("data", "train_images", "train-images-idx3-ubyte.gz"),
+                          trainLabels: try r.string("data", "train_labels", "train-labels-idx1-ubyte.gz"),
+                          testImages: try r.string("data", "test_images", "t10k-images-idx3-ubyte.gz"),
+                          testLabels: try r.string("data", "test_labels", "t10k-labels-idx1-ubyte.gz"))
+        }
+        let data = Data(dir: dataDir, format: format, classes: try r.int("data", "classes", 10, min: 2, max: 65536))
 
         let kind = try r.string("model", "kind", "residual", oneOf: ["residual", "stack", "moe"])
         let model: Architecture

@@ -186,10 +186,10 @@ public final class Trainer {
         let globalRows = positions.count
         let mine = GlobalSampleOrder.part(rows: globalRows, rank: comm.rank, ranks: comm.size)
         let rows = mine.count
-        permutation.withUnsafeBufferPointer { p in
-            labels.withUnsafeMutableBufferPointer { y in
+        try permutation.withUnsafeBufferPointer { p in
+            try labels.withUnsafeMutableBufferPointer { y in
                 let slice = UnsafeBufferPointer(rebasing: p[(positions.lowerBound + mine.lowerBound)..<(positions.lowerBound + mine.upperBound)])
-                trainSet.gather(slice, into: x.data, labels: y.baseAddress!)
+                try trainSet.gather(slice, into: x.data, labels: y.baseAddress!)
             }
         }
         comm.watchdog.step = step
@@ -254,9 +254,9 @@ public final class Trainer {
             for _ in 0..<((largest + maxRows - 1) / maxRows) {
                 let rows = min(maxRows, mine.count - done)
                 for i in 0..<rows { indices[i] = Int32(start + mine.lowerBound + done + i) }
-                indices.withUnsafeBufferPointer { idx in
-                    labels.withUnsafeMutableBufferPointer { y in
-                        data.gather(UnsafeBufferPointer(rebasing: idx[0..<rows]), into: x.data, labels: y.baseAddress!)
+                try indices.withUnsafeBufferPointer { idx in
+                    try labels.withUnsafeMutableBufferPointer { y in
+                        try data.gather(UnsafeBufferPointer(rebasing: idx[0..<rows]), into: x.data, labels: y.baseAddress!)
                     }
                 }
                 let logits = model.forward(x.data, rows: rows, context: ForwardContext(training: false))

@@ -93,7 +93,7 @@ final class CLITests: XCTestCase {
         Fixtures.write(Fixtures.idx([128], [UInt8](repeating: 1, count: 128)), to: "\(dir)/test-labels")
         Fixtures.write(Fixtures.idx([128, 4, 4], [UInt8](repeating: 1, count: 128 * 16)), to: "\(dir)/test-images")
         try assertFails(["train", job], code: 1,
-                        message: "\(dir)/test-images: has 16 features per sample, the training images 64")
+                        message: "\(dir)/test-images: has 16 features per sample, the training data 64")
     }
 
     func testTrainWritesARunFolderAndRunsAreReproducible() throws {
@@ -110,6 +110,7 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(config.contains("batch_size = 48"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(run1)/summary.json"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(run1)/model.h5"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(run1)/step-000022/checkpoint.h5"), "a checkpoint at the end")
 
         // Not a terminal: plain progress lines every log_every steps.
         XCTAssertTrue(first.out.contains("epoch 1/2 step 5/22 loss "), first.out)
@@ -120,16 +121,16 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(second.code, 0, second.err)
         XCTAssertTrue(second.out.contains("run folder: \(dir)/runs/toy-2"), second.out)
         let a = try metrics("\(run1)/metrics.jsonl"), b = try metrics("\(dir)/runs/toy-2/metrics.jsonl")
-        XCTAssertEqual(a.count, 5 + 2, "one line per logged step (5, 10, 15, 20, 22) and per evaluation")
+        XCTAssertEqual(a.count, 5 + 2 + 1, "one line per logged step (5, 10, 15, 20, 22), per evaluation, and the checkpoint")
         XCTAssertEqual(a, b)
         XCTAssertEqual(a.filter { $0["kind"] as? String == "eval" }.count, 2)
     }
 
-    /// metrics.jsonl lines as dictionaries, without the fields that measure time.
+    /// metrics.jsonl lines as dictionaries, without the fields that measure time or name the run folder.
     func metrics(_ path: String) throws -> [NSDictionary] {
         try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").map {
             let d = try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
-            return d.filter { !["samples_per_s", "time_s"].contains($0.key) } as NSDictionary
+            return d.filter { !["samples_per_s", "time_s", "seconds", "path"].contains($0.key) } as NSDictionary
         }
     }
 }
