@@ -285,4 +285,18 @@ final class CheckpointTests: ToyDataTestCase {
             XCTAssertTrue(line.contains(piece), "'\(piece)' in: \(r.output)")
         }
     }
+
+    /// `every_minutes`: rank 0's clock asks, and both ranks save after the same step.
+    func testCheckpointsByTime() throws {
+        let (path, _) = try job(epochs: 10, checkpoint: "every_minutes = 0.0002\nkeep_last = 0\nat_end = false")
+        let r = try mpirun(ranks: 2, name: "timed", job: path)
+        XCTAssertEqual(r.code, 0, r.output)
+        let saved = CheckpointFolder.list(in: "\(dir)/runs/timed")
+        XCTAssertGreaterThanOrEqual(saved.count, 2, "a save every 12 ms over a run of 110 steps: \(r.output)")
+        XCTAssertLessThan(saved.count, 110)
+        for (_, checkpoint) in saved {
+            let m = try manifest(checkpoint)
+            XCTAssertEqual(m.files, ["rank-00000.h5", "rank-00001.h5"], "both ranks wrote their shard")
+        }
+    }
 }
