@@ -142,11 +142,24 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         let manifest: CheckpointManifest
         do { manifest = try decoder.decode(CheckpointManifest.self, from: Data(bytes)) } catch {
-            throw CheckpointError(source, "the manifest is not valid JSON of the expected form (\(error))")
+            throw CheckpointError(source, "the manifest is not valid JSON of the expected form (\(Self.describe(error)))")
         }
         let problems = manifest.problems()
         guard problems.isEmpty else { throw CheckpointError(source, problems.joined(separator: "; ")) }
         return manifest
+    }
+
+    /// A decoding error in a line: what was wrong and where.
+    static func describe(_ error: any Error) -> String {
+        func at(_ path: [any CodingKey]) -> String {
+            path.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().drop { $0 == "." }.description
+        }
+        switch error as? DecodingError {
+        case .keyNotFound(let key, let c): return "no key \"\(key.stringValue)\" at \(at(c.codingPath).isEmpty ? "the top" : at(c.codingPath))"
+        case .typeMismatch(_, let c), .valueNotFound(_, let c), .dataCorrupted(let c):
+            return "\(c.debugDescription)\(c.codingPath.isEmpty ? "" : " at " + at(c.codingPath))"
+        default: return "\(error)"
+        }
     }
 
     /// Everything implausible or inconsistent in the manifest itself.

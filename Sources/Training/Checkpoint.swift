@@ -155,66 +155,27 @@ extension Trainer {
         throw CheckpointError(folder, reason)
     }
 
-    public static func folder(of path: String) -> String {
-        path.hasSuffix(".h5") ? (path as NSString).deletingLastPathComponent : path
-    }
+    public static func folder(of path: String) -> String { CheckpointReader.folder(of: path) }
 
     /// This rank's part of a load: the manifest, checked against the model as a whole; then
     /// the tensors this rank needs, every chunk checked against its Fletcher32 sum and each
     /// tensor against the manifest's checksum.
     func readCheckpoint(_ path: String) throws -> CheckpointManifest {
-        let folder = Self.folder(of: path)
-        let mainPath = "\(folder)/\(CheckpointManifest.mainFile)"
-        guard FileManager.default.fileExists(atPath: mainPath) else {
-            throw CheckpointError(folder, "no \(CheckpointManifest.mainFile): not a committed checkpoint (the manifest is written last)")
-        }
-        let manifest: CheckpointManifest
-        do {
-            let main = try HDF5File.open(mainPath)
-            manifest = try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: CheckpointManifest.maxBytes),
-                                                     source: mainPath)
-        } catch let e as HDF5Error {
-            throw CheckpointError(mainPath, "cannot read the manifest (\(e.action) failed\(e.details.isEmpty ? "" : ": " + e.details))")
-        }
-        let byName = Dictionary(manifest.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        try checkFits(manifest, byName, source: mainPath)
-
+        let reader = try CheckpointReader(path)
+        let manifest = reader.manifest
+        try checkFits(manifest, reader.tensors, source: reader.mainPath)
         let plan = CheckpointPlan(model: model, placement: placement, ranks: comm.size, expertsLocal: expertsLocal,
                                   stateCount: optimizer.state.count)
-        var shards: [String: HDF5File] = [:]
-        func read(_ name: String, into data: UnsafeMutablePointer<Float>) throws {
-            let t = byName[name]!
-            let filePath = "\(folder)/\(t.file)"
-            do {
-                if shards[t.file] == nil {
-                    guard FileManager.default.fileExists(atPath: filePath) else {
-                        throw CheckpointError(filePath, "missing: it holds tensor \(name)")
-                    }
-                    let file = try HDF5File.open(filePath)
-                    let id = try file.attribute("checkpoint_id")
-                    guard id == manifest.id else {
-                        throw CheckpointError(filePath, "belongs to save \(id), the manifest to \(manifest.id) (tensor \(name))")
-                    }
-                    shards[t.file] = file
-                }
-                let sum = String(format: "%08x", try shards[t.file]!.readTensor(name, shape: t.shape, into: data))
-                guard sum == t.checksum else {
-                    throw CheckpointError(filePath, "tensor \(name): checksum \(sum), the manifest says \(t.checksum)")
-                }
-            } catch let e as HDF5Error {
-                throw CheckpointError(filePath, "tensor \(name): \(e.action) failed\(e.details.isEmpty ? "" : " (\(e.details))")")
-            }
-        }
         let parameters = model.store.parameters
         for (i, p) in parameters.enumerated() {
             // Experts that live on their runners are read by their runners only.
             if let e = plan.expert[i], let placement, !placement.experts(on: comm.rank).contains(e) { continue }
-            try read(CheckpointPlan.parameterPath(p.name), into: p.value)
+            try reader.read(CheckpointPlan.parameterPath(p.name), into: p.value)
         }
         let mine = updateRanges
         for state in optimizer.state {
             for p in parameters where mine.contains(where: { $0.overlaps(p.offset..<(p.offset + p.count)) }) {
-                try read(CheckpointPlan.statePath(state.name, p.name), into: state.values.data + p.offset)
+                try reader.read(CheckpointPlan.statePath(state.name, p.name), into: state.values.data + p.offset)
             }
         }
         step = manifest.position.step

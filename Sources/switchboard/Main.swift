@@ -10,7 +10,7 @@ struct SwitchboardCommand: ParsableCommand {
         commandName: "switchboard",
         abstract: "Train MLP and mixture-of-experts models on CPUs, alone or under mpirun.",
         version: Switchboard.version,
-        subcommands: [TrainCommand.self, BenchCommand.self, ConvertCommand.self])
+        subcommands: [TrainCommand.self, InspectCommand.self, BenchCommand.self, ConvertCommand.self])
 
     /// Runs the command; every error becomes one line on stderr and an exit code:
     /// 2 for usage and config errors, 1 for data and runtime failures. No stack traces.
@@ -23,6 +23,8 @@ struct SwitchboardCommand: ParsableCommand {
             code = 0
         } catch let stop as StoppedBySignal {
             code = stop.exitCode
+        } catch let failure as InspectFailure {
+            code = failure.message.isEmpty ? failure.code : report(failure.message, failure.code)
         } catch let e as ConfigError {
             code = report(e.description, 2)
         } catch where error is DataError || error is DiskError || error is MPIError || error is HDF5Error || error is InjectedFault

@@ -1,0 +1,96 @@
+import ArgumentParser
+import Cluster
+import Foundation
+import Storage
+import Training
+
+/// `inspect verify`: is the checkpoint whole, and how would it load on N ranks.
+struct InspectVerify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify", abstract: "Check every file and checksum of a checkpoint (exit 0 healthy, 1 not).")
+
+    @Argument(help: "The checkpoint.") var checkpoint: String
+    @Option(help: "Also say how the checkpoint would load on this many ranks.") var ranks: Int?
+    @OptionGroup var options: InspectOptions
+
+    func run() throws {
+        if let ranks, ranks < 1 { throw ValidationError("--ranks must be at least 1") }
+        var problems: [String] = []
+        var reader: CheckpointReader?
+        do { reader = try CheckpointReader(checkpoint) } catch let e as CheckpointError {
+            problems.append(e.description)
+        }
+        var checked = 0
+        var plan: [String] = []
+        if let reader {
+            let m = reader.manifest
+            for file in m.files where !FileManager.default.fileExists(atPath: "\(reader.folder)/\(file)") {
+                problems.append("\(reader.folder)/\(file): missing (listed in the manifest)")
+            }
+            // Every parameter has its optimizer state, and the other way round.
+            let states = Set(m.tensors.compactMap { t -> String? in
+                let parts = t.name.split(separator: "/")
+                return parts.count >= 3 && parts[0] == "optimizer" ? String(parts[1]) : nil
+            })
+            let parameters = Set(m.tensors.filter { $0.name.hasPrefix("params/") }.map { String($0.name.dropFirst(7)) })
+            for s in states.sorted() {
+                for p in parameters.sorted() where reader.tensors["optimizer/\(s)/\(p)"] == nil {
+                    problems.append("manifest: optimizer state \(s) of \(p) is missing")
+                }
+            }
+            for t in m.tensors where t.name.hasPrefix("optimizer/") {
+                let p = t.name.split(separator: "/").dropFirst(2).joined(separator: "/")
+                if !parameters.contains(p) { problems.append("manifest: \(t.name) has no parameter \(p)") }
+                else if reader.tensors["params/\(p)"]!.shape != t.shape { problems.append("manifest: \(t.name) has shape \(t.shape), its parameter \(reader.tensors["params/\(p)"]!.shape)") }
+            }
+            // Every tensor read through its chunk checksums and checked against the manifest.
+            for t in m.tensors {
+                var values = [Float](repeating: 0, count: t.count)
+                do {
+                    try values.withUnsafeMutableBufferPointer { try reader.read(t.name, into: $0.baseAddress!) }
+                    checked += 1
+                } catch let e as CheckpointError { problems.append(e.description) }
+            }
+            if let ranks { plan = Self.loadPlan(m, ranks: ranks) }
+        }
+        let healthy = problems.isEmpty
+        if options.json {
+            printJSON(.object([("healthy", .bool(healthy)), ("tensors_verified", .int(checked)),
+                               ("problems", .array(problems.map { .string($0) })), ("load_plan", .array(plan.map { .string($0) }))]))
+        } else {
+            for p in problems { print("problem: \(p)") }
+            if let reader {
+                print(healthy ? "healthy: \(checked) tensors in \(reader.manifest.files.count) file\(reader.manifest.files.count == 1 ? "" : "s"), "
+                        + "every chunk's Fletcher32 and every tensor's checksum verified; names unique; shapes agree"
+                      : "not healthy: \(problems.count) problem\(problems.count == 1 ? "" : "s"); \(checked) of \(reader.manifest.tensors.count) tensors verified")
+            } else {
+                print("not healthy: the checkpoint cannot be opened")
+            }
+            for line in plan { print(line) }
+        }
+        if !healthy { throw InspectFailure(message: "", code: 1) }
+    }
+
+    /// How the checkpoint maps onto `ranks` ranks.
+    static func loadPlan(_ m: CheckpointManifest, ranks: Int) -> [String] {
+        var lines = ["on \(ranks) rank\(ranks == 1 ? "" : "s"): loads (saved on \(m.worldSize)); "
+                     + (ranks == m.worldSize ? "same world size, continues bitwise at the same thread count"
+                        : "parameters and optimizer state placed by global name, data position exact")]
+        guard let saved = m.placement else {
+            lines.append("  dense model: every rank reads every parameter and the optimizer state of its shard")
+            return lines
+        }
+        let placement = ExpertPlacement(experts: saved.experts, ranks: ranks)
+        for r in 0..<ranks {
+            let mine = placement.experts(on: r)
+            let from = Set((0..<saved.expertsByRank.count).filter { q in
+                let s = saved.expertsByRank[q]
+                return s[0] < mine.upperBound && mine.lowerBound < s[1]
+            }.map { m.files.contains(String(format: "rank-%05d.h5", $0)) ? String(format: "rank-%05d.h5", $0) : "rank \($0)" }).sorted()
+            let list = mine.count == 1 ? "expert \(mine.lowerBound)" : "experts \(mine.lowerBound)–\(mine.upperBound - 1)"
+            let replica = saved.experts < ranks ? " (replica \(r - placement.runners(of: mine.lowerBound).lowerBound + 1) of \(placement.runners(of: mine.lowerBound).count))" : ""
+            lines.append("  rank \(r): \(list)\(replica) from \(from.joined(separator: ", "))")
+        }
+        return lines
+    }
+}
