@@ -47,12 +47,15 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "W5: the folder to write in (made, and emptied of what the bench writes, after).")
     var folder = "checkpoints/bench-w5"
 
+    @Flag(help: "W5: keep the last checkpoint written.")
+    var keep = false
+
     func run() throws {
         if workload == "kernels" { return KernelBench.run() }
         guard let w = Workload(rawValue: workload.uppercased()) else {
             throw ValidationError("unknown workload \(workload); available: \(Workload.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        if w == .w5 { return try CheckpointBench(directory: folder, repeats: repeats).run() }
+        if w == .w5 { return try CheckpointBench(directory: folder, repeats: repeats, keep: keep).run() }
         let threadCounts = try positiveIntegers(threads, "--threads")
         guard repeats >= 1, steps >= 1, warmup >= 0, epochs >= 0 else { throw ValidationError("--repeats and --steps must be at least 1, --warmup and --epochs at least 0") }
         if w == .w3 || w == .w4 {

@@ -13,6 +13,8 @@ import Training
 struct CheckpointBench {
     let directory: String
     let repeats: Int
+    /// Leave the last checkpoint in place (for `inspect` on a 100 M-parameter checkpoint).
+    let keep: Bool
 
     func run() throws {
         let comm = try MPIWorld.start()
@@ -53,7 +55,7 @@ struct CheckpointBench {
             print("  repetition \(r + 1): write+fsync \(gbs(write.last!)), read \(gbs(read.last!)), "
                   + "save \(gbs(save.last!)), load \(gbs(load.last!))")
         }
-        try DurableFiles.remove(run)
+        if keep { print("kept the checkpoint: \(run)/\(CheckpointFolder.name(step: 0))") } else { try DurableFiles.remove(run) }
         let w = median(write), rd = median(read), s = median(save), l = median(load)
         print("")
         print("save: \(gbs(s)) against plain write + fsync \(gbs(w)) → fraction \(fixed(s / w, 3))")
