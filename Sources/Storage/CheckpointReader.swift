@@ -50,6 +50,20 @@ public final class CheckpointReader {
         }
     }
 
+    /// Opens shard `file` and checks it belongs to this save, naming the tensors it holds
+    /// when it does not.
+    public func checkShard(_ file: String) throws {
+        let held = manifest.tensors.filter { $0.file == file }
+        do {
+            _ = try shard(file, for: held.first?.name ?? "(none)")
+        } catch let e as CheckpointError {
+            throw CheckpointError(e.path, e.problem + (held.count > 1 ? " and \(held.count - 1) more" : ""))
+        } catch let e as HDF5Error {
+            let names = held.first.map { " (tensor \($0.name)" + (held.count > 1 ? " and \(held.count - 1) more)" : ")") } ?? ""
+            throw CheckpointError(e.path, "\(e.action) failed\(e.details.isEmpty ? "" : " (\(e.details))"); it holds \(held.count) tensors\(names)")
+        }
+    }
+
     /// The shard file `file`, opened once and checked to belong to this save.
     func shard(_ file: String, for name: String) throws -> HDF5File {
         if let open = shards[file] { return open }

@@ -24,8 +24,14 @@ struct InspectVerify: ParsableCommand {
         var plan: [String] = []
         if let reader {
             let m = reader.manifest
-            for file in m.files where !FileManager.default.fileExists(atPath: "\(reader.folder)/\(file)") {
-                problems.append("\(reader.folder)/\(file): missing (listed in the manifest)")
+            // Each shard once: present, opens, and belongs to this save.
+            var broken = Set<String>()
+            for file in m.files {
+                do { try reader.checkShard(file) } catch let e as CheckpointError {
+                    broken.insert(file)
+                    problems.append(FileManager.default.fileExists(atPath: "\(reader.folder)/\(file)") ? e.description
+                                    : "\(reader.folder)/\(file): missing (listed in the manifest)")
+                }
             }
             // Every parameter has its optimizer state, and the other way round.
             let states = Set(m.tensors.compactMap { t -> String? in
@@ -44,7 +50,7 @@ struct InspectVerify: ParsableCommand {
                 else if reader.tensors["params/\(p)"]!.shape != t.shape { problems.append("manifest: \(t.name) has shape \(t.shape), its parameter \(reader.tensors["params/\(p)"]!.shape)") }
             }
             // Every tensor read through its chunk checksums and checked against the manifest.
-            for t in m.tensors {
+            for t in m.tensors where !broken.contains(t.file) {
                 var values = [Float](repeating: 0, count: t.count)
                 do {
                     try values.withUnsafeMutableBufferPointer { try reader.read(t.name, into: $0.baseAddress!) }
