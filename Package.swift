@@ -25,6 +25,8 @@ let package = Package(
         .target(name: "CSignals"),
         // HDF5's Fletcher32 checksum, vectorized (AVX2 when the CPU has it), for checkpoints.
         .target(name: "CChecksum", cSettings: [.unsafeFlags(["-O3"])]),
+        // Elementwise kernels that Swift vectorizes poorly (vector square root): AdamW.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
 
         .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: fast),
         .target(name: "Cluster", dependencies: ["CMPI", "Kernels"], swiftSettings: fast),
@@ -32,7 +34,7 @@ let package = Package(
         .target(name: "Storage", dependencies: ["CHDF5", "CZlib", "CChecksum", "Kernels"], swiftSettings: fast),
         .target(
             name: "Training",
-            dependencies: ["Kernels", "Cluster", "Layers", "Storage", "CSignals", "TOMLKit"],
+            dependencies: ["Kernels", "Cluster", "Layers", "Storage", "CSignals", "CKernels", "TOMLKit"],
             swiftSettings: fast),
         .executableTarget(
             name: "switchboard",

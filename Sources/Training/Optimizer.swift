@@ -1,3 +1,4 @@
+import CKernels
 import Kernels
 import Layers
 import Foundation
@@ -76,26 +77,9 @@ public final class AdamW: Optimizer, RangeTask {
     func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
                 _ m: UnsafeMutablePointer<Float>, _ v: UnsafeMutablePointer<Float>, _ n: Int,
                 shrink: Float, stepSize: Float, rootBC2: Float, gradScale: Float) {
-        let b1 = beta1, b2 = beta2, c1 = 1 - beta1, c2 = 1 - beta2, e = eps
-        var i = 0
-        while i + 8 <= n {
-            let gv = load8(g + i) * gradScale
-            let mv = b1 * load8(m + i) + c1 * gv
-            let vv = b2 * load8(v + i) + c2 * gv * gv
-            store8(mv, m + i)
-            store8(vv, v + i)
-            store8(load8(p + i) * shrink - stepSize * mv / (vv.squareRoot() / rootBC2 + e), p + i)
-            store8(Float8(), g + i)
-            i += 8
-        }
-        while i < n {
-            let gv = g[i] * gradScale
-            m[i] = b1 * m[i] + c1 * gv
-            v[i] = b2 * v[i] + c2 * gv * gv
-            p[i] = p[i] * shrink - stepSize * m[i] / (v[i].squareRoot() / rootBC2 + e)
-            g[i] = 0
-            i += 1
-        }
+        var constants = sb_adamw_step(beta1: beta1, beta2: beta2, eps: eps, shrink: shrink, step_size: stepSize,
+                                      root_bc2: rootBC2, grad_scale: gradScale)
+        sb_adamw(p, g, m, v, n, &constants)
     }
 }
 
