@@ -50,11 +50,34 @@ final class CheckpointTests: ToyDataTestCase {
         return (r?.output ?? "").split(separator: "\n").compactMap { Int32($0) }
     }
 
+    /// The step of the newest progress line (`… step N/total …`) in `text`.
+    static func lastLoggedStep(_ text: String) -> Int? {
+        var before = text.endIndex
+        while let r = text.range(of: " step ", options: .backwards, range: text.startIndex..<before) {
+            let digits = text[r.upperBound...].prefix { $0.isNumber }
+            if !digits.isEmpty && text[r.upperBound...].dropFirst(digits.count).hasPrefix("/") { return Int(digits) }
+            before = r.lowerBound
+        }
+        return nil
+    }
+
+    /// Polls `log` until its newest progress line reaches `step`, or `process` ends; true if reached.
+    func waitForStep(_ step: Int, in log: String, of process: Process, deadline: Double = 30) -> Bool {
+        let end = Date().addingTimeInterval(deadline)
+        while process.isRunning && Date() < end {
+            if let s = Self.lastLoggedStep((try? String(contentsOfFile: log, encoding: .utf8)) ?? ""), s >= step { return true }
+            Thread.sleep(forTimeInterval: 0.002)
+        }
+        return false
+    }
+
     /// 2 ranks, a checkpoint every 2 steps; kill -9 a random rank, or all of them, at random
     /// moments (some land inside saves), and twice inside a save on purpose (after a rank
     /// has written its shard, before the commit: on rank 1, then on the coordinator). Each
     /// time `--resume auto` continues, and the end is bitwise the run never killed:
     /// parameters and AdamW moments (every tensor's checksum), and `model.h5`.
+    /// The random moments are drawn in steps, not seconds: a few steps after the attempt's
+    /// first progress line plus up to 30 ms, so they land mid-run however fast the disk is.
     func testKilledRunsResumeToTheSameBits() throws {
         let (path, config) = try job(epochs: 80, checkpoint: "every_steps = 2\nkeep_last = 2")
         let reference = try mpirun(ranks: 2, name: "whole", job: path)
@@ -70,7 +93,7 @@ final class CheckpointTests: ToyDataTestCase {
             guard let s = rest.range(of: ": step ") else { return nil }
             return Int(rest[s.upperBound...].prefix { $0.isNumber })
         }
-        // Two deaths inside saves, then random kills until five have landed, then to the end.
+        // Two deaths inside saves, then random kills until seven have landed, then to the end.
         let inSave = ["rank=1,step=40,kind=kill-in-save", "rank=0,step=80,kind=kill-in-save"]
         for attempt in 0..<40 {
             let fault = attempt < inSave.count ? inSave[attempt] : nil
@@ -78,10 +101,14 @@ final class CheckpointTests: ToyDataTestCase {
                               environment: fault.map { ["SWITCHBOARD_FAULT": $0] } ?? [:])
             var killed = false
             if fault == nil && kills < 7 {
-                // Start-up takes ~0.5 s; the whole run ~1.5–3 s.
-                Thread.sleep(forTimeInterval: Double.random(in: 0.5...1.3, using: &rng))
+                // Progress lines come every 5 steps; the run has 880.
+                if waitForStep(1, in: log, of: p) {
+                    let first = Self.lastLoggedStep(try String(contentsOfFile: log, encoding: .utf8)) ?? 0
+                    _ = waitForStep(first + Int.random(in: 0...30, using: &rng), in: log, of: p)
+                    Thread.sleep(forTimeInterval: Double.random(in: 0...0.03, using: &rng))
+                }
                 let pids = ranks(of: p)
-                if p.isRunning && !pids.isEmpty {
+                if p.isRunning && pids.count == 2 {
                     let victims = Bool.random(using: &rng) ? pids : [pids.randomElement(using: &rng)!]
                     for v in victims { kill(v, SIGKILL) }
                     killed = true
@@ -234,34 +261,46 @@ final class CheckpointTests: ToyDataTestCase {
 
     /// SIGTERM to one rank (as Slurm signals every task, and mpirun forwards): the step
     /// finishes, every rank joins the save, the program exits 143; `--resume auto` then ends
-    /// bitwise where the uninterrupted run ends.
+    /// bitwise where the uninterrupted run ends. So that the signal lands mid-run however fast
+    /// the run is, rank 1 stops itself (SIGSTOP) before step 50; the test sends SIGTERM to the
+    /// stopped process and then SIGCONT, which delivers it there.
     func testSIGTERMSavesAndTheRunContinuesExactly() throws {
         let (path, config) = try job(epochs: 60, checkpoint: "every_minutes = 0\nat_end = true")
         let whole = try mpirun(ranks: 2, name: "whole", job: path)
         XCTAssertEqual(whole.code, 0, whole.output)
         let log = "\(dir)/term.log"
-        let p = try start(ranks: 2, name: "term", job: path, extra: [], log: log)
-        // Once training is under way (a handler is installed at start-up; before it, SIGTERM kills).
-        for _ in 0..<200 where !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("step 50/") {
-            Thread.sleep(forTimeInterval: 0.05)
+        let p = try start(ranks: 2, name: "term", job: path, extra: [], log: log,
+                          environment: ["SWITCHBOARD_FAULT": "rank=1,step=50,kind=stop"])
+        func isStopped(_ pid: Int32) -> Bool {
+            // /proc/PID/stat: "pid (comm) S …"; the state follows the last ')'.
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.range(of: ")", options: .backwards) else { return false }
+            return stat[close.upperBound...].trimmingCharacters(in: .whitespaces).hasPrefix("T")
         }
-        let pids = ranks(of: p)
-        XCTAssertEqual(pids.count, 2)
-        kill(pids.last!, SIGTERM)
+        var pids: [Int32] = []
+        for _ in 0..<1500 where p.isRunning {
+            pids = ranks(of: p).sorted()
+            if pids.count == 2 && pids.contains(where: isStopped) { break }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        guard let target = pids.first(where: isStopped) else {
+            p.terminate()
+            return XCTFail("rank 1 never stopped before step 50: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        }
+        kill(target, SIGTERM)
+        kill(target, SIGCONT)
         p.waitUntilExit()
         let text = try String(contentsOfFile: log, encoding: .utf8)
-        XCTAssertTrue(text.contains("stopped by SIGTERM after step "), text)
+        XCTAssertEqual(p.terminationStatus, 143, text)
+        XCTAssertTrue(text.contains("stopped by SIGTERM after step 51"), "the step under way finishes: \(text)")
         XCTAssertTrue(text.contains("continue with --resume auto"), text)
         let saved = CheckpointFolder.list(in: "\(dir)/runs/term")
-        XCTAssertEqual(saved.count, 1, text)
-        let step = saved[0].step
-        XCTAssertGreaterThan(step, 0)
-        XCTAssertLessThan(step, 660, "stopped before the end")
+        XCTAssertEqual(saved.map(\.step), [51], text)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs/term/summary.json"), "the run did not finish")
 
         let r = try mpirun(ranks: 2, name: "term", job: path, extraArguments: ["--resume", "auto"])
         XCTAssertEqual(r.code, 0, r.output)
-        XCTAssertTrue(r.output.contains("resumed from \(saved[0].path): step \(step)"), r.output)
+        XCTAssertTrue(r.output.contains("resumed from \(dir)/runs/term/\(CheckpointFolder.name(step: 51)): step 51"), r.output)
         let final = CheckpointFolder.name(step: 660)
         XCTAssertEqual(try checksums("\(dir)/runs/whole/\(final)"), try checksums("\(dir)/runs/term/\(final)"))
         let a = try loadModel("\(dir)/runs/whole/model.h5", config), b = try loadModel("\(dir)/runs/term/model.h5", config)
