@@ -316,9 +316,9 @@ public final class MoE: Layer, RangeTask {
     var inBackward = false
     /// The experts with rows, most rows first; each thread takes the next one from `next`
     /// until none is left. An expert costs its rows plus a fixed part about as large as 35
-    /// rows in W2 (reading its weights); a static split by rows left one thread up to 40%
-    /// longer than the other there, and a dynamic one also absorbs a thread that the machine
-    /// preempts.
+    /// rows in W2 (OpenBLAS packs its weights on every call); a static split by rows left one
+    /// thread up to 40% longer than the other there, and a dynamic one also absorbs a thread
+    /// that the machine preempts.
     var expertOrder: [Int]
     var expertCount = 0
     let next = Atomic<Int>(0)
