@@ -36,7 +36,7 @@ final class CheckpointTests: ToyDataTestCase {
         p.arguments = ["--allow-run-as-root", "--oversubscribe"] + environment.keys.sorted().flatMap { ["-x", $0] }
             + ["-np", String(ranks), binary, "train", job, "--quiet", "--set", "run.name=\"\(name)\""] + extra
         p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let out = FileHandle(forWritingAtPath: log)!
         p.standardOutput = out
         p.standardError = out
