@@ -325,17 +325,24 @@ final class CheckpointTests: ToyDataTestCase {
         }
     }
 
-    /// `every_minutes`: rank 0's clock asks, and both ranks save after the same step.
+    /// `every_minutes`: rank 0's clock asks, and both ranks save after the same step. Without
+    /// depending on how fast the machine runs: an interval of 60 ns has passed by the end of
+    /// every step after the first (so each saves, with both ranks' shards), and one of an hour
+    /// never passes in the run (so none does).
     func testCheckpointsByTime() throws {
-        let (path, _) = try job(epochs: 10, checkpoint: "every_minutes = 0.0002\nkeep_last = 0\nat_end = false")
+        let (path, _) = try job(epochs: 2, checkpoint: "every_minutes = 1e-9\nkeep_last = 0\nat_end = false")
         let r = try mpirun(ranks: 2, name: "timed", job: path)
         XCTAssertEqual(r.code, 0, r.output)
         let saved = CheckpointFolder.list(in: "\(dir)/runs/timed")
-        XCTAssertGreaterThanOrEqual(saved.count, 2, "a save every 12 ms over a run of 110 steps: \(r.output)")
-        XCTAssertLessThan(saved.count, 110)
+        // After every step from the second on (before the first, the clock may not have moved 60 ns).
+        let steps = Set(saved.map(\.step))
+        XCTAssertTrue(steps.isSuperset(of: 2...22) && steps.isSubset(of: 1...22), "a save after every step: \(steps.sorted())\n\(r.output)")
         for (_, checkpoint) in saved {
             let m = try manifest(checkpoint)
             XCTAssertEqual(m.files, ["rank-00000.h5", "rank-00001.h5"], "both ranks wrote their shard")
         }
+        let hourly = try mpirun(ranks: 2, name: "hourly", job: path, settings: ["checkpoint.every_minutes=60.0"])
+        XCTAssertEqual(hourly.code, 0, hourly.output)
+        XCTAssertEqual(CheckpointFolder.list(in: "\(dir)/runs/hourly").count, 0, hourly.output)
     }
 }
