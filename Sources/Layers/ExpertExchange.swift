@@ -6,8 +6,13 @@ import Kernels
 /// all-to-alls of rows in which any segment may be empty), so no routing can hang the job.
 public protocol ExpertExchange: AnyObject {
     var ranks: Int { get }
-    /// The rank that runs expert `expert` on this rank's tokens.
-    func runner(of expert: Int) -> Int
+    var rank: Int { get }
+    /// The rank that holds expert `expert` for rank `q`'s tokens: its owner, or with E < P
+    /// the replica that serves q.
+    func runner(of expert: Int, forTokensOf q: Int) -> Int
+    /// Whether an expert may run away from its owner for a pass (`ExpertBalance`): each
+    /// expert has one owner (E ≥ P) and the job allows it.
+    var movesExperts: Bool { get }
     /// `perRank` integers to every rank, the same from every rank.
     func allToAll(_ send: UnsafePointer<Int32>, _ receive: UnsafeMutablePointer<Int32>, perRank: Int)
     /// `sendCounts[r]` floats from `send + sendOffsets[r]` to rank r; `receiveCounts[q]` floats
@@ -17,11 +22,25 @@ public protocol ExpertExchange: AnyObject {
                   _ receiveOffsets: UnsafePointer<Int32>)
 }
 
+/// Where one expert's parameters lie in the store: weights and biases of an expert are
+/// registered together, so they are one contiguous span of values and one of gradients.
+struct ExpertSpan {
+    let values: UnsafeMutablePointer<Float>
+    let grads: UnsafeMutablePointer<Float>
+    let count: Int
+}
+
 /// The buffers of one MoE layer's exchange, sized when the exchange is attached.
 final class ExchangeBuffers {
     let exchange: any ExpertExchange
     let ranks: Int
+    let rank: Int
     let experts: Int
+    /// [P·E] the rank that runs expert e on rank q's tokens when none is moved.
+    let staticRunner: [Int]
+    /// [P·E] this rank's rows per expert, once for every rank / every rank's rows per expert.
+    let announce: UnsafeMutablePointer<Int32>
+    let counts: UnsafeMutablePointer<Int32>
     /// [P·E]: rows this rank sends to rank r for expert e / rows rank q sends here for e.
     let sendRows: UnsafeMutablePointer<Int32>
     let receiveRows: UnsafeMutablePointer<Int32>
@@ -34,11 +53,28 @@ final class ExchangeBuffers {
     /// [E] rows placed so far per expert while regrouping.
     let filled: UnsafeMutablePointer<Int>
 
-    init(_ exchange: any ExpertExchange, experts e: Int, rows: Int, width d: Int) {
+    /// Moving experts (`exchange.movesExperts`): each expert's parameters, the runner of each
+    /// expert in this pass (`ExpertBalance`), and the plan's scratch.
+    let spans: [ExpertSpan]
+    let runner: UnsafeMutablePointer<Int>
+    var balance: ExpertBalance
+    /// Experts moved in the last pass.
+    private(set) var moved = 0
+    /// Parameters (forward) or gradients (backward) of moved experts: `held` the experts this
+    /// rank owns, `visiting` those it runs for others; float counts and offsets per rank.
+    let held: Tensor, visiting: Tensor
+    let heldCounts: UnsafeMutablePointer<Int32>, heldOffsets: UnsafeMutablePointer<Int32>
+    let visitingCounts: UnsafeMutablePointer<Int32>, visitingOffsets: UnsafeMutablePointer<Int32>
+
+    init(_ exchange: any ExpertExchange, experts e: Int, rows: Int, width d: Int, spans: [ExpertSpan]) {
         self.exchange = exchange
         ranks = exchange.ranks
+        rank = exchange.rank
         experts = e
         let p = ranks
+        staticRunner = (0..<(p * e)).map { exchange.runner(of: $0 % e, forTokensOf: $0 / e) }
+        announce = .allocate(capacity: p * e)
+        counts = .allocate(capacity: p * e)
         sendRows = .allocate(capacity: p * e)
         receiveRows = .allocate(capacity: p * e)
         sendCounts = .allocate(capacity: p)
@@ -47,11 +83,48 @@ final class ExchangeBuffers {
         receiveOffsets = .allocate(capacity: p)
         staging = Tensor(shape: [rows, d])
         filled = .allocate(capacity: e)
+        self.spans = exchange.movesExperts ? spans : []
+        runner = .allocate(capacity: e)
+        balance = ExpertBalance(ranks: p, experts: e)
+        let runners = staticRunner, moving = exchange.movesExperts
+        for i in 0..<e { runner[i] = runners[exchange.rank * e + i] }
+        let heldFloats = moving ? spans.indices.filter { runners[$0] == exchange.rank }.reduce(0) { $0 + spans[$1].count } : 0
+        let visitingFloats = moving ? spans.reduce(0) { $0 + $1.count } - heldFloats : 0
+        held = Tensor(shape: [heldFloats])
+        visiting = Tensor(shape: [visitingFloats])
+        heldCounts = .allocate(capacity: p)
+        heldOffsets = .allocate(capacity: p)
+        visitingCounts = .allocate(capacity: p)
+        visitingOffsets = .allocate(capacity: p)
     }
 
     deinit {
-        for b in [sendRows, receiveRows, sendCounts, sendOffsets, receiveCounts, receiveOffsets] { b.deallocate() }
-        filled.deallocate()
+        for b in [announce, counts, sendRows, receiveRows, sendCounts, sendOffsets, receiveCounts, receiveOffsets,
+                  heldCounts, heldOffsets, visitingCounts, visitingOffsets] { b.deallocate() }
+        for b in [filled, runner] { b.deallocate() }
+    }
+
+    var movesExperts: Bool { !spans.isEmpty }
+
+    /// The owner of expert i (one per expert when experts move).
+    func owner(_ i: Int) -> Int { staticRunner[i] }
+
+    /// From `counts` (every rank's rows per expert): where each expert runs in this pass, and
+    /// the rows this rank sends to and receives from every rank. The runners are contiguous
+    /// blocks in rank order, so the rows for one rank are one run of this rank's rows.
+    func route() {
+        let e = experts
+        if movesExperts {
+            moved = balance.plan(rows: counts, owner: owner, runner: runner)
+        }
+        for q in 0..<ranks {
+            for i in 0..<e {
+                let runsHere = (movesExperts ? runner[i] : staticRunner[q * e + i]) == rank
+                receiveRows[q * e + i] = runsHere ? counts[q * e + i] : 0
+                let target = movesExperts ? runner[i] : staticRunner[rank * e + i]
+                sendRows[q * e + i] = target == q ? counts[rank * e + i] : 0
+            }
+        }
     }
 
     /// Float counts and offsets from the row counts (each rank's segment holds its experts in
@@ -94,6 +167,67 @@ final class ExchangeBuffers {
                 if toExperts { at.update(from: staged, count: n * d) } else { staged.update(from: at, count: n * d) }
                 filled[i] += n
                 source += n
+            }
+        }
+    }
+
+    /// Forward: the owners of moved experts send their parameters to the runners, which put
+    /// them in place in their own store. Every rank makes this call whether or not anything
+    /// moves (then every segment is empty).
+    func sendParameters() {
+        layOut(.held, heldCounts, heldOffsets)
+        layOut(.visiting, visitingCounts, visitingOffsets)
+        forEachMoved(.held, held, heldOffsets) { span, at in at.update(from: span.values, count: span.count) }
+        exchange.allToAll(held.data, heldCounts, heldOffsets, visiting.data, visitingCounts, visitingOffsets)
+        forEachMoved(.visiting, visiting, visitingOffsets) { span, at in span.values.update(from: at, count: span.count) }
+    }
+
+    /// After backward: the runners return the moved experts' weight gradients to their owners
+    /// (zeroing their own copies, which no optimizer touches), and each owner adds them to its
+    /// gradient, which held nothing for that expert: the same bits the owner would have made.
+    func returnGradients() {
+        forEachMoved(.visiting, visiting, visitingOffsets) { span, at in
+            at.update(from: span.grads, count: span.count)
+            span.grads.update(repeating: 0, count: span.count)
+        }
+        exchange.allToAll(visiting.data, visitingCounts, visitingOffsets, held.data, heldCounts, heldOffsets)
+        forEachMoved(.held, held, heldOffsets) { span, at in
+            add(UnsafePointer(span.grads), UnsafePointer(at), into: span.grads, count: span.count)
+        }
+    }
+
+    /// Moved experts this rank owns (their peer is the runner) or runs for another (the peer
+    /// is the owner).
+    enum Side { case held, visiting }
+
+    /// The rank at the other end of moved expert i, or nil when i is not moved on `side`.
+    private func peer(_ i: Int, _ side: Side) -> Int? {
+        let o = owner(i), r = runner[i]
+        guard o != r else { return nil }
+        switch side {
+        case .held: return o == rank ? r : nil
+        case .visiting: return r == rank ? o : nil
+        }
+    }
+
+    /// Float counts and offsets per peer rank of the moved experts on `side`, ascending by expert.
+    private func layOut(_ side: Side, _ counts: UnsafeMutablePointer<Int32>, _ offsets: UnsafeMutablePointer<Int32>) {
+        var at = 0
+        for q in 0..<ranks {
+            offsets[q] = Int32(at)
+            for i in 0..<experts where peer(i, side) == q { at += spans[i].count }
+            counts[q] = Int32(at) - offsets[q]
+        }
+    }
+
+    /// Each moved expert on `side`, with its place in `buffer`, in the order `layOut` gives.
+    private func forEachMoved(_ side: Side, _ buffer: Tensor, _ offsets: UnsafeMutablePointer<Int32>,
+                              _ body: (ExpertSpan, UnsafeMutablePointer<Float>) -> Void) {
+        for q in 0..<ranks {
+            var at = Int(offsets[q])
+            for i in 0..<experts where peer(i, side) == q {
+                body(spans[i], buffer.data + at)
+                at += spans[i].count
             }
         }
     }

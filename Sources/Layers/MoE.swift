@@ -163,12 +163,17 @@ public final class MoE: Layer, RangeTask {
     }
 
     /// Runs this layer's experts across ranks from now on: tokens go to the rank that runs
-    /// their expert (`exchange.runner`) and come back. Sizes the buffers for the worst case,
+    /// their expert and come back (`MoEExchange.swift`). Sizes the buffers for the worst case,
     /// every token of every rank on experts run here.
     public func attach(_ exchange: any ExpertExchange) {
         let rows = exchange.ranks * maxRows * k
         owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e)
-        self.exchange = ExchangeBuffers(exchange, experts: e, rows: rows, width: d)
+        let spans = (0..<e).map { i in
+            let last = b2[i] ?? w2[i]
+            precondition(last.offset > w1[i].offset, "expert \(i)'s parameters are not one span")
+            return ExpertSpan(values: w1[i].value, grads: w1[i].grad, count: last.offset + last.count - w1[i].offset)
+        }
+        self.exchange = ExchangeBuffers(exchange, experts: e, rows: rows, width: d, spans: spans)
     }
 
     /// The statistics of the interval that ends now; a new interval starts.
@@ -178,6 +183,7 @@ public final class MoE: Layer, RangeTask {
         for i in 0..<e { telemetry.routed[i] = 0; telemetry.accepted[i] = 0 }
         telemetry.auxSum = 0
         telemetry.passes = 0
+        telemetry.moved = 0
         return t
     }
 
@@ -218,6 +224,7 @@ public final class MoE: Layer, RangeTask {
             }
             telemetry.auxSum += auxLoss
             telemetry.passes += 1
+            telemetry.moved += exchange?.moved ?? 0
         }
         return UnsafePointer(y.data)
     }
@@ -544,37 +551,4 @@ public final class MoE: Layer, RangeTask {
     var s = acc.sum()
     while i < n { s += x[i] * y[i]; i += 1 }
     return s
-}
-
-extension MoE {
-    /// This rank's grouped rows go to the ranks that run their experts (counts first, then
-    /// rows), the experts run here on everything sent to them, and the outputs return.
-    func exchangeForward(_ b: ExchangeBuffers) {
-        for i in 0..<(b.ranks * e) { b.sendRows[i] = 0 }
-        for i in 0..<e { b.sendRows[b.exchange.runner(of: i) * e + i] = Int32(start[i + 1] - start[i]) }
-        b.exchange.allToAll(b.sendRows, b.receiveRows, perRank: e)
-        b.setCounts(width: d)
-        let o = owner!
-        roundTrip(b, send: local.x, arrive: o.x, settingStart: true, leave: o.y, receive: local.y) { runExperts() }
-    }
-
-    /// The output gradients travel the same way; the experts' input gradients come back.
-    func exchangeBackward(_ b: ExchangeBuffers) {
-        let o = owner!
-        roundTrip(b, send: local.dy, arrive: o.dy, settingStart: false, leave: o.dx, receive: local.dx) { expertsBackward() }
-    }
-
-    /// `send` (this rank's rows) → the runners' `arrive`, grouped by expert; `run` on the
-    /// runners' rows; their `leave` → this rank's `receive`, with the counts of the forward pass.
-    func roundTrip(_ b: ExchangeBuffers, send: Tensor, arrive: Tensor, settingStart: Bool, leave: Tensor, receive: Tensor,
-                   run: () -> Void) {
-        let o = owner!
-        b.exchange.allToAll(send.data, b.sendCounts, b.sendOffsets, b.staging.data, b.receiveCounts, b.receiveOffsets)
-        b.regroup(arrive.data, start: o.start, width: d, toExperts: true, settingStart: settingStart)
-        work = o
-        run()
-        work = local
-        b.regroup(leave.data, start: o.start, width: d, toExperts: false, settingStart: false)
-        b.exchange.allToAll(b.staging.data, b.receiveCounts, b.receiveOffsets, receive.data, b.sendCounts, b.sendOffsets)
-    }
 }

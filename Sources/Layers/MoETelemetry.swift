@@ -11,6 +11,8 @@ public struct MoETelemetry: Sendable {
     /// Sum of the auxiliary loss over the passes.
     public var auxSum = 0.0
     public var passes = 0
+    /// Experts run away from their owner, summed over the passes (`ExpertBalance`).
+    public var moved = 0
 
     public init(experts: Int) {
         routed = [Int](repeating: 0, count: experts)
@@ -33,6 +35,7 @@ public struct MoETelemetry: Sendable {
         return h / log(e)
     }
     public var meanAux: Double { passes == 0 ? 0 : auxSum / Double(passes) }
+    public var movedPerPass: Double { passes == 0 ? 0 : Double(moved) / Double(passes) }
     /// The expert with the largest share, and that share.
     public var busiest: (expert: Int, share: Double) {
         let a = max(assignments, 1)

@@ -87,6 +87,9 @@ public struct JobConfig: Sendable {
         public var bucketBytes: Int
         /// Seconds a rank may wait in one collective before the watchdog declares a hang.
         public var watchdogSeconds: Double
+        /// Whether a busy rank's experts may run on an idle rank for a pass (`ExpertBalance`);
+        /// the results are the same bits either way.
+        public var balanceExperts: Bool
         /// Chosen by measurement (`bench W3`, 2 ranks): the sync runs fastest, at the rate of
         /// `MPI_Allreduce` itself, from 512 KiB to 2 MiB, and 15–30% slower at 4 and 8 MiB.
         public static let defaultBucketKiB = 1024
@@ -164,7 +167,8 @@ public struct JobConfig: Sendable {
 
         let parallel = Parallel(
             bucketBytes: 1024 * (try r.int("parallel", "bucket_kib", Parallel.defaultBucketKiB, min: 1, max: 1 << 20)),
-            watchdogSeconds: try r.double("parallel", "watchdog_seconds", 300, above: 0))
+            watchdogSeconds: try r.double("parallel", "watchdog_seconds", 300, above: 0),
+            balanceExperts: try r.bool("parallel", "balance_experts", true))
 
         let dataDir = try r.string("data", "dir", "/usr/share/datasets/fashion-mnist")
         let format: Data.Format

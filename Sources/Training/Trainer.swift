@@ -66,6 +66,8 @@ public final class Trainer {
     let moeSums: MoECollectives
     /// Which ranks run which experts (MoE models).
     public let placement: ExpertPlacement?
+    /// Whether a busy rank's experts may run on another rank for a pass (`ExpertBalance`).
+    public var movesExperts: Bool { moeSums.movesExperts }
     /// What this rank's optimizer updates: its shard of the synced parameters, and the
     /// experts only it runs.
     let updateRanges: [Range<Int>]
@@ -106,6 +108,7 @@ public final class Trainer {
         placement = model.moeLayers.first.map { ExpertPlacement(experts: $0.spec.experts, ranks: comm.size) }
         if comm.size > 1, let placement {
             moeSums.placement = placement
+            moeSums.balances = config.parallel.balanceExperts
             for moe in model.moeLayers {
                 moe.reduction = moeSums
                 moe.attach(moeSums)
@@ -291,9 +294,14 @@ final class MoECollectives: RankReduction, ExpertExchange {
 
     init(_ comm: Communicator) { self.comm = comm }
 
-    var ranks: Int { comm.size }
+    /// Set by the trainer: `parallel.balance_experts`.
+    var balances = false
 
-    func runner(of expert: Int) -> Int { placement.runner(of: expert, forTokensOf: comm.rank) }
+    var ranks: Int { comm.size }
+    var rank: Int { comm.rank }
+    var movesExperts: Bool { balances && placement.experts >= comm.size }
+
+    func runner(of expert: Int, forTokensOf q: Int) -> Int { placement.runner(of: expert, forTokensOf: q) }
 
     func sum(_ data: UnsafeMutablePointer<Double>, count: Int) {
         guard error == nil else { return }
@@ -315,7 +323,7 @@ final class MoECollectives: RankReduction, ExpertExchange {
                   _ receiveOffsets: UnsafePointer<Int32>) {
         guard error == nil else { return }
         do {
-            try comm.allToAll(send, sendCounts, sendOffsets, receive, receiveCounts, receiveOffsets, "MoE token exchange")
+            try comm.allToAll(send, sendCounts, sendOffsets, receive, receiveCounts, receiveOffsets, "MoE exchange")
         } catch { self.error = error }
     }
 

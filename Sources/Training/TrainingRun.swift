@@ -35,6 +35,10 @@ extension Trainer {
                 }
                 perRank = ", per rank max \(Int(load.max()!)) mean \(Int(load.reduce(0, +) / Double(load.count)))"
                 fields.append(("moe\(l)_rank_max", .double(load.max()!)))
+                if moeSums.movesExperts {
+                    perRank += " (\(fixed(t.movedPerPass, 1)) experts run off their rank per pass)"
+                    fields.append(("moe\(l)_moved", .double(t.movedPerPass)))
+                }
             }
             lines.append("  \(moe.name): tokens per expert \(t.routed.min() ?? 0)–\(t.routed.max() ?? 0)\(perRank), "
                          + "dropped \(fixed(100 * t.droppedFraction, 1))%, balance \(fixed(t.balance, 3)), aux \(fixed(t.meanAux, 4))")

@@ -44,6 +44,9 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("sweep-kib"), help: "W3, W4: bucket sizes, comma-separated, for the gradient-sync-alone table.")
     var sweepKiB = "256,512,1024,2048,4096,8192"
 
+    @Flag(name: .customLong("fixed-experts"), help: "W4: run every expert on its own rank (parallel.balance_experts = false), to compare.")
+    var fixedExperts = false
+
     @Option(help: "W5: the folder to write in (made, and emptied of what the bench writes, after).")
     var folder = "checkpoints/bench-w5"
 
@@ -61,7 +64,8 @@ struct BenchCommand: ParsableCommand {
         if w == .w3 || w == .w4 {
             let sweep = try positiveIntegers(sweepKiB, "--sweep-kib")
             if let bucketKiB, bucketKiB < 1 { throw ValidationError("--bucket-kib: \(bucketKiB) is not a positive integer") }
-            return try ScalingBench(workload: w, data: data, warmup: warmup, steps: steps, repeats: repeats, bucketKiB: bucketKiB, sweepKiB: sweep).run()
+            return try ScalingBench(workload: w, data: data, warmup: warmup, steps: steps, repeats: repeats, bucketKiB: bucketKiB, sweepKiB: sweep,
+                                    fixedExperts: fixedExperts).run()
         }
         let comm = try MPIWorld.start()
         let config = try w.config(dataDir: data, epochs: max(epochs, 1))

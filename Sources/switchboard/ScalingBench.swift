@@ -25,6 +25,8 @@ struct ScalingBench {
     let bucketKiB: Int?
     /// Bucket sizes for the sync-alone table.
     let sweepKiB: [Int]
+    /// W4: every expert runs on its owner (no `ExpertBalance`).
+    let fixedExperts: Bool
 
     func run() throws {
         let world = try MPIWorld.start()
@@ -34,6 +36,7 @@ struct ScalingBench {
         var all = try workload.config(dataDir: data, epochs: 1, ranks: world.size)
         let per = workload.samplesPerRank
         if let bucketKiB { all.parallel.bucketBytes = bucketKiB * 1024 }
+        if fixedExperts { all.parallel.balanceExperts = false }
         let (train, test) = try one.data.load()
          say("switchboard \(Switchboard.version) bench \(workload.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
         say("machine: \(BenchCommand.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; "
@@ -52,6 +55,8 @@ struct ScalingBench {
             try timeSteps(trainer, into: &timing)
         }
         timing.finish(steps: repeats * steps)
+        // Moves over the warm-up and timed steps of the P-rank trainer.
+        let moved = trainer.model.moeLayers.map { $0.takeTelemetry().movedPerPass }
         let rate = median(timing.rates), base = world.isCoordinator ? median(alone.rates) : 0
         let buckets = trainer.gradientSync.buckets.count
         let bytes = trainer.model.store.count * 4
@@ -59,6 +64,10 @@ struct ScalingBench {
         say("1 rank alone, batch \(per): \(Int(base)) samples/s (median of \(repeats) × \(steps) steps; runs \(list(alone.rates)))")
         if let placement = trainer.placement, world.size > 1 {
             say("experts (each MoE layer): " + placement.description.replacingOccurrences(of: "\n", with: "; "))
+            say(trainer.movesExperts
+                ? "  run elsewhere when their rank is busier (ExpertBalance): " + moved.map { fixed($0, 2) }.joined(separator: " and ")
+                  + " experts per pass in the MoE layers"
+                : "  each always run by its own rank")
         }
         say("\(world.size) ranks, global batch \(per * world.size): \(Int(rate)) samples/s (median; runs \(list(timing.rates)))")
         say("  weak-scaling efficiency: \(Int(rate)) / (\(world.size) × \(Int(base))) = \(fixed(rate / (Double(world.size) * base), 3))")

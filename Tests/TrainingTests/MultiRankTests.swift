@@ -152,4 +152,31 @@ final class MultiRankTests: ToyDataTestCase {
             XCTAssertTrue(log.contains(expected), "\(label): \(log)")
         }
     }
+
+    /// A busy rank's experts run on an idle one for a pass (`ExpertBalance`): the runner does
+    /// what the owner would, so moving changes no bit. A zero router sends every token to
+    /// experts 0 and 1 at first, all on rank 0, so experts move from the first step.
+    func testMovingExpertsBetweenRanksChangesNoBit() throws {
+        let job = try moeJob("experts = 8\ntop_k = 2\nhidden = 8\nrouter_init = \"zeros\"", steps: 30)
+        for ranks in [2, 4] {
+            let moving = try loadModel(try train(ranks: ranks, name: "move\(ranks)", job: job.path, settings: ["train.log_every=1"]), job.config)
+            let fixed = try loadModel(try train(ranks: ranks, name: "fixed\(ranks)", job: job.path,
+                                                settings: ["train.log_every=1", "parallel.balance_experts=false"]), job.config)
+            let a = moving.store.values.array, b = fixed.store.values.array
+            let differ = zip(a, b).filter { $0.bitPattern != $1.bitPattern }.count
+            XCTAssertEqual(differ, 0, "\(ranks) ranks: moving experts changed \(differ) of \(a.count) parameters")
+            // The moving run moved experts, and said so; the fixed one did not.
+            let metrics = try String(contentsOfFile: "\(dir)/runs/move\(ranks)/metrics.jsonl", encoding: .utf8)
+            let moved = metrics.split(separator: "\n").compactMap { line -> Double? in
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return nil }
+                return object["moe0_moved"] as? Double
+            }
+            XCTAssertEqual(moved.count, 30, metrics)
+            XCTAssertGreaterThan(moved.first ?? 0, 0, "\(ranks) ranks: the first step must move an expert: \(metrics)")
+            let log = try String(contentsOfFile: "\(dir)/move\(ranks).out", encoding: .utf8)
+            XCTAssertTrue(log.contains("experts run off their rank per pass)"), log)
+            let fixedMetrics = try String(contentsOfFile: "\(dir)/runs/fixed\(ranks)/metrics.jsonl", encoding: .utf8)
+            XCTAssertFalse(fixedMetrics.contains("moe0_moved"), fixedMetrics)
+        }
+    }
 }
