@@ -73,7 +73,7 @@ struct ScalingBench {
         say("  weak-scaling efficiency: \(Int(rate)) / (\(world.size) × \(Int(base))) = \(fixed(rate / (Double(world.size) * base), 3))")
         let synced = trainer.gradientSync.buckets.reduce(0) { $0 + $1.count } * 4
         say("  gradients synced: \(fixed(Double(synced) / 1e6, 2)) MB in \(buckets) bucket\(buckets == 1 ? "" : "s") of \(all.parallel.bucketBytes / 1024) KiB"
-            + (synced < bytes ? " (of \(fixed(Double(bytes) / 1e6, 2)) MB: each expert stays with the rank that runs it)" : ""))
+            + (synced < bytes ? " (of \(fixed(Double(bytes) / 1e6, 2)) MB: each expert's gradient stays with its owner)" : ""))
         say("  communication per step (rank 0), of a \(fixed(1000 * timing.secondsPerStep, 1)) ms step: "
             + "\(fixed(1000 * timing.progressPerStep, 2)) ms reduce-scattering buckets between layers, "
             + "\(fixed(1000 * timing.scatterPerStep, 2)) ms finishing that after backward, "
