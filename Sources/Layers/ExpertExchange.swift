@@ -1,9 +1,11 @@
 import Kernels
 
-/// Expert parallelism: each rank runs some of the experts, and a layer's tokens travel to the
-/// rank that runs their expert and back. A multi-rank trainer provides this; the collectives
+/// Expert parallelism: each rank owns some of the experts, and a layer's tokens travel to the
+/// rank that runs their expert in this pass (its owner, or a less busy rank that the owner
+/// lends it to, `ExpertBalance`) and back. A multi-rank trainer provides this; the collectives
 /// are the same on every rank whatever the routing (a fixed-size all-to-all of counts, then
-/// all-to-alls of rows in which any segment may be empty), so no routing can hang the job.
+/// all-to-alls of rows and of moved experts' parameters or gradients, in which any segment
+/// may be empty), so no routing can hang the job.
 public protocol ExpertExchange: AnyObject {
     var ranks: Int { get }
     var rank: Int { get }

@@ -69,7 +69,7 @@ public final class Trainer {
     /// Whether a busy rank's experts may run on another rank for a pass (`ExpertBalance`).
     public var movesExperts: Bool { moeSums.movesExperts }
     /// What this rank's optimizer updates: its shard of the synced parameters, and the
-    /// experts only it runs.
+    /// experts it alone owns (wherever they ran).
     let updateRanges: [Range<Int>]
     /// Per MoE layer, all of its experts' parameters and those this rank runs (when experts
     /// live on their runners only).
