@@ -121,12 +121,15 @@ final class ExchangeBuffers {
         }
         for q in 0..<ranks {
             for i in 0..<e {
-                let runsHere = (movesExperts ? runner[i] : staticRunner[q * e + i]) == rank
-                receiveRows[q * e + i] = runsHere ? counts[q * e + i] : 0
-                let target = movesExperts ? runner[i] : staticRunner[rank * e + i]
-                sendRows[q * e + i] = target == q ? counts[rank * e + i] : 0
+                receiveRows[q * e + i] = runner(of: i, forTokensOf: q) == rank ? counts[q * e + i] : 0
+                sendRows[q * e + i] = runner(of: i, forTokensOf: rank) == q ? counts[rank * e + i] : 0
             }
         }
+    }
+
+    /// The rank that runs expert i on rank q's tokens in this pass.
+    private func runner(of i: Int, forTokensOf q: Int) -> Int {
+        movesExperts ? runner[i] : staticRunner[q * experts + i]
     }
 
     /// Float counts and offsets from the row counts (each rank's segment holds its experts in

@@ -169,9 +169,10 @@ public final class MoE: Layer, RangeTask {
         let rows = exchange.ranks * maxRows * k
         owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e)
         let spans = (0..<e).map { i in
-            let last = b2[i] ?? w2[i]
-            precondition(last.offset > w1[i].offset, "expert \(i)'s parameters are not one span")
-            return ExpertSpan(values: w1[i].value, grads: w1[i].grad, count: last.offset + last.count - w1[i].offset)
+            let parts = [w1[i], b1[i], w2[i], b2[i]].compactMap { $0 }
+            let count = parts.reduce(0) { $0 + $1.count }
+            precondition(parts.last!.offset + parts.last!.count - w1[i].offset == count, "expert \(i)'s parameters are not one span")
+            return ExpertSpan(values: w1[i].value, grads: w1[i].grad, count: count)
         }
         self.exchange = ExchangeBuffers(exchange, experts: e, rows: rows, width: d, spans: spans)
     }

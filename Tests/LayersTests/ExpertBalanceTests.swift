@@ -1,3 +1,4 @@
+import Kernels
 @testable import Layers
 import XCTest
 
@@ -50,14 +51,21 @@ final class ExpertBalanceTests: XCTestCase {
     /// load is the least any contiguous cut achieves, its moves the fewest among those cuts,
     /// its runners ascend with the expert id, and an expert without rows stays home.
     func testThePlanIsTheBestContiguousCut() {
-        var rng = SystemRandomNumberGenerator()
+        // Philox, keyed: a failing trial repeats.
+        let rng = Philox(seed: 7)
+        var index: UInt64 = 0
+        func draw(_ range: ClosedRange<Int>) -> Int {
+            index += 1
+            return range.lowerBound + rng.integer(below: range.count, stream: 1, index: index)
+        }
+        var trialsWithMoves = 0
         for trial in 0..<400 {
-            let p = Int.random(in: 2...4, using: &rng), e = Int.random(in: p...9, using: &rng)
-            let skew = Double.random(in: 0...3, using: &rng)
+            let p = draw(2...4), e = draw(p...9)
+            let skew = Double(draw(0...30)) / 10
             let rows: [Int32] = (0..<(p * e)).map { k in
                 let i = k % e
-                if Int.random(in: 0..<4, using: &rng) == 0 { return 0 }
-                return Int32(Double(Int.random(in: 0...60, using: &rng)) * (1 + skew * Double(e - i) / Double(e)))
+                if draw(0...3) == 0 { return 0 }
+                return Int32(Double(draw(0...60)) * (1 + skew * Double(e - i) / Double(e)))
             }
             let own = { (i: Int) in self.owner(i, experts: e, ranks: p) }
             let total = (0..<e).map { i in (0..<p).reduce(0) { $0 + Int(rows[$1 * e + i]) } }
@@ -81,7 +89,11 @@ final class ExpertBalanceTests: XCTestCase {
             let busy = (0..<e).filter { total[$0] > 0 }
             XCTAssertEqual(busy.map { runner[$0] }, busy.map { runner[$0] }.sorted(), "runners must ascend: \(label)")
             for i in 0..<e where total[i] == 0 { XCTAssertEqual(runner[i], own(i), label) }
+            if moved > 0 { trialsWithMoves += 1 }
         }
+        // The routings must be uneven enough that moving is often the best plan.
+        XCTAssertGreaterThan(trialsWithMoves, 100)
+        print("ExpertBalance: experts moved in \(trialsWithMoves) of 400 random routings")
     }
 
     /// W4's case: the first half of the experts takes most rows, so the busy rank hands its
@@ -94,3 +106,4 @@ final class ExpertBalanceTests: XCTestCase {
         XCTAssertEqual(moved, 2)
     }
 }
+
