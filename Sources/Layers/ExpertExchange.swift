@@ -111,6 +111,13 @@ final class ExchangeBuffers {
     /// The owner of expert i (one per expert when experts move).
     func owner(_ i: Int) -> Int { staticRunner[i] }
 
+    /// Whether expert i's gradient is whole on this rank when its backward ends: it ran here,
+    /// on its owner, for every rank's tokens in this pass. With one runner per expert (E ≥ P;
+    /// replicated experts are summed by the gradient sync and never updated in backward).
+    func updatesHere(_ i: Int) -> Bool {
+        movesExperts ? runner[i] == rank && owner(i) == rank : staticRunner[i] == rank
+    }
+
     /// From `counts` (every rank's rows per expert): where each expert runs in this pass, and
     /// the rows this rank sends to and receives from every rank. The runners are contiguous
     /// blocks in rank order, so the rows for one rank are one run of this rank's rows.

@@ -162,6 +162,21 @@ public final class MoE: Layer, RangeTask {
         idleIntervals = [Int](repeating: 0, count: e)
     }
 
+    /// Set by the trainer when the gradients of the experts this rank runs are final in
+    /// backward (`UpdateInBackward`): each expert's parameters are then updated as soon as its
+    /// backward is done, from a per-thread gradient buffer.
+    public var updateInBackward: (any UpdateInBackward)? {
+        didSet { if updateInBackward != nil { reserveGradientBuffers(WorkerPool.shared.threads) } }
+    }
+    /// One per worker thread: the gradient of one expert parameter at a time (the largest is
+    /// W1, H1·d floats: 512 KiB in W2, so it stays in the core's L2 between the GEMM that
+    /// writes it and the update that reads it).
+    var gradientBuffers: [Tensor] = []
+
+    func reserveGradientBuffers(_ threads: Int) {
+        while gradientBuffers.count < threads { gradientBuffers.append(Tensor(shape: [max(h1 * d, d * h)])) }
+    }
+
     /// Runs this layer's experts across ranks from now on: tokens go to the rank that runs
     /// their expert and come back (`MoEExchange.swift`). Sizes the buffers for the worst case,
     /// every token of every rank on experts run here.
@@ -352,15 +367,18 @@ public final class MoE: Layer, RangeTask {
         }
         next.store(0, ordering: .relaxed)
         let parts = min(WorkerPool.shared.threads, expertCount)
+        // The pool grew after `updateInBackward` was set (allocates once per thread count).
+        if inBackward && updateInBackward != nil { reserveGradientBuffers(parts) }
         BLAS.singleThreaded { WorkerPool.shared.run(self, count: parts, align: 1, minimum: 2) }
     }
 
-    /// One thread's share: the next expert in `expertOrder` until none is left.
+    /// One thread's share (`range` is one part number): the next expert in `expertOrder`
+    /// until none is left.
     public func run(_ range: Range<Int>) {
         while true {
             let n = next.wrappingAdd(1, ordering: .relaxed).oldValue
             guard n < expertCount else { return }
-            inBackward ? expertBackward(expertOrder[n]) : expertForward(expertOrder[n])
+            inBackward ? expertBackward(expertOrder[n], part: range.lowerBound) : expertForward(expertOrder[n])
         }
     }
 
@@ -464,24 +482,47 @@ public final class MoE: Layer, RangeTask {
         forEachExpertInParallel()
     }
 
-    func expertBackward(_ i: Int) {
+    /// Expert i's backward over its contiguous rows. Its weight and bias gradients go to the
+    /// store's gradients, or, when this rank updates the expert in backward, to thread `part`'s
+    /// buffer one parameter at a time, each updated as soon as backward no longer reads it.
+    func expertBackward(_ i: Int, part: Int) {
         let w = work, o = w.start[i], n = w.start[i + 1] - o
         guard n > 0 else { return }
         let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
         let dyr = w.dy.data + o * d, dhr = w.dh.data + o * h, dzr = w.dz1.data + o * h1, dxr = w.dx.data + o * d
-        if let b = b2[i] { addColumnSums(dyr, rows: n, cols: d, into: b.grad) }
+        let updater = (exchange?.updatesHere(i) ?? true) ? updateInBackward : nil
+        let buffer = updater == nil ? nil : gradientBuffers[part].data
+        // Where a gradient goes, and the beta of a GEMM that writes it: the buffer is
+        // overwritten (biases are sums, so theirs starts at zero), the store's added to.
+        func weightGradient(_ p: Parameter) -> (UnsafeMutablePointer<Float>, beta: Float) { (buffer ?? p.grad, buffer == nil ? 1 : 0) }
+        func biasGradient(_ p: Parameter) -> UnsafeMutablePointer<Float> {
+            guard let buffer else { return p.grad }
+            buffer.update(repeating: 0, count: p.count)
+            return buffer
+        }
+        if let b = b2[i] {
+            let g = biasGradient(b)
+            addColumnSums(dyr, rows: n, cols: d, into: g)
+            updater?.update(b, from: g)
+        }
         // dW2[d, H] += dysᵀ · h;  dh = dys · W2
-        gemm(.transpose, .none, m: d, n: h, k: n, a: dyr, lda: d, b: hr, ldb: h, beta: 1, c: w2[i].grad, ldc: h)
+        let (g2, beta2) = weightGradient(w2[i])
+        gemm(.transpose, .none, m: d, n: h, k: n, a: dyr, lda: d, b: hr, ldb: h, beta: beta2, c: g2, ldc: h)
         gemm(.none, .none, m: n, n: h, k: d, a: dyr, lda: d, b: w2[i].value, ldb: h, beta: 0, c: dhr, ldc: h)
+        updater?.update(w2[i], from: g2)
+        let gb1 = b1[i].map(biasGradient)
         if let pointwise {
-            pointwise.backward(z: zr, dy: dhr, dz: dzr, dbias: b1[i]?.grad, rows: n, cols: h)
+            pointwise.backward(z: zr, dy: dhr, dz: dzr, dbias: gb1, rows: n, cols: h)
         } else {
             gated!.backward(ab: zr, dh: dhr, dab: dzr, rows: n, hidden: h)
-            if let b = b1[i] { addColumnSums(dzr, rows: n, cols: h1, into: b.grad) }
+            if let gb1 { addColumnSums(dzr, rows: n, cols: h1, into: gb1) }
         }
+        if let b = b1[i], let gb1 { updater?.update(b, from: gb1) }
         // dW1[H1, d] += dz1ᵀ · xs;  dxs = dz1 · W1
-        gemm(.transpose, .none, m: h1, n: d, k: n, a: dzr, lda: h1, b: xr, ldb: d, beta: 1, c: w1[i].grad, ldc: d)
+        let (g1, beta1) = weightGradient(w1[i])
+        gemm(.transpose, .none, m: h1, n: d, k: n, a: dzr, lda: h1, b: xr, ldb: d, beta: beta1, c: g1, ldc: d)
         gemm(.none, .none, m: n, n: d, k: h1, a: dzr, lda: h1, b: w1[i].value, ldb: d, beta: 0, c: dxr, ldc: d)
+        updater?.update(w1[i], from: g1)
     }
 
     /// dlogits from the gates and the auxiliary losses.

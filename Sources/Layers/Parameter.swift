@@ -24,6 +24,8 @@ public final class Parameter {
     public let count: Int
     public let role: ParameterRole
     public let initializer: Initializer
+    /// Position in the store's `parameters` (registration order).
+    public fileprivate(set) var index = 0
     /// Offset of this parameter in the store's flat buffers.
     public fileprivate(set) var offset = 0
     public fileprivate(set) var value: UnsafeMutablePointer<Float>!
@@ -60,6 +62,7 @@ public final class ParameterStore {
         precondition(!isFinalized, "parameter \(name) registered after finalize")
         precondition(!parameters.contains { $0.name == name }, "duplicate parameter name \(name)")
         let p = Parameter(name: name, shape: shape, role: role, initializer: initializer)
+        p.index = parameters.count
         parameters.append(p)
         return p
     }
@@ -98,4 +101,15 @@ public final class ParameterStore {
     public func zeroGrads() { grads.zero() }
 
     public subscript(name: String) -> Parameter? { parameters.first { $0.name == name } }
+}
+
+/// Applies the optimizer's update to a parameter inside backward, from a gradient that is
+/// final as soon as a layer computes it (an MoE expert's, when no other rank adds to it and
+/// no global-norm clip scales it): the layer then keeps the gradient in a buffer that stays
+/// in cache instead of the store's, and the update reads it there while the parameter is
+/// still warm from backward. The optimizer's step after backward skips what was updated here.
+public protocol UpdateInBackward: AnyObject {
+    /// Updates `parameter` from `grads` (its `count` floats, not the store's), which may be
+    /// overwritten. Called from the worker pool's threads, for different parameters at once.
+    func update(_ parameter: Parameter, from grads: UnsafeMutablePointer<Float>)
 }

@@ -69,6 +69,9 @@ public struct JobConfig: Sendable {
         public var nesterov: Bool
         /// Global gradient-norm clipping threshold; 0 turns clipping off.
         public var clipNorm: Double
+        /// Update the MoE experts inside backward where their gradients are whole there (no
+        /// clipping, one runner per expert): the same bits, less memory traffic. Off to compare.
+        public var updateInBackward: Bool
     }
 
     public enum ScheduleKind: String, Sendable { case constant, cosine, linear }
@@ -229,7 +232,8 @@ public struct JobConfig: Sendable {
             decayBiasesAndNorms: try r.bool("optimizer", "decay_biases_and_norms", true),
             momentum: try r.double("optimizer", "momentum", 0.9, min: 0, below: 1),
             nesterov: try r.bool("optimizer", "nesterov", false),
-            clipNorm: try r.double("optimizer", "clip_norm", 0, min: 0))
+            clipNorm: try r.double("optimizer", "clip_norm", 0, min: 0),
+            updateInBackward: try r.bool("optimizer", "update_in_backward", true))
 
         let schedule = Schedule(
             kind: ScheduleKind(rawValue: try r.string("schedule", "kind", "constant", oneOf: ["constant", "cosine", "linear"]))!,

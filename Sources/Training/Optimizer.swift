@@ -4,11 +4,20 @@ import Layers
 import Foundation
 
 /// Updates a parameter store from its gradients, then zeroes the gradients (fused into the
-/// same pass, so the next backward can accumulate).
+/// same pass, so the next backward can accumulate). An update is `begin`, then `update` for
+/// parameters whose gradients were kept out of the store (`UpdateInBackward`), then `finish`
+/// for the rest; `step` is the whole of it.
 public protocol Optimizer: AnyObject {
-    /// Updates the flat arena ranges `ranges` (this rank's shard; the whole arena on one
-    /// process). `gradScale` multiplies every gradient first (global-norm clipping).
-    func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float)
+    /// Starts update `steps + 1` at learning rate `lr`; `gradScale` multiplies every gradient
+    /// first (global-norm clipping).
+    func begin(lr: Float, gradScale: Float)
+    /// This update of `p` from `grads`: `p.count` floats outside the store, overwritten.
+    /// Thread-safe for different parameters.
+    func update(_ p: Parameter, in store: ParameterStore, from grads: UnsafeMutablePointer<Float>)
+    /// This update of the flat arena ranges `ranges` (this rank's shard; the whole arena on one
+    /// process) from the store's gradients, except the parameters whose `skipping[index]` is
+    /// true (updated already).
+    func finish(_ store: ParameterStore, ranges: [Range<Int>], skipping: UnsafePointer<Bool>?)
     /// Updates taken so far (restored from a checkpoint).
     var steps: Int { get set }
     /// The name checkpoints record ("adamw", "sgd").
@@ -16,6 +25,24 @@ public protocol Optimizer: AnyObject {
     /// Per-parameter state laid out like the parameter arena, by the name checkpoints give it
     /// (`m`, `v`; `momentum`).
     var state: [(name: String, values: Tensor)] { get }
+}
+
+extension Optimizer {
+    /// One whole update of `ranges` from the store's gradients.
+    public func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float) {
+        begin(lr: lr, gradScale: gradScale)
+        finish(store, ranges: ranges, skipping: nil)
+    }
+
+    /// Calls `body(p, lo, hi)` for each part `[lo, hi)` of `range` inside one parameter `p`
+    /// not marked in `skipping`.
+    func forEachParameter(in range: Range<Int>, of store: ParameterStore, skipping: UnsafePointer<Bool>?,
+                          _ body: (Parameter, Int, Int) -> Void) {
+        for p in store.parameters where skipping?[p.index] != true {
+            let lo = max(range.lowerBound, p.offset), hi = min(range.upperBound, p.offset + p.count)
+            if lo < hi { body(p, lo, hi) }
+        }
+    }
 }
 
 /// AdamW (Loshchilov & Hutter 2019): Adam with weight decay decoupled from the gradient,
@@ -38,19 +65,31 @@ public final class AdamW: Optimizer, RangeTask {
         v = Tensor(shape: [count])
     }
 
-    // The step's constants, set by `step` and read by `run` on the pool's threads.
-    private var store: ParameterStore?
+    // The update's constants, set by `begin` and read by `run` and `update` on the pool's
+    // threads; `finish` sets the rest.
     private var lr: Float = 0, stepSize: Float = 0, rootBC2: Float = 1, gradScale: Float = 1
+    private var store: ParameterStore?
+    private var skipping: UnsafePointer<Bool>?
     private var span = 0..<0
 
-    public func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float) {
+    public func begin(lr: Float, gradScale: Float) {
         steps += 1
         let t = Double(steps)
-        self.store = store
         self.lr = lr
         self.gradScale = gradScale
         stepSize = lr / Float(1 - pow(Double(beta1), t))
         rootBC2 = Float((1 - pow(Double(beta2), t)).squareRoot())
+    }
+
+    public func update(_ p: Parameter, in store: ParameterStore, from grads: UnsafeMutablePointer<Float>) {
+        let at = p.offset
+        update(store.values.data + at, grads, m.data + at, v.data + at, p.count, shrink: shrink(p),
+               stepSize: stepSize, rootBC2: rootBC2, gradScale: gradScale)
+    }
+
+    public func finish(_ store: ParameterStore, ranges: [Range<Int>], skipping: UnsafePointer<Bool>?) {
+        self.store = store
+        self.skipping = skipping
         // One pass over each range, split over the pool's threads: elementwise, so the result
         // does not depend on the split.
         for r in ranges {
@@ -63,15 +102,14 @@ public final class AdamW: Optimizer, RangeTask {
     public func run(_ part: Range<Int>) {
         guard let store else { return }
         let range = (span.lowerBound + part.lowerBound)..<(span.lowerBound + part.upperBound)
-        for p in store.parameters {
-            let lo = max(range.lowerBound, p.offset), hi = min(range.upperBound, p.offset + p.count)
-            guard lo < hi else { continue }
-            let decays = decayBiasesAndNorms || p.role == .weight
+        forEachParameter(in: range, of: store, skipping: skipping) { p, lo, hi in
             update(store.values.data + lo, store.grads.data + lo, m.data + lo, v.data + lo, hi - lo,
-                   shrink: 1 - lr * (decays ? weightDecay : 0), stepSize: stepSize, rootBC2: rootBC2,
-                   gradScale: gradScale)
+                   shrink: shrink(p), stepSize: stepSize, rootBC2: rootBC2, gradScale: gradScale)
         }
     }
+
+    /// `1 − lr·wd`, or 1 for a parameter that does not decay.
+    func shrink(_ p: Parameter) -> Float { 1 - lr * (decayBiasesAndNorms || p.role == .weight ? weightDecay : 0) }
 
     @inline(__always)
     func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
@@ -100,23 +138,32 @@ public final class SGD: Optimizer {
         buffer = Tensor(shape: [count])
     }
 
-    public func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float) {
+    private var lr: Float = 0, gradScale: Float = 1
+
+    public func begin(lr: Float, gradScale: Float) {
         steps += 1
-        let mu = momentum, first = steps == 1
+        self.lr = lr
+        self.gradScale = gradScale
+    }
+
+    public func update(_ p: Parameter, in store: ParameterStore, from grads: UnsafeMutablePointer<Float>) {
+        update(p, store.values.data + p.offset, grads, buffer.data + p.offset, p.count)
+    }
+
+    public func finish(_ store: ParameterStore, ranges: [Range<Int>], skipping: UnsafePointer<Bool>?) {
         for range in ranges {
-            for p in store.parameters {
-                let lo = max(range.lowerBound, p.offset), hi = min(range.upperBound, p.offset + p.count)
-                guard lo < hi else { continue }
-                update(p, lo, hi, store: store, lr: lr, gradScale: gradScale, mu: mu, first: first)
+            forEachParameter(in: range, of: store, skipping: skipping) { p, lo, hi in
+                update(p, store.values.data + lo, store.grads.data + lo, buffer.data + lo, hi - lo)
             }
         }
     }
 
-    /// Updates `[lo, hi)` of the arena, all inside parameter `p`.
-    func update(_ p: Parameter, _ lo: Int, _ hi: Int, store: ParameterStore, lr: Float, gradScale: Float, mu: Float, first: Bool) {
+    /// Updates n elements of parameter `p`: values `w`, gradients `g` (zeroed), momentum `b`.
+    func update(_ p: Parameter, _ w: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
+                _ b: UnsafeMutablePointer<Float>, _ n: Int) {
         let wd = decayBiasesAndNorms || p.role == .weight ? weightDecay : 0
-        let w = store.values.data, g = store.grads.data, b = buffer.data
-        for i in lo..<hi {
+        let mu = momentum, first = steps == 1
+        for i in 0..<n {
             let gi = g[i] * gradScale + wd * w[i]
             // PyTorch starts the buffer at the first gradient rather than at 0.
             b[i] = first ? gi : mu * b[i] + gi

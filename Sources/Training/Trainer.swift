@@ -76,6 +76,12 @@ public final class Trainer {
     let expertSpans: [Range<Int>], ownExpertSpans: [Range<Int>]
     /// The parts of the arena every rank holds and the gradient sync covers.
     let syncedRegions: [Range<Int>]
+    /// The experts' update inside backward, when their gradients are whole there: no clip
+    /// (it needs every gradient first) and one runner per expert (replicated experts are
+    /// summed by the sync). Nil otherwise.
+    let backwardUpdates: BackwardUpdates?
+    /// Whether the MoE experts this rank owns and runs are updated inside backward.
+    public var updatesExpertsInBackward: Bool { backwardUpdates != nil }
 
     /// Collective: every rank of `comm` makes its trainer together.
     public init(config: JobConfig, comm: Communicator, train: Dataset, test: Dataset) throws {
@@ -129,6 +135,10 @@ public final class Trainer {
         expertSpans = experts.all
         ownExpertSpans = experts.own
         syncedRegions = experts.synced ?? [0..<model.store.count]
+        let wholeInBackward = comm.size == 1 || experts.synced != nil
+        backwardUpdates = o.updateInBackward && o.clipNorm == 0 && wholeInBackward && !model.moeLayers.isEmpty
+            ? BackwardUpdates(optimizer: optimizer, store: model.store) : nil
+        for moe in model.moeLayers { moe.updateInBackward = backwardUpdates }
     }
 
     /// With one runner per expert (E ≥ P), an expert's gradient and update live on its runner
@@ -205,6 +215,14 @@ public final class Trainer {
                                 smoothing: config.train.labelSmoothing, gradScale: 1 / Float(globalRows),
                                 dlogits: dlogits.data)
         }
+        let clip = config.optimizer.clipNorm
+        let logged = isLoggedStep(step + 1, every: config.train.logEvery, total: totalSteps)
+        let lr = schedule.rate(step)
+        let early = backwardUpdates
+        if let early {
+            optimizer.begin(lr: Float(lr), gradScale: 1)
+            early.measures = logged
+        }
         gradientSync.begin()
         try model.backward(dlogits.data, rows: rows) { try gradientSync.gradientsFinal(from: $0) }
         try moeSums.rethrow()
@@ -215,9 +233,7 @@ public final class Trainer {
         // The global gradient norm costs a pass over this rank's shard of the gradients and
         // rides on the metrics' reduction: taken when clipping needs it or the step will be
         // logged, not otherwise.
-        let clip = config.optimizer.clipNorm
-        let logged = isLoggedStep(step + 1, every: config.train.logEvery, total: totalSteps)
-        var squares = 0.0
+        var squares = early?.squareSum ?? 0
         if clip > 0 || logged {
             for r in owned { squares += sumOfSquares(store.grads.data + r.lowerBound, count: r.count) }
         }
@@ -229,8 +245,9 @@ public final class Trainer {
         try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 5, "metrics and gradient norm") }
         let norm = clip > 0 || logged ? counts[2].squareRoot() : .nan
         let gradScale: Float = clip > 0 && norm > clip ? Float(clip / norm) : 1
-        let lr = schedule.rate(step)
-        optimizer.step(store, ranges: owned, lr: Float(lr), gradScale: gradScale)
+        if early == nil { optimizer.begin(lr: Float(lr), gradScale: gradScale) }
+        optimizer.finish(store, ranges: owned, skipping: early?.updated)
+        early?.endStep()
         try gradientSync.gatherParameters()
         step += 1
         // The MoE auxiliary losses are already means over the global batch.
@@ -331,3 +348,4 @@ final class MoECollectives: RankReduction, ExpertExchange {
         if let error { throw error }
     }
 }
+

@@ -47,6 +47,10 @@ struct BenchCommand: ParsableCommand {
     @Flag(name: .customLong("fixed-experts"), help: "W4: run every expert on its own rank (parallel.balance_experts = false), to compare.")
     var fixedExperts = false
 
+    @Flag(name: .customLong("update-after-backward"),
+          help: "W2, W4: update the experts after backward with the other parameters (optimizer.update_in_backward = false), to compare.")
+    var updateAfterBackward = false
+
     @Option(help: "W5: the folder to write in (made, and emptied of what the bench writes, after).")
     var folder = "checkpoints/bench-w5"
 
@@ -65,10 +69,11 @@ struct BenchCommand: ParsableCommand {
             let sweep = try positiveIntegers(sweepKiB, "--sweep-kib")
             if let bucketKiB, bucketKiB < 1 { throw ValidationError("--bucket-kib: \(bucketKiB) is not a positive integer") }
             return try ScalingBench(workload: w, data: data, warmup: warmup, steps: steps, repeats: repeats, bucketKiB: bucketKiB, sweepKiB: sweep,
-                                    fixedExperts: fixedExperts).run()
+                                    fixedExperts: fixedExperts, updateAfterBackward: updateAfterBackward).run()
         }
         let comm = try MPIWorld.start()
-        let config = try w.config(dataDir: data, epochs: max(epochs, 1))
+        var config = try w.config(dataDir: data, epochs: max(epochs, 1))
+        if updateAfterBackward { config.optimizer.updateInBackward = false }
         let (train, test) = try config.data.load()
 
         print("switchboard \(Switchboard.version) bench \(w.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")

@@ -27,13 +27,19 @@ struct ScalingBench {
     let sweepKiB: [Int]
     /// W4: every expert runs on its owner (no `ExpertBalance`).
     let fixedExperts: Bool
+    /// W4 and its one-rank baseline: every parameter updated after backward.
+    let updateAfterBackward: Bool
 
     func run() throws {
         let world = try MPIWorld.start()
         BLAS.setThreads(1)
         let say: (String) -> Void = { if world.isCoordinator { print($0); fflush(nil) } }
-        let one = try workload.config(dataDir: data, epochs: 1, ranks: 1)
+        var one = try workload.config(dataDir: data, epochs: 1, ranks: 1)
         var all = try workload.config(dataDir: data, epochs: 1, ranks: world.size)
+        if updateAfterBackward {
+            one.optimizer.updateInBackward = false
+            all.optimizer.updateInBackward = false
+        }
         let per = workload.samplesPerRank
         if let bucketKiB { all.parallel.bucketBytes = bucketKiB * 1024 }
         if fixedExperts { all.parallel.balanceExperts = false }

@@ -77,13 +77,12 @@ final class TrainerTests: XCTestCase {
         throw XCTSkip("allocation-free stepping is a property of the optimized build: run the suite as scripts/test does (release)")
         #endif
         let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
-        let models = [
-            residual,
-            "kind = \"stack\"\nhidden = [16, 16]\nactivation = \"relu\"",
-            "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\nexperts = 4\nhidden = 8\nz_loss = 0.001\ndropless = false\ncapacity_factor = 1.0",
-        ]
-        for model in models {
+        let moe = "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\nexperts = 4\nhidden = 8\nz_loss = 0.001\ndropless = false\ncapacity_factor = 1.0"
+        // (model, clip_norm): without clipping the experts are updated inside backward.
+        let models = [(residual, 1), ("kind = \"stack\"\nhidden = [16, 16]\nactivation = \"relu\"", 1), (moe, 1), (moe, 0)]
+        for (model, clip) in models {
             let text = Fixtures.job(dir: dir).replacingOccurrences(of: residual, with: model)
+                .replacingOccurrences(of: "clip_norm = 1.0", with: "clip_norm = \(clip)")
             let cfg = try JobConfig.parse(text, source: "t")
             let base = try trainer()
             let t = try Trainer(config: cfg, comm: base.comm, train: base.trainSet, test: base.testSet)
@@ -92,8 +91,54 @@ final class TrainerTests: XCTestCase {
             for b in 1..<11 { _ = try t.trainStep(epoch: 0, batch: b) }
             _ = try t.trainStep(epoch: 1, batch: 0)   // a new epoch reshuffles in place
             let made = sb_thread_allocations() - before
-            XCTAssertEqual(made, 0, "\(made) heap allocations in 11 training steps (\(cfg.model))")
+            XCTAssertEqual(made, 0, "\(made) heap allocations in 11 training steps (\(cfg.model), clip \(clip))")
         }
+    }
+
+    /// The MoE experts' update inside backward (`BackwardUpdates`) gives the same bits as the
+    /// update after it: parameters and optimizer state after 14 steps, for AdamW and SGD, GELU
+    /// and a gated activation, with and without biases, and with experts that get no tokens
+    /// (a zero router, top-1: every token goes to expert 0, the others are updated after
+    /// backward from zero gradients). The logged gradient norm agrees to float rounding (its
+    /// sums of squares run in float lanes, over other chunks).
+    func testUpdatingExpertsInBackwardChangesNoBit() throws {
+        let base = try trainer()
+        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
+        let cases: [(moe: String, optimizer: String)] = [
+            ("experts = 4\ntop_k = 2\nhidden = 8", "adamw"),
+            ("experts = 4\ntop_k = 2\nhidden = 8\nactivation = \"swiglu\"\nbias = false", "adamw"),
+            ("experts = 4\ntop_k = 1\nhidden = 8\nrouter_init = \"zeros\"", "adamw"),
+            ("experts = 3\ntop_k = 2\nhidden = 8\nactivation = \"geglu\"", "sgd"),
+        ]
+        for (moe, optimizer) in cases {
+            let text = Fixtures.job(dir: dir).replacingOccurrences(of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\n" + moe)
+            func run(_ inBackward: Bool) throws -> (Trainer, [Double]) {
+                let config = try JobConfig.parse(text, source: "t", overrides: [
+                    "optimizer.name=\"\(optimizer)\"", "optimizer.clip_norm=0", "train.log_every=3",
+                    "optimizer.update_in_backward=\(inBackward)"])
+                let t = try Trainer(config: config, comm: base.comm, train: base.trainSet, test: base.testSet)
+                XCTAssertEqual(t.updatesExpertsInBackward, inBackward)
+                var norms: [Double] = []
+                for b in 0..<14 { norms.append(try t.trainStep(epoch: b / 10, batch: b % 10).gradNorm) }
+                return (t, norms)
+            }
+            let (early, earlyNorms) = try run(true), (late, lateNorms) = try run(false)
+            let tensors = [("parameters", early.model.store.values, late.model.store.values)]
+                + zip(early.optimizer.state, late.optimizer.state).map { ($0.name, $0.values, $1.values) }
+            for (name, a, b) in tensors {
+                let differ = zip(a.array, b.array).filter { $0.bitPattern != $1.bitPattern }.count
+                XCTAssertEqual(differ, 0, "\(name): \(differ) of \(a.count) differ (\(moe), \(optimizer))")
+            }
+            XCTAssertEqual(earlyNorms.map(\.isFinite), lateNorms.map(\.isFinite))
+            for (a, b) in zip(earlyNorms, lateNorms) where a.isFinite {
+                XCTAssertEqual(a, b, accuracy: 1e-6 * b, "gradient norm: \(moe), \(optimizer)")
+            }
+        }
+        // Clipping needs every gradient before any update: then nothing is updated in backward.
+        let clipped = try JobConfig.parse(Fixtures.job(dir: dir).replacingOccurrences(
+            of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 1\n[moe]\nexperts = 2\nhidden = 8"), source: "t")
+        XCTAssertGreaterThan(clipped.optimizer.clipNorm, 0)
+        XCTAssertFalse(try Trainer(config: clipped, comm: base.comm, train: base.trainSet, test: base.testSet).updatesExpertsInBackward)
     }
 
     /// A router that sends every token to one expert is reported as a collapse.
