@@ -25,10 +25,11 @@ let package = Package(
         .target(name: "CSignals"),
         // HDF5's Fletcher32 checksum, vectorized (AVX2 when the CPU has it), for checkpoints.
         .target(name: "CChecksum", cSettings: [.unsafeFlags(["-O3"])]),
-        // Elementwise kernels that Swift vectorizes poorly (vector square root): AdamW.
+        // Elementwise kernels that Swift vectorizes poorly (vector square root; no AVX in a
+        // baseline x86-64 build): AdamW, GELU.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
 
-        .target(name: "Kernels", dependencies: ["CBLAS"], swiftSettings: fast),
+        .target(name: "Kernels", dependencies: ["CBLAS", "CKernels"], swiftSettings: fast),
         .target(name: "Cluster", dependencies: ["CMPI", "Kernels"], swiftSettings: fast),
         .target(name: "Layers", dependencies: ["Kernels"], swiftSettings: fast),
         .target(name: "Storage", dependencies: ["CHDF5", "CZlib", "CChecksum", "Kernels"], swiftSettings: fast),

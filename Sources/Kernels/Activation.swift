@@ -1,3 +1,4 @@
+import CKernels
 /// Pointwise nonlinearities, with forward and derivative side by side.
 public enum Activation: String, CaseIterable, Sendable {
     case identity
@@ -88,7 +89,7 @@ extension Activation {
         switch self {
         case .identity: biasActivate(IdentityKernel.self, z, bias, y, rows, cols)
         case .relu: biasActivate(ReLUKernel.self, z, bias, y, rows, cols)
-        case .gelu: biasActivate(GELUKernel.self, z, bias, y, rows, cols)
+        case .gelu: sb_gelu_forward(z, bias, y, rows, cols)   // GELUKernel in C, with AVX
         case .geluTanh: biasActivate(GELUTanhKernel.self, z, bias, y, rows, cols)
         case .silu: biasActivate(SiLUKernel.self, z, bias, y, rows, cols)
         case .sigmoid: biasActivate(SigmoidKernel.self, z, bias, y, rows, cols)
@@ -103,7 +104,7 @@ extension Activation {
         switch self {
         case .identity: if dz != dy { dz.update(from: dy, count: rows * cols) }
         case .relu: activationGrad(ReLUKernel.self, z, dy, dz, rows * cols)
-        case .gelu: activationGrad(GELUKernel.self, z, dy, dz, rows * cols)
+        case .gelu: sb_gelu_backward(z, dy, dz, rows * cols)
         case .geluTanh: activationGrad(GELUTanhKernel.self, z, dy, dz, rows * cols)
         case .silu: activationGrad(SiLUKernel.self, z, dy, dz, rows * cols)
         case .sigmoid: activationGrad(SigmoidKernel.self, z, dy, dz, rows * cols)

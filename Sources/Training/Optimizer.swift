@@ -46,7 +46,9 @@ extension Optimizer {
 }
 
 /// AdamW (Loshchilov & Hutter 2019): Adam with weight decay decoupled from the gradient,
-/// `p ← p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, as in PyTorch.
+/// `p ← p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, as in PyTorch; computed as
+/// `p·(1 − lr·wd) − α·m / (√v + ε̂)` with `α = lr·√(1 − β2ᵗ)/(1 − β1ᵗ)`, `ε̂ = ε·√(1 − β2ᵗ)`,
+/// the same value with one division instead of two (the kernel is bound by its divider).
 public final class AdamW: Optimizer, RangeTask {
     public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
     public let decayBiasesAndNorms: Bool
@@ -67,44 +69,56 @@ public final class AdamW: Optimizer, RangeTask {
 
     // The update's constants, set by `begin` and read by `run` and `update` on the pool's
     // threads; `finish` sets the rest.
-    private var lr: Float = 0, stepSize: Float = 0, rootBC2: Float = 1, gradScale: Float = 1
+    private var lr: Float = 0, gradScale: Float = 1
+    /// lr·√(1 − β2ᵗ)/(1 − β1ᵗ) and ε·√(1 − β2ᵗ): Adam's bias corrections folded into the
+    /// constants, so the kernel divides once (`sb_adamw_step`).
+    private var stepSize: Float = 0, epsHat: Float = 0
     private var store: ParameterStore?
-    private var skipping: UnsafePointer<Bool>?
-    private var span = 0..<0
+    /// What `finish` updates, parameter by parameter, end to end: the pool splits this work
+    /// (not the arena, where skipped parameters would leave one thread most of it).
+    private var pieces: [(parameter: Parameter, range: Range<Int>)] = []
 
     public func begin(lr: Float, gradScale: Float) {
         steps += 1
         let t = Double(steps)
         self.lr = lr
         self.gradScale = gradScale
-        stepSize = lr / Float(1 - pow(Double(beta1), t))
-        rootBC2 = Float((1 - pow(Double(beta2), t)).squareRoot())
+        let rootBC2 = (1 - pow(Double(beta2), t)).squareRoot()
+        stepSize = Float(Double(lr) * rootBC2 / (1 - pow(Double(beta1), t)))
+        epsHat = Float(Double(eps) * rootBC2)
     }
 
     public func update(_ p: Parameter, in store: ParameterStore, from grads: UnsafeMutablePointer<Float>) {
         let at = p.offset
-        update(store.values.data + at, grads, m.data + at, v.data + at, p.count, shrink: shrink(p),
-               stepSize: stepSize, rootBC2: rootBC2, gradScale: gradScale)
+        update(store.values.data + at, grads, m.data + at, v.data + at, p.count, shrink: shrink(p))
     }
 
     public func finish(_ store: ParameterStore, ranges: [Range<Int>], skipping: UnsafePointer<Bool>?) {
         self.store = store
-        self.skipping = skipping
-        // One pass over each range, split over the pool's threads: elementwise, so the result
-        // does not depend on the split.
+        pieces.removeAll(keepingCapacity: true)
+        pieces.reserveCapacity(store.parameters.count + ranges.count)
+        var total = 0
         for r in ranges {
-            span = r
-            WorkerPool.shared.run(self, count: r.count)
+            forEachParameter(in: r, of: store, skipping: skipping) { p, lo, hi in
+                pieces.append((p, lo..<hi))
+                total += hi - lo
+            }
         }
+        // Elementwise, so the result does not depend on the split.
+        WorkerPool.shared.run(self, count: total)
     }
 
-    /// Updates `range` of the current span, parameter by parameter.
+    /// Updates elements `part` of the pieces laid end to end.
     public func run(_ part: Range<Int>) {
         guard let store else { return }
-        let range = (span.lowerBound + part.lowerBound)..<(span.lowerBound + part.upperBound)
-        forEachParameter(in: range, of: store, skipping: skipping) { p, lo, hi in
-            update(store.values.data + lo, store.grads.data + lo, m.data + lo, v.data + lo, hi - lo,
-                   shrink: shrink(p), stepSize: stepSize, rootBC2: rootBC2, gradScale: gradScale)
+        var at = 0
+        for (p, r) in pieces {
+            let lo = max(part.lowerBound - at, 0), hi = min(part.upperBound - at, r.count)
+            at += r.count
+            guard lo < hi else { continue }
+            let i = r.lowerBound + lo
+            update(store.values.data + i, store.grads.data + i, m.data + i, v.data + i, hi - lo,
+                   shrink: shrink(p))
         }
     }
 
@@ -114,9 +128,9 @@ public final class AdamW: Optimizer, RangeTask {
     @inline(__always)
     func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
                 _ m: UnsafeMutablePointer<Float>, _ v: UnsafeMutablePointer<Float>, _ n: Int,
-                shrink: Float, stepSize: Float, rootBC2: Float, gradScale: Float) {
-        var constants = sb_adamw_step(beta1: beta1, beta2: beta2, eps: eps, shrink: shrink, step_size: stepSize,
-                                      root_bc2: rootBC2, grad_scale: gradScale)
+                shrink: Float) {
+        var constants = sb_adamw_step(beta1: beta1, beta2: beta2, eps: epsHat, shrink: shrink, step_size: stepSize,
+                                      grad_scale: gradScale)
         sb_adamw(p, g, m, v, n, &constants)
     }
 }

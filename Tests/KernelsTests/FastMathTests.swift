@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import XCTest
 @testable import Kernels
@@ -91,6 +92,34 @@ final class ActivationTests: XCTestCase {
                 XCTAssertEqual(z[r * cols + j], pre, accuracy: 1e-6)
                 XCTAssertEqual(Double(y[r * cols + j]), Self.reference(.gelu, Double(pre)), accuracy: 1e-6)
             }
+        }
+    }
+
+    /// The C GELU that layers run (AVX when the CPU has it) is the Swift `GELUKernel` bit for
+    /// bit, on both instruction-set paths: values and derivatives over [−10, 10] and beyond
+    /// the clamps, with a bias, and on a length that leaves a tail.
+    func testTheCGELUIsTheSwiftKernelBitForBit() {
+        let rows = 7, cols = 1013, n = rows * cols   // 1013 = 126·8 + 5
+        let x = Tensor(shape: [rows, cols]), bias = Tensor(shape: [cols]), dy = Tensor(shape: [rows, cols])
+        for i in 0..<n { x[i] = -10 + 20 * Float(i) / Float(n) }
+        x[0] = -200; x[1] = 200; x[2] = 0; x[3] = -0.0
+        for j in 0..<cols { bias[j] = Float(j % 11) * 0.01 - 0.05 }
+        for i in 0..<n { dy[i] = Float(i % 13) * 0.25 - 1.5 }
+        // The Swift kernel, lane by lane.
+        func swift(_ f: (Float8) -> Float8, _ v: Float) -> Float { f(Float8(repeating: v))[0] }
+        for avx: Int32 in [0, 1] {
+            let z = Tensor(shape: [rows, cols]), y = Tensor(shape: [rows, cols]), dz = Tensor(shape: [rows, cols])
+            z.data.update(from: x.data, count: n)
+            sb_gelu_forward_isa(z.data, bias.data, y.data, rows, cols, avx)
+            sb_gelu_backward_isa(z.data, dy.data, dz.data, n, avx)
+            var differ = 0
+            for i in 0..<n {
+                let pre = x[i] + bias[i % cols]
+                if z[i].bitPattern != pre.bitPattern { differ += 1 }
+                if y[i].bitPattern != swift(GELUKernel.f, pre).bitPattern { differ += 1 }
+                if dz[i].bitPattern != (dy[i] * swift(GELUKernel.df, pre)).bitPattern { differ += 1 }
+            }
+            XCTAssertEqual(differ, 0, "avx \(avx): \(differ) of \(3 * n) values differ from the Swift kernel")
         }
     }
 }
