@@ -351,10 +351,12 @@ public final class MoE: Layer, RangeTask {
         forEachExpertInParallel()
     }
 
+    /// The experts with rows, most rows first, and in backward also those this rank updates
+    /// that got none (last: their zero-gradient update fills the gaps at the end).
     func forEachExpertInParallel() {
         let start = work.start
         expertCount = 0
-        for i in 0..<e where start[i + 1] > start[i] {
+        for i in 0..<e where start[i + 1] > start[i] || (inBackward && updater(of: i) != nil) {
             // Insertion by rows, descending; ties keep index order.
             var j = expertCount
             let rows = start[i + 1] - start[i]
@@ -482,16 +484,32 @@ public final class MoE: Layer, RangeTask {
         forEachExpertInParallel()
     }
 
+    /// Who updates expert i inside backward: nil unless this rank owns it and ran it on every
+    /// rank's tokens in this pass.
+    func updater(of i: Int) -> (any UpdateInBackward)? {
+        (exchange?.updatesHere(i) ?? true) ? updateInBackward : nil
+    }
+
     /// Expert i's backward over its contiguous rows. Its weight and bias gradients go to the
     /// store's gradients, or, when this rank updates the expert in backward, to thread `part`'s
     /// buffer one parameter at a time, each updated as soon as backward no longer reads it.
     func expertBackward(_ i: Int, part: Int) {
         let w = work, o = w.start[i], n = w.start[i + 1] - o
-        guard n > 0 else { return }
+        let updater = updater(of: i)
+        let buffer = updater == nil ? nil : gradientBuffers[part].data
+        guard n > 0 else {
+            // No rows: the update from a zero gradient, as the pass after backward would do.
+            guard let updater, let buffer else { return }
+            func update(_ p: Parameter?) {
+                guard let p else { return }
+                buffer.update(repeating: 0, count: p.count)
+                updater.update(p, from: buffer)
+            }
+            update(w1[i]); update(b1[i]); update(w2[i]); update(b2[i])
+            return
+        }
         let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
         let dyr = w.dy.data + o * d, dhr = w.dh.data + o * h, dzr = w.dz1.data + o * h1, dxr = w.dx.data + o * d
-        let updater = (exchange?.updatesHere(i) ?? true) ? updateInBackward : nil
-        let buffer = updater == nil ? nil : gradientBuffers[part].data
         // Where a gradient goes, and the beta of a GEMM that writes it: the buffer is
         // overwritten (biases are sums, so theirs starts at zero), the store's added to.
         func weightGradient(_ p: Parameter) -> (UnsafeMutablePointer<Float>, beta: Float) { (buffer ?? p.grad, buffer == nil ? 1 : 0) }

@@ -78,8 +78,10 @@ final class TrainerTests: XCTestCase {
         #endif
         let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
         let moe = "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\nexperts = 4\nhidden = 8\nz_loss = 0.001\ndropless = false\ncapacity_factor = 1.0"
+        // A zero router and top-1 leave experts 1–3 without tokens at first.
+        let skewed = "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\nexperts = 4\ntop_k = 1\nhidden = 8\nrouter_init = \"zeros\""
         // (model, clip_norm): without clipping the experts are updated inside backward.
-        let models = [(residual, 1), ("kind = \"stack\"\nhidden = [16, 16]\nactivation = \"relu\"", 1), (moe, 1), (moe, 0)]
+        let models = [(residual, 1), ("kind = \"stack\"\nhidden = [16, 16]\nactivation = \"relu\"", 1), (moe, 1), (moe, 0), (skewed, 0)]
         for (model, clip) in models {
             let text = Fixtures.job(dir: dir).replacingOccurrences(of: residual, with: model)
                 .replacingOccurrences(of: "clip_norm = 1.0", with: "clip_norm = \(clip)")
