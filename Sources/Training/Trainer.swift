@@ -348,4 +348,3 @@ final class MoECollectives: RankReduction, ExpertExchange {
         if let error { throw error }
     }
 }
-
