@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 
 public enum Transpose: Sendable {
     case none, transpose
@@ -25,6 +26,19 @@ public func gemm(
     cblas_sgemm(
         CblasRowMajor, ta.cblas, tb.cblas, Int32(m), Int32(n), Int32(k),
         alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// `c[m, n] = a · bᵀ` for an MoE expert's products: `a` is the expert's rows (a few dozen),
+/// `b` a weight stored `[n, k]`. A kernel that reads the weight once, in place, where this
+/// CPU and shape allow (`sb_gemm_nt`: AVX2 and FMA, n a multiple of 4, k of 8); BLAS
+/// otherwise. Deterministic either way; the two round differently.
+@inline(__always)
+public func gemmExpert(
+    m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+    c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+    if m > 0 && sb_gemm_nt(m, n, k, a, lda, b, ldb, c, ldc) == 1 { return }
+    gemm(.none, .transpose, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: 0, c: c, ldc: ldc)
 }
 
 /// BLAS threading and identity.

@@ -390,14 +390,14 @@ public final class MoE: Layer, RangeTask {
         guard n > 0 else { return }
         let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
         let yr = w.y.data + o * d
-        gemm(.none, .transpose, m: n, n: h1, k: d, a: xr, lda: d, b: w1[i].value, ldb: d, beta: 0, c: zr, ldc: h1)
+        gemmExpert(m: n, n: h1, k: d, a: xr, lda: d, b: w1[i].value, ldb: d, c: zr, ldc: h1)
         if let pointwise {
             pointwise.forward(z: zr, bias: b1[i]?.value, y: hr, rows: n, cols: h)
         } else {
             if let b = b1[i] { Activation.identity.forward(z: zr, bias: b.value, y: zr, rows: n, cols: h1) }
             gated!.forward(ab: zr, h: hr, rows: n, hidden: h)
         }
-        gemm(.none, .transpose, m: n, n: d, k: h, a: hr, lda: h, b: w2[i].value, ldb: h, beta: 0, c: yr, ldc: d)
+        gemmExpert(m: n, n: d, k: h, a: hr, lda: h, b: w2[i].value, ldb: h, c: yr, ldc: d)
         if let b = b2[i] { Activation.identity.forward(z: yr, bias: b.value, y: yr, rows: n, cols: d) }
     }
 

@@ -1,3 +1,4 @@
+import CKernels
 import XCTest
 @testable import Kernels
 
@@ -37,6 +38,54 @@ final class GEMMTests: XCTestCase {
         gemm(.none, .none, m: 2, n: 3, k: 0, a: dummy.data, lda: 1, b: dummy.data, ldb: 3,
              beta: 0.5, c: c.data, ldc: 3)
         XCTAssertEqual(c.array, [0.5, 1, 1.5, 2, 2.5, 3])
+    }
+
+    /// The experts' forward kernel `sb_gemm_nt` (y = x·wᵀ, w stored by rows) against a Double
+    /// loop: every count of leftover rows of its 3-row tiles, row strides wider than the rows,
+    /// shapes wide enough for its prefetch; shapes it does not take are left to BLAS untouched,
+    /// and `gemmExpert` gives the product either way.
+    func testExpertKernelAgainstDoubleLoop() {
+        let rng = Philox(seed: 3)
+        var tried = 0
+        for (n, m, k) in [(1, 4, 8), (2, 8, 16), (3, 12, 8), (4, 4, 24), (5, 20, 32), (7, 64, 40), (32, 512, 256), (33, 256, 512)] {
+            let ldx = k + 3, ldy = m + 5
+            let x = Tensor(shape: [n, ldx]), w = Tensor(shape: [m, k]), y = Tensor(shape: [n, ldy])
+            rng.fillUniform(x.data, count: x.count, stream: 1, lo: -1, hi: 1)
+            rng.fillUniform(w.data, count: w.count, stream: 2, lo: -1, hi: 1)
+            y.fill(7)
+            guard sb_gemm_nt(n, m, k, x.data, ldx, w.data, k, y.data, ldy) == 1 else { continue }
+            tried += 1
+            var worst = 0.0
+            for r in 0..<n {
+                for j in 0..<m {
+                    var s = 0.0
+                    for p in 0..<k { s += Double(x[r * ldx + p]) * Double(w[j * k + p]) }
+                    worst = max(worst, abs(Double(y[r * ldy + j]) - s))
+                }
+                // Past the row's m outputs, y is untouched.
+                for j in m..<ldy { XCTAssertEqual(y[r * ldy + j], 7, "n \(n), m \(m), k \(k): wrote past column \(m)") }
+            }
+            XCTAssertLessThan(worst, 1e-5 * Double(k), "n \(n), m \(m), k \(k): max |error| \(worst)")
+        }
+        if sb_gemm_nt_usable() != 0 { XCTAssertEqual(tried, 8, "every shape runs the kernel on a CPU with AVX2 and FMA") }
+        // Shapes the kernel refuses (m not a multiple of 4, k not of 8) are left alone, and
+        // gemmExpert gives them to BLAS.
+        for (m, k) in [(6, 8), (4, 12)] {
+            let x = Tensor(shape: [2, k]), w = Tensor(shape: [m, k]), y = Tensor(shape: [2, m])
+            for i in 0..<x.count { x[i] = Float(i % 5) - 2 }
+            for i in 0..<w.count { w[i] = Float(i % 3) - 1 }
+            y.fill(7)
+            XCTAssertEqual(sb_gemm_nt(2, m, k, x.data, k, w.data, k, y.data, m), 0)
+            XCTAssertEqual(y.array, [Float](repeating: 7, count: y.count))
+            gemmExpert(m: 2, n: m, k: k, a: x.data, lda: k, b: w.data, ldb: k, c: y.data, ldc: m)
+            for r in 0..<2 {
+                for j in 0..<m {
+                    var s: Float = 0
+                    for p in 0..<k { s += x[r * k + p] * w[j * k + p] }
+                    XCTAssertEqual(y[r * m + j], s, accuracy: 1e-4)
+                }
+            }
+        }
     }
 }
 

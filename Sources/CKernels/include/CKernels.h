@@ -38,3 +38,13 @@ void sb_gelu_backward(const float *z, const float *dy, float *dz, size_t n);
 /// The same, with AVX2 only if `avx` is non-zero and the CPU has it (tests run both paths).
 void sb_gelu_forward_isa(float *z, const float *bias, float *y, size_t rows, size_t cols, int avx);
 void sb_gelu_backward_isa(const float *z, const float *dy, float *dz, size_t n, int avx);
+
+/// `y = x·wᵀ` (no accumulation) for an MoE expert's small products (ExpertGEMM.c): x is
+/// `n × k` (row stride ldx), w is `m × k` stored by rows (row stride ldw = k), y is `n × m`
+/// (row stride ldy). Returns 1 when done; 0, touching nothing, when this CPU lacks AVX2 and
+/// FMA or the shape does not fit (m a multiple of 4, k of 8): the caller uses BLAS then.
+int sb_gemm_nt(size_t n, size_t m, size_t k, const float *x, size_t ldx, const float *w, size_t ldw,
+               float *y, size_t ldy);
+
+/// Whether this CPU runs `sb_gemm_nt` (AVX2 and FMA).
+int sb_gemm_nt_usable(void);
