@@ -25,8 +25,8 @@ let package = Package(
         .target(name: "CSignals"),
         // HDF5's Fletcher32 checksum, vectorized (AVX2 when the CPU has it), for checkpoints.
         .target(name: "CChecksum", cSettings: [.unsafeFlags(["-O3"])]),
-        // Elementwise kernels that Swift vectorizes poorly (vector square root; no AVX in a
-        // baseline x86-64 build): AdamW, GELU.
+        // Loops Swift compiles poorly (vector square root; no AVX in a baseline x86-64 build),
+        // each path chosen by instruction set at run time: AdamW, GELU, the experts' x·Wᵀ.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
 
         .target(name: "Kernels", dependencies: ["CBLAS", "CKernels"], swiftSettings: fast),
