@@ -48,7 +48,8 @@ extension Optimizer {
 /// AdamW (Loshchilov & Hutter 2019): Adam with weight decay decoupled from the gradient,
 /// `p ← p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, as in PyTorch; computed as
 /// `p·(1 − lr·wd) − α·m / (√v + ε̂)` with `α = lr·√(1 − β2ᵗ)/(1 − β1ᵗ)`, `ε̂ = ε·√(1 − β2ᵗ)`,
-/// the same value with one division instead of two (the kernel is bound by its divider).
+/// the same value with one division instead of two (the square root and the divisions share
+/// one divider: 1.18 → 1.02 ms on W1's parameters, `bench kernels`).
 public final class AdamW: Optimizer, RangeTask {
     public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
     public let decayBiasesAndNorms: Bool
