@@ -30,7 +30,7 @@ public func gemm(
 
 /// `c[m, n] = a · bᵀ` for an MoE expert's products: `a` is the expert's rows (a few dozen),
 /// `b` a weight stored `[n, k]`. A kernel that reads the weight once, in place, where this
-/// CPU and shape allow (`sb_gemm_nt`: AVX2 and FMA, n a multiple of 4, k of 8); BLAS
+/// CPU and shape allow (`sb_gemm_nt`: AVX2 and FMA, m ≤ 1024, n a multiple of 4, k of 8); BLAS
 /// otherwise. Deterministic either way; the two round differently.
 @inline(__always)
 public func gemmExpert(

@@ -68,17 +68,17 @@ final class GEMMTests: XCTestCase {
             XCTAssertLessThan(worst, 1e-5 * Double(k), "n \(n), m \(m), k \(k): max |error| \(worst)")
         }
         if sb_gemm_nt_usable() != 0 { XCTAssertEqual(tried, 8, "every shape runs the kernel on a CPU with AVX2 and FMA") }
-        // Shapes the kernel refuses (m not a multiple of 4, k not of 8) are left alone, and
-        // gemmExpert gives them to BLAS.
-        for (m, k) in [(6, 8), (4, 12)] {
-            let x = Tensor(shape: [2, k]), w = Tensor(shape: [m, k]), y = Tensor(shape: [2, m])
+        // Shapes the kernel refuses (m not a multiple of 4, k not of 8, over 1024 rows) are
+        // left alone, and gemmExpert gives them to BLAS.
+        for (n, m, k) in [(2, 6, 8), (2, 4, 12), (1025, 4, 8)] {
+            let x = Tensor(shape: [n, k]), w = Tensor(shape: [m, k]), y = Tensor(shape: [n, m])
             for i in 0..<x.count { x[i] = Float(i % 5) - 2 }
             for i in 0..<w.count { w[i] = Float(i % 3) - 1 }
             y.fill(7)
-            XCTAssertEqual(sb_gemm_nt(2, m, k, x.data, k, w.data, k, y.data, m), 0)
+            XCTAssertEqual(sb_gemm_nt(n, m, k, x.data, k, w.data, k, y.data, m), 0)
             XCTAssertEqual(y.array, [Float](repeating: 7, count: y.count))
-            gemmExpert(m: 2, n: m, k: k, a: x.data, lda: k, b: w.data, ldb: k, c: y.data, ldc: m)
-            for r in 0..<2 {
+            gemmExpert(m: n, n: m, k: k, a: x.data, lda: k, b: w.data, ldb: k, c: y.data, ldc: m)
+            for r in 0..<n {
                 for j in 0..<m {
                     var s: Float = 0
                     for p in 0..<k { s += x[r * k + p] * w[j * k + p] }

@@ -42,7 +42,8 @@ void sb_gelu_backward_isa(const float *z, const float *dy, float *dz, size_t n, 
 /// `y = x·wᵀ` (no accumulation) for an MoE expert's small products (ExpertGEMM.c): x is
 /// `n × k` (row stride ldx), w is `m × k` stored by rows (row stride ldw = k), y is `n × m`
 /// (row stride ldy). Returns 1 when done; 0, touching nothing, when this CPU lacks AVX2 and
-/// FMA or the shape does not fit (m a multiple of 4, k of 8): the caller uses BLAS then.
+/// FMA or the shape does not fit (n ≤ 1024, m a multiple of 4, k of 8): the caller uses BLAS
+/// then.
 int sb_gemm_nt(size_t n, size_t m, size_t k, const float *x, size_t ldx, const float *w, size_t ldw,
                float *y, size_t ldy);
 
