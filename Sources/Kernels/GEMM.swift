@@ -41,6 +41,9 @@ public func gemmExpert(
     gemm(.none, .transpose, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: 0, c: c, ldc: ldc)
 }
 
+/// Whether `gemmExpert` runs its own kernel on this CPU (AVX2 and FMA) rather than BLAS.
+public var gemmExpertHasOwnKernel: Bool { sb_gemm_nt_usable() != 0 }
+
 /// BLAS threading and identity.
 public enum BLAS {
     /// Sets the number of OpenBLAS threads for every later call in this process, and the

@@ -79,6 +79,12 @@ struct BenchCommand: ParsableCommand {
         print("switchboard \(Switchboard.version) bench \(w.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
         print("machine: \(Self.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
               + "(thread timeout 2^\(getenv("OPENBLAS_THREAD_TIMEOUT").map { String(cString: $0) } ?? "28") cycles); ranks \(comm.size)")
+        if w == .w2 {
+            // What decides these numbers besides OpenBLAS, so runs on different machines compare.
+            let kernel = gemmExpertHasOwnKernel ? "switchboard's AVX2+FMA kernel" : "OpenBLAS (no AVX2+FMA here)"
+            let update = config.optimizer.updateInBackward ? "inside backward" : "after backward"
+            print("experts: forward products by \(kernel); updated \(update)")
+        }
         for t in threadCounts {
             BLAS.setThreads(t)
             let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
