@@ -1,7 +1,7 @@
 // GELU (erf form) in C because Swift compiles its 8-lane vectors for the baseline x86-64:
-// two 128-bit SSE operations per vector and a scalar loop for nothing. Here the AVX path
-// (chosen at run time) does one 256-bit operation per vector: GELU forward and backward
-// were 5% of a W2 step on two threads.
+// two 128-bit SSE operations per vector. Here the AVX2 path (chosen at run time) does one
+// 256-bit operation per vector: GELU forward and backward were 5% of a W2 step on two
+// threads.
 //
 // The arithmetic is that of `GELUKernel`, `erf8` and `exp8` in Sources/Kernels (the same
 // constants, the same IEEE operations in the same order, no fused multiply-add), so this and
