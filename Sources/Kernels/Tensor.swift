@@ -1,7 +1,12 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A contiguous, row-major buffer of `Float` with a fixed shape.
 ///
 /// Tensors are allocated once (when a model or workspace is built) and then written in
-/// place: the training step never creates one. Memory is 64-byte aligned and zeroed.
+/// place: the training step never creates one. Memory is zeroed and 64-byte aligned (2 MiB
+/// from `hugePagesFrom` on).
 public final class Tensor {
     public let shape: [Int]
     public let count: Int
@@ -11,8 +16,12 @@ public final class Tensor {
         precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
         self.shape = shape
         self.count = shape.reduce(1, *)
-        let raw = UnsafeMutableRawPointer.allocate(
-            byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
+        let bytes = max(count, 1) * MemoryLayout<Float>.stride
+        let huge = bytes >= Self.hugePagesFrom
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: huge ? 1 << 21 : 64)
+        #if os(Linux)
+        if huge { _ = madvise(raw, bytes, MADV_HUGEPAGE) }
+        #endif
         data = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         data.initialize(repeating: 0, count: max(count, 1))
     }
@@ -24,6 +33,15 @@ public final class Tensor {
     }
 
     deinit { data.deallocate() }
+
+    /// Tensors from this size on (the parameter arenas, optimizer state, datasets) start on a
+    /// 2 MiB boundary and ask Linux for transparent huge pages, which Debian gives only on
+    /// request (`madvise` mode). OpenMPI's shared-memory transfers pin the pages they copy one
+    /// by one: with 4 KiB pages the pinning cost more than the copy, and W3's gradient sync
+    /// (`bench W3`, 2 ranks) went from 7.6 to 12 GB/s with huge pages, its communication per
+    /// step from 2.0 to 1.4 ms, its efficiency from 0.89–0.90 to 0.91–0.93. W1 and W2 are
+    /// unchanged within noise (+1% at one thread).
+    static let hugePagesFrom = 4 << 20
 
     /// The first dimension (rows of a matrix, batch of activations).
     public var rows: Int { shape.first ?? 1 }
