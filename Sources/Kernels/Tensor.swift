@@ -39,7 +39,7 @@ public final class Tensor {
     /// request (`madvise` mode). OpenMPI's shared-memory transfers pin the pages they copy one
     /// by one: with 4 KiB pages the pinning cost more than the copy, and W3's gradient sync
     /// (`bench W3`, 2 ranks) went from 7.6 to 12 GB/s with huge pages, its communication per
-    /// step from 2.0 to 1.4 ms, its efficiency from 0.89–0.90 to 0.91–0.93. W1 and W2 are
+    /// step from 2.0 to 1.4 ms, its efficiency from 0.88–0.91 to 0.91–0.93. W1 and W2 are
     /// unchanged within noise (+1% at one thread).
     static let hugePagesFrom = 4 << 20
 

@@ -165,17 +165,11 @@ public final class MoE: Layer, RangeTask {
     /// Set by the trainer when the gradients of the experts this rank runs are final in
     /// backward (`UpdateInBackward`): each expert's parameters are then updated as soon as its
     /// backward is done, from a per-thread gradient buffer.
-    public var updateInBackward: (any UpdateInBackward)? {
-        didSet { if updateInBackward != nil { reserveGradientBuffers(WorkerPool.shared.threads) } }
-    }
-    /// One per worker thread: the gradient of one expert parameter at a time (the largest is
-    /// W1, H1·d floats: 512 KiB in W2, so it stays in the core's L2 between the GEMM that
-    /// writes it and the update that reads it).
+    public var updateInBackward: (any UpdateInBackward)?
+    /// One per worker thread, made by the first backward that needs it: the gradient of one
+    /// expert parameter at a time (the largest is W1, H1·d floats: 512 KiB in W2, so it stays
+    /// in the core's L2 between the GEMM that writes it and the update that reads it).
     var gradientBuffers: [Tensor] = []
-
-    func reserveGradientBuffers(_ threads: Int) {
-        while gradientBuffers.count < threads { gradientBuffers.append(Tensor(shape: [max(h1 * d, d * h)])) }
-    }
 
     /// Runs this layer's experts across ranks from now on: tokens go to the rank that runs
     /// their expert and come back (`MoEExchange.swift`). Sizes the buffers for the worst case,
@@ -369,8 +363,9 @@ public final class MoE: Layer, RangeTask {
         }
         next.store(0, ordering: .relaxed)
         let parts = min(WorkerPool.shared.threads, expertCount)
-        // The pool grew after `updateInBackward` was set (allocates once per thread count).
-        if inBackward && updateInBackward != nil { reserveGradientBuffers(parts) }
+        if inBackward && updateInBackward != nil {
+            while gradientBuffers.count < parts { gradientBuffers.append(Tensor(shape: [max(h1 * d, d * h)])) }
+        }
         BLAS.singleThreaded { WorkerPool.shared.run(self, count: parts, align: 1, minimum: 2) }
     }
 
