@@ -63,3 +63,46 @@ public func addColumnSums(
         storePartial8(acc, out + j, w)
     }
 }
+
+/// c = a ⊙ b (a dropout mask); c may alias a or b.
+@inlinable @inline(__always) public func multiply(
+    _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into c: UnsafeMutablePointer<Float>, count n: Int
+) {
+    var i = 0
+    while i + 8 <= n { store8(load8(a + i) * load8(b + i), c + i); i += 8 }
+    while i < n { c[i] = a[i] * b[i]; i += 1 }
+}
+
+/// y += a · x
+@inlinable @inline(__always) public func axpy(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    var i = 0
+    while i + 8 <= n { store8(load8(y + i) + a * load8(x + i), y + i); i += 8 }
+    while i < n { y[i] += a * x[i]; i += 1 }
+}
+
+/// y = a · x
+@inlinable @inline(__always) public func scaleCopy(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    var i = 0
+    while i + 8 <= n { store8(a * load8(x + i), y + i); i += 8 }
+    while i < n { y[i] = a * x[i]; i += 1 }
+}
+
+/// Σ x·y, in 8 lanes then the tail (a fixed order).
+@inlinable @inline(__always) public func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = Float8()
+    var i = 0
+    while i + 8 <= n { acc += load8(x + i) * load8(y + i); i += 8 }
+    var s = acc.sum()
+    while i < n { s += x[i] * y[i]; i += 1 }
+    return s
+}
+
+/// Σ x, in 8 lanes then the tail (a fixed order).
+@inlinable @inline(__always) public func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = Float8()
+    var j = 0
+    while j + 8 <= n { acc += load8(x + j); j += 8 }
+    var t = acc.sum()
+    while j < n { t += x[j]; j += 1 }
+    return t
+}

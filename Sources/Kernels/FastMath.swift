@@ -4,11 +4,11 @@
 
 public typealias Float8 = SIMD8<Float>
 
-@inline(__always) public func load8(_ p: UnsafePointer<Float>) -> Float8 {
+@inlinable @inline(__always) public func load8(_ p: UnsafePointer<Float>) -> Float8 {
     UnsafeRawPointer(p).loadUnaligned(as: Float8.self)
 }
 
-@inline(__always) public func store8(_ v: Float8, _ p: UnsafeMutablePointer<Float>) {
+@inlinable @inline(__always) public func store8(_ v: Float8, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: Float8.self)
 }
 

@@ -169,15 +169,6 @@ public final class RMSNorm: Layer {
     }
 }
 
-@inline(__always) func rowSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
-    var acc = Float8()
-    var j = 0
-    while j + 8 <= n { acc += load8(x + j); j += 8 }
-    var t = acc.sum()
-    while j < n { t += x[j]; j += 1 }
-    return t
-}
-
 /// Σ (x − m)²
 @inline(__always) func rowSquaredDeviation(_ x: UnsafePointer<Float>, _ n: Int, _ m: Float) -> Float {
     var acc = Float8()

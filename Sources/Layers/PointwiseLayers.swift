@@ -115,11 +115,3 @@ public final class Dropout: Layer {
         }
     }
 }
-
-@inline(__always) func multiply(
-    _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into c: UnsafeMutablePointer<Float>, count n: Int
-) {
-    var i = 0
-    while i + 8 <= n { store8(load8(a + i) * load8(b + i), c + i); i += 8 }
-    while i < n { c[i] = a[i] * b[i]; i += 1 }
-}

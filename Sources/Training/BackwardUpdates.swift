@@ -22,19 +22,29 @@ final class BackwardUpdates: UpdateInBackward {
     /// Whether this step needs the gradient norm (a logged step).
     var measures = false
 
-    init(optimizer: any Optimizer, store: ParameterStore) {
+    /// Attaches itself to every MoE layer of `model`, each with a gradient buffer for each of
+    /// `threads` worker threads.
+    init(optimizer: any Optimizer, model: Model, threads: Int) {
         self.optimizer = optimizer
-        self.store = store
+        store = model.store
         let n = store.parameters.count
         updated = .allocate(capacity: n)
         updated.initialize(repeating: false, count: n)
         squares = .allocate(capacity: n)
         squares.initialize(repeating: 0, count: n)
+        for moe in model.moeLayers { moe.attach(updates: self, threads: threads) }
     }
 
     deinit {
         updated.deallocate()
         squares.deallocate()
+    }
+
+    /// Starts a step's updates at learning rate `lr` (no clipping: that would need every
+    /// gradient first); `measuring` takes the gradients' squares for the global norm.
+    func begin(lr: Float, measuring: Bool) {
+        optimizer.begin(lr: lr, gradScale: 1)
+        measures = measuring
     }
 
     func update(_ parameter: Parameter, from grads: UnsafeMutablePointer<Float>) {

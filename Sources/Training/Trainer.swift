@@ -51,8 +51,6 @@ public final class Trainer {
     let x: Tensor
     var labels: [Int32]
     let dlogits: Tensor
-    /// [lossSum, correct, Σ grad², save wanted, stop wanted] reduced across ranks in one call.
-    var counts: [Double] = [0, 0, 0, 0, 0]
     /// Set on the coordinator when a checkpoint is due by time; rides on the next step's
     /// reduction so every rank saves after the same step.
     public var wantsSave = false
@@ -137,8 +135,7 @@ public final class Trainer {
         syncedRegions = experts.synced ?? [0..<model.store.count]
         let wholeInBackward = comm.size == 1 || experts.synced != nil
         backwardUpdates = o.updateInBackward && o.clipNorm == 0 && wholeInBackward && !model.moeLayers.isEmpty
-            ? BackwardUpdates(optimizer: optimizer, store: model.store) : nil
-        for moe in model.moeLayers { moe.updateInBackward = backwardUpdates }
+            ? BackwardUpdates(optimizer: optimizer, model: model, threads: WorkerPool.shared.threads) : nil
     }
 
     /// With one runner per expert (E ≥ P), an expert's gradient and update live on its runner
@@ -188,73 +185,74 @@ public final class Trainer {
 
     public var totalSteps: Int { schedule.totalSteps }
 
-    /// One optimizer step on global batch `batch` of `epoch`: gather this rank's rows,
-    /// forward, loss, backward, average gradients over ranks, clip, update.
+    /// One optimizer step on global batch `batch` of `epoch`: load this rank's rows, forward,
+    /// loss, backward (reduce-scattering gradient buckets as backward finishes them), one
+    /// reduction of the step's sums, update this rank's shard, allgather the parameters.
     public func trainStep(epoch: Int, batch: Int) throws -> StepResult {
-        if permutationEpoch != epoch {
-            order.permutation(epoch: epoch, into: &permutation)
-            permutationEpoch = epoch
-        }
-        let positions = order.batch(batch)
-        let globalRows = positions.count
-        let mine = GlobalSampleOrder.part(rows: globalRows, rank: comm.rank, ranks: comm.size)
-        let rows = mine.count
-        try permutation.withUnsafeBufferPointer { p in
-            try labels.withUnsafeMutableBufferPointer { y in
-                let slice = UnsafeBufferPointer(rebasing: p[(positions.lowerBound + mine.lowerBound)..<(positions.lowerBound + mine.upperBound)])
-                try trainSet.gather(slice, into: x.data, labels: y.baseAddress!)
-            }
-        }
+        let rows = try loadBatch(epoch: epoch, batch: batch)
         comm.watchdog.step = step
-        let context = ForwardContext(training: true, step: step, rowOffset: mine.lowerBound, globalRows: globalRows)
-        let logits = model.forward(x.data, rows: rows, context: context)
+        let context = ForwardContext(training: true, step: step, rowOffset: rows.offset, globalRows: rows.global)
+        let logits = model.forward(x.data, rows: rows.mine, context: context)
         try moeSums.rethrow()
         // Gradients of the mean over the *global* batch, so summing over ranks averages.
         let local = labels.withUnsafeBufferPointer {
-            softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows, classes: model.classes,
-                                smoothing: config.train.labelSmoothing, gradScale: 1 / Float(globalRows),
+            softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows.mine, classes: model.classes,
+                                smoothing: config.train.labelSmoothing, gradScale: 1 / Float(rows.global),
                                 dlogits: dlogits.data)
         }
         let clip = config.optimizer.clipNorm
         let logged = isLoggedStep(step + 1, every: config.train.logEvery, total: totalSteps)
         let lr = schedule.rate(step)
-        let early = backwardUpdates
-        if let early {
-            optimizer.begin(lr: Float(lr), gradScale: 1)
-            early.measures = logged
-        }
+        backwardUpdates?.begin(lr: Float(lr), measuring: logged)
         gradientSync.begin()
-        try model.backward(dlogits.data, rows: rows) { try gradientSync.gradientsFinal(from: $0) }
+        try model.backward(dlogits.data, rows: rows.mine) { try gradientSync.gradientsFinal(from: $0) }
         try moeSums.rethrow()
         try gradientSync.finishReduceScatter()
-        let store = model.store
-        let owned = updateRanges
 
         // The global gradient norm costs a pass over this rank's shard of the gradients and
-        // rides on the metrics' reduction: taken when clipping needs it or the step will be
+        // rides on the step's reduction: taken when clipping needs it or the step will be
         // logged, not otherwise.
-        var squares = early?.squareSum ?? 0
-        if clip > 0 || logged {
-            for r in owned { squares += sumOfSquares(store.grads.data + r.lowerBound, count: r.count) }
-        }
-        counts[0] = local.lossSum
-        counts[1] = Double(local.correct)
-        counts[2] = squares
-        counts[3] = wantsSave ? 1 : 0
-        counts[4] = StopRequest.isRequested ? 1 : 0
-        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 5, "metrics and gradient norm") }
-        let norm = clip > 0 || logged ? counts[2].squareRoot() : .nan
-        let gradScale: Float = clip > 0 && norm > clip ? Float(clip / norm) : 1
-        if early == nil { optimizer.begin(lr: Float(lr), gradScale: gradScale) }
-        optimizer.finish(store, ranges: owned, skipping: early?.updated)
-        early?.endStep()
+        var sums = StepSums(lossSum: local.lossSum, correct: Double(local.correct),
+                            squaredGradients: clip > 0 || logged ? squaredGradientNorm() : 0,
+                            saveRequests: wantsSave ? 1 : 0, stopRequests: StopRequest.isRequested ? 1 : 0)
+        try sums.reduce(over: comm, "metrics and gradient norm")
+        let norm = clip > 0 || logged ? sums.squaredGradients.squareRoot() : .nan
+        if backwardUpdates == nil { optimizer.begin(lr: Float(lr), gradScale: clip > 0 && norm > clip ? Float(clip / norm) : 1) }
+        optimizer.finish(model.store, ranges: updateRanges, skipping: backwardUpdates?.updated)
+        backwardUpdates?.endStep()
         try gradientSync.gatherParameters()
         step += 1
         // The MoE auxiliary losses are already means over the global batch.
-        let loss = counts[0] / Double(globalRows) + model.auxLoss
+        let loss = sums.lossSum / Double(rows.global) + model.auxLoss
         lastLoss = loss
-        return StepResult(step: step, epoch: epoch, loss: loss, correct: Int(counts[1]),
-                          rows: globalRows, gradNorm: norm, lr: lr, saveRequested: counts[3] > 0, stopRequested: counts[4] > 0)
+        return StepResult(step: step, epoch: epoch, loss: loss, correct: Int(sums.correct), rows: rows.global, gradNorm: norm,
+                          lr: lr, saveRequested: sums.saveRequests > 0, stopRequested: sums.stopRequests > 0)
+    }
+
+    /// Gathers this rank's part of global batch `batch` of `epoch` into `x` and `labels`:
+    /// `mine` rows, the first at `offset` within the batch of `global` rows.
+    func loadBatch(epoch: Int, batch: Int) throws -> (mine: Int, offset: Int, global: Int) {
+        if permutationEpoch != epoch {
+            order.permutation(epoch: epoch, into: &permutation)
+            permutationEpoch = epoch
+        }
+        let positions = order.batch(batch)
+        let part = GlobalSampleOrder.part(rows: positions.count, rank: comm.rank, ranks: comm.size)
+        try permutation.withUnsafeBufferPointer { p in
+            try labels.withUnsafeMutableBufferPointer { y in
+                let slice = UnsafeBufferPointer(rebasing: p[(positions.lowerBound + part.lowerBound)..<(positions.lowerBound + part.upperBound)])
+                try trainSet.gather(slice, into: x.data, labels: y.baseAddress!)
+            }
+        }
+        return (part.count, part.lowerBound, positions.count)
+    }
+
+    /// Σ gradient² over what this rank updates: its shard of the synced gradients, plus the
+    /// experts' gradients already consumed by the update inside backward.
+    func squaredGradientNorm() -> Double {
+        var squares = backwardUpdates?.squareSum ?? 0
+        for r in updateRanges { squares += sumOfSquares(model.store.grads.data + r.lowerBound, count: r.count) }
+        return squares
     }
 
     /// Loss (without label smoothing) and accuracy on `data`; each rank evaluates its part of
@@ -291,60 +289,10 @@ public final class Trainer {
             }
             start += n
         }
-        counts[0] = lossSum
-        counts[1] = correct
-        counts[2] = 0
-        try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: 3, "evaluation") }
-        let result = Evaluation(loss: counts[0] / Double(data.count), accuracy: counts[1] / Double(data.count), samples: data.count)
+        var sums = StepSums(lossSum: lossSum, correct: correct)
+        try sums.reduce(over: comm, "evaluation")
+        let result = Evaluation(loss: sums.lossSum / Double(data.count), accuracy: sums.correct / Double(data.count), samples: data.count)
         lastEvaluation = result
         return result
-    }
-}
-
-/// The MoE layers' collectives: sums for capacity order and auxiliary statistics, and the
-/// expert exchange. A layer's forward and backward cannot throw, so an MPI error is kept and
-/// thrown by the trainer right after (every rank then aborts); later calls do nothing.
-final class MoECollectives: RankReduction, ExpertExchange {
-    let comm: Communicator
-    var placement = ExpertPlacement(experts: 1, ranks: 1)
-    var error: (any Error)?
-
-    init(_ comm: Communicator) { self.comm = comm }
-
-    /// Set by the trainer: `parallel.balance_experts`.
-    var balances = false
-
-    var ranks: Int { comm.size }
-    var rank: Int { comm.rank }
-    var movesExperts: Bool { balances && placement.experts >= comm.size }
-
-    func runner(of expert: Int, forTokensOf q: Int) -> Int { placement.runner(of: expert, forTokensOf: q) }
-
-    func sum(_ data: UnsafeMutablePointer<Double>, count: Int) {
-        guard error == nil else { return }
-        do { try comm.allreduceSum(data, count: count, "MoE statistics") } catch { self.error = error }
-    }
-
-    func sumBelow(_ data: UnsafeMutablePointer<Double>, count: Int) {
-        guard error == nil else { return }
-        do { try comm.sumBelow(data, count: count, "MoE capacity order") } catch { self.error = error }
-    }
-
-    func allToAll(_ send: UnsafePointer<Int32>, _ receive: UnsafeMutablePointer<Int32>, perRank: Int) {
-        guard error == nil else { return }
-        do { try comm.allToAll(send, receive, perRank: perRank, "MoE token counts") } catch { self.error = error }
-    }
-
-    func allToAll(_ send: UnsafePointer<Float>, _ sendCounts: UnsafePointer<Int32>, _ sendOffsets: UnsafePointer<Int32>,
-                  _ receive: UnsafeMutablePointer<Float>, _ receiveCounts: UnsafePointer<Int32>,
-                  _ receiveOffsets: UnsafePointer<Int32>) {
-        guard error == nil else { return }
-        do {
-            try comm.allToAll(send, sendCounts, sendOffsets, receive, receiveCounts, receiveOffsets, "MoE exchange")
-        } catch { self.error = error }
-    }
-
-    func rethrow() throws {
-        if let error { throw error }
     }
 }

@@ -1,0 +1,222 @@
+import Kernels
+
+/// Where one expert's parameters lie in the store: weights and biases of an expert are
+/// registered together, so they are one contiguous span of values and one of gradients.
+struct ExpertSpan {
+    let values: UnsafeMutablePointer<Float>
+    let grads: UnsafeMutablePointer<Float>
+    let count: Int
+}
+
+/// The buffers of one MoE layer's exchange, sized when the exchange is attached.
+final class ExchangeBuffers {
+    let exchange: any ExpertExchange
+    let ranks: Int
+    let rank: Int
+    let experts: Int
+    /// [P·E] the rank that runs expert e on rank q's tokens when none is moved.
+    let staticRunner: [Int]
+    /// [P·E] this rank's rows per expert, once for every rank / every rank's rows per expert.
+    let announce: UnsafeMutablePointer<Int32>
+    let counts: UnsafeMutablePointer<Int32>
+    /// [P·E]: rows this rank sends to rank r for expert e / rows rank q sends here for e.
+    let sendRows: UnsafeMutablePointer<Int32>
+    let receiveRows: UnsafeMutablePointer<Int32>
+    /// [P]: floats and float offsets per rank, for the all-to-alls of rows.
+    let sendCounts: UnsafeMutablePointer<Int32>, sendOffsets: UnsafeMutablePointer<Int32>
+    let receiveCounts: UnsafeMutablePointer<Int32>, receiveOffsets: UnsafeMutablePointer<Int32>
+    /// Received rows in source-rank order, before they are grouped by expert (and outgoing
+    /// rows after).
+    let staging: Tensor
+    /// [E] rows placed so far per expert while regrouping.
+    let filled: UnsafeMutablePointer<Int>
+
+    /// Moving experts (`exchange.movesExperts`): each expert's parameters, the runner of each
+    /// expert in this pass (`ExpertBalance`), and the plan's scratch.
+    let spans: [ExpertSpan]
+    let runner: UnsafeMutablePointer<Int>
+    var balance: ExpertBalance
+    /// Experts moved in the last pass.
+    private(set) var moved = 0
+    /// Parameters (forward) or gradients (backward) of moved experts: `held` the experts this
+    /// rank owns, `visiting` those it runs for others; float counts and offsets per rank.
+    let held: Tensor, visiting: Tensor
+    let heldCounts: UnsafeMutablePointer<Int32>, heldOffsets: UnsafeMutablePointer<Int32>
+    let visitingCounts: UnsafeMutablePointer<Int32>, visitingOffsets: UnsafeMutablePointer<Int32>
+
+    init(_ exchange: any ExpertExchange, experts e: Int, rows: Int, width d: Int, spans: [ExpertSpan]) {
+        self.exchange = exchange
+        ranks = exchange.ranks
+        rank = exchange.rank
+        experts = e
+        let p = ranks
+        staticRunner = (0..<(p * e)).map { exchange.runner(of: $0 % e, forTokensOf: $0 / e) }
+        announce = .allocate(capacity: p * e)
+        counts = .allocate(capacity: p * e)
+        sendRows = .allocate(capacity: p * e)
+        receiveRows = .allocate(capacity: p * e)
+        sendCounts = .allocate(capacity: p)
+        sendOffsets = .allocate(capacity: p)
+        receiveCounts = .allocate(capacity: p)
+        receiveOffsets = .allocate(capacity: p)
+        staging = Tensor(shape: [rows, d])
+        filled = .allocate(capacity: e)
+        self.spans = exchange.movesExperts ? spans : []
+        runner = .allocate(capacity: e)
+        balance = ExpertBalance(ranks: p, experts: e)
+        let runners = staticRunner, moving = exchange.movesExperts
+        for i in 0..<e { runner[i] = runners[exchange.rank * e + i] }
+        let heldFloats = moving ? spans.indices.filter { runners[$0] == exchange.rank }.reduce(0) { $0 + spans[$1].count } : 0
+        let visitingFloats = moving ? spans.reduce(0) { $0 + $1.count } - heldFloats : 0
+        held = Tensor(shape: [heldFloats])
+        visiting = Tensor(shape: [visitingFloats])
+        heldCounts = .allocate(capacity: p)
+        heldOffsets = .allocate(capacity: p)
+        visitingCounts = .allocate(capacity: p)
+        visitingOffsets = .allocate(capacity: p)
+    }
+
+    deinit {
+        for b in [announce, counts, sendRows, receiveRows, sendCounts, sendOffsets, receiveCounts, receiveOffsets,
+                  heldCounts, heldOffsets, visitingCounts, visitingOffsets] { b.deallocate() }
+        for b in [filled, runner] { b.deallocate() }
+    }
+
+    var movesExperts: Bool { !spans.isEmpty }
+
+    /// The owner of expert i (one per expert when experts move).
+    func owner(_ i: Int) -> Int { staticRunner[i] }
+
+    /// Whether expert i's gradient is whole on this rank when its backward ends: it ran here,
+    /// on its owner, for every rank's tokens in this pass. With one runner per expert (E ≥ P;
+    /// replicated experts are summed by the gradient sync and never updated in backward).
+    func updatesHere(_ i: Int) -> Bool {
+        movesExperts ? runner[i] == rank && owner(i) == rank : staticRunner[i] == rank
+    }
+
+    /// From `counts` (every rank's rows per expert): where each expert runs in this pass, and
+    /// the rows this rank sends to and receives from every rank. The runners are contiguous
+    /// blocks in rank order, so the rows for one rank are one run of this rank's rows.
+    func route() {
+        let e = experts
+        if movesExperts {
+            moved = balance.plan(rows: counts, owner: owner, runner: runner)
+        }
+        for q in 0..<ranks {
+            for i in 0..<e {
+                receiveRows[q * e + i] = runner(of: i, forTokensOf: q) == rank ? counts[q * e + i] : 0
+                sendRows[q * e + i] = runner(of: i, forTokensOf: rank) == q ? counts[rank * e + i] : 0
+            }
+        }
+    }
+
+    /// The rank that runs expert i on rank q's tokens in this pass.
+    private func runner(of i: Int, forTokensOf q: Int) -> Int {
+        movesExperts ? runner[i] : staticRunner[q * experts + i]
+    }
+
+    /// Float counts and offsets from the row counts (each rank's segment holds its experts in
+    /// ascending order, so rows to or from a rank are contiguous).
+    func setCounts(width d: Int) {
+        var sent: Int32 = 0, received: Int32 = 0
+        for r in 0..<ranks {
+            var s: Int32 = 0, q: Int32 = 0
+            for i in 0..<experts { s += sendRows[r * experts + i]; q += receiveRows[r * experts + i] }
+            sendOffsets[r] = sent * Int32(d)
+            sendCounts[r] = s * Int32(d)
+            receiveOffsets[r] = received * Int32(d)
+            receiveCounts[r] = q * Int32(d)
+            sent += s
+            received += q
+        }
+    }
+
+    /// Copies rows between the source-rank order of `staging` and the expert order of
+    /// `rows` (`toExperts`: staging → rows, else rows → staging); expert e's rows from rank q
+    /// follow those from ranks below q. Sets `start` when regrouping forward.
+    func regroup(_ rows: UnsafeMutablePointer<Float>, start: UnsafeMutablePointer<Int>, width d: Int,
+                 toExperts: Bool, settingStart: Bool) {
+        let e = experts
+        if settingStart {
+            start[0] = 0
+            for i in 0..<e {
+                var n = 0
+                for q in 0..<ranks { n += Int(receiveRows[q * e + i]) }
+                start[i + 1] = start[i] + n
+            }
+        }
+        for i in 0..<e { filled[i] = 0 }
+        var source = 0
+        for q in 0..<ranks {
+            for i in 0..<e {
+                let n = Int(receiveRows[q * e + i])
+                guard n > 0 else { continue }
+                let at = rows + (start[i] + filled[i]) * d, staged = staging.data + source * d
+                if toExperts { at.update(from: staged, count: n * d) } else { staged.update(from: at, count: n * d) }
+                filled[i] += n
+                source += n
+            }
+        }
+    }
+
+    /// Forward: the owners of moved experts send their parameters to the runners, which put
+    /// them in place in their own store. Every rank makes this call whether or not anything
+    /// moves (then every segment is empty).
+    func sendParameters() {
+        layOut(.held, heldCounts, heldOffsets)
+        layOut(.visiting, visitingCounts, visitingOffsets)
+        forEachMoved(.held, held, heldOffsets) { span, at in at.update(from: span.values, count: span.count) }
+        exchange.allToAll(held.data, heldCounts, heldOffsets, visiting.data, visitingCounts, visitingOffsets)
+        forEachMoved(.visiting, visiting, visitingOffsets) { span, at in span.values.update(from: at, count: span.count) }
+    }
+
+    /// After backward: the runners return the moved experts' weight gradients to their owners
+    /// (zeroing their own copies, which no optimizer touches), and each owner adds them to its
+    /// gradient, which held nothing for that expert: the same bits the owner would have made.
+    func returnGradients() {
+        forEachMoved(.visiting, visiting, visitingOffsets) { span, at in
+            at.update(from: span.grads, count: span.count)
+            span.grads.update(repeating: 0, count: span.count)
+        }
+        exchange.allToAll(visiting.data, visitingCounts, visitingOffsets, held.data, heldCounts, heldOffsets)
+        forEachMoved(.held, held, heldOffsets) { span, at in
+            add(UnsafePointer(span.grads), UnsafePointer(at), into: span.grads, count: span.count)
+        }
+    }
+
+    /// Moved experts this rank owns (their peer is the runner) or runs for another (the peer
+    /// is the owner).
+    enum Side { case held, visiting }
+
+    /// The rank at the other end of moved expert i, or nil when i is not moved on `side`.
+    private func peer(_ i: Int, _ side: Side) -> Int? {
+        let o = owner(i), r = runner[i]
+        guard o != r else { return nil }
+        switch side {
+        case .held: return o == rank ? r : nil
+        case .visiting: return r == rank ? o : nil
+        }
+    }
+
+    /// Float counts and offsets per peer rank of the moved experts on `side`, ascending by expert.
+    private func layOut(_ side: Side, _ counts: UnsafeMutablePointer<Int32>, _ offsets: UnsafeMutablePointer<Int32>) {
+        var at = 0
+        for q in 0..<ranks {
+            offsets[q] = Int32(at)
+            for i in 0..<experts where peer(i, side) == q { at += spans[i].count }
+            counts[q] = Int32(at) - offsets[q]
+        }
+    }
+
+    /// Each moved expert on `side`, with its place in `buffer`, in the order `layOut` gives.
+    private func forEachMoved(_ side: Side, _ buffer: Tensor, _ offsets: UnsafeMutablePointer<Int32>,
+                              _ body: (ExpertSpan, UnsafeMutablePointer<Float>) -> Void) {
+        for q in 0..<ranks {
+            var at = Int(offsets[q])
+            for i in 0..<experts where peer(i, side) == q {
+                body(spans[i], buffer.data + at)
+                at += spans[i].count
+            }
+        }
+    }
+}
