@@ -5,10 +5,15 @@ import PackageDescription
 // are established once at workspace creation, and the checks cost measurable time there.
 let fast: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
 
+// Linux (x86-64, Debian) is what is built and tested: OpenMPI, OpenBLAS and HDF5 from Debian's
+// packages, /proc, transparent huge pages, glibc's allocator for the allocation counter.
 let package = Package(
     name: "switchboard",
-    platforms: [.macOS(.v13)],
-    products: [.executable(name: "switchboard", targets: ["switchboard"])],
+    products: [
+        .executable(name: "switchboard", targets: ["switchboard"]),
+        // Preloaded by `switchboard bench` to count heap allocations; never linked into it.
+        .library(name: "SwitchboardAllocCounter", type: .dynamic, targets: ["CAllocCounter"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
@@ -19,7 +24,8 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
-        // Counts heap allocations per thread; linked only into tests and the bench check.
+        // Counts heap allocations per thread by interposing malloc: linked into the tests, and
+        // preloaded by `switchboard bench` as the SwitchboardAllocCounter library.
         .target(name: "CAllocCounter"),
         // Names the rank and step when a rank dies of a fatal signal; notes SIGTERM/SIGINT as a request to stop.
         .target(name: "CSignals"),
@@ -29,27 +35,31 @@ let package = Package(
         // each path chosen by instruction set at run time: AdamW, GELU, the experts' x·Wᵀ.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
 
+        // Every Swift target lists each module it imports; each imports only modules above it here.
+        // The one error protocol every domain error adopts (exit code and one-line message).
+        .target(name: "Errors"),
         .target(name: "Kernels", dependencies: ["CBLAS", "CKernels"], swiftSettings: fast),
-        .target(name: "Cluster", dependencies: ["CMPI", "Kernels"], swiftSettings: fast),
+        .target(name: "Cluster", dependencies: ["CMPI", "Errors", "Kernels"], swiftSettings: fast),
         .target(name: "Layers", dependencies: ["Kernels"], swiftSettings: fast),
-        .target(name: "Storage", dependencies: ["CHDF5", "CZlib", "CChecksum", "Kernels"], swiftSettings: fast),
+        .target(name: "Storage", dependencies: ["CChecksum", "CHDF5", "CZlib", "Errors", "Kernels"], swiftSettings: fast),
         .target(
             name: "Training",
-            dependencies: ["Kernels", "Cluster", "Layers", "Storage", "CSignals", "CKernels", "TOMLKit"],
+            dependencies: ["CSignals", "Cluster", "Errors", "Kernels", "Layers", "Storage", "TOMLKit"],
             swiftSettings: fast),
         .executableTarget(
             name: "switchboard",
             dependencies: [
-                "Training", "CAllocCounter",
+                "Cluster", "Errors", "Kernels", "Layers", "Storage", "Training",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fast),
 
         .target(name: "TestSupport", dependencies: ["Kernels"], path: "Tests/TestSupport"),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "KernelsTests", dependencies: ["CKernels", "Kernels"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster"]),
-        .testTarget(name: "LayersTests", dependencies: ["Layers", "Kernels"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Storage", "Cluster", "Kernels", "Layers", "CAllocCounter", "TestSupport"]),
+        .testTarget(name: "LayersTests", dependencies: ["Kernels", "Layers", "TestSupport"]),
+        .testTarget(name: "TrainingTests",
+                    dependencies: ["CAllocCounter", "Cluster", "Kernels", "Layers", "Storage", "TestSupport", "Training"]),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
     ]
 )

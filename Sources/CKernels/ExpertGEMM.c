@@ -1,13 +1,12 @@
 // y = x·wᵀ for the forward products of MoE experts: x is an expert's rows (a few dozen), w a
 // weight matrix in its stored [out, in] layout, read once, in place, straight from memory.
 //
-// OpenBLAS packs w into a buffer on every call before it multiplies. At W2's shapes (32 rows
-// against a 512 × 256 weight that is cold in memory) the packing and the edges of its 16 × 4
-// tiles leave it at ~85 GFLOP/s of a 120 GFLOP/s core (94 µs a product, measured alone;
-// 66 µs hot and 83 µs cold here). Each output is a dot product along the stored rows of w: a
-// tile of 3 rows of x by 4 rows of w keeps 12 vector accumulators, w streams through once in
-// the order it lies in memory, and the rows of w four tiles ahead are prefetched into L2
-// while a tile computes.
+// OpenBLAS packs w into a buffer on every call before it multiplies; at W2's shapes (32 rows
+// against a 512 × 256 weight that is cold in memory) the packing and the edges of its tiles
+// leave it well short of the core's peak (docs/BENCHMARKS.md). Each output is a dot product
+// along the stored rows of w: a tile of 3 rows of x by 4 rows of w keeps 12 vector
+// accumulators, w streams through once in the order it lies in memory, and the rows of w
+// four tiles ahead are prefetched into L2 while a tile computes.
 //
 // The input gradients x·w read w across its rows instead (a line from each of k rows per
 // 16 columns); a kernel for those (6 × 16 tiles, prefetching the next columns) was no faster

@@ -1,4 +1,5 @@
 import CMPI
+import Errors
 
 /// An MPI communicator handle (never a raw pointer in public API).
 public struct CommHandle: @unchecked Sendable {
@@ -22,9 +23,11 @@ public struct ReduceOp: @unchecked Sendable {
 }
 
 /// A failed MPI call, with the call's name and MPI's own message.
-public struct MPIError: Error, CustomStringConvertible {
+public struct MPIError: SwitchboardError, CustomStringConvertible {
     public let call: String
     public let code: Int32
+    public var message: String { description }
+    public var exitCode: Int32 { 1 }
     public var description: String {
         var buf = [CChar](repeating: 0, count: 512)
         var len: Int32 = 0

@@ -1,6 +1,14 @@
 import CMPI
+import Errors
 import Foundation
 import Kernels
+
+/// A rank's preflight report does not fit the room the gather gives it.
+public struct PreflightError: SwitchboardError {
+    public let rank: Int, bytes: Int, limit: Int
+    public var message: String { "preflight: rank \(rank)'s report is \(bytes) bytes, more than the \(limit) the gather holds" }
+    public var exitCode: Int32 { 1 }
+}
 
 /// What one rank reports about itself before training.
 public struct RankReport: Codable, Sendable, Equatable {
@@ -16,7 +24,7 @@ public struct RankReport: Codable, Sendable, Equatable {
     public var configHash: String
 }
 
-/// The start-of-run check of DESIGN.md: every rank reports, the coordinator prints one
+/// The start-of-run check of a multi-rank job: every rank reports, the coordinator prints one
 /// table, refuses to start when binaries or configs differ, and warns about
 /// oversubscription, overlapping bindings and slow ranks.
 public enum Preflight {
@@ -35,11 +43,15 @@ public enum Preflight {
             binaryHash: hex(hashFile("/proc/self/exe")), configHash: hex(RNGStream.fnv1a(configText)))
     }
 
+    /// Room for one rank's report in the gather: a report lists the CPUs the rank may run
+    /// on, about 5 bytes each, so this holds a binding to 3000 CPUs.
+    static let reportBytes = 16 << 10
+
     /// Gathers every rank's report on the coordinator (nil elsewhere).
     public static func gather(_ mine: RankReport, on comm: Communicator) throws -> [RankReport]? {
-        let slot = 1024
+        let slot = reportBytes
         var bytes = [UInt8](try JSONEncoder().encode(mine))
-        guard bytes.count < slot else { throw MPIError(call: "preflight report of \(bytes.count) bytes", code: sb_success()) }
+        guard bytes.count < slot else { throw PreflightError(rank: mine.rank, bytes: bytes.count, limit: slot) }
         bytes += [UInt8](repeating: 0, count: slot - bytes.count)
         guard let all = try comm.gatherBytes(bytes, "preflight") else { return nil }
         return try (0..<comm.size).map { r in

@@ -13,17 +13,16 @@ import Kernels
 /// Together that is exactly a ring allreduce of the gradients (reduce-scatter + allgather,
 /// `2(P−1)` steps of `1/P` of a bucket), with the allgather moving parameters instead of
 /// gradients, so communication costs the same as averaging gradients while the optimizer
-/// costs 1/P. On W3, AdamW is about 11% of a one-rank step (7.8 of ~69 ms).
+/// costs 1/P.
 ///
 /// Buckets are contiguous ranges of the flat arena, cut from its end: parameters are laid out
 /// in forward order and backward finishes them last-first, so finished gradients always form
 /// a suffix `[offset, count)`. The ring is built from `MPI_Isend`/`MPI_Irecv` on a
-/// communicator of its own and advanced by `MPI_Test` between layers: on 2 ranks with
-/// OpenMPI 4.1 (shared memory) `MPI_Iallreduce` moved gradients at 0.6 of the blocking
-/// `MPI_Allreduce`'s rate at every size from 64 KiB to 11 MiB, while this ring matches it.
-/// One bucket is in flight at a time and all share one receive buffer: with every bucket in
-/// flight at once, each with its own buffer, the sync ran at 0.7–0.8 of `MPI_Allreduce`; with
-/// one at a time at 1.0, the incoming chunk landing in a buffer still in cache.
+/// communicator of its own and advanced by `MPI_Test` between layers: with OpenMPI 4.1 over
+/// shared memory, `MPI_Iallreduce` moved gradients well below the blocking `MPI_Allreduce`'s
+/// rate, and this ring does not. One bucket is in flight at a time and all share one receive
+/// buffer, so the incoming chunk lands in a buffer still in cache (every bucket in flight at
+/// once, each with its own buffer, was slower; docs/BENCHMARKS.md).
 ///
 /// Sums are added in a fixed order, so results are bitwise reproducible at a given world
 /// size, and the allgather gives every rank the same parameter bits.

@@ -1,7 +1,5 @@
 #if canImport(Glibc)
 import Glibc
-#elseif canImport(Darwin)
-import Darwin
 #endif
 
 /// Row-wise softmax, log-softmax and softmax cross-entropy over `[rows, cols]` matrices.

@@ -37,10 +37,8 @@ public final class Tensor {
     /// Tensors from this size on (the parameter arenas, optimizer state, datasets) start on a
     /// 2 MiB boundary and ask Linux for transparent huge pages, which Debian gives only on
     /// request (`madvise` mode). OpenMPI's shared-memory transfers pin the pages they copy one
-    /// by one: with 4 KiB pages the pinning cost more than the copy, and W3's gradient sync
-    /// (`bench W3`, 2 ranks) went from 7.6 to 12 GB/s with huge pages, its communication per
-    /// step from 2.0 to 1.4 ms, its efficiency from 0.88–0.91 to 0.91–0.93. W1 and W2 are
-    /// unchanged within noise (+1% at one thread).
+    /// by one: with 4 KiB pages the pinning cost more than the copy (`bench W3`'s gradient
+    /// sync; docs/BENCHMARKS.md).
     static let hugePagesFrom = 4 << 20
 
     /// The first dimension (rows of a matrix, batch of activations).

@@ -12,13 +12,12 @@
 /// largest load, and of those the fewest moves (an exact search over the cut points). Every
 /// rank computes it from the same counts, so all agree without a message.
 public struct ExpertBalance {
-    /// An expert costs its rows plus this many rows' worth of fixed time (OpenBLAS packs the
-    /// expert's weights on every GEMM). Measured in `bench W4` on 2 ranks, per expert and pass:
-    /// forward 0.22 ms + 0.0165 ms per row, backward 0.36 ms + 0.032 ms per row, so 12 rows.
-    /// Packing scales with the weights, as the per-row cost does, so one number serves any size.
+    /// An expert costs its rows plus this many rows' worth of fixed time: its weights are read
+    /// whole however few rows it has, a cost that scales with the weights as the per-row cost
+    /// does, so one number serves any size (fitted on `bench W4`; docs/BENCHMARKS.md).
     public static let fixedRows = 12
-    /// Moving an expert: its weights out in forward and its gradients back after backward.
-    /// Measured there at ~0.8 ms per moved expert, about 16 rows' time.
+    /// Moving an expert: its weights out in forward and its gradients back after backward,
+    /// in rows' worth of time (fitted the same way).
     public static let moveRows = 16
 
     let ranks: Int, experts: Int

@@ -20,7 +20,7 @@ public final class Linear: Layer {
     let dx: Tensor      // [maxRows, in]
     var x: UnsafePointer<Float>?
 
-    /// Weights and biases uniform in ±1/√fan_in (PyTorch's default, and WORKLOADS.md's).
+    /// Weights and biases uniform in ±1/√fan_in (PyTorch's default, and the benchmark workloads').
     public init(
         _ name: String, inputs: Int, outputs: Int, bias: Bool = true,
         activation: Activation = .identity, computesInputGradient: Bool = true,

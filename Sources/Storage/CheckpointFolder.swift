@@ -1,7 +1,7 @@
 import Foundation
 
 /// The checkpoints of one run folder: `step-NNNNNN/` folders, committed by rename from
-/// `step-NNNNNN.tmp/` (DESIGN.md, "Checkpoints"). A folder without a main file is not a
+/// `step-NNNNNN.tmp/` (docs/ARCHITECTURE.md, "Checkpoints"). A folder without a main file is not a
 /// checkpoint; a `.tmp` folder is an interrupted save.
 public enum CheckpointFolder {
     public static func name(step: Int) -> String { "step-" + String(format: "%06d", step) }

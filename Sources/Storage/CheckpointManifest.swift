@@ -1,6 +1,7 @@
+import Errors
 import Foundation
 
-/// What a checkpoint holds, written last by the coordinator (DESIGN.md, "Checkpoints"): every
+/// What a checkpoint holds, written last by the coordinator (docs/ARCHITECTURE.md, "Checkpoints"): every
 /// logical tensor with the file and dataset that hold it, its shape, dtype and checksum; the
 /// training position; and what is needed to understand the run later. Stored as JSON in the
 /// `manifest` dataset of the checkpoint's main file (`checkpoint.h5`), so it is protected by
@@ -196,8 +197,10 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
 
 /// A checkpoint that cannot be written, found or trusted: the checkpoint (or file) and what
 /// is wrong, naming tensors where one is involved.
-public struct CheckpointError: Error, CustomStringConvertible {
+public struct CheckpointError: SwitchboardError, CustomStringConvertible {
     public let path: String, problem: String
     public init(_ path: String, _ problem: String) { self.path = path; self.problem = problem }
     public var description: String { "\(path): \(problem)" }
+    public var message: String { description }
+    public var exitCode: Int32 { 1 }
 }

@@ -24,7 +24,7 @@ public final class CheckpointReader {
             manifest = try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: CheckpointManifest.maxBytes),
                                                      source: mainPath)
         } catch let e as HDF5Error {
-            throw CheckpointError(mainPath, "cannot read the manifest (\(e.action) failed\(e.details.isEmpty ? "" : ": " + e.details))")
+            throw CheckpointError(mainPath, "cannot read the manifest: \(e.failure)")
         }
         tensors = Dictionary(manifest.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
@@ -46,7 +46,7 @@ public final class CheckpointReader {
                 throw CheckpointError(filePath, "tensor \(name): checksum \(sum), the manifest says \(t.checksum)")
             }
         } catch let e as HDF5Error {
-            throw CheckpointError(filePath, "tensor \(name): \(e.action) failed\(e.details.isEmpty ? "" : " (\(e.details))")")
+            throw CheckpointError(filePath, "tensor \(name): \(e.failure)")
         }
     }
 
@@ -60,7 +60,7 @@ public final class CheckpointReader {
             throw CheckpointError(e.path, e.problem + (held.count > 1 ? " and \(held.count - 1) more" : ""))
         } catch let e as HDF5Error {
             let names = held.first.map { " (tensor \($0.name)" + (held.count > 1 ? " and \(held.count - 1) more)" : ")") } ?? ""
-            throw CheckpointError(e.path, "\(e.action) failed\(e.details.isEmpty ? "" : " (\(e.details))"); it holds \(held.count) tensors\(names)")
+            throw CheckpointError(e.path, "\(e.failure); it holds \(held.count) tensors\(names)")
         }
     }
 

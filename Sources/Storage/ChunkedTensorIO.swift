@@ -1,7 +1,10 @@
 import CHDF5
 import CZlib
+import Errors
 import Foundation
+#if canImport(Glibc)
 import Glibc
+#endif
 import Kernels
 
 /// Checkpoint tensors, written and read chunk by chunk around HDF5's filter pipeline, at disk
@@ -11,7 +14,7 @@ import Kernels
 /// hands HDF5 finished chunks (`H5Dwrite_chunk`); it reads by asking HDF5 where each chunk
 /// lies (`H5Dget_chunk_info`, every address and size checked against the file) and `pread`s
 /// the chunks on the worker threads straight into the tensor, verifying each sum. HDF5's own
-/// pipeline checksums on one thread, at a third of the disk's read rate here (`bench W5`).
+/// pipeline checksums on one thread, well below the disk's read rate (`bench W5`).
 ///
 /// A tensor's checksum, recorded in the manifest, is the CRC-32 of its chunks' Fletcher32
 /// sums (little-endian, in chunk order): it changes with any chunk, and costs nothing more
@@ -66,7 +69,7 @@ extension HDF5File {
         guard Int(count) == layout.chunks else { throw fail("\(count) chunks stored, \(layout.chunks) expected") }
 
         let fd = Glibc.open(path, O_RDONLY)
-        guard fd >= 0 else { throw fail("cannot open the file (\(String(cString: strerror(errno))))") }
+        guard fd >= 0 else { throw fail("cannot open the file (\(systemMessage()))") }
         defer { Glibc.close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw fail("cannot stat the file") }
@@ -85,8 +88,8 @@ extension HDF5File {
             }
             reader.addresses[c] = Int(address)
         }
-        // No read-ahead hint: measured with `bench W5`, POSIX_FADV_WILLNEED on the tensor's
-        // extent took loads from 0.84–0.90 of the plain read rate to 0.72, SEQUENTIAL to 0.75.
+        // No read-ahead hint: WILLNEED and SEQUENTIAL on the tensor's extent both made loads
+        // slower in `bench W5` (docs/BENCHMARKS.md).
         WorkerPool.shared.run(reader, count: min(WorkerPool.shared.threads, layout.chunks), align: 1, minimum: 2)
         for c in 0..<layout.chunks where reader.status[c] != 0 {
             throw fail(reader.status[c] == 1 ? "chunk \(c) of \(layout.chunks): short read"

@@ -1,10 +1,13 @@
+import Errors
 import Foundation
 
 /// A file or folder that could not be written, read or moved.
-public struct DiskError: Error, CustomStringConvertible {
+public struct DiskError: SwitchboardError, CustomStringConvertible {
     public let path: String, problem: String
     public init(_ path: String, _ problem: String) { self.path = path; self.problem = problem }
     public var description: String { "\(path): \(problem)" }
+    public var message: String { description }
+    public var exitCode: Int32 { 1 }
 }
 
 /// The file-system steps of a crash-safe commit: data reaches the disk (`fsync`) before the
@@ -13,14 +16,14 @@ public enum DurableFiles {
     /// Flushes a file's or folder's contents and metadata to the disk.
     public static func sync(_ path: String) throws {
         let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw DiskError(path, "cannot open to sync (\(lastError))") }
+        guard fd >= 0 else { throw DiskError(path, "cannot open to sync (\(systemMessage()))") }
         defer { close(fd) }
-        guard fsync(fd) == 0 else { throw DiskError(path, "fsync failed (\(lastError))") }
+        guard fsync(fd) == 0 else { throw DiskError(path, "fsync failed (\(systemMessage()))") }
     }
 
     /// Renames `from` to `to` (same file system, atomic), then syncs the folder holding both.
     public static func rename(_ from: String, _ to: String) throws {
-        guard Foundation.rename(from, to) == 0 else { throw DiskError(from, "cannot rename to \(to) (\(lastError))") }
+        guard Foundation.rename(from, to) == 0 else { throw DiskError(from, "cannot rename to \(to) (\(systemMessage()))") }
         try sync((to as NSString).deletingLastPathComponent.nonEmpty ?? ".")
     }
 
@@ -47,8 +50,6 @@ public enum DurableFiles {
         _ = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)
         close(fd)
     }
-
-    static var lastError: String { String(cString: strerror(errno)) }
 }
 
 extension String {

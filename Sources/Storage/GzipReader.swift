@@ -1,4 +1,5 @@
 import CZlib
+import Errors
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,7 +12,7 @@ final class GzipReader {
     init(path: String) throws {
         self.path = path
         guard let f = gzopen(path, "rb") else {
-            throw DataError(path, "cannot open (\(String(cString: strerror(errno))))")
+            throw DataError(path, "cannot open (\(systemMessage()))")
         }
         file = f
         gzbuffer(file, 1 << 20)

@@ -1,12 +1,17 @@
 import CHDF5
+import Errors
 
 /// A failed HDF5 call: what was being done, to which file or object, and HDF5's own
 /// messages (its automatic printing to stderr is switched off).
-public struct HDF5Error: Error, CustomStringConvertible {
+public struct HDF5Error: SwitchboardError, CustomStringConvertible {
     public let path: String
     public let action: String
     public let details: String
-    public var description: String { "\(path): \(action) failed" + (details.isEmpty ? "" : " (\(details))") }
+    /// "`action` failed (`details`)", without the path.
+    public var failure: String { failedCall(action, details) }
+    public var description: String { "\(path): \(failure)" }
+    public var message: String { description }
+    public var exitCode: Int32 { 1 }
 }
 
 /// Process-wide HDF5 setup.

@@ -63,7 +63,7 @@ public final class HDF5Samples {
             self.labels = labels
             name = xName
         } catch let e as HDF5Error {
-            throw fail("\(e.action) failed\(e.details.isEmpty ? "" : " (\(e.details))")")
+            throw fail(e.failure)
         }
     }
 

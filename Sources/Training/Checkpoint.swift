@@ -4,7 +4,7 @@ import Kernels
 import Layers
 import Storage
 
-/// Saving and loading checkpoints (DESIGN.md, "Checkpoints"). Both are collective.
+/// Saving and loading checkpoints (docs/ARCHITECTURE.md, "Checkpoints"). Both are collective.
 extension Trainer {
     /// Experts whose parameters and state only their runner holds (E ≥ P on several ranks).
     var expertsLocal: Bool { !expertSpans.isEmpty }

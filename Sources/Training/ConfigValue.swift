@@ -1,3 +1,4 @@
+import Errors
 import TOMLKit
 import Foundation
 
@@ -66,7 +67,9 @@ public indirect enum ConfigValue: Equatable, Sendable {
 }
 
 /// A bad job file or option: exit code 2.
-public struct ConfigError: Error, CustomStringConvertible, Equatable {
+public struct ConfigError: SwitchboardError, CustomStringConvertible, Equatable {
     public let description: String
     public init(_ message: String) { description = message }
+    public var message: String { description }
+    public var exitCode: Int32 { 2 }
 }

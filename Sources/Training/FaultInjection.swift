@@ -1,9 +1,12 @@
+import Errors
 import Foundation
 
 /// A failure made on purpose by the test hook `SWITCHBOARD_FAULT`.
-public struct InjectedFault: Error, CustomStringConvertible {
+public struct InjectedFault: SwitchboardError, CustomStringConvertible {
     public let step: Int
     public var description: String { "injected fault before step \(step) (SWITCHBOARD_FAULT)" }
+    public var message: String { description }
+    public var exitCode: Int32 { 1 }
 }
 
 /// Test hook: `SWITCHBOARD_FAULT=rank=R,step=S[,kind=K]` acts on rank R before training step

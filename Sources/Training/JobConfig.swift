@@ -93,8 +93,8 @@ public struct JobConfig: Sendable {
         /// Whether a busy rank's experts may run on an idle rank for a pass (`ExpertBalance`);
         /// the results are the same bits either way.
         public var balanceExperts: Bool
-        /// Chosen by measurement (`bench W3`, 2 ranks): the sync runs fastest, at the rate of
-        /// `MPI_Allreduce` itself, from 512 KiB to 2 MiB, and 15–30% slower at 4 and 8 MiB.
+        /// Chosen by measurement (`bench W3`, 2 ranks): the sync runs fastest from 512 KiB to
+        /// 2 MiB, and slower at 4 and 8 MiB (docs/BENCHMARKS.md).
         public static let defaultBucketKiB = 1024
     }
 

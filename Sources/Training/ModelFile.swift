@@ -1,3 +1,4 @@
+import Errors
 import Foundation
 import Layers
 import Storage
@@ -19,7 +20,7 @@ public enum ModelFile {
             try file.flush()
         }
         guard rename(tmp, path) == 0 else {
-            throw DiskError(path, "cannot move \(tmp) into place (\(String(cString: strerror(errno))))")
+            throw DiskError(path, "cannot move \(tmp) into place (\(systemMessage()))")
         }
     }
 

@@ -1,4 +1,3 @@
-import CKernels
 import Kernels
 import Layers
 import Foundation
@@ -49,7 +48,7 @@ extension Optimizer {
 /// `p ← p·(1 − lr·wd) − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + ε)`, as in PyTorch; computed as
 /// `p·(1 − lr·wd) − α·m / (√v + ε̂)` with `α = lr·√(1 − β2ᵗ)/(1 − β1ᵗ)`, `ε̂ = ε·√(1 − β2ᵗ)`,
 /// the same value with one division instead of two (the square root and the divisions share
-/// one divider; with the AVX-512 path, 1.18 → 1.02 ms on W1's parameters in `bench kernels`).
+/// one divider).
 public final class AdamW: Optimizer, RangeTask {
     public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
     public let decayBiasesAndNorms: Bool
@@ -72,7 +71,7 @@ public final class AdamW: Optimizer, RangeTask {
     // threads; `finish` sets the rest.
     private var lr: Float = 0, gradScale: Float = 1
     /// lr·√(1 − β2ᵗ)/(1 − β1ᵗ) and ε·√(1 − β2ᵗ): Adam's bias corrections folded into the
-    /// constants, so the kernel divides once (`sb_adamw_step`).
+    /// constants, so the kernel divides once (`AdamWStep`).
     private var stepSize: Float = 0, epsHat: Float = 0
     private var store: ParameterStore?
     /// What `finish` updates, parameter by parameter, end to end: the pool splits this work
@@ -130,9 +129,8 @@ public final class AdamW: Optimizer, RangeTask {
     func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
                 _ m: UnsafeMutablePointer<Float>, _ v: UnsafeMutablePointer<Float>, _ n: Int,
                 shrink: Float) {
-        var constants = sb_adamw_step(beta1: beta1, beta2: beta2, eps: epsHat, shrink: shrink, step_size: stepSize,
-                                      grad_scale: gradScale)
-        sb_adamw(p, g, m, v, n, &constants)
+        adamw(p, g, m, v, count: n, AdamWStep(beta1: beta1, beta2: beta2, eps: epsHat, shrink: shrink, stepSize: stepSize,
+                                               gradScale: gradScale))
     }
 }
 

@@ -1,3 +1,4 @@
+import Errors
 import Foundation
 import Storage
 
@@ -27,7 +28,7 @@ public final class RunFolder {
         path = candidate
         try Self.write(configTOML, to: "\(candidate)/config.toml")
         guard let f = fopen("\(candidate)/metrics.jsonl", continuing ? "a" : "w") else {
-            throw DiskError("\(candidate)/metrics.jsonl", "cannot open for writing (\(String(cString: strerror(errno))))")
+            throw DiskError("\(candidate)/metrics.jsonl", "cannot open for writing (\(systemMessage()))")
         }
         metrics = f
     }

@@ -1,6 +1,6 @@
 import Kernels
 
-/// The global sample order (DESIGN.md, "One training step"): epoch e visits the samples in
+/// The global sample order (docs/ARCHITECTURE.md, "One training step"): epoch e visits the samples in
 /// a permutation drawn from `(seed, e)`; global batch b is positions `[b·B, (b+1)·B)` of it
 /// (the last one shorter when B does not divide N), and rank r of P takes a fixed contiguous
 /// part of each batch. B comes from the config, never from P.

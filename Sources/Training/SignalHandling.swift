@@ -1,5 +1,8 @@
 import CSignals
+import Errors
+#if canImport(Glibc)
 import Glibc
+#endif
 
 /// A rank killed by a fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) first writes
 /// one line naming itself and the training step, so that the job's output says which rank
@@ -28,9 +31,11 @@ public enum StopRequest {
     public static var signal: Int32 { sb_stop_requested() != 0 ? sb_stop_requested() : SIGTERM }
 }
 
-/// Training stopped on request after saving; the program exits with 128 + the signal.
-public struct StoppedBySignal: Error {
+/// Training stopped on request after saving (said on standard output already); the program
+/// exits with 128 + the signal.
+public struct StoppedBySignal: SwitchboardError {
     public let signal: Int32
     public init(signal: Int32) { self.signal = signal }
     public var exitCode: Int32 { 128 + signal }
+    public var message: String { "" }
 }

@@ -1,7 +1,7 @@
 import Kernels
 import Layers
 
-/// The benchmark workloads of WORKLOADS.md, as job configs, so `bench` trains them through
+/// The benchmark workloads of docs/BENCHMARKS.md, as job configs, so `bench` trains them through
 /// the same code as `train`.
 public enum Workload: String, CaseIterable, Sendable {
     case w1 = "W1"

@@ -1,5 +1,4 @@
 import ArgumentParser
-import CAllocCounter
 import Cluster
 import Foundation
 import Kernels
@@ -9,7 +8,7 @@ import Training
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Run a benchmark workload exactly as WORKLOADS.md specifies.",
+        abstract: "Run a benchmark workload exactly as docs/BENCHMARKS.md specifies.",
         discussion: """
             Prints steady-state training samples/s (median of repetitions, after warm-up steps), \
             achieved GFLOP/s, and the fraction of the OpenBLAS sgemm rate measured in the same run \
@@ -18,10 +17,10 @@ struct BenchCommand: ParsableCommand {
             """)
 
     @Argument(help: "The workload: W1, W2, W3 or W4 (these two under mpirun -np P), W5 (checkpoint I/O), or kernels (elementwise kernels alone).")
-    var workload: String
+    var workload: BenchTarget
 
     @Option(help: "BLAS thread counts to run, comma-separated.")
-    var threads: String = "1,2"
+    var threads = PositiveIntegers([1, 2])
 
     @Option(help: "Warm-up steps not counted.")
     var warmup = 20
@@ -42,7 +41,7 @@ struct BenchCommand: ParsableCommand {
     var bucketKiB: Int?
 
     @Option(name: .customLong("sweep-kib"), help: "W3, W4: bucket sizes, comma-separated, for the gradient-sync-alone table.")
-    var sweepKiB = "256,512,1024,2048,4096,8192"
+    var sweepKiB = PositiveIntegers([256, 512, 1024, 2048, 4096, 8192])
 
     @Flag(name: .customLong("fixed-experts"), help: "W4: run every expert on its own rank (parallel.balance_experts = false), to compare.")
     var fixedExperts = false
@@ -58,17 +57,13 @@ struct BenchCommand: ParsableCommand {
     var keep = false
 
     func run() throws {
-        if workload == "kernels" { return KernelBench.run() }
-        guard let w = Workload(rawValue: workload.uppercased()) else {
-            throw ValidationError("unknown workload \(workload); available: \(Workload.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
+        guard let w = workload.workload else { return KernelBench.run() }
         if w == .w5 { return try CheckpointBench(directory: folder, repeats: repeats, keep: keep).run() }
-        let threadCounts = try positiveIntegers(threads, "--threads")
+        let threadCounts = threads.values
         guard repeats >= 1, steps >= 1, warmup >= 0, epochs >= 0 else { throw ValidationError("--repeats and --steps must be at least 1, --warmup and --epochs at least 0") }
         if w == .w3 || w == .w4 {
-            let sweep = try positiveIntegers(sweepKiB, "--sweep-kib")
             if let bucketKiB, bucketKiB < 1 { throw ValidationError("--bucket-kib: \(bucketKiB) is not a positive integer") }
-            return try ScalingBench(workload: w, data: data, warmup: warmup, steps: steps, repeats: repeats, bucketKiB: bucketKiB, sweepKiB: sweep,
+            return try ScalingBench(workload: w, data: data, warmup: warmup, steps: steps, repeats: repeats, bucketKiB: bucketKiB, sweepKiB: sweepKiB.values,
                                     fixedExperts: fixedExperts, updateAfterBackward: updateAfterBackward).run()
         }
         let comm = try MPIWorld.start()
@@ -97,7 +92,7 @@ struct BenchCommand: ParsableCommand {
             var allocations: UInt64 = 0
             var batch = warmup
             for _ in 0..<repeats {
-                let before = sb_thread_allocations()
+                let before = AllocationCounter.read?() ?? 0
                 let t0 = ContinuousClock.now
                 var samples = 0
                 for _ in 0..<steps {
@@ -105,7 +100,7 @@ struct BenchCommand: ParsableCommand {
                     batch += 1
                 }
                 let seconds = (ContinuousClock.now - t0).seconds
-                allocations += sb_thread_allocations() - before
+                allocations += (AllocationCounter.read?() ?? 0) - before
                 rates.append(Double(samples) / seconds)
                 owns.append(GEMMProbe.rate(of: shapes))
                 peaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024))
@@ -119,8 +114,12 @@ struct BenchCommand: ParsableCommand {
             print("  sgemm on the workload's shapes: \(fixed(own, 1)) GFLOP/s → fraction \(fixed(achieved / own, 3))")
             // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call.
             let gemmCalls = shapes.count * repeats * steps
-            print("  heap allocations in \(repeats * steps) timed steps: \(allocations)"
-                  + (t > 1 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : ""))
+            if AllocationCounter.read == nil {
+                print("  heap allocations: not counted (\(LaunchEnvironment.allocationCounterFile) is not beside the binary; `swift build -c release` builds it)")
+            } else {
+                print("  heap allocations in \(repeats * steps) timed steps: \(allocations)"
+                      + (t > 1 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : ""))
+            }
             fflush(nil)
         }
         if epochs > 0 {
@@ -134,13 +133,6 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
-    func positiveIntegers(_ list: String, _ option: String) throws -> [Int] {
-        try list.split(separator: ",").map { s -> Int in
-            guard let n = Int(s.trimmingCharacters(in: .whitespaces)), n > 0 else { throw ValidationError("\(option): \(s) is not a positive integer") }
-            return n
-        }
-    }
-
     static func cpuModel() -> String {
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
               let line = info.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
@@ -149,6 +141,33 @@ struct BenchCommand: ParsableCommand {
     }
 
     func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+}
+
+/// What `bench` runs: a workload of docs/BENCHMARKS.md, or the elementwise kernels alone.
+enum BenchTarget: String, CaseIterable, ExpressibleByArgument {
+    case w1 = "W1", w2 = "W2", w3 = "W3", w4 = "W4", w5 = "W5", kernels
+
+    /// Workload names in either case (`w1` or `W1`).
+    init?(argument: String) {
+        self.init(rawValue: argument == "kernels" ? argument : argument.uppercased())
+    }
+
+    var workload: Workload? { Workload(rawValue: rawValue) }
+}
+
+/// A comma-separated list of positive integers (`1,2`); anything else is refused by the
+/// parser, naming the option.
+struct PositiveIntegers: ExpressibleByArgument {
+    let values: [Int]
+    init(_ values: [Int]) { self.values = values }
+
+    init?(argument: String) {
+        let parts = argument.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !parts.isEmpty, parts.allSatisfy({ ($0 ?? 0) > 0 }) else { return nil }
+        values = parts.map { $0! }
+    }
+
+    var defaultValueDescription: String { values.map(String.init).joined(separator: ",") }
 }
 
 /// Times `cblas_sgemm` on given shapes at the current BLAS thread count.

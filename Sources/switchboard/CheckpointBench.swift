@@ -1,10 +1,11 @@
 import Cluster
+import Errors
 import Foundation
 import Kernels
 import Storage
 import Training
 
-/// `bench W5` (WORKLOADS.md): saves the W5 model (100.7 M parameters, 4096 inputs) with its
+/// `bench W5` (docs/BENCHMARKS.md): saves the W5 model (100.7 M parameters, 4096 inputs) with its
 /// AdamW state as a checkpoint, durable (fsync) before the clock stops, and loads it back;
 /// beside them, in the same run and folder, a plain `write` + `fsync` of as many bytes to one
 /// file and a plain `read` of it. Before every read, the files' pages are dropped from the
@@ -75,31 +76,31 @@ struct CheckpointBench {
     /// Writes each buffer of `count` floats to one new file in 16 MiB calls, then fsyncs.
     static func writeAndSync(_ path: String, _ buffers: [UnsafeMutablePointer<Float>], count: Int) throws {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw DiskError(path, "cannot create (\(String(cString: strerror(errno))))") }
+        guard fd >= 0 else { throw DiskError(path, "cannot create (\(systemMessage()))") }
         defer { close(fd) }
         for b in buffers {
             let raw = UnsafeRawPointer(b)
             var done = 0
             while done < count * 4 {
                 let n = Foundation.write(fd, raw + done, min(16 << 20, count * 4 - done))
-                guard n > 0 else { throw DiskError(path, "write failed (\(String(cString: strerror(errno))))") }
+                guard n > 0 else { throw DiskError(path, "write failed (\(systemMessage()))") }
                 done += n
             }
         }
-        guard fsync(fd) == 0 else { throw DiskError(path, "fsync failed (\(String(cString: strerror(errno))))") }
+        guard fsync(fd) == 0 else { throw DiskError(path, "fsync failed (\(systemMessage()))") }
     }
 
     /// Reads the file back into the buffers, in 16 MiB calls.
     static func read(_ path: String, into buffers: [UnsafeMutablePointer<Float>], count: Int) throws {
         let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw DiskError(path, "cannot open (\(String(cString: strerror(errno))))") }
+        guard fd >= 0 else { throw DiskError(path, "cannot open (\(systemMessage()))") }
         defer { close(fd) }
         for b in buffers {
             let raw = UnsafeMutableRawPointer(b)
             var done = 0
             while done < count * 4 {
                 let n = Foundation.read(fd, raw + done, min(16 << 20, count * 4 - done))
-                guard n > 0 else { throw DiskError(path, "read failed (\(String(cString: strerror(errno))))") }
+                guard n > 0 else { throw DiskError(path, "read failed (\(systemMessage()))") }
                 done += n
             }
         }

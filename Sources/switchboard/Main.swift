@@ -1,5 +1,6 @@
 import ArgumentParser
 import Cluster
+import Errors
 import Foundation
 import Storage
 import Training
@@ -15,21 +16,14 @@ struct SwitchboardCommand: ParsableCommand {
     /// Runs the command; every error becomes one line on stderr and an exit code:
     /// 2 for usage and config errors, 1 for data and runtime failures. No stack traces.
     static func main() {
-        BLASEnvironment.ensureThreadTimeout()
+        LaunchEnvironment.prepare()
         let code: Int32
         do {
             var command = try parseAsRoot()
             try command.run()
             code = 0
-        } catch let stop as StoppedBySignal {
-            code = stop.exitCode
-        } catch let failure as InspectFailure {
-            code = failure.message.isEmpty ? failure.code : report(failure.message, failure.code)
-        } catch let e as ConfigError {
-            code = report(e.description, 2)
-        } catch where error is DataError || error is DiskError || error is MPIError || error is HDF5Error || error is InjectedFault
-                    || error is CheckpointError {
-            code = report("\(error)", 1)
+        } catch let e as any SwitchboardError {
+            code = e.message.isEmpty ? e.exitCode : report(e.message, e.exitCode)
         } catch {
             let exit = exitCode(for: error)
             if exit == .success || error is CleanExit {

@@ -4,7 +4,7 @@ import Kernels
 import Storage
 import Training
 
-/// `bench W3` and `bench W4` (WORKLOADS.md): W1 data-parallel with 128 samples per rank per
+/// `bench W3` and `bench W4` (docs/BENCHMARKS.md): W1 data-parallel with 128 samples per rank per
 /// step, or W2 expert-parallel with 256, one BLAS
 /// thread per rank, run under `mpirun -np P`. Measures, in one run:
 /// 1. one rank alone (the others sleep), its per-rank batch: the weak-scaling reference, and

@@ -57,12 +57,23 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.err.hasPrefix("switchboard: error: Unknown option '--no-such-flag'\nUsage: switchboard train <job>"), r.err)
     }
 
+    /// `bench` takes typed arguments: the parser refuses a workload or a thread count it does
+    /// not know, listing the choices.
+    func testBenchRefusesUnknownWorkloadsAndThreadCounts() throws {
+        var r = try run(["bench", "W9"])
+        XCTAssertEqual(r.code, 2, r.err)
+        XCTAssertTrue(r.err.hasPrefix("switchboard: error: The value 'W9' is invalid for '<workload>'. Please provide one of the following:\n"
+                                      + "  - W1\n  - W2\n  - W3\n  - W4\n  - W5\n  - kernels\n"), r.err)
+        r = try run(["bench", "w1", "--threads", "1,0"])
+        XCTAssertEqual(r.code, 2, r.err)
+        XCTAssertTrue(r.err.hasPrefix("switchboard: error: The value '1,0' is invalid for '--threads <threads>'\n"), r.err)
+        XCTAssertEqual(r.out, "", "nothing runs")
+    }
+
     /// Mixture-of-experts settings that cannot work are refused before anything runs.
     func testBadMoEConfigsExitWithCode2() throws {
-        let moe = Fixtures.job(dir: dir).replacingOccurrences(of: "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1",
-                                                            with: "kind = \"moe\"\nwidth = 16\ndepth = 1")
-        XCTAssertTrue(moe.contains("kind = \"moe\""))
-        let job = writeJob(moe + "\n[moe]\nexperts = 4\nhidden = 8\n")
+        let moe = Fixtures.job(dir: dir, model: .moe(depth: 1, "experts = 4\nhidden = 8"))
+        let job = writeJob(moe)
         try assertFails(["train", job, "--set", "moe.top_k=5"], code: 2,
                         message: "\(job): [moe] top_k = 5 is larger than experts = 4; a token cannot use more experts than exist")
         try assertFails(["train", job, "--set", "moe.dropless=false", "--set", "moe.capacity_factor=0"], code: 2,
@@ -72,7 +83,7 @@ final class CLITests: XCTestCase {
         let dense = writeJob(Fixtures.job(dir: dir) + "\n[moe]\nexperts = 4\n")
         try assertFails(["train", dense], code: 2, message: "\(dense): [moe] applies to [model] kind = \"moe\", not \"residual\"")
         // And a valid one trains.
-        let valid = writeJob(moe + "\n[moe]\nexperts = 4\nhidden = 8\n")
+        let valid = writeJob(moe)
         let r = try run(["train", valid, "--quiet", "--set", "train.max_steps=5"])
         XCTAssertEqual(r.code, 0, r.err)
         XCTAssertTrue(r.out.contains("done: 5 steps"), r.out)
@@ -124,6 +135,25 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(a.count, 5 + 2 + 1, "one line per logged step (5, 10, 15, 20, 22), per evaluation, and the checkpoint")
         XCTAssertEqual(a, b)
         XCTAssertEqual(a.filter { $0["kind"] as? String == "eval" }.count, 2)
+    }
+
+    /// The program users train with does not carry the allocation counter, which interposes
+    /// malloc: its dynamic symbol table defines no allocator function. `bench` preloads the
+    /// counter library instead, which does define them.
+    func testTheProgramDoesNotInterposeMalloc() throws {
+        let nm = try XCTUnwrap(Fixtures.tool("nm"), "nm is not on PATH (Debian: binutils)")
+        func defined(_ file: String) throws -> Set<String> {
+            let r = try Launcher.run(nm, ["-D", "--defined-only", file])
+            XCTAssertEqual(r.code, 0, r.output)
+            return Set(r.output.split(separator: "\n").compactMap { $0.split(separator: " ").last.map(String.init) })
+        }
+        let allocator: Set = ["malloc", "calloc", "realloc", "free", "memalign", "aligned_alloc", "posix_memalign"]
+        let program = try defined(Fixtures.binary)
+        XCTAssertTrue(program.isDisjoint(with: allocator), "switchboard defines \(program.intersection(allocator).sorted())")
+        XCTAssertFalse(program.contains("sb_thread_allocations"))
+        let library = URL(fileURLWithPath: Fixtures.binary).deletingLastPathComponent()
+            .appendingPathComponent("libSwitchboardAllocCounter.so").path
+        XCTAssertTrue(try defined(library).isSuperset(of: allocator.union(["sb_thread_allocations"])), library)
     }
 
     /// metrics.jsonl lines as dictionaries, without the fields that measure time or name the run folder.

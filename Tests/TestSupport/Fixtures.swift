@@ -51,41 +51,84 @@ public enum Fixtures {
         write(idx([test], vy), to: "\(dir)/test-labels")
     }
 
-    /// A job file over `dataset(in:)`.
-    public static func job(dir: String, extra: String = "") -> String {
-        """
-        [run]
-        name = "toy"
-        seed = 5
-        output = "\(dir)/runs"
-        [data]
-        dir = "\(dir)"
-        train_images = "train-images"
-        train_labels = "train-labels"
-        test_images = "test-images"
-        test_labels = "test-labels"
-        classes = 4
-        [model]
-        kind = "residual"
-        width = 32
-        depth = 2
-        expansion = 2
-        dropout = 0.1
-        [train]
-        epochs = 2
-        batch_size = 48
-        eval_batch_size = 50
-        label_smoothing = 0.1
-        threads = 1
-        log_every = 5
-        [optimizer]
-        lr = 3e-3
-        clip_norm = 1.0
-        [schedule]
-        kind = "cosine"
-        warmup_steps = 4
-        \(extra)
-        """
+    /// The toy job over `dataset(in:)`, with `model` as its network and `settings` applied by
+    /// name: `"train.epochs": "3"` sets a key (TOML text; added, with its section, where
+    /// missing), `"data.train_images": nil` removes one. `extra` is appended as it is.
+    public static func job(dir: String, model: ToyModel = .residual, settings: KeyValuePairs<String, String?> = [:],
+                           extra: String = "") -> String {
+        var text = """
+            [run]
+            name = "toy"
+            seed = 5
+            output = "\(dir)/runs"
+            [data]
+            dir = "\(dir)"
+            train_images = "train-images"
+            train_labels = "train-labels"
+            test_images = "test-images"
+            test_labels = "test-labels"
+            classes = 4
+            \(model.sections)
+            [train]
+            epochs = 2
+            batch_size = 48
+            eval_batch_size = 50
+            label_smoothing = 0.1
+            threads = 1
+            log_every = 5
+            [optimizer]
+            lr = 3e-3
+            clip_norm = 1.0
+            [schedule]
+            kind = "cosine"
+            warmup_steps = 4
+
+            """
+        for (path, value) in settings { text = set(path, value, in: text) }
+        return text + extra
+    }
+
+    /// `text` (a job file) with `section.key` set to `value` (TOML text), or removed for nil.
+    public static func set(_ path: String, _ value: String?, in text: String) -> String {
+        let parts = path.split(separator: ".", maxSplits: 1).map(String.init)
+        precondition(parts.count == 2, "a setting is section.key: \(path)")
+        let (section, key) = (parts[0], parts[1])
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        guard let header = lines.firstIndex(of: "[\(section)]") else {
+            return value.map { text + "[\(section)]\n\(key) = \($0)\n" } ?? text
+        }
+        let end = lines[(header + 1)...].firstIndex { $0.hasPrefix("[") } ?? lines.endIndex
+        if let at = lines[(header + 1)..<end].firstIndex(where: { $0.hasPrefix("\(key) = ") }) {
+            if let value { lines[at] = "\(key) = \(value)" } else { lines.remove(at: at) }
+        } else if let value {
+            lines.insert("\(key) = \(value)", at: header + 1)
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    /// A tool on `PATH` (`mpirun`, `h5ls`), or nil when none is installed.
+    public static func tool(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        return path.split(separator: ":").map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+}
+
+/// The network of a toy job: its `[model]` section, and `[moe]` for a mixture of experts.
+public enum ToyModel {
+    /// A residual MLP: width 32, two blocks of expansion 2, dropout 0.1.
+    case residual
+    /// A mixture of experts of `width` and `depth` whose `[moe]` section is `moe`
+    /// ("experts = 4\nhidden = 8").
+    case moe(width: Int = 16, depth: Int = 2, _ moe: String)
+    /// Any `[model]` section body.
+    case custom(String)
+
+    var sections: String {
+        switch self {
+        case .residual: "[model]\nkind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
+        case let .moe(width, depth, moe): "[model]\nkind = \"moe\"\nwidth = \(width)\ndepth = \(depth)\n[moe]\n\(moe)"
+        case .custom(let body): "[model]\n\(body)"
+        }
     }
 }
 

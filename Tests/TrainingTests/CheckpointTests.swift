@@ -11,8 +11,7 @@ import XCTest
 final class CheckpointTests: ToyDataTestCase {
     /// The toy job for `epochs` epochs of 11 steps, with settings appended to [train].
     func job(epochs: Int, checkpoint: String) throws -> (path: String, config: JobConfig) {
-        let text = Fixtures.job(dir: dir, extra: "[checkpoint]\n" + checkpoint)
-            .replacingOccurrences(of: "epochs = 2", with: "epochs = \(epochs)")
+        let text = Fixtures.job(dir: dir, settings: ["train.epochs": "\(epochs)"], extra: "[checkpoint]\n" + checkpoint)
         let path = try writeJob(text)
         return (path, try JobConfig.parse(text, source: path))
     }
@@ -32,7 +31,7 @@ final class CheckpointTests: ToyDataTestCase {
     /// waiting for it.
     func start(ranks: Int, name: String, job: String, extra: [String], log: String, environment: [String: String] = [:]) throws -> Process {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/mpirun")
+        p.executableURL = URL(fileURLWithPath: try mpirunPath())
         p.arguments = ["--allow-run-as-root", "--oversubscribe"] + environment.keys.sorted().flatMap { ["-x", $0] }
             + ["-np", String(ranks), binary, "train", job, "--quiet", "--set", "run.name=\"\(name)\""] + extra
         p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }

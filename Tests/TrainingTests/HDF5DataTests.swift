@@ -13,16 +13,18 @@ final class HDF5DataTests: ToyDataTestCase {
         XCTAssertTrue(r.output.contains("wrote \(dir)/\(split).h5: x uint8 ["), r.output)
     }
 
-    func hdf5Job() -> String {
-        Fixtures.job(dir: dir)
-            .replacingOccurrences(of: "train_images = \"train-images\"\ntrain_labels = \"train-labels\"\ntest_images = \"test-images\"\ntest_labels = \"test-labels\"",
-                                  with: "format = \"hdf5\"\ntrain_file = \"train.h5\"\ntest_file = \"test.h5\"")
+    func hdf5Job(_ settings: KeyValuePairs<String, String?> = [:]) -> String {
+        var text = Fixtures.job(dir: dir, settings: [
+            "data.train_images": nil, "data.train_labels": nil, "data.test_images": nil, "data.test_labels": nil,
+            "data.format": "\"hdf5\"", "data.train_file": "\"train.h5\"", "data.test_file": "\"test.h5\""])
+        for (path, value) in settings { text = Fixtures.set(path, value, in: text) }
+        return text
     }
 
     func testTrainingOnConvertedHDF5MatchesIDXBitForBit() throws {
         try convert("train")
         try convert("test")
-        let listing = try Launcher.run("/usr/bin/h5ls", ["\(dir)/train.h5"]).output
+        let listing = try Launcher.run(try XCTUnwrap(Fixtures.tool("h5ls"), "h5ls is not on PATH (Debian: hdf5-tools)"), ["\(dir)/train.h5"]).output
         XCTAssertTrue(listing.contains("x                        Dataset {512, 8, 8}"), listing)
         XCTAssertTrue(listing.contains("y                        Dataset {512}"), listing)
         let idxJob = try writeJob()
@@ -40,15 +42,14 @@ final class HDF5DataTests: ToyDataTestCase {
     func testBadHDF5DataIsNamed() throws {
         try convert("test")
         // Labels 0–3 exist; with 3 classes label 3 is out of range.
-        let job = hdf5Job().replacingOccurrences(of: "classes = 4", with: "classes = 3")
-            .replacingOccurrences(of: "train_file = \"train.h5\"", with: "train_file = \"test.h5\"")
+        let job = hdf5Job(["data.classes": "3", "data.train_file": "\"test.h5\""])
         try job.write(toFile: "\(dir)/bad.toml", atomically: true, encoding: .utf8)
         var r = try Launcher.run(binary, ["train", "\(dir)/bad.toml", "--quiet"])
         XCTAssertEqual(r.code, 1, r.output)
         XCTAssertTrue(r.output.contains("switchboard: error: \(dir)/test.h5: label 3 at index "), r.output)
         XCTAssertTrue(r.output.contains("of y is not in 0..<3"), r.output)
 
-        let missing = hdf5Job().replacingOccurrences(of: "train_file = \"train.h5\"", with: "train_file = \"test.h5\"\nx_name = \"images\"")
+        let missing = hdf5Job(["data.train_file": "\"test.h5\"", "data.x_name": "\"images\""])
         try missing.write(toFile: "\(dir)/missing.toml", atomically: true, encoding: .utf8)
         r = try Launcher.run(binary, ["train", "\(dir)/missing.toml", "--quiet"])
         XCTAssertEqual(r.code, 1, r.output)

@@ -26,7 +26,7 @@ final class IDXTests: XCTestCase {
         try gz.run()
         gz.waitUntilExit()
         let zipped = try Dataset.idx(images: "\(dir)/x.gz", labels: "\(dir)/y.gz", classes: 2)
-        XCTAssertEqual(zipped.features.array, plain.features.array)
+        assertBitwiseEqual(zipped.features, plain.features, "gzip against plain")
     }
 
     func testRejectsBadFiles() {

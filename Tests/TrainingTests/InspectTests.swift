@@ -10,7 +10,7 @@ final class InspectTests: ToyDataTestCase {
     /// Trains the toy job (1 process) for `steps` steps with a checkpoint every `every`;
     /// returns the run folder and the config.
     func makeRun(_ name: String, steps: Int, every: Int, text: String? = nil) throws -> (run: String, config: JobConfig) {
-        let job = (text ?? Fixtures.job(dir: dir)).replacingOccurrences(of: "epochs = 2", with: "epochs = 2\nmax_steps = \(steps)")
+        let job = Fixtures.set("train.max_steps", "\(steps)", in: text ?? Fixtures.job(dir: dir))
             + "\n[checkpoint]\nevery_steps = \(every)\nkeep_last = 0\n"
         let path = try writeJob(job)
         let r = try Launcher.run(binary, ["train", path, "--quiet", "--set", "run.name=\"\(name)\""])
@@ -255,9 +255,7 @@ final class InspectTests: ToyDataTestCase {
     /// A router that sends every token to expert 0 (zero router weights, top-1, no balance
     /// loss: the router gets no gradient): the chart shows it, and the three dead experts.
     func testExpertsChartShowsDeadAndOverloadedExperts() throws {
-        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
-        let text = Fixtures.job(dir: dir).replacingOccurrences(
-            of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 1\n[moe]\nexperts = 4\ntop_k = 1\nhidden = 8\nbalance_loss = 0\nrouter_init = \"zeros\"")
+        let text = Fixtures.job(dir: dir, model: .moe(depth: 1, "experts = 4\ntop_k = 1\nhidden = 8\nbalance_loss = 0\nrouter_init = \"zeros\""))
         let (run, _) = try makeRun("moe", steps: 5, every: 5, text: text)
         let r = try inspect(["experts", "\(run)/step-000005"])
         XCTAssertEqual(r.code, 0, r.output)

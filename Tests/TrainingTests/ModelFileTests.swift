@@ -17,7 +17,7 @@ final class ModelFileTests: XCTestCase {
         try ModelFile.write(a, to: "\(dir)/model.h5", step: 7, configTOML: "[run]\n")
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/model.h5.tmp"))
         try ModelFile.read(b, from: "\(dir)/model.h5")
-        XCTAssertEqual(a.store.values.array, b.store.values.array)
+        assertBitwiseEqual(a.store.values, b.store.values, "parameters read back")
     }
 
     func testShapeMismatchAndCorruptionAreErrorsNotZeros() throws {

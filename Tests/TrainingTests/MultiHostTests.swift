@@ -20,11 +20,11 @@ final class MultiHostTests: ToyDataTestCase {
             throw XCTSkip("MULTI-HOST TEST NOT RUN: network namespaces cannot be created here "
                           + "(needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN, and iproute2): \(probe.output)")
         }
-        let text = Fixtures.job(dir: dir).replacingOccurrences(of: "epochs = 2", with: "epochs = 3\nmax_steps = 30")
+        let text = Fixtures.job(dir: dir, settings: ["train.epochs": "3", "train.max_steps": "30"])
         let job = try writeJob(text)
         let train = [binary, "train", job, "--quiet", "--set", "parallel.bucket_kib=4"]
 
-        let local = try Launcher.run("/usr/bin/mpirun", ["--allow-run-as-root", "--oversubscribe", "-np", "2"]
+        let local = try Launcher.run(try mpirunPath(), ["--allow-run-as-root", "--oversubscribe", "-np", "2"]
                                      + train + ["--set", "run.name=\"local\""])
         XCTAssertEqual(local.code, 0, local.output)
 

@@ -1,5 +1,4 @@
 import XCTest
-import CKernels
 import Kernels
 import Layers
 @testable import Training
@@ -45,8 +44,8 @@ final class OptimizerTests: XCTestCase {
     /// or on where a range starts), and zero the gradient.
     func testAdamWKernelIsBitwiseTheScalarFormulaOnEveryPath() {
         let rng = Philox(seed: 7)
-        var step = sb_adamw_step(beta1: 0.9, beta2: 0.999, eps: 1e-8 * 0.0632, shrink: 1 - 1e-3 * 0.01,
-                                 step_size: 1e-3 * 0.0632 / 0.271, grad_scale: 0.73)
+        let step = AdamWStep(beta1: 0.9, beta2: 0.999, eps: 1e-8 * 0.0632, shrink: 1 - 1e-3 * 0.01,
+                             stepSize: 1e-3 * 0.0632 / 0.271, gradScale: 0.73)
         for n in Array(0...19) + [1000, 1003] {
             func random(_ stream: UInt64, scale: Float) -> [Float] {
                 (0..<n).map { rng.uniform(stream: stream, index: UInt64($0)) * scale - scale / 2 }
@@ -56,14 +55,14 @@ final class OptimizerTests: XCTestCase {
             // The formula as the kernel documents it, one float operation at a time.
             var p = p0, m = m0, v = v0
             for i in 0..<n {
-                let gv = g0[i] * step.grad_scale
+                let gv = g0[i] * step.gradScale
                 m[i] = step.beta1 * m0[i] + (1 - step.beta1) * gv
                 v[i] = step.beta2 * v0[i] + (1 - step.beta2) * gv * gv
-                p[i] = p0[i] * step.shrink - step.step_size * m[i] / (v[i].squareRoot() + step.eps)
+                p[i] = p0[i] * step.shrink - step.stepSize * m[i] / (v[i].squareRoot() + step.eps)
             }
-            for isa: Int32 in [0, 1, 2] {
+            for isa in [0, 1, 2] {
                 var pk = p0, gk = g0, mk = m0, vk = v0
-                sb_adamw_isa(&pk, &gk, &mk, &vk, n, &step, isa)
+                adamw(&pk, &gk, &mk, &vk, count: n, step, isa: isa)
                 XCTAssertEqual(pk.map(\.bitPattern), p.map(\.bitPattern), "p, n \(n), isa \(isa)")
                 XCTAssertEqual(mk.map(\.bitPattern), m.map(\.bitPattern), "m, n \(n), isa \(isa)")
                 XCTAssertEqual(vk.map(\.bitPattern), v.map(\.bitPattern), "v, n \(n), isa \(isa)")

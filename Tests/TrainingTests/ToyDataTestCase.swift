@@ -22,11 +22,16 @@ class ToyDataTestCase: XCTestCase {
         return path
     }
 
+    /// mpirun from `PATH`; a test that needs it fails, saying so, where it is missing.
+    func mpirunPath() throws -> String {
+        try XCTUnwrap(Fixtures.tool("mpirun"), "mpirun is not on PATH (Debian: openmpi-bin; scripts/setup.sh installs it)")
+    }
+
     /// Runs mpirun with `arguments` (after the root and oversubscription flags), killed after
     /// 30 s; returns its exit code, output and seconds.
     func launch(_ arguments: [String], environment: [String: String] = [:])
         throws -> (code: Int32, output: String, seconds: Double) {
-        try Launcher.run("/usr/bin/mpirun", ["--allow-run-as-root", "--oversubscribe"]
+        try Launcher.run(try mpirunPath(), ["--allow-run-as-root", "--oversubscribe"]
                          + environment.keys.sorted().flatMap { ["-x", $0] } + arguments, environment: environment)
     }
 
@@ -63,10 +68,7 @@ class ToyDataTestCase: XCTestCase {
 
     /// The toy job with an MoE model: `moe` is the body of the [moe] section.
     func moeJob(_ moe: String, steps: Int) throws -> (path: String, config: JobConfig) {
-        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
-        let text = Fixtures.job(dir: dir)
-            .replacingOccurrences(of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\n" + moe)
-            .replacingOccurrences(of: "epochs = 2", with: "epochs = 3\nmax_steps = \(steps)")
+        let text = Fixtures.job(dir: dir, model: .moe(moe), settings: ["train.epochs": "3", "train.max_steps": "\(steps)"])
         let job = try writeJob(text)
         return (job, try JobConfig.parse(text, source: job))
     }

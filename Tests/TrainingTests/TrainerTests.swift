@@ -25,8 +25,8 @@ final class TrainerTests: XCTestCase {
     func testTwoRunsAreBitwiseIdentical() throws {
         let a = try trainer(), b = try trainer()
         let ra = try a.run(folder: nil, progress: nil), rb = try b.run(folder: nil, progress: nil)
-        XCTAssertEqual(a.model.store.values.array, b.model.store.values.array)
-        XCTAssertEqual((a.optimizer as! AdamW).v.array, (b.optimizer as! AdamW).v.array)
+        assertBitwiseEqual(a.model.store.values, b.model.store.values, "parameters")
+        assertBitwiseEqual((a.optimizer as! AdamW).v, (b.optimizer as! AdamW).v, "AdamW v")
         XCTAssertEqual(ra.finalEvaluation.loss, rb.finalEvaluation.loss)
         XCTAssertEqual(ra.steps, 2 * 11)   // 512 samples in batches of 48: 10 full and one of 32
         // A different seed gives a different model.
@@ -76,15 +76,13 @@ final class TrainerTests: XCTestCase {
         #if DEBUG
         throw XCTSkip("allocation-free stepping is a property of the optimized build: run the suite as scripts/test does (release)")
         #endif
-        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
-        let moe = "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\nexperts = 4\nhidden = 8\nz_loss = 0.001\ndropless = false\ncapacity_factor = 1.0"
+        let moe = ToyModel.moe("experts = 4\nhidden = 8\nz_loss = 0.001\ndropless = false\ncapacity_factor = 1.0")
         // A zero router and top-1 leave experts 1–3 without tokens at first.
-        let skewed = "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\nexperts = 4\ntop_k = 1\nhidden = 8\nrouter_init = \"zeros\""
+        let skewed = ToyModel.moe("experts = 4\ntop_k = 1\nhidden = 8\nrouter_init = \"zeros\"")
         // (model, clip_norm): without clipping the experts are updated inside backward.
-        let models = [(residual, 1), ("kind = \"stack\"\nhidden = [16, 16]\nactivation = \"relu\"", 1), (moe, 1), (moe, 0), (skewed, 0)]
+        let models = [(ToyModel.residual, 1), (.custom("kind = \"stack\"\nhidden = [16, 16]\nactivation = \"relu\""), 1), (moe, 1), (moe, 0), (skewed, 0)]
         for (model, clip) in models {
-            let text = Fixtures.job(dir: dir).replacingOccurrences(of: residual, with: model)
-                .replacingOccurrences(of: "clip_norm = 1.0", with: "clip_norm = \(clip)")
+            let text = Fixtures.job(dir: dir, model: model, settings: ["optimizer.clip_norm": "\(clip)"])
             let cfg = try JobConfig.parse(text, source: "t")
             let base = try trainer()
             let t = try Trainer(config: cfg, comm: base.comm, train: base.trainSet, test: base.testSet)
@@ -105,7 +103,6 @@ final class TrainerTests: XCTestCase {
     /// sums of squares run in float lanes, over other chunks).
     func testUpdatingExpertsInBackwardChangesNoBit() throws {
         let base = try trainer()
-        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
         let cases: [(moe: String, optimizer: String)] = [
             ("experts = 4\ntop_k = 2\nhidden = 8", "adamw"),
             ("experts = 4\ntop_k = 2\nhidden = 8\nactivation = \"swiglu\"\nbias = false", "adamw"),
@@ -113,7 +110,7 @@ final class TrainerTests: XCTestCase {
             ("experts = 3\ntop_k = 2\nhidden = 8\nactivation = \"geglu\"", "sgd"),
         ]
         for (moe, optimizer) in cases {
-            let text = Fixtures.job(dir: dir).replacingOccurrences(of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 2\n[moe]\n" + moe)
+            let text = Fixtures.job(dir: dir, model: .moe(moe))
             func run(_ inBackward: Bool) throws -> (Trainer, [Double]) {
                 let config = try JobConfig.parse(text, source: "t", overrides: [
                     "optimizer.name=\"\(optimizer)\"", "optimizer.clip_norm=0", "train.log_every=3",
@@ -127,18 +124,14 @@ final class TrainerTests: XCTestCase {
             let (early, earlyNorms) = try run(true), (late, lateNorms) = try run(false)
             let tensors = [("parameters", early.model.store.values, late.model.store.values)]
                 + zip(early.optimizer.state, late.optimizer.state).map { ($0.name, $0.values, $1.values) }
-            for (name, a, b) in tensors {
-                let differ = zip(a.array, b.array).filter { $0.bitPattern != $1.bitPattern }.count
-                XCTAssertEqual(differ, 0, "\(name): \(differ) of \(a.count) differ (\(moe), \(optimizer))")
-            }
+            for (name, a, b) in tensors { assertBitwiseEqual(a, b, "\(name) (\(moe), \(optimizer))") }
             XCTAssertEqual(earlyNorms.map(\.isFinite), lateNorms.map(\.isFinite))
             for (a, b) in zip(earlyNorms, lateNorms) where a.isFinite {
                 XCTAssertEqual(a, b, accuracy: 1e-6 * b, "gradient norm: \(moe), \(optimizer)")
             }
         }
         // Clipping needs every gradient before any update: then nothing is updated in backward.
-        let clipped = try JobConfig.parse(Fixtures.job(dir: dir).replacingOccurrences(
-            of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 1\n[moe]\nexperts = 2\nhidden = 8"), source: "t")
+        let clipped = try JobConfig.parse(Fixtures.job(dir: dir, model: .moe(depth: 1, "experts = 2\nhidden = 8")), source: "t")
         XCTAssertGreaterThan(clipped.optimizer.clipNorm, 0)
         XCTAssertFalse(try Trainer(config: clipped, comm: base.comm, train: base.trainSet, test: base.testSet).updatesExpertsInBackward)
     }
@@ -146,9 +139,7 @@ final class TrainerTests: XCTestCase {
     /// A router that sends every token to one expert is reported as a collapse.
     func testMoETelemetryWarnsOfRouterCollapse() throws {
         let base = try trainer()
-        let residual = "kind = \"residual\"\nwidth = 32\ndepth = 2\nexpansion = 2\ndropout = 0.1"
-        let text = Fixtures.job(dir: dir).replacingOccurrences(
-            of: residual, with: "kind = \"moe\"\nwidth = 16\ndepth = 1\n[moe]\nexperts = 4\ntop_k = 1\nhidden = 8")
+        let text = Fixtures.job(dir: dir, model: .moe(depth: 1, "experts = 4\ntop_k = 1\nhidden = 8"))
         let t = try Trainer(config: try JobConfig.parse(text, source: "t"), comm: base.comm, train: base.trainSet, test: base.testSet)
         let moe = t.model.moeLayers[0]
         moe.router.value.update(repeating: 0, count: moe.router.count)   // ties: expert 0 wins

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Errors
 import Foundation
 import Storage
 import Training
@@ -24,15 +25,15 @@ struct InspectOptions: ParsableArguments {
 /// Opens a checkpoint for inspection; a path that is not one is a usage error (exit 2).
 func openCheckpoint(_ path: String) throws -> CheckpointReader {
     do { return try CheckpointReader(path) } catch let e as CheckpointError {
-        throw InspectFailure(message: e.description, code: 2)
+        throw InspectFailure(message: e.description, exitCode: 2)
     }
 }
 
 /// An inspect outcome other than success: printed as one error line (when there is a
 /// message) and turned into the exit code.
-struct InspectFailure: Error {
+struct InspectFailure: SwitchboardError {
     let message: String
-    let code: Int32
+    let exitCode: Int32
 }
 
 func printJSON(_ value: JSONValue) { print(value.text) }

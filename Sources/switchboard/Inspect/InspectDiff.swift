@@ -64,6 +64,6 @@ struct InspectDiff: ParsableCommand {
                   : "different: \(changed.count) of \(compared) tensors differ, \(onlyA.count) only in A, \(onlyB.count) only in B, "
                     + "\(reshaped.count) changed shape (atol \(atol), rtol \(rtol))")
         }
-        if !equal { throw InspectFailure(message: "", code: 1) }
+        if !equal { throw InspectFailure(message: "", exitCode: 1) }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Errors
 import Foundation
 import Storage
 import Training
@@ -40,7 +41,7 @@ struct InspectExport: ParsableCommand {
         // Padded with spaces so the data starts 8-byte aligned, as the reference writer does.
         while (8 + header.count) % 8 != 0 { header.append(0x20) }
         let tmp = output + ".tmp"
-        guard let file = fopen(tmp, "wb") else { throw DiskError(tmp, "cannot create (\(String(cString: strerror(errno))))") }
+        guard let file = fopen(tmp, "wb") else { throw DiskError(tmp, "cannot create (\(systemMessage()))") }
         var ok = true
         var length = UInt64(header.count).littleEndian
         ok = ok && fwrite(&length, 8, 1, file) == 1
@@ -52,7 +53,7 @@ struct InspectExport: ParsableCommand {
             ok = values.withUnsafeBytes { fwrite($0.baseAddress!, 1, $0.count, file) == $0.count }
         }
         ok = fclose(file) == 0 && ok
-        guard ok else { throw DiskError(tmp, "write failed (\(String(cString: strerror(errno))))") }
+        guard ok else { throw DiskError(tmp, "write failed (\(systemMessage()))") }
         try DurableFiles.rename(tmp, output)
         let bytes = 8 + header.count + offset
         if options.json {

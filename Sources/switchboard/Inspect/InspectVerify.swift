@@ -74,7 +74,7 @@ struct InspectVerify: ParsableCommand {
             }
             for line in plan { print(line) }
         }
-        if !healthy { throw InspectFailure(message: "", code: 1) }
+        if !healthy { throw InspectFailure(message: "", exitCode: 1) }
     }
 
     /// How the checkpoint maps onto `ranks` ranks.

@@ -1,0 +1,57 @@
+import Foundation
+
+/// Settings that libraries read from the environment once, when they load (before `main`):
+/// the program sets them and re-executes itself, once, at the start of `main`. Under mpirun
+/// that happens before MPI starts, so each rank simply continues as the new image.
+enum LaunchEnvironment {
+    /// After each call OpenBLAS's idle threads spin (yielding) for 2^28 cycles by default,
+    /// ~0.1 s, which takes a core from everything between GEMMs: the optimizer update on the
+    /// worker pool, other ranks. 2^16 cycles (~30 µs) still covers the gap between a step's
+    /// back-to-back GEMMs (docs/BENCHMARKS.md).
+    static let threadTimeout = "16"
+
+    /// The shared library that counts heap allocations per thread (`CAllocCounter`, built
+    /// by `swift build` beside the binary). Only `bench` loads it: it interposes `malloc`, and
+    /// the program users train with does not carry that.
+    static let allocationCounterFile = "libSwitchboardAllocCounter.so"
+
+    /// Sets `OPENBLAS_THREAD_TIMEOUT` unless the user did, and for `bench` preloads the
+    /// allocation counter when it is there; re-executes the program if anything changed.
+    static func prepare() {
+        // Once: a preload that failed to load must not make the program exec itself forever.
+        if getenv("SWITCHBOARD_LAUNCHED") != nil {
+            unsetenv("SWITCHBOARD_LAUNCHED")
+            return
+        }
+        var changed = false
+        if getenv("OPENBLAS_THREAD_TIMEOUT") == nil {
+            setenv("OPENBLAS_THREAD_TIMEOUT", threadTimeout, 1)
+            changed = true
+        }
+        if CommandLine.arguments.dropFirst().first == "bench", AllocationCounter.read == nil,
+           let library = allocationCounterLibrary {
+            let preloaded = getenv("LD_PRELOAD").map { String(cString: $0) + ":" } ?? ""
+            setenv("LD_PRELOAD", preloaded + library, 1)
+            changed = true
+        }
+        guard changed else { return }
+        setenv("SWITCHBOARD_LAUNCHED", "1", 1)
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        // exec failed (no /proc): carry on without.
+    }
+
+    /// The allocation counter library beside this program, if it was built.
+    static var allocationCounterLibrary: String? {
+        let binary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        let path = binary.deletingLastPathComponent().appendingPathComponent(allocationCounterFile).path
+        return FileManager.default.fileExists(atPath: path) ? path : nil
+    }
+}
+
+/// The heap allocations this thread has made, when the allocation counter library is
+/// loaded (`LaunchEnvironment`).
+enum AllocationCounter {
+    typealias Count = @convention(c) () -> UInt64
+    static let read: Count? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sb_thread_allocations")
+        .map { unsafeBitCast($0, to: Count.self) }
+}
