@@ -9,6 +9,7 @@ static inline hid_t sb_h5t_native_int64(void) { H5open(); return H5T_NATIVE_INT6
 static inline hid_t sb_h5t_native_int32(void) { H5open(); return H5T_NATIVE_INT32; }
 static inline hid_t sb_h5t_native_uint8(void) { H5open(); return H5T_NATIVE_UINT8; }
 static inline hid_t sb_h5t_c_s1(void) { H5open(); return H5T_C_S1; }
+static inline hid_t sb_h5t_ieee_f32le(void) { H5open(); return H5T_IEEE_F32LE; }
 static inline hid_t sb_h5p_default(void) { return H5P_DEFAULT; }
 static inline hid_t sb_h5p_dataset_create(void) { H5open(); return H5P_DATASET_CREATE; }
 static inline hid_t sb_h5p_file_access(void) { H5open(); return H5P_FILE_ACCESS; }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// A contiguous, row-major buffer of `Float` with a fixed shape.
 ///
@@ -24,7 +25,13 @@ public final class Tensor {
         #endif
         data = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         data.initialize(repeating: 0, count: max(count, 1))
+        Self.made.wrappingAdd(count, ordering: .relaxed)
     }
+
+    /// Floats of every tensor made so far in this process (for tests that check a size
+    /// computed in advance, `ModelSize`, against what the tensors really hold).
+    public static var floatsMade: Int { made.load(ordering: .relaxed) }
+    private static let made = Atomic<Int>(0)
 
     public convenience init(shape: [Int], values: [Float]) {
         self.init(shape: shape)

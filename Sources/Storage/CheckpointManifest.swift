@@ -137,6 +137,19 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
         return Array(try encoder.encode(self))
     }
 
+    /// Writes the checkpoint's main file at `path`: this manifest, the save's id, step and
+    /// program version as attributes, and an external link per tensor to its dataset in its
+    /// shard, so HDF5 tools see the whole checkpoint under global names.
+    public func writeMainFile(_ path: String) throws {
+        let main = try HDF5File.create(path)
+        try main.writeBytes(Self.manifestDataset, try encoded())
+        try main.setAttribute("checkpoint_id", id)
+        try main.setAttribute("step", String(position.step))
+        try main.setAttribute("switchboard_version", programVersion)
+        for t in tensors { try main.linkExternal(t.name, file: t.file, object: t.name) }
+        try main.close()
+    }
+
     /// Decodes and validates a manifest; `source` names the file in errors.
     public static func decode(_ bytes: [UInt8], source: String) throws -> CheckpointManifest {
         let decoder = JSONDecoder()

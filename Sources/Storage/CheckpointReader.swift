@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An open checkpoint: its manifest, read and validated, and verified reads of its tensors
 /// (each shard must carry the save's id; every chunk's Fletcher32 and the tensor's checksum
@@ -21,12 +24,62 @@ public final class CheckpointReader {
         }
         do {
             let main = try HDF5File.open(mainPath)
-            manifest = try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: CheckpointManifest.maxBytes),
-                                                     source: mainPath)
+            // The manifest's bytes are in the file: it cannot be larger than the file.
+            let limit = min(CheckpointManifest.maxBytes, Self.fileSize(mainPath) ?? 0)
+            manifest = try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: limit), source: mainPath)
         } catch let e as HDF5Error {
             throw CheckpointError(mainPath, "cannot read the manifest: \(e.failure)")
         }
         tensors = Dictionary(manifest.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        // A shape is trusted only as far as the bytes on disk go: the tensors a shard holds
+        // cannot declare more than the file's size (chunks hold every element, and more).
+        for file in manifest.files {
+            guard let size = Self.fileSize("\(folder)/\(file)") else { continue }   // missing: named when read
+            let declared = manifest.tensors.filter { $0.file == file }.reduce(0.0) { $0 + 4 * Double($1.count) }
+            guard declared <= Double(size) else {
+                throw CheckpointError(mainPath, "the manifest's tensors in \(file) declare \(Int(declared)) bytes, the file holds \(size)")
+            }
+        }
+    }
+
+    /// The size of the file at `path`, or nil when there is none.
+    static func fileSize(_ path: String) -> Int? {
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG ? Int(info.st_size) : nil
+    }
+
+    /// Tensor `name`, read and verified into a new array. Its size has been checked against
+    /// its file (at open), and its file must still be there: nothing is allocated from an
+    /// unchecked size.
+    public func values(_ name: String) throws -> [Float] {
+        guard let t = tensors[name] else { throw CheckpointError(mainPath, "no tensor \(name) in the manifest") }
+        guard Self.fileSize("\(folder)/\(t.file)") != nil else {
+            throw CheckpointError("\(folder)/\(t.file)", "missing: it holds tensor \(name)")
+        }
+        var out = [Float](repeating: 0, count: t.count)
+        try out.withUnsafeMutableBufferPointer { try read(name, into: $0.baseAddress!) }
+        return out
+    }
+
+    /// Tensor `name` as the HDF5 library itself reads it through `checkpoint.h5`: its external
+    /// link resolved as HDF5 resolves it, the datatype converted to native floats, every
+    /// chunk's Fletcher32 checked by HDF5's own filter. What h5py and h5dump would see.
+    public func valuesThroughLinks(_ name: String) throws -> [Float] {
+        guard let t = tensors[name] else { throw CheckpointError(mainPath, "no tensor \(name) in the manifest") }
+        var out = [Float](repeating: 0, count: t.count)
+        do {
+            let main = try HDF5File.open(mainPath)
+            try out.withUnsafeMutableBufferPointer { try main.readFloats(name, shape: t.shape, into: $0.baseAddress!) }
+        } catch let e as HDF5Error {
+            throw CheckpointError(mainPath, "tensor \(name) through its link: \(e.failure)")
+        }
+        return out
+    }
+
+    /// Whether `path` (a checkpoint folder or its main file) has a main file at all: a folder
+    /// without one is no checkpoint (the manifest is written last).
+    public static func hasMainFile(_ path: String) -> Bool {
+        FileManager.default.fileExists(atPath: "\(folder(of: path))/\(CheckpointManifest.mainFile)")
     }
 
     /// The folder of a checkpoint given as its folder or its main file.

@@ -52,6 +52,12 @@ extension HDF5File {
         let found = try self.shape(of: name)
         guard found == shape else { throw fail("shape \(found), expected \(shape)") }
         let dataset = try openDataset(name)
+        // What any HDF5 reader will convert from: float32, little-endian, as the chunks hold.
+        let type = H5Handle(try HDF5Library.check(H5Dget_type(dataset.id), path, "the datatype of \(name)"), close: H5Tclose)
+        guard H5Tequal(type.id, sb_h5t_ieee_f32le()) > 0 else {
+            H5Eclear2(sb_h5e_default())
+            throw fail("its datatype is not little-endian float32 (\(HDF5File.describe(type: type.id))): other HDF5 readers would convert the bytes")
+        }
         let plist = H5Handle(try HDF5Library.check(H5Dget_create_plist(dataset.id), path, "properties of \(name)"), close: H5Pclose)
         var chunk = [hsize_t](repeating: 0, count: shape.count)
         guard H5Pget_layout(plist.id) == H5D_CHUNKED,

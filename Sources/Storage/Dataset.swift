@@ -12,6 +12,12 @@ public final class Dataset {
     public var count: Int { labels.count }
     public let width: Int
 
+    /// Bytes this dataset holds in memory: its labels, and its features when they came from
+    /// IDX (HDF5 features stay on disk).
+    public var heldBytes: Int { labels.count * 4 + features.count * 4 }
+    /// Bytes it needed besides while it was read: the IDX bytes the features were made from.
+    public var loadingBytes: Int { samples == nil ? features.count : 0 }
+
     public init(features: Tensor, labels: [Int32], classes: Int) {
         precondition(features.rows == labels.count)
         self.features = features

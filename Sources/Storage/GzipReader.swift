@@ -43,6 +43,22 @@ final class GzipReader {
         }
     }
 
+    /// Exactly `count` bytes, read in pieces into a buffer that grows with what arrives, so a
+    /// count taken from an untrusted header costs no more memory than the file has bytes.
+    func readExactly(_ count: Int, what: String) throws -> [UInt8] {
+        let piece = 1 << 22
+        var out: [UInt8] = []
+        out.reserveCapacity(min(count, piece))
+        var buffer = [UInt8](repeating: 0, count: min(count, piece))
+        while out.count < count {
+            let want = min(piece, count - out.count)
+            let n = try buffer.withUnsafeMutableBytes { try read(into: $0.baseAddress!, count: want) }
+            out.append(contentsOf: buffer[0..<n])
+            if n < want { throw DataError(path, "truncated: \(what) needs \(count) bytes, the file ends after \(out.count)") }
+        }
+        return out
+    }
+
     /// True when no byte is left.
     func atEnd() throws -> Bool {
         var byte: UInt8 = 0

@@ -43,8 +43,12 @@ public final class HDF5Samples {
             } else {
                 throw fail("dataset \(xName) must hold float32 or uint8 features")
             }
+            // Dimensions from the file's metadata: bounded before any product or allocation.
+            guard shape[0] < Int(Int32.max), shape.dropFirst().allSatisfy({ $0 <= 1 << 26 }) else {
+                throw fail("dataset \(xName) has shape \(shape), more than this program handles")
+            }
             count = shape[0]
-            width = shape.dropFirst().reduce(1, *)
+            width = shape.dropFirst().reduce(1) { $0.multipliedReportingOverflow(by: $1).overflow ? Int.max : $0 * $1 }
             guard width <= 1 << 26 else { throw fail("dataset \(xName) has \(width) features per sample, more than this program handles") }
             fileSpace = H5Handle(try HDF5Library.check(H5Dget_space(x.id), path, "the shape of \(xName)"), close: H5Sclose)
             dims = shape.map { hsize_t($0) }

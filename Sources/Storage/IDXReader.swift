@@ -26,13 +26,13 @@ public enum IDXReader {
         for d in 0..<dimensions {
             let v = Int(raw[4 * d]) << 24 | Int(raw[4 * d + 1]) << 16 | Int(raw[4 * d + 2]) << 8 | Int(raw[4 * d + 3])
             guard v > 0 else { throw DataError(path, "IDX dimension \(d) is 0") }
+            guard v <= maxElements / total else { throw DataError(path, "IDX dimensions \(shape + [v]) are implausibly large") }
             total *= v
-            guard total <= maxElements else { throw DataError(path, "IDX dimensions \(shape + [v]) are implausibly large") }
             shape.append(v)
         }
-        var bytes = [UInt8](repeating: 0, count: total)
-        try file.readExactly(total, into: &bytes,
-                             what: "data of shape \(shape.map(String.init).joined(separator: "×"))")
+        // Read as it arrives, never allocated from the header alone: a header may declare far
+        // more than the file holds.
+        let bytes = try file.readExactly(total, what: "data of shape \(shape.map(String.init).joined(separator: "×"))")
         guard try file.atEnd() else {
             throw DataError(path, "unexpected bytes after the \(total) data bytes of shape \(shape)")
         }

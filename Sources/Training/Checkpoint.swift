@@ -81,13 +81,7 @@ extension Trainer {
                            expertTokens: lastExpertTokens),
             files: files, tensors: tensors)
         let mainPath = "\(tmp)/\(CheckpointManifest.mainFile)"
-        let main = try HDF5File.create(mainPath)
-        try main.writeBytes(CheckpointManifest.manifestDataset, try manifest.encoded())
-        try main.setAttribute("checkpoint_id", saveID)
-        try main.setAttribute("step", String(step))
-        try main.setAttribute("switchboard_version", Switchboard.version)
-        for t in tensors { try main.linkExternal(t.name, file: t.file, object: t.name) }
-        try main.close()
+        try manifest.writeMainFile(mainPath)
         try DurableFiles.sync(mainPath)
         try CheckpointFolder.commit(tmp, as: final)
         try CheckpointFolder.retain(keepLast, in: run, keep: final)

@@ -124,7 +124,7 @@ public struct JobConfig: Sendable {
 
     /// The `[moe]` section.
     static func moeSpec(_ r: ConfigReader, source: String) throws -> MoESpec {
-        let experts = try r.int("moe", "experts", 16, min: 1)
+        let experts = try r.int("moe", "experts", 16, min: 1, max: 1 << 16)
         let topK = try r.int("moe", "top_k", 2, min: 1)
         guard topK <= experts else {
             throw ConfigError("\(source): [moe] top_k = \(topK) is larger than experts = \(experts); a token cannot use more experts than exist")
@@ -139,7 +139,7 @@ public struct JobConfig: Sendable {
         let entropy = try r.double("moe", "entropy_loss", 0, min: 0)
         let dropless = try r.bool("moe", "dropless", true)
         // A capacity factor of 0 or less would drop every token: dropless says "no limit".
-        let capacity = dropless ? 0 : try r.double("moe", "capacity_factor", 1.25, above: 0)
+        let capacity = dropless ? 0 : try r.double("moe", "capacity_factor", 1.25, max: 1e6, above: 0)
         let expertDropout = try r.double("moe", "expert_dropout", 0, min: 0, below: 1)
         let shared = try r.int("moe", "shared_hidden", 0, min: 0)
         let routerInit = try r.string("moe", "router_init", "uniform", oneOf: ["uniform", "zeros"])
@@ -191,16 +191,17 @@ public struct JobConfig: Sendable {
         switch kind {
         case "stack":
             let hidden = try r.intArray("model", "hidden", [1024, 1024, 1024], min: 1)
+            guard hidden.count <= 10_000 else { throw ConfigError("\(source): [model] hidden lists \(hidden.count) layers, at most 10000") }
             let activation = try r.string("model", "activation", "gelu", oneOf: ["relu", "gelu", "gelu_tanh", "silu"])
             model = .stack(hidden: hidden, activation: Activation(rawValue: activation)!)
         case "moe":
             let width = try r.int("model", "width", 256, min: 1)
-            let depth = try r.int("model", "depth", 2, min: 0)
+            let depth = try r.int("model", "depth", 2, min: 0, max: 10_000)
             let norm = try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue))
             model = .moe(width: width, depth: depth, norm: NormKind(rawValue: norm)!, spec: try moeSpec(r, source: source))
         default:
             let width = try r.int("model", "width", 512, min: 1)
-            let depth = try r.int("model", "depth", 2, min: 0)
+            let depth = try r.int("model", "depth", 2, min: 0, max: 10_000)
             let expansion = try r.int("model", "expansion", 4, min: 1)
             let norm = try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue))
             let activation = try r.string("model", "activation", "gelu", oneOf: BlockActivation.names)
@@ -214,7 +215,7 @@ public struct JobConfig: Sendable {
 
         let batch = try r.int("train", "batch_size", 256, min: 1)
         let train = Train(
-            epochs: try r.int("train", "epochs", 10, min: 1),
+            epochs: try r.int("train", "epochs", 10, min: 1, max: 1_000_000),
             batchSize: batch,
             evalBatchSize: try r.int("train", "eval_batch_size", 1000, min: 1),
             labelSmoothing: Float(try r.double("train", "label_smoothing", 0, min: 0, below: 1)),
@@ -243,5 +244,14 @@ public struct JobConfig: Sendable {
         try r.finish()
         return JobConfig(run: run, checkpoint: checkpoint, parallel: parallel, data: data, model: model, train: train, optimizer: optimizer,
                          schedule: schedule, resolvedTOML: r.resolvedTOML)
+    }
+
+    /// Checks the job against its training data: a batch cannot be larger than the training
+    /// set (every step would silently train on the whole set, a different job).
+    public func check(trainingSamples count: Int, source: String) throws {
+        guard train.batchSize <= count else {
+            throw ConfigError("\(source): [train] batch_size = \(train.batchSize) is larger than the training set "
+                              + "(\(count) samples); set it to at most \(count)")
+        }
     }
 }

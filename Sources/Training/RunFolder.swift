@@ -1,5 +1,8 @@
 import Errors
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Storage
 
 /// The folder a run writes: `<output>/<name>/` with the resolved `config.toml`,
@@ -7,39 +10,83 @@ import Storage
 /// run finished, `summary.json`. A run never writes into a folder that already has files:
 /// it takes the next free name (`<name>-2`, `<name>-3`, …), so nothing on disk is lost —
 /// unless it continues that run (`--resume auto`), appending to its metrics.
+///
+/// One job at a time owns a run folder: it holds an exclusive `flock` on `<folder>/.lock`
+/// for as long as it runs, and the kernel drops the lock when the process ends, however it
+/// ends. A second job on the same folder is refused, naming the process that holds it.
 public final class RunFolder {
     public let path: String
-    private let metrics: UnsafeMutablePointer<FILE>
+    /// The lock's file descriptor, open until this object goes.
+    private let lock: Int32
+    private var metrics: UnsafeMutablePointer<FILE>?
 
-    /// - Parameter continuing: use `<output>/<name>` as it is (made if missing) and append.
-    public init(output: String, name: String, configTOML: String, continuing: Bool = false) throws {
+    public static let lockFile = ".lock"
+
+    /// Claims `<output>/<name>` (`continuing`: as it is, made if missing) or, for a new run,
+    /// the first free name from it; nothing else is written yet (`open`).
+    public static func claim(output: String, name: String, continuing: Bool) throws -> RunFolder {
         let fm = FileManager.default
-        var candidate = "\(output)/\(name)"
-        var n = 2
-        while !continuing, let items = try? fm.contentsOfDirectory(atPath: candidate), !items.isEmpty {
-            candidate = "\(output)/\(name)-\(n)"
+        var n = 1
+        while true {
+            let candidate = n == 1 ? "\(output)/\(name)" : "\(output)/\(name)-\(n)"
             n += 1
+            if !continuing, let items = try? fm.contentsOfDirectory(atPath: candidate), !items.isEmpty { continue }
+            do {
+                try fm.createDirectory(atPath: candidate, withIntermediateDirectories: true)
+            } catch {
+                throw DiskError(candidate, "cannot create the run folder (\(error.localizedDescription))")
+            }
+            if let folder = try RunFolder(candidate, refuseIfHeld: continuing) {
+                // Another new run may have taken the name between the look and the lock.
+                let items = (try? fm.contentsOfDirectory(atPath: candidate)) ?? []
+                if continuing || items == [lockFile] { return folder }
+            }
         }
-        do {
-            try fm.createDirectory(atPath: candidate, withIntermediateDirectories: true)
-        } catch {
-            throw DiskError(candidate, "cannot create the run folder (\(error.localizedDescription))")
+    }
+
+    /// Locks `path`; nil when another process holds it and `refuseIfHeld` is false.
+    private init?(_ path: String, refuseIfHeld: Bool) throws {
+        let lockPath = "\(path)/\(Self.lockFile)"
+        let fd = Glibc.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw DiskError(lockPath, "cannot open the run folder's lock (\(systemMessage()))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = (try? String(contentsOfFile: lockPath, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            Glibc.close(fd)
+            guard refuseIfHeld else { return nil }
+            throw RunFolderInUse(path: path, holder: holder?.isEmpty == false ? holder! : "another process")
         }
-        path = candidate
-        try Self.write(configTOML, to: "\(candidate)/config.toml")
-        guard let f = fopen("\(candidate)/metrics.jsonl", continuing ? "a" : "w") else {
-            throw DiskError("\(candidate)/metrics.jsonl", "cannot open for writing (\(systemMessage()))")
+        // Who holds it, for the message another job gets.
+        let host = ProcessInfo.processInfo.hostName
+        let note = "process \(getpid()) on \(host), since \(ISO8601DateFormatter().string(from: Date()))\n"
+        _ = ftruncate(fd, 0)
+        _ = note.withCString { pwrite(fd, $0, strlen($0), 0) }
+        self.path = path
+        lock = fd
+    }
+
+    /// Starts writing: the resolved config, and the metrics (appended to when continuing).
+    public func open(configTOML: String, continuing: Bool) throws {
+        try Self.write(configTOML, to: "\(path)/config.toml")
+        guard let f = fopen("\(path)/metrics.jsonl", continuing ? "a" : "w") else {
+            throw DiskError("\(path)/metrics.jsonl", "cannot open for writing (\(systemMessage()))")
         }
         metrics = f
     }
 
-    deinit { fclose(metrics) }
+    deinit {
+        if let metrics { fclose(metrics) }
+        Glibc.close(lock)
+    }
 
     /// Appends one JSON object (built from ordered fields) as a line and flushes it.
     public func log(_ fields: [(String, JSONValue)]) {
+        guard let metrics else { return }
         fputs(JSONValue.object(fields).text + "\n", metrics)
         fflush(metrics)
     }
+
+    /// Whether the run has been marked finished.
+    public var isFinished: Bool { FileManager.default.fileExists(atPath: "\(path)/summary.json") }
 
     /// Marks the run finished.
     public func finish(summary: [(String, JSONValue)]) throws {
@@ -53,6 +100,15 @@ public final class RunFolder {
             throw DiskError(path, "cannot write (\(error.localizedDescription))")
         }
     }
+}
+
+/// Another job holds the run folder.
+public struct RunFolderInUse: SwitchboardError {
+    public let path: String, holder: String
+    public var message: String {
+        "\(path): the run folder is in use by another job (\(holder)); wait for it to end, or give this run another [run] name"
+    }
+    public var exitCode: Int32 { 1 }
 }
 
 /// The JSON this program writes: numbers print in Swift's shortest round-trip form, so

@@ -87,9 +87,7 @@ public final class Trainer {
         self.comm = comm
         trainSet = train
         testSet = test
-        let t = config.train
-        // A rank holds at most ⌈B/P⌉ rows of a training batch, and evaluates in chunks.
-        maxRows = max((t.batchSize + comm.size - 1) / comm.size, min(t.evalBatchSize, test.count))
+        maxRows = Self.maxRows(config, ranks: comm.size, testCount: test.count)
         model = Model(config.model, inputs: train.width, classes: config.data.classes,
                       maxRows: maxRows, seed: config.run.seed)
         let o = config.optimizer
@@ -101,7 +99,7 @@ public final class Trainer {
             optimizer = SGD(count: model.store.count, momentum: Float(o.momentum), nesterov: o.nesterov,
                             weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
         }
-        order = GlobalSampleOrder(count: train.count, batchSize: t.batchSize, seed: config.run.seed)
+        order = GlobalSampleOrder(count: train.count, batchSize: config.train.batchSize, seed: config.run.seed)
         schedule = LearningRateSchedule(base: o.lr, kind: config.schedule.kind, warmupSteps: config.schedule.warmupSteps,
                                         totalSteps: Self.totalSteps(config, order), finalFraction: config.schedule.finalFraction)
         permutation = [Int32](repeating: 0, count: train.count)
@@ -176,6 +174,13 @@ public final class Trainer {
             (values + own.upperBound).update(repeating: 0, count: span.upperBound - own.upperBound)
             try comm.allreduceSum(values + span.lowerBound, count: span.count, "expert collection")
         }
+    }
+
+    /// The most rows a rank holds in one pass: ⌈B/P⌉ of a training batch, or a chunk of
+    /// evaluation.
+    public static func maxRows(_ config: JobConfig, ranks: Int, testCount: Int) -> Int {
+        let t = config.train
+        return max((t.batchSize + ranks - 1) / ranks, min(t.evalBatchSize, testCount))
     }
 
     static func totalSteps(_ c: JobConfig, _ order: GlobalSampleOrder) -> Int {

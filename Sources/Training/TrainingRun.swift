@@ -75,6 +75,8 @@ extension Trainer {
         var stopped = false
         let perEpoch = order.batchesPerEpoch
         let first = step / perEpoch
+        // Resumed with nothing left to train: the result is the final model's evaluation.
+        if step >= totalSteps { last = try evaluate(testSet) }
         func save() throws {
             guard let run else { return }
             let t0 = clock.now

@@ -36,13 +36,11 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         let started = ContinuousClock.now
-        guard let text = try? String(contentsOfFile: job, encoding: .utf8) else {
-            throw ConfigError("\(job): cannot read the job file (\(FileManager.default.fileExists(atPath: job) ? "unreadable" : "no such file"))")
-        }
-        let config = try JobConfig.parse(text, source: job, overrides: overrides)
+        let config = try JobConfig.parse(try JobFile.read(job), source: job, overrides: overrides)
         let comm = try MPIWorld.start()
         FatalSignalReport.install(rank: comm.rank, ranks: comm.size)
         StopRequest.install()
+        LauncherWatch.start(rank: comm.rank)
         // Default: the host's cores shared among the ranks on this host (OpenMPI says how many).
         let local = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? comm.size
         let threads = config.train.threads > 0 ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1))
@@ -64,37 +62,58 @@ struct TrainCommand: ParsableCommand {
         if !quiet { say("resolved config:\n" + config.resolvedTOML.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")) }
 
         let (train, test) = try config.data.load()
+        try config.check(trainingSamples: train.count, source: job)
+        // Nothing of the model is allocated before the machine is known to hold it.
+        let memory = MemoryEstimate(config: config, train: train, test: test,
+                                    maxRows: Trainer.maxRows(config, ranks: comm.size, testCount: test.count),
+                                    ranks: comm.size, threads: threads)
+        try memory.check(available: MachineMemory.available / Double(max(local, 1)), ranksOnHost: max(local, 1), source: job)
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
+        say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
+        say("model: \(trainer.model.store.count.formatted()) parameters; \(trainer.totalSteps) steps of \(config.train.batchSize) samples; "
+            + "memory ≈ \(MemoryEstimate.text(memory.total)) per rank")
+        if comm.size > 1, let placement = trainer.placement {
+            say("experts (each MoE layer):\n" + placement.description.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+        }
+
+        // The run folder. A run that continues its folder (`--resume auto`) owns it before it
+        // looks inside; a new run takes one only once its start has succeeded, so a failed
+        // start (a checkpoint that does not load) leaves none behind.
         let continuing = resume == "auto"
-        let folder = comm.isCoordinator
-            ? try RunFolder(output: config.run.output, name: config.run.name, configTOML: config.resolvedTOML, continuing: continuing) : nil
+        var folder = comm.isCoordinator && continuing
+            ? try RunFolder.claim(output: config.run.output, name: config.run.name, continuing: true) : nil
         if let folder {
             for orphan in try CheckpointFolder.removeOrphans(in: folder.path) {
                 say("removed \(folder.path)/\(orphan): an interrupted save")
             }
         }
+        var resumed: CheckpointManifest?
+        if let resume {
+            resumed = try trainer.resume(resume, run: folder?.path ?? "", log: { say("warning: " + $0) })
+        }
+        if comm.isCoordinator && !continuing {
+            folder = try RunFolder.claim(output: config.run.output, name: config.run.name, continuing: false)
+        }
+        try folder?.open(configTOML: config.resolvedTOML, continuing: continuing)
         // Every rank writes its checkpoint shards into the coordinator's run folder.
         var runBytes = Array((folder?.path ?? "").utf8)
         try comm.broadcastBytes(&runBytes, "run folder")
         let runPath = String(decoding: runBytes, as: UTF8.self)
-        say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
-        say("model: \(trainer.model.store.count.formatted()) parameters; \(trainer.totalSteps) steps of \(config.train.batchSize) samples")
-        if comm.size > 1, let placement = trainer.placement {
-            say("experts (each MoE layer):\n" + placement.description.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
-        }
         if let folder { say("run folder: \(folder.path)") }
-        if let resume {
-            if let m = try trainer.resume(resume, run: runPath, log: { say("warning: " + $0) }) {
-                let p = m.position
-                say("resumed from \(Trainer.folder(of: resume == "auto" ? runPath + "/" + CheckpointFolder.name(step: p.step) : resume)): "
-                    + "step \(p.step), epoch \(p.epoch + 1) at sample \(p.sampleCursor) of its order (saved by \(m.programVersion) "
-                    + "on \(m.worldSize) rank\(m.worldSize == 1 ? "" : "s") × \(m.threads) thread\(m.threads == 1 ? "" : "s"))")
-                for line in Self.reshardLines(m, trainer: trainer, threads: threads) { say(line) }
-                folder?.log([("kind", .string("resume")), ("step", .int(p.step)), ("saved_on_ranks", .int(m.worldSize)),
-                             ("checkpoint_id", .string(m.id))])
-            } else {
-                say("no checkpoint in \(runPath); starting at step 0")
-            }
+        if let m = resumed, let resume {
+            let p = m.position
+            say("resumed from \(Trainer.folder(of: resume == "auto" ? runPath + "/" + CheckpointFolder.name(step: p.step) : resume)): "
+                + "step \(p.step), epoch \(p.epoch + 1) at sample \(p.sampleCursor) of its order (saved by \(m.programVersion) "
+                + "on \(m.worldSize) rank\(m.worldSize == 1 ? "" : "s") × \(m.threads) thread\(m.threads == 1 ? "" : "s"))")
+            for line in Self.reshardLines(m, trainer: trainer, threads: threads) { say(line) }
+            folder?.log([("kind", .string("resume")), ("step", .int(p.step)), ("saved_on_ranks", .int(m.worldSize)),
+                         ("checkpoint_id", .string(m.id))])
+        } else if resume != nil {
+            say("no checkpoint in \(runPath); starting at step 0")
+        }
+        let complete = trainer.step >= trainer.totalSteps
+        if complete {
+            say("the run is complete: its \(trainer.totalSteps) steps were trained before; evaluating the final model")
         }
 
         let progress = comm.isCoordinator
@@ -108,21 +127,32 @@ struct TrainCommand: ParsableCommand {
         }
         let e = summary.finalEvaluation
         let wall = (ContinuousClock.now - started).seconds
-        say("done: \(summary.steps) steps, \(summary.epochs) epoch\(summary.epochs == 1 ? "" : "s"); test accuracy \(fixed(100 * e.accuracy, 2))%, "
-            + "test loss \(fixed(e.loss, 4)); training \(formatDuration(summary.trainSeconds)) at \(Int(summary.samplesPerSecond)) samples/s, "
-            + "wall \(formatDuration(wall))")
-        if let folder {
-            try ModelFile.write(trainer.model, to: "\(folder.path)/model.h5", step: summary.steps, configTOML: config.resolvedTOML)
+        let peak = MachineMemory.peak.map { "; peak memory \(MemoryEstimate.text($0))" } ?? ""
+        if complete {
+            say("done: the run was complete at step \(summary.steps); test accuracy \(fixed(100 * e.accuracy, 2))%, "
+                + "test loss \(fixed(e.loss, 4)) (the final model)\(peak)")
+        } else {
+            say("done: \(summary.steps) steps, \(summary.epochs) epoch\(summary.epochs == 1 ? "" : "s"); test accuracy \(fixed(100 * e.accuracy, 2))%, "
+                + "test loss \(fixed(e.loss, 4)); training \(formatDuration(summary.trainSeconds)) at \(Int(summary.samplesPerSecond)) samples/s, "
+                + "wall \(formatDuration(wall))\(peak)")
         }
-        try folder?.finish(summary: [
-            ("version", .string(Switchboard.version)), ("steps", .int(summary.steps)), ("epochs", .int(summary.epochs)),
-            ("test_accuracy", .double(e.accuracy)), ("test_loss", .double(e.loss)),
-            ("train_seconds", .double((summary.trainSeconds * 1000).rounded() / 1000)),
-            ("wall_seconds", .double((wall * 1000).rounded() / 1000)),
-            ("samples_per_s", .double(summary.samplesPerSecond.rounded())),
-            ("ranks", .int(comm.size)), ("threads", .int(threads)),
-        ])
-        if let folder { say("wrote \(folder.path)/") }
+        guard let folder else { return }
+        try ModelFile.write(trainer.model, to: "\(folder.path)/model.h5", step: summary.steps, configTOML: config.resolvedTOML)
+        if complete && folder.isFinished {
+            say("kept \(folder.path)/summary.json, written when the run finished")
+        } else {
+            // A run that was complete before this process (killed between its last checkpoint
+            // and its summary) has no training time of its own to report.
+            try folder.finish(summary: [
+                ("version", .string(Switchboard.version)), ("steps", .int(summary.steps)), ("epochs", .int(summary.epochs)),
+                ("test_accuracy", .double(e.accuracy)), ("test_loss", .double(e.loss)),
+                ("train_seconds", .double(complete ? .nan : (summary.trainSeconds * 1000).rounded() / 1000)),
+                ("wall_seconds", .double((wall * 1000).rounded() / 1000)),
+                ("samples_per_s", .double(complete ? .nan : summary.samplesPerSecond.rounded())),
+                ("ranks", .int(comm.size)), ("threads", .int(threads)),
+            ])
+        }
+        say("wrote \(folder.path)/")
     }
 
     /// What a load on a different world size or placement moved, for the log.

@@ -152,4 +152,36 @@ public enum Launcher {
         p.waitUntilExit()
         return (p.terminationStatus, text, Date().timeIntervalSince(start))
     }
+
+    /// The same, with standard output and standard error apart, whether a signal ended it, and
+    /// the largest peak resident memory of any program this process has run so far (in bytes;
+    /// it grows past its value before the call only if this program's peak was larger).
+    public static func runApart(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                                directory: String? = nil, deadline: Double = 30)
+        throws -> (code: Int32, out: String, err: String, signaled: Bool, peakBytes: Int) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        DispatchQueue.global().asyncAfter(deadline: .now() + deadline) { if p.isRunning { p.terminate() } }
+        // Read both pipes at once: a program that fills one while the other is read would stall.
+        final class Box: @unchecked Sendable { var data = Data() }
+        let errBox = Box(), group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        let errData = errBox.data
+        p.waitUntilExit()
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_CHILDREN.rawValue), &usage)
+        return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self),
+                p.terminationReason == .uncaughtSignal, Int(usage.ru_maxrss) * 1024)
+    }
 }

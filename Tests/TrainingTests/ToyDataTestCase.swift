@@ -50,6 +50,49 @@ class ToyDataTestCase: XCTestCase {
         return "\(dir)/runs/\(name)/model.h5"
     }
 
+    /// Starts `mpirun -np ranks switchboard train …` with its output going to `log`, without
+    /// waiting for it.
+    func start(ranks: Int, name: String, job: String, extra: [String], log: String, environment: [String: String] = [:]) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try mpirunPath())
+        p.arguments = ["--allow-run-as-root", "--oversubscribe"] + environment.keys.sorted().flatMap { ["-x", $0] }
+            + ["-np", String(ranks), binary, "train", job, "--quiet", "--set", "run.name=\"\(name)\""] + extra
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let out = FileHandle(forWritingAtPath: log)!
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        return p
+    }
+
+    /// The rank processes mpirun started.
+    func ranks(of mpirun: Process) -> [Int32] {
+        let r = try? Launcher.run(Fixtures.tool("pgrep") ?? "/usr/bin/pgrep", ["-P", String(mpirun.processIdentifier)])
+        return (r?.output ?? "").split(separator: "\n").compactMap { Int32($0) }
+    }
+
+    /// The step of the newest progress line (`… step N/total …`) in `text`.
+    static func lastLoggedStep(_ text: String) -> Int? {
+        var before = text.endIndex
+        while let r = text.range(of: " step ", options: .backwards, range: text.startIndex..<before) {
+            let digits = text[r.upperBound...].prefix { $0.isNumber }
+            if !digits.isEmpty && text[r.upperBound...].dropFirst(digits.count).hasPrefix("/") { return Int(digits) }
+            before = r.lowerBound
+        }
+        return nil
+    }
+
+    /// Polls `log` until its newest progress line reaches `step`, or `process` ends; true if reached.
+    func waitForStep(_ step: Int, in log: String, of process: Process, deadline: Double = 30) -> Bool {
+        let end = Date().addingTimeInterval(deadline)
+        while process.isRunning && Date() < end {
+            if let s = Self.lastLoggedStep((try? String(contentsOfFile: log, encoding: .utf8)) ?? ""), s >= step { return true }
+            Thread.sleep(forTimeInterval: 0.002)
+        }
+        return false
+    }
+
     /// Max over tensors of ‖a − b‖₂ / ‖a‖₂, and the tensor where it occurs.
     static func maxRelativeDifference(_ a: Model, _ b: Model) -> (Double, String) {
         var worst = (0.0, "")

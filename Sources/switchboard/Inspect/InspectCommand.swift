@@ -22,10 +22,11 @@ struct InspectOptions: ParsableArguments {
     @Flag(help: "Print JSON instead of tables.") var json = false
 }
 
-/// Opens a checkpoint for inspection; a path that is not one is a usage error (exit 2).
+/// Opens a checkpoint for inspection: a path that is not one is a usage error (exit 2), a
+/// checkpoint that does not read is a data error (exit 1).
 func openCheckpoint(_ path: String) throws -> CheckpointReader {
     do { return try CheckpointReader(path) } catch let e as CheckpointError {
-        throw InspectFailure(message: e.description, exitCode: 2)
+        throw InspectFailure(message: e.description, exitCode: CheckpointReader.hasMainFile(path) ? 1 : 2)
     }
 }
 

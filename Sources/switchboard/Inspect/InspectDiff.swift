@@ -26,9 +26,7 @@ struct InspectDiff: ParsableCommand {
             guard let u = rb.tensors[t.name] else { continue }
             guard t.shape == u.shape else { reshaped.append((t.name, t.shape, u.shape)); continue }
             compared += 1
-            var x = [Float](repeating: 0, count: t.count), y = [Float](repeating: 0, count: t.count)
-            try x.withUnsafeMutableBufferPointer { try ra.read(t.name, into: $0.baseAddress!) }
-            try y.withUnsafeMutableBufferPointer { try rb.read(t.name, into: $0.baseAddress!) }
+            let x = try ra.values(t.name), y = try rb.values(t.name)
             var maxAbs = 0.0, diff2 = 0.0, norm2 = 0.0, outside = 0
             for i in 0..<t.count {
                 let p = Double(x[i]), q = Double(y[i])

@@ -46,14 +46,24 @@ struct InspectExport: ParsableCommand {
         var length = UInt64(header.count).littleEndian
         ok = ok && fwrite(&length, 8, 1, file) == 1
         ok = ok && fwrite(header, 1, header.count, file) == header.count
-        for t in chosen where ok {
-            var values = [Float](repeating: 0, count: t.count)
-            try values.withUnsafeMutableBufferPointer { try reader.read(t.name, into: $0.baseAddress!) }
-            // Little-endian on every platform this builds for (x86-64, arm64).
-            ok = values.withUnsafeBytes { fwrite($0.baseAddress!, 1, $0.count, file) == $0.count }
+        do {
+            for t in chosen where ok {
+                let values = try reader.values(t.name)
+                // Little-endian, as on every platform this builds for (x86-64).
+                ok = values.withUnsafeBytes { fwrite($0.baseAddress!, 1, $0.count, file) == $0.count }
+            }
+        } catch {
+            // A tensor that does not read leaves no half-written file behind.
+            fclose(file)
+            unlink(tmp)
+            throw error
         }
         ok = fclose(file) == 0 && ok
-        guard ok else { throw DiskError(tmp, "write failed (\(systemMessage()))") }
+        guard ok else {
+            let reason = systemMessage()
+            unlink(tmp)
+            throw DiskError(tmp, "write failed (\(reason))")
+        }
         try DurableFiles.rename(tmp, output)
         let bytes = 8 + header.count + offset
         if options.json {

@@ -47,8 +47,7 @@ struct InspectStats: ParsableCommand {
         var json: [JSONValue] = []
         var flagged = 0
         for t in selected {
-            var values = [Float](repeating: 0, count: t.count)
-            try values.withUnsafeMutableBufferPointer { try reader.read(t.name, into: $0.baseAddress!) }
+            let values = try reader.values(t.name)
             let s = values.withUnsafeBufferPointer { Self.summarize($0) }
             if !s.finite { flagged += 1 }
             let zeros = Double(s.zeros) / Double(s.count)

@@ -17,6 +17,9 @@ struct InspectVerify: ParsableCommand {
         if let ranks, ranks < 1 { throw ValidationError("--ranks must be at least 1") }
         var problems: [String] = []
         var reader: CheckpointReader?
+        // A path that is not a checkpoint at all is a usage error (exit 2); a checkpoint whose
+        // main file does not read is an unhealthy one (exit 1).
+        guard CheckpointReader.hasMainFile(checkpoint) else { _ = try openCheckpoint(checkpoint); return }
         do { reader = try CheckpointReader(checkpoint) } catch let e as CheckpointError {
             problems.append(e.description)
         }
@@ -49,12 +52,18 @@ struct InspectVerify: ParsableCommand {
                 if !parameters.contains(p) { problems.append("manifest: \(t.name) has no parameter \(p)") }
                 else if reader.tensors["params/\(p)"]!.shape != t.shape { problems.append("manifest: \(t.name) has shape \(t.shape), its parameter \(reader.tensors["params/\(p)"]!.shape)") }
             }
-            // Every tensor read through its chunk checksums and checked against the manifest.
+            // Every tensor read through its chunk checksums and checked against the manifest,
+            // then read again by the HDF5 library through checkpoint.h5's link, as any HDF5
+            // reader would: healthy means both give the same bits.
             for t in m.tensors where !broken.contains(t.file) {
-                var values = [Float](repeating: 0, count: t.count)
                 do {
-                    try values.withUnsafeMutableBufferPointer { try reader.read(t.name, into: $0.baseAddress!) }
-                    checked += 1
+                    let ours = try reader.values(t.name), hdf5 = try reader.valuesThroughLinks(t.name)
+                    if let i = ours.indices.first(where: { ours[$0].bitPattern != hdf5[$0].bitPattern }) {
+                        problems.append("\(reader.mainPath): tensor \(t.name): the HDF5 library reads other values through the link "
+                                        + "(first at [\(i)]: \(hdf5[i]), the checksummed chunks hold \(ours[i]))")
+                    } else {
+                        checked += 1
+                    }
                 } catch let e as CheckpointError { problems.append(e.description) }
             }
             if let ranks { plan = Self.loadPlan(m, ranks: ranks) }
@@ -67,7 +76,7 @@ struct InspectVerify: ParsableCommand {
             for p in problems { print("problem: \(p)") }
             if let reader {
                 print(healthy ? "healthy: \(checked) tensors in \(reader.manifest.files.count) file\(reader.manifest.files.count == 1 ? "" : "s"), "
-                        + "every chunk's Fletcher32 and every tensor's checksum verified; names unique; shapes agree"
+                        + "every chunk's Fletcher32 and every tensor's checksum verified, the HDF5 library reads the same values; names unique; shapes agree"
                       : "not healthy: \(problems.count) problem\(problems.count == 1 ? "" : "s"); \(checked) of \(reader.manifest.tensors.count) tensors verified")
             } else {
                 print("not healthy: the checkpoint cannot be opened")

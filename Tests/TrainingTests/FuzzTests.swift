@@ -1,0 +1,209 @@
+import Foundation
+import Kernels
+import Storage
+import TestSupport
+import XCTest
+@testable import Training
+
+/// Mutates valid inputs — job files (bytes and values), IDX headers and bodies, the manifest
+/// inside `checkpoint.h5` (through the HDF5 API), shard files and `checkpoint.h5` (bytes,
+/// HDF5 metadata included) — and runs every reader on each: `train` start-up, `--resume`,
+/// every `inspect` subcommand, `convert`. Every outcome must be exit 0, or exit 1 or 2 with
+/// one line on standard error; never a signal, a hang past the deadline, or a peak memory
+/// larger than the input justifies; and where `inspect verify` says healthy, the HDF5 library
+/// itself reads the values the pristine checkpoint holds.
+///
+/// Seeded (a failure repeats); `SWITCHBOARD_FUZZ_ROUNDS` (default 24) sets the length, and
+/// `SWITCHBOARD_FUZZ_SEED` the seed. Each round runs one mutation of each of the six kinds.
+final class FuzzTests: ToyDataTestCase {
+    /// A run of the program on a mutated input: over this, something allocated far beyond
+    /// what inputs of a few kilobytes and a toy model justify.
+    static let memoryLimit = 768 << 20
+    static let deadline = 60.0
+
+    var rng = Philox(seed: 1)
+    var draws: UInt64 = 0
+    var runs = 0
+    var messages: [String: Int] = [:]
+
+    func random(_ bound: Int) -> Int {
+        draws += 1
+        return rng.integer(below: bound, stream: 77, index: draws)
+    }
+
+    /// Runs the program; checks the outcome as the contract says; returns it.
+    @discardableResult
+    func check(_ arguments: [String], what: String) throws -> (code: Int32, out: String, err: String) {
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_CHILDREN.rawValue), &usage)
+        let before = Int(usage.ru_maxrss) * 1024
+        let r = try Launcher.runApart(binary, arguments, directory: dir, deadline: Self.deadline)
+        runs += 1
+        let context = "\(what): switchboard \(arguments.joined(separator: " "))\nstdout: \(r.out.suffix(2000))\nstderr: \(r.err.suffix(2000))"
+        XCTAssertFalse(r.signaled, "killed by a signal or the deadline: \(context)")
+        XCTAssertTrue([0, 1, 2].contains(r.code), "exit \(r.code): \(context)")
+        XCTAssertFalse(r.peakBytes > max(before, Self.memoryLimit), "peak memory \(r.peakBytes) bytes: \(context)")
+        if r.code == 0 {
+            XCTAssertEqual(r.err, "", "exit 0 with something on stderr: \(context)")
+        } else if !r.err.isEmpty || !(arguments.starts(with: ["inspect", "verify"]) || arguments.starts(with: ["inspect", "diff"])) {
+            XCTAssertEqual(r.err.filter { $0 == "\n" }.count, 1, "not one line on stderr: \(context)")
+            XCTAssertTrue(r.err.hasPrefix("switchboard: error: "), context)
+            messages[Self.shape(of: r.err), default: 0] += 1
+        }
+        return (r.code, r.out, r.err)
+    }
+
+    /// An error line with its paths and numbers taken out, so that alike errors count once.
+    static func shape(of line: String) -> String {
+        line.trimmingCharacters(in: .whitespacesAndNewlines)
+            .replacingOccurrences(of: "/[^ :;()]*", with: "PATH", options: .regularExpression)
+            .replacingOccurrences(of: "-?[0-9][0-9.e+-]*", with: "N", options: .regularExpression)
+    }
+
+    func mutateBytes(_ bytes: [UInt8], focus: Int? = nil) -> [UInt8] {
+        var b = bytes
+        for _ in 0..<(1 + random(4)) where !b.isEmpty {
+            let span = focus.map { min($0, b.count) } ?? b.count
+            let at = random(span)
+            switch random(4) {
+            case 0: b[at] ^= UInt8(1 << random(8))
+            case 1: b[at] = [0x00, 0xFF, 0x7F, 0x80, 0x0A, 0x22, 0x5B][random(7)]
+            case 2: b.insert(UInt8(random(256)), at: at)
+            default: b.remove(at: at)
+            }
+        }
+        return b
+    }
+
+    static let hostileValues = ["0", "-1", "1", "2147483648", "4611686018427387904", "9223372036854775807", "1e300", "-1e300",
+                                "nan", "inf", "\"\"", "\"x\"", "[]", "[0]", "true", "{}", "0.5", "1000000"]
+
+    func testMutatedInputsNeverCrashTheReaders() throws {
+        let environment = ProcessInfo.processInfo.environment
+        let rounds = Int(environment["SWITCHBOARD_FUZZ_ROUNDS"] ?? "") ?? 24
+        rng = Philox(seed: UInt64(environment["SWITCHBOARD_FUZZ_SEED"] ?? "") ?? 20261129)
+        let sandbox = "\(dir)/sandbox"
+        let jobText = Fixtures.job(dir: dir, settings: ["train.max_steps": "6"], extra: "[checkpoint]\nkeep_last = 0\n")
+        let job = try writeJob(jobText)
+        let first = try check(["train", job, "--quiet", "--set", "run.name=\"pristine\""], what: "the pristine run")
+        XCTAssertEqual(first.code, 0)
+        let pristine = "\(dir)/runs/pristine/step-000006"
+        let reader = try CheckpointReader(pristine)
+        let values = try Dictionary(uniqueKeysWithValues: reader.manifest.tensors.map { ($0.name, try reader.values($0.name)) })
+        // Mutated jobs write only into the sandbox, whatever their [run] output says.
+        let contained = ["--set", "run.output=\"\(sandbox)\"", "--set", "train.max_steps=2"]
+        var mutations = 0
+
+        for round in 0..<rounds {
+            // 1. Job file bytes.
+            let bytesJob = "\(dir)/mutated.toml"
+            Fixtures.write(mutateBytes(Array(jobText.utf8)), to: bytesJob)
+            try check(["train", bytesJob, "--quiet"] + contained, what: "job bytes, round \(round)")
+
+            // 2. Job file values.
+            let lines = jobText.split(separator: "\n", omittingEmptySubsequences: false)
+            let keyed = lines.indices.filter { lines[$0].contains(" = ") && !lines[$0].hasPrefix("output") }
+            var edited = lines.map(String.init)
+            let line = keyed[random(keyed.count)]
+            let key = edited[line].split(separator: "=")[0].trimmingCharacters(in: .whitespaces)
+            edited[line] = "\(key) = \(Self.hostileValues[random(Self.hostileValues.count)])"
+            try edited.joined(separator: "\n").write(toFile: bytesJob, atomically: true, encoding: .utf8)
+            try check(["train", bytesJob, "--quiet"] + contained, what: "job value \(edited[line]), round \(round)")
+
+            // 3. IDX headers (most often) and bodies, read by train and by convert.
+            let idx = "\(dir)/idx"
+            try? FileManager.default.removeItem(atPath: idx)
+            try FileManager.default.createDirectory(atPath: idx, withIntermediateDirectories: true)
+            for name in ["train-images", "train-labels", "test-images", "test-labels"] {
+                try FileManager.default.copyItem(atPath: "\(dir)/\(name)", toPath: "\(idx)/\(name)")
+            }
+            let victim = ["train-images", "train-labels", "test-images", "test-labels"][random(4)]
+            let original = [UInt8](try Data(contentsOf: URL(fileURLWithPath: "\(idx)/\(victim)")))
+            Fixtures.write(mutateBytes(original, focus: random(2) == 0 ? 20 : nil), to: "\(idx)/\(victim)")
+            try check(["train", job, "--quiet", "--set", "data.dir=\"\(idx)\""] + contained, what: "IDX \(victim), round \(round)")
+            let split = victim.hasPrefix("train") ? "train" : "test"
+            try check(["convert", "\(idx)/\(split)-images", "\(idx)/\(split)-labels", "\(sandbox)-\(split).h5"],
+                      what: "convert of \(victim), round \(round)")
+
+            // 4–6. The checkpoint: its manifest through the HDF5 API, the bytes of a shard, the
+            // bytes of checkpoint.h5.
+            for kind in 0..<3 {
+                let copy = "\(dir)/mutant"
+                try? FileManager.default.removeItem(atPath: copy)
+                try FileManager.default.copyItem(atPath: pristine, toPath: copy)
+                let what: String
+                switch kind {
+                case 0:
+                    var m = reader.manifest
+                    what = mutateManifest(&m)
+                    try FileManager.default.removeItem(atPath: "\(copy)/checkpoint.h5")
+                    try m.writeMainFile("\(copy)/checkpoint.h5")
+                case 1:
+                    let shard = "\(copy)/\(reader.manifest.files[0])"
+                    let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: shard)))
+                    Fixtures.write(mutateBytes(bytes, focus: random(2) == 0 ? 4096 : nil), to: shard)
+                    what = "shard bytes"
+                default:
+                    let main = "\(copy)/checkpoint.h5"
+                    let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: main)))
+                    Fixtures.write(mutateBytes(bytes), to: main)
+                    what = "checkpoint.h5 bytes"
+                }
+                try readEveryWay(copy, pristine: pristine, values: values, job: job, contained: contained,
+                                 what: "\(what), round \(round)")
+            }
+            mutations += 6
+            try? FileManager.default.removeItem(atPath: sandbox)
+        }
+        let seen = messages.sorted { $0.value > $1.value }
+        print("fuzz: \(mutations) mutations, \(runs) runs of the program, \(seen.count) distinct error messages:")
+        for (message, count) in seen { print("  \(count)× \(message)") }
+    }
+
+    /// Every reader on the checkpoint at `path`; where `inspect verify` says healthy, the HDF5
+    /// library must read the pristine values through `checkpoint.h5`.
+    func readEveryWay(_ path: String, pristine: String, values: [String: [Float]], job: String, contained: [String],
+                      what: String) throws {
+        let verify = try check(["inspect", "verify", path], what: what)
+        for sub in [["ls"], ["show"], ["stats"], ["experts"], ["diff", pristine], ["export"]] {
+            let extra = sub[0] == "export" ? ["\(dir)/sandbox-export.safetensors"] : []
+            try check(["inspect", sub[0], path] + sub.dropFirst() + extra, what: what)
+        }
+        try check(["train", job, "--quiet", "--resume", path, "--set", "train.max_steps=8"] + contained, what: "resume from \(what)")
+        guard verify.code == 0 else { return }
+        // Healthy: what any HDF5 reader sees through the links is the pristine checkpoint.
+        let main = try HDF5File.open("\(path)/\(CheckpointManifest.mainFile)")
+        let manifest = try CheckpointReader(path).manifest
+        for t in manifest.tensors {
+            guard let expected = values[t.name] else { XCTFail("healthy, but \(t.name) is not a pristine tensor (\(what))"); continue }
+            var read = [Float](repeating: 0, count: t.count)
+            do {
+                try read.withUnsafeMutableBufferPointer { try main.readFloats(t.name, shape: t.shape, into: $0.baseAddress!) }
+            } catch {
+                XCTFail("verify said healthy, but HDF5 cannot read \(t.name): \(error) (\(what))")
+                continue
+            }
+            XCTAssertEqual(read.map(\.bitPattern), expected.map(\.bitPattern), "verify said healthy, but HDF5 reads other values of \(t.name) (\(what))")
+        }
+    }
+
+    /// One change to the manifest's values, shapes or names; says which.
+    func mutateManifest(_ m: inout CheckpointManifest) -> String {
+        let t = random(m.tensors.count)
+        let huge = [0, -1, 1, 3, 1 << 20, 1 << 40, Int.max, Int.min][random(8)]
+        switch random(12) {
+        case 0: m.tensors[t].shape = [huge]; return "shape [\(huge)] of \(m.tensors[t].name)"
+        case 1: m.tensors[t].shape = m.tensors[t].shape.reversed() + [huge]; return "a dimension \(huge) added to \(m.tensors[t].name)"
+        case 2: m.tensors[t].shape = []; return "an empty shape for \(m.tensors[t].name)"
+        case 3: m.tensors[t].name = ["", "/abs", "../up", "params/other", m.tensors[(t + 1) % m.tensors.count].name][random(5)]; return "a tensor name"
+        case 4: m.tensors[t].file = ["", "../rank-00000.h5", "/etc/passwd", "rank-00001.h5", "checkpoint.h5"][random(5)]; return "a tensor's file"
+        case 5: m.tensors[t].checksum = ["", "zzzzzzzz", "00000000", "1234"][random(4)]; return "a checksum"
+        case 6: m.tensors[t].dtype = ["float64", "", "int8"][random(3)]; return "a dtype"
+        case 7: m.position.step = huge; m.position.batch = huge; return "the position \(huge)"
+        case 8: m.worldSize = huge; return "the world size \(huge)"
+        case 9: m.tensors.remove(at: t); return "a tensor removed"
+        case 10: m.files = [["", "x/y", String(repeating: "a", count: 300)][random(3)]]; return "the file list"
+        default: m.placement = .init(experts: huge, ranks: 2, expertsByRank: [[0, huge], [huge, 0]]); return "a placement"
+        }
+    }
+}

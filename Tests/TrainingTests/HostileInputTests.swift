@@ -1,0 +1,261 @@
+import Foundation
+import Storage
+import TestSupport
+import XCTest
+@testable import Training
+
+/// Damaged, hand-edited and unlucky inputs, each answered with one line and the right exit
+/// code, never a crash, and without losing anything already on disk.
+final class HostileInputTests: ToyDataTestCase {
+    struct Outcome { var code: Int32; var out: String; var err: String; var signaled: Bool }
+
+    func switchboard(_ arguments: [String], deadline: Double = 60) throws -> Outcome {
+        let r = try Launcher.runApart(binary, arguments, directory: dir, deadline: deadline)
+        return Outcome(code: r.code, out: r.out, err: r.err, signaled: r.signaled)
+    }
+
+    /// Exit `code`, and standard error one line: `switchboard: error: ` then `message`
+    /// (or a line that starts so, with `prefix`).
+    func assertOneLine(_ r: Outcome, code: Int32, _ message: String, prefix: Bool = false,
+                       file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertFalse(r.signaled, "killed by a signal: \(r.err)", file: file, line: line)
+        XCTAssertEqual(r.code, code, r.err, file: file, line: line)
+        XCTAssertEqual(r.err.filter { $0 == "\n" }.count, 1, "one line on stderr: \(r.err)", file: file, line: line)
+        let expected = "switchboard: error: \(message)"
+        if prefix { XCTAssertTrue(r.err.hasPrefix(expected), "\(r.err) does not start with \(expected)", file: file, line: line) }
+        else { XCTAssertEqual(r.err, expected + "\n", file: file, line: line) }
+    }
+
+    /// A finished toy run (`steps` steps, a checkpoint at the end); its folder.
+    func finishedRun(_ name: String, steps: Int = 6) throws -> String {
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.max_steps": "\(steps)"]))
+        let r = try switchboard(["train", job, "--quiet", "--set", "run.name=\"\(name)\""])
+        XCTAssertEqual(r.code, 0, r.err)
+        return "\(dir)/runs/\(name)"
+    }
+
+    /// Rewrites a checkpoint's manifest through the HDF5 API, as a hand edit with h5py would.
+    func editManifest(_ checkpoint: String, _ edit: (inout CheckpointManifest) -> Void) throws {
+        let main = "\(checkpoint)/\(CheckpointManifest.mainFile)"
+        var m = try CheckpointReader(checkpoint).manifest
+        edit(&m)
+        try FileManager.default.removeItem(atPath: main)
+        try m.writeMainFile(main)
+    }
+
+    /// A manifest that declares a tensor larger than its file: every reader refuses it with one
+    /// line, before allocating anything from the declared shape.
+    func testAHugeTensorInTheManifestIsRefusedByEveryReader() throws {
+        let run = try finishedRun("huge")
+        let ck = "\(run)/step-000006"
+        try editManifest(ck) { m in
+            let i = m.tensors.firstIndex { $0.name == "params/head.weight" }!
+            m.tensors[i].shape = [1 << 20, 1 << 20]
+        }
+        let problem = "\(ck)/checkpoint.h5: the manifest's tensors in rank-00000.h5 declare "
+        for arguments in [["inspect", "verify", ck], ["inspect", "stats", ck], ["inspect", "diff", ck, ck],
+                          ["inspect", "export", ck, "\(dir)/out.safetensors"], ["inspect", "ls", ck], ["inspect", "show", ck]] {
+            let r = try switchboard(arguments)
+            if arguments[1] == "verify" {
+                XCTAssertEqual(r.code, 1, r.err)
+                XCTAssertTrue(r.out.contains("problem: " + problem), r.out)
+            } else {
+                assertOneLine(r, code: 1, problem, prefix: true)
+            }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/out.safetensors"))
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.max_steps": "6"]))
+        let r = try switchboard(["train", job, "--quiet", "--resume", ck, "--set", "run.name=\"again\""])
+        assertOneLine(r, code: 1, "\(ck): " + problem.dropFirst(ck.count + 1), prefix: true)
+    }
+
+    /// `--set model.width=` a few million: the job is refused before the model is built, with
+    /// what it needs and what the machine has.
+    func testAModelTooLargeForTheMachineIsRefused() throws {
+        let job = try writeJob()
+        let r = try switchboard(["train", job, "--set", "model.width=3000000"])
+        assertOneLine(r, code: 2, "\(job): the model needs about ", prefix: true)
+        XCTAssertTrue(r.err.contains(" of memory per rank (parameters and gradients ") && r.err.contains(" available; make the model"),
+                      r.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"), "a failed start leaves no run folder")
+    }
+
+    /// The estimate printed on the `model:` line is within 25% of the peak the run measures
+    /// (a model of 17 M parameters, so that the runtime's share is small).
+    func testTheMemoryEstimateIsNearTheMeasuredPeak() throws {
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["model.width": "1024", "model.expansion": "4",
+                                                                   "train.max_steps": "3"]))
+        let r = try switchboard(["train", job, "--quiet"])
+        XCTAssertEqual(r.code, 0, r.err)
+        func bytes(after marker: String) throws -> Double {
+            let line = try XCTUnwrap(r.out.split(separator: "\n").first { $0.contains(marker) }, r.out)
+            let rest = line[line.range(of: marker)!.upperBound...].split(separator: " ")
+            let scale: [Substring: Double] = ["kB": 1e3, "MB": 1e6, "GB": 1e9]
+            return try XCTUnwrap(Double(rest[0])) * XCTUnwrap(scale[rest[1].prefix(2)], line.description)
+        }
+        let estimate = try bytes(after: "memory ≈ "), peak = try bytes(after: "peak memory ")
+        XCTAssertEqual(estimate / peak, 1, accuracy: 0.25, "estimate \(estimate), measured peak \(peak)")
+    }
+
+    /// Everything after a NUL byte would be lost to a C string: the job file is refused,
+    /// naming the byte.
+    func testAControlByteInAJobFileIsRefused() throws {
+        var bytes = Array(Fixtures.job(dir: dir).utf8)
+        let at = bytes.count / 2
+        bytes.insert(0, at: at)
+        bytes += Array("\n[train]\nno_such_key = 1\n".utf8)
+        let path = "\(dir)/nul.toml"
+        Fixtures.write(bytes, to: path)
+        let line = bytes[..<at].filter { $0 == 0x0A }.count + 1
+        let column = at - ((bytes[..<at].lastIndex(of: 0x0A) ?? -1) + 1) + 1
+        assertOneLine(try switchboard(["train", path]), code: 2,
+                      "\(path): byte offset \(at) (line \(line), column \(column)) is the control character 0x00 (NUL); a job file must be text")
+        Fixtures.write(Array("[run]\nname = \"caf".utf8) + [0xE9] + Array("\"\n".utf8), to: path)
+        assertOneLine(try switchboard(["train", path]), code: 2, "\(path): byte offset 17 is not UTF-8 text (0xE9)")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"))
+    }
+
+    /// A batch larger than the training set is refused rather than silently trained as the
+    /// whole set.
+    func testABatchLargerThanTheTrainingSetIsRefused() throws {
+        let job = try writeJob()
+        assertOneLine(try switchboard(["train", job, "--set", "train.batch_size=1000"]), code: 2,
+                      "\(job): [train] batch_size = 1000 is larger than the training set (512 samples); set it to at most 512")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"))
+    }
+
+    /// A `--resume PATH` that fails leaves no run folder behind.
+    func testAFailedResumeLeavesNoRunFolder() throws {
+        let job = try writeJob()
+        assertOneLine(try switchboard(["train", job, "--resume", "\(dir)/nowhere"]), code: 1,
+                      "\(dir)/nowhere: no such checkpoint")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"), "a failed start leaves no run folder")
+        // Another model's checkpoint: refused, and still no new folder beside the old run's.
+        let run = try finishedRun("other")
+        let r = try switchboard(["train", job, "--set", "model.width=24", "--resume", "\(run)/step-000006"])
+        assertOneLine(r, code: 1, "\(run)/step-000006: checkpoint.h5: does not fit this job: ", prefix: true)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/runs"), ["other"])
+    }
+
+    /// The same command run again on a finished run says so, reports the final model's
+    /// evaluation, and keeps the run's summary; with the summary lost (killed after the last
+    /// checkpoint), it writes a correct one.
+    func testResumingAFinishedRunKeepsItsResult() throws {
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.max_steps": "6"]))
+        let first = try switchboard(["train", job, "--quiet", "--resume", "auto"])
+        XCTAssertEqual(first.code, 0, first.err)
+        let summaryPath = "\(dir)/runs/toy/summary.json"
+        let summary = try String(contentsOfFile: summaryPath, encoding: .utf8)
+        let accuracy = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(summary.utf8)) as? [String: Any])["test_accuracy"] as? Double
+        let printed = String(format: "test accuracy %.2f%%", 100 * (accuracy ?? -1))
+        XCTAssertTrue(first.out.contains(printed), first.out)
+
+        let again = try switchboard(["train", job, "--quiet", "--resume", "auto"])
+        XCTAssertEqual(again.code, 0, again.err)
+        XCTAssertTrue(again.out.contains("the run is complete: its 6 steps were trained before"), again.out)
+        XCTAssertTrue(again.out.contains("done: the run was complete at step 6; \(printed)"), again.out)
+        XCTAssertEqual(try String(contentsOfFile: summaryPath, encoding: .utf8), summary, "summary.json kept")
+
+        try FileManager.default.removeItem(atPath: summaryPath)
+        let lost = try switchboard(["train", job, "--quiet", "--resume", "auto"])
+        XCTAssertEqual(lost.code, 0, lost.err)
+        let rewritten = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: summaryPath))) as? [String: Any])
+        XCTAssertEqual(rewritten["test_accuracy"] as? Double, accuracy)
+        XCTAssertEqual(rewritten["steps"] as? Int, 6)
+    }
+
+    /// The bytes of a little-endian float32 datatype message: one flipped bit (byte order)
+    /// makes other HDF5 readers read every value byte-swapped.
+    static let float32LE: [UInt8] = [0x11, 0x20, 0x1F, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20, 0x00, 0x17, 0x08]
+
+    /// Damaged HDF5 metadata that our own chunk reader would read past: a tensor's datatype
+    /// flipped to big-endian, a link in checkpoint.h5 pointing elsewhere. `inspect verify` is
+    /// healthy only when the HDF5 library reads the same values, and the loader refuses both.
+    func testDamagedHDF5MetadataIsNotHealthy() throws {
+        let run = try finishedRun("flipped")
+        let ck = "\(run)/step-000006"
+        XCTAssertEqual(try switchboard(["inspect", "verify", ck]).code, 0)
+        let shard = "\(ck)/rank-00000.h5"
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: shard)))
+        let at = try XCTUnwrap((0...(bytes.count - Self.float32LE.count)).first { Array(bytes[$0..<($0 + Self.float32LE.count)]) == Self.float32LE },
+                               "no float32 datatype message in the shard")
+        bytes[at + 1] |= 1
+        Fixtures.write(bytes, to: shard)
+        var r = try switchboard(["inspect", "verify", ck])
+        XCTAssertEqual(r.code, 1, "a flipped byte order must not verify healthy:\n\(r.out)")
+        XCTAssertTrue(r.out.contains("not healthy"), r.out)
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.max_steps": "6"]))
+        r = try switchboard(["train", job, "--quiet", "--resume", ck, "--set", "run.name=\"fromflipped\""])
+        XCTAssertEqual(r.code, 1, r.out)
+
+        let other = try finishedRun("relinked")
+        let main = "\(other)/step-000006/checkpoint.h5"
+        var mainBytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: main)))
+        let name = Array("rank-00000.h5".utf8)
+        let link = try XCTUnwrap((0...(mainBytes.count - name.count)).first { Array(mainBytes[$0..<($0 + name.count)]) == name })
+        mainBytes[link + 9] = UInt8(ascii: "7")   // rank-00007.h5: no such file
+        Fixtures.write(mainBytes, to: main)
+        r = try switchboard(["inspect", "verify", "\(other)/step-000006"])
+        XCTAssertEqual(r.code, 1, "a damaged link must not verify healthy:\n\(r.out)")
+    }
+
+    /// `inspect verify` on a path that is not a checkpoint answers as every subcommand does:
+    /// one error line, exit 2.
+    func testVerifyOnAPathThatIsNotACheckpointIsAUsageError() throws {
+        assertOneLine(try switchboard(["inspect", "verify", "\(dir)/nowhere"]), code: 2, "\(dir)/nowhere: no such checkpoint")
+        assertOneLine(try switchboard(["inspect", "verify", dir]), code: 2,
+                      "\(dir): no checkpoint.h5: not a committed checkpoint (the manifest is written last)")
+    }
+
+    /// Killing mpirun with SIGKILL: the ranks notice their launcher is gone and stop at once,
+    /// committing nothing further.
+    func testRanksStopWhenTheirLauncherIsKilled() throws {
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.epochs": "200"], extra: "[checkpoint]\nevery_steps = 1\nkeep_last = 0\n"))
+        let log = "\(dir)/orphans.log"
+        let p = try start(ranks: 2, name: "orphans", job: job, extra: [], log: log)
+        XCTAssertTrue(waitForStep(10, in: log, of: p), (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        let pids = ranks(of: p)
+        XCTAssertEqual(pids.count, 2)
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        // The ranks' watch looks every 50 ms; a step and a save take a few ms here.
+        Thread.sleep(forTimeInterval: 0.5)
+        // Running: present and not a zombie (an orphan's exit is reaped by whoever adopts it).
+        func running(_ pid: Int32) -> Bool {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let end = stat.lastIndex(of: ")") else { return false }
+            return stat[stat.index(end, offsetBy: 2)] != "Z"
+        }
+        let alive = pids.filter(running)
+        for pid in alive { kill(pid, SIGKILL) }
+        XCTAssertEqual(alive, [], "ranks still running half a second after mpirun died")
+        let committed = CheckpointFolder.list(in: "\(dir)/runs/orphans").count
+        Thread.sleep(forTimeInterval: 1)
+        XCTAssertEqual(CheckpointFolder.list(in: "\(dir)/runs/orphans").count, committed, "checkpoints committed after the launcher died")
+    }
+
+    /// One job at a time owns a run folder: a second one on the same folder is refused,
+    /// naming the process that holds it, and the first goes on undisturbed.
+    func testASecondJobOnTheSameFolderIsRefused() throws {
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.epochs": "200"]))
+        let log = "\(dir)/first.log"
+        let first = Process()
+        first.executableURL = URL(fileURLWithPath: binary)
+        first.arguments = ["train", job, "--quiet", "--resume", "auto"]
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        first.standardOutput = FileHandle(forWritingAtPath: log)!
+        first.standardError = first.standardOutput
+        try first.run()
+        defer { if first.isRunning { first.terminate() } }
+        XCTAssertTrue(waitForStep(5, in: log, of: first), (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        let second = try switchboard(["train", job, "--quiet", "--resume", "auto"])
+        assertOneLine(second, code: 1, "\(dir)/runs/toy: the run folder is in use by another job (process \(first.processIdentifier) on ",
+                      prefix: true)
+        XCTAssertTrue(second.err.hasSuffix("; wait for it to end, or give this run another [run] name\n"), second.err)
+        XCTAssertTrue(first.isRunning, "the first job goes on")
+        // A new run (no --resume) takes the next free name instead.
+        let third = try switchboard(["train", job, "--quiet", "--set", "train.epochs=1"])
+        XCTAssertEqual(third.code, 0, third.err)
+        XCTAssertTrue(third.out.contains("run folder: \(dir)/runs/toy-2"), third.out)
+    }
+}
