@@ -39,12 +39,12 @@ let package = Package(
         // The one error protocol every domain error adopts (exit code and one-line message).
         .target(name: "Errors"),
         .target(name: "Kernels", dependencies: ["CBLAS", "CKernels"], swiftSettings: fast),
-        .target(name: "Cluster", dependencies: ["CMPI", "Errors", "Kernels"], swiftSettings: fast),
+        .target(name: "Cluster", dependencies: ["CMPI", "CSignals", "Errors", "Kernels"], swiftSettings: fast),
         .target(name: "Layers", dependencies: ["Kernels"], swiftSettings: fast),
         .target(name: "Storage", dependencies: ["CChecksum", "CHDF5", "CZlib", "Errors", "Kernels"], swiftSettings: fast),
         .target(
             name: "Training",
-            dependencies: ["CSignals", "Cluster", "Errors", "Kernels", "Layers", "Storage", "TOMLKit"],
+            dependencies: ["Cluster", "Errors", "Kernels", "Layers", "Storage", "TOMLKit"],
             swiftSettings: fast),
         .executableTarget(
             name: "switchboard",

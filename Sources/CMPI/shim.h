@@ -28,3 +28,5 @@ static inline int sb_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
 static inline int sb_max_processor_name(void) { return MPI_MAX_PROCESSOR_NAME; }
 static inline int sb_max_library_version_string(void) { return MPI_MAX_LIBRARY_VERSION_STRING; }
 static inline MPI_Errhandler sb_errors_return(void) { return MPI_ERRORS_RETURN; }
+static inline int sb_comm_type_shared(void) { return MPI_COMM_TYPE_SHARED; }
+static inline MPI_Info sb_info_null(void) { return MPI_INFO_NULL; }

@@ -86,6 +86,19 @@ public struct Communicator: @unchecked Sendable {
         return CommHandle(raw: raw!)
     }
 
+    /// How many ranks of this communicator share this rank's host (its memory), whatever the
+    /// launcher. Collective.
+    public func ranksOnThisHost() throws -> Int {
+        guard size > 1 else { return 1 }
+        var host: MPI_Comm? = nil
+        try check(MPI_Comm_split_type(handle.raw, sb_comm_type_shared(), Int32(rank), sb_info_null(), &host),
+                  "MPI_Comm_split_type")
+        defer { MPI_Comm_free(&host) }
+        var n: Int32 = 0
+        try check(MPI_Comm_size(host!, &n), "MPI_Comm_size")
+        return Int(n)
+    }
+
     /// The coordinator owns the sample order, prints and writes files.
     public var isCoordinator: Bool { rank == 0 }
 

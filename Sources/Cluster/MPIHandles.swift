@@ -32,7 +32,7 @@ public struct MPIError: SwitchboardError, CustomStringConvertible {
         var buf = [CChar](repeating: 0, count: 512)
         var len: Int32 = 0
         MPI_Error_string(code, &buf, &len)
-        return "\(call) failed: \(buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })"
+        return failedCall(call, buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
     }
 }
 

@@ -1,5 +1,5 @@
 // Elementwise building blocks over raw buffers, written with 8-lane SIMD because the
-// compiler does not vectorize plain loops over pointers here (a scalar AdamW ran at less than half the speed of its SIMD8 form).
+// compiler does not vectorize plain loops over pointers here (docs/BENCHMARKS.md).
 
 /// Loads `n < 8` floats into the low lanes, zeros elsewhere.
 @inline(__always) public func loadPartial8(_ p: UnsafePointer<Float>, _ n: Int) -> Float8 {

@@ -74,9 +74,9 @@ public final class MoE: Layer {
     /// The experts of the current pass, in the order the worker threads take them, and the
     /// two passes over them as work for the worker pool.
     let queue: ExpertQueue
-    lazy var forwardPass = ExpertForwardPass(self)
-    lazy var backwardPass = ExpertBackwardPass(self)
-    /// Set by `attach(updates:)`: the experts this rank owns and runs are updated as soon as
+    private(set) var forwardPass: ExpertForwardPass!
+    private(set) var backwardPass: ExpertBackwardPass!
+    /// Set by `attach(updates:threads:)`: the experts this rank owns and runs are updated as soon as
     /// their backward is done (`UpdateInBackward`), each from a per-thread gradient buffer.
     public private(set) var updateInBackward: (any UpdateInBackward)?
     /// One per worker thread: the gradient of one expert parameter at a time (the largest is
@@ -164,6 +164,8 @@ public final class MoE: Layer {
         dMean = [Float](repeating: 0, count: e)
         excluded = [Bool](repeating: false, count: e)
         idleIntervals = [Int](repeating: 0, count: e)
+        forwardPass = ExpertForwardPass(self)
+        backwardPass = ExpertBackwardPass(self)
     }
 
     /// Runs this layer's experts across ranks from now on: tokens go to the rank that runs

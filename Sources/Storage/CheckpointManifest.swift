@@ -185,6 +185,7 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
             out.append("negative training position \(position)")
         }
         for f in files where !Self.isPlainFileName(f) { out.append("shard file name \"\(f)\" is not a plain file name") }
+        if Set(files).count != files.count { out.append("a shard file is listed twice") }
         var seen = Set<String>()
         for t in tensors {
             if !seen.insert(t.name).inserted { out.append("tensor \(t.name) is listed twice") }

@@ -11,17 +11,16 @@ public final class CheckpointReader {
     public let folder: String, mainPath: String
     public let manifest: CheckpointManifest
     public let tensors: [String: CheckpointManifest.Tensor]
+    let tensorsByFile: [String: [CheckpointManifest.Tensor]]
     var shards: [String: HDF5File] = [:]
+    /// `checkpoint.h5`, opened by the HDF5 library for reads through its links.
+    var main: HDF5File?
 
     /// Opens the checkpoint at `path`: its folder, or its main file.
     public init(_ path: String) throws {
         folder = Self.folder(of: path)
         mainPath = "\(folder)/\(CheckpointManifest.mainFile)"
-        guard FileManager.default.fileExists(atPath: mainPath) else {
-            let what = FileManager.default.fileExists(atPath: folder) ? "no \(CheckpointManifest.mainFile): not a committed checkpoint (the manifest is written last)"
-                : "no such checkpoint"
-            throw CheckpointError(folder, what)
-        }
+        guard FileManager.default.fileExists(atPath: mainPath) else { throw CheckpointError(folder, Self.notACheckpoint(path)) }
         do {
             let main = try HDF5File.open(mainPath)
             // The manifest's bytes are in the file: it cannot be larger than the file.
@@ -31,15 +30,7 @@ public final class CheckpointReader {
             throw CheckpointError(mainPath, "cannot read the manifest: \(e.failure)")
         }
         tensors = Dictionary(manifest.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        // A shape is trusted only as far as the bytes on disk go: the tensors a shard holds
-        // cannot declare more than the file's size (chunks hold every element, and more).
-        for file in manifest.files {
-            guard let size = Self.fileSize("\(folder)/\(file)") else { continue }   // missing: named when read
-            let declared = manifest.tensors.filter { $0.file == file }.reduce(0.0) { $0 + 4 * Double($1.count) }
-            guard declared <= Double(size) else {
-                throw CheckpointError(mainPath, "the manifest's tensors in \(file) declare \(Int(declared)) bytes, the file holds \(size)")
-            }
-        }
+        tensorsByFile = Dictionary(grouping: manifest.tensors, by: \.file)
     }
 
     /// The size of the file at `path`, or nil when there is none.
@@ -48,13 +39,12 @@ public final class CheckpointReader {
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG ? Int(info.st_size) : nil
     }
 
-    /// Tensor `name`, read and verified into a new array. Its size has been checked against
-    /// its file (at open), and its file must still be there: nothing is allocated from an
-    /// unchecked size.
+    /// Tensor `name`, read and verified into a new array. Its shard is opened and checked
+    /// first (`shard`), so nothing is allocated from a size the file's bytes do not back.
     public func values(_ name: String) throws -> [Float] {
         guard let t = tensors[name] else { throw CheckpointError(mainPath, "no tensor \(name) in the manifest") }
-        guard Self.fileSize("\(folder)/\(t.file)") != nil else {
-            throw CheckpointError("\(folder)/\(t.file)", "missing: it holds tensor \(name)")
+        do { _ = try shard(t.file, for: name) } catch let e as HDF5Error {
+            throw CheckpointError("\(folder)/\(t.file)", "tensor \(name): \(e.failure)")
         }
         var out = [Float](repeating: 0, count: t.count)
         try out.withUnsafeMutableBufferPointer { try read(name, into: $0.baseAddress!) }
@@ -66,14 +56,24 @@ public final class CheckpointReader {
     /// chunk's Fletcher32 checked by HDF5's own filter. What h5py and h5dump would see.
     public func valuesThroughLinks(_ name: String) throws -> [Float] {
         guard let t = tensors[name] else { throw CheckpointError(mainPath, "no tensor \(name) in the manifest") }
+        do { _ = try shard(t.file, for: name) } catch let e as HDF5Error {
+            throw CheckpointError("\(folder)/\(t.file)", "tensor \(name): \(e.failure)")
+        }
         var out = [Float](repeating: 0, count: t.count)
         do {
-            let main = try HDF5File.open(mainPath)
+            let main = try self.main ?? HDF5File.open(mainPath)
+            self.main = main
             try out.withUnsafeMutableBufferPointer { try main.readFloats(name, shape: t.shape, into: $0.baseAddress!) }
         } catch let e as HDF5Error {
             throw CheckpointError(mainPath, "tensor \(name) through its link: \(e.failure)")
         }
         return out
+    }
+
+    /// Why `path`, which has no main file, is no checkpoint.
+    public static func notACheckpoint(_ path: String) -> String {
+        FileManager.default.fileExists(atPath: folder(of: path))
+            ? "no \(CheckpointManifest.mainFile): not a committed checkpoint (the manifest is written last)" : "no such checkpoint"
     }
 
     /// Whether `path` (a checkpoint folder or its main file) has a main file at all: a folder
@@ -128,6 +128,15 @@ public final class CheckpointReader {
         let id = try opened.attribute("checkpoint_id")
         guard id == manifest.id else {
             throw CheckpointError(filePath, "belongs to save \(id), the manifest to \(manifest.id) (tensor \(name))")
+        }
+        // A shape is trusted only as far as the bytes on disk go: the tensors a shard holds
+        // cannot take more bytes than the file has (its chunks hold every element, and more).
+        let held = tensorsByFile[file] ?? []
+        let declared = held.reduce(0.0) { $0 + 4 * Double($1.count) }
+        let size = Self.fileSize(filePath) ?? 0
+        guard declared <= Double(size) else {
+            throw CheckpointError(filePath, "the manifest gives its \(held.count) tensors \(String(format: "%.0f", declared)) bytes, "
+                                  + "the file holds \(size) (tensor \(name))")
         }
         shards[file] = opened
         return opened

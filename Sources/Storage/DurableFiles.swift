@@ -18,7 +18,7 @@ public enum DurableFiles {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw DiskError(path, "cannot open to sync (\(systemMessage()))") }
         defer { close(fd) }
-        guard fsync(fd) == 0 else { throw DiskError(path, "fsync failed (\(systemMessage()))") }
+        guard fsync(fd) == 0 else { throw DiskError(path, failedCall("fsync", systemMessage())) }
     }
 
     /// Renames `from` to `to` (same file system, atomic), then syncs the folder holding both.

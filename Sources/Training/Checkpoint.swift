@@ -83,6 +83,9 @@ extension Trainer {
         let mainPath = "\(tmp)/\(CheckpointManifest.mainFile)"
         try manifest.writeMainFile(mainPath)
         try DurableFiles.sync(mainPath)
+        // A rank orphaned by its launcher's death commits nothing (the watch may not have
+        // looked yet); the `.tmp` folder is removed by the next start.
+        if LauncherWatch.isOrphaned { _exit(1) }
         try CheckpointFolder.commit(tmp, as: final)
         try CheckpointFolder.retain(keepLast, in: run, keep: final)
         return final

@@ -13,13 +13,13 @@ public struct MemoryEstimate: Sendable {
     public var optimizer: Double
     public var buffers: Double
     public var data: Double
-    /// What a process holds besides all of the above (Swift, OpenMPI, OpenBLAS with its
-    /// per-thread buffers, HDF5): fitted so that the estimate is within 10% of the measured
-    /// peak on Fashion-MNIST jobs from 0.1 M to 18 M parameters, dense and MoE.
-    public static let runtime = 60e6
+    /// What a process holds besides all of the above: Swift, OpenMPI and HDF5, and OpenBLAS's
+    /// buffers per thread. Fitted at 2 threads, where the estimate came within 10% of the
+    /// measured peak on Fashion-MNIST jobs from 0.1 M to 18 M parameters, dense and MoE.
+    public var runtime: Double
 
     /// Bytes in all.
-    public var total: Double { parameters + optimizer + buffers + data + Self.runtime }
+    public var total: Double { parameters + optimizer + buffers + data + runtime }
     /// Bytes still to be allocated once the data is loaded.
     public var model: Double { parameters + optimizer + buffers }
 
@@ -34,6 +34,7 @@ public struct MemoryEstimate: Sendable {
         buffers = 4 * (size.buffers + trainer)
         // The training set is read first, then the test set: the peak is one of the two loads.
         data = Double(max(train.heldBytes + train.loadingBytes, train.heldBytes + test.heldBytes + test.loadingBytes))
+        runtime = 40e6 + 10e6 * Double(threads)
     }
 
     /// "1.25 GB": decimal units, three significant digits.
@@ -57,15 +58,43 @@ public struct MemoryEstimate: Sendable {
 
 /// The memory of this machine, as Linux reports it.
 public enum MachineMemory {
-    /// Bytes that can still be allocated without swapping: `MemAvailable`, or less when a
-    /// control group (a container, a Slurm job) limits this process.
+    /// Bytes this process can still allocate: `MemAvailable`, or less where a control group
+    /// (a container, a Slurm or systemd job) or a resource limit on the process says so.
     public static var available: Double {
         var bytes = meminfo("MemAvailable") ?? Double.infinity
-        // cgroup v2: the limit less what the group already uses.
-        if let limit = number("/sys/fs/cgroup/memory.max"), let used = number("/sys/fs/cgroup/memory.current") {
-            bytes = min(bytes, max(limit - used, 0))
+        for (limit, used) in cgroupLimits() { bytes = min(bytes, max(limit - used, 0)) }
+        let resident = status("VmRSS") ?? 0
+        for resource in [RLIMIT_DATA, RLIMIT_AS] {
+            var limit = rlimit()
+            if getrlimit(__rlimit_resource_t(resource.rawValue), &limit) == 0 && limit.rlim_cur != rlim_t.max {
+                bytes = min(bytes, max(Double(limit.rlim_cur) - resident, 0))
+            }
         }
         return bytes
+    }
+
+    /// (limit, usage) of every memory control group above this process: cgroup v2 from its
+    /// own group up to the root, and cgroup v1's memory controller.
+    static func cgroupLimits() -> [(Double, Double)] {
+        guard let text = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8) else { return [] }
+        var found: [(Double, Double)] = []
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count == 3 else { continue }
+            if parts[0] == "0" && parts[1].isEmpty {
+                var path = String(parts[2])
+                while true {
+                    let group = "/sys/fs/cgroup" + (path == "/" ? "" : path)
+                    if let limit = number("\(group)/memory.max") { found.append((limit, number("\(group)/memory.current") ?? 0)) }
+                    guard path != "/", !path.isEmpty else { break }
+                    path = (path as NSString).deletingLastPathComponent
+                }
+            } else if parts[1].split(separator: ",").contains("memory") {
+                let group = "/sys/fs/cgroup/memory" + parts[2]
+                if let limit = number("\(group)/memory.limit_in_bytes") { found.append((limit, number("\(group)/memory.usage_in_bytes") ?? 0)) }
+            }
+        }
+        return found
     }
 
     /// The most resident memory this process has held so far (`VmHWM`), in bytes.

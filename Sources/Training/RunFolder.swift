@@ -50,8 +50,13 @@ public final class RunFolder {
         let fd = Glibc.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw DiskError(lockPath, "cannot open the run folder's lock (\(systemMessage()))") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let reason = errno
             let holder = (try? String(contentsOfFile: lockPath, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
             Glibc.close(fd)
+            // Only "held by another" is a held lock; a file system without locks is an error.
+            guard reason == EWOULDBLOCK else {
+                throw DiskError(lockPath, failedCall("locking the run folder", systemMessage(reason)))
+            }
             guard refuseIfHeld else { return nil }
             throw RunFolderInUse(path: path, holder: holder?.isEmpty == false ? holder! : "another process")
         }

@@ -3,7 +3,7 @@ import Cluster
 /// The sums one training step needs from every rank, reduced in one allreduce: the loss and
 /// the correct predictions over the global batch, Σ gradient² for the global norm (each rank's
 /// shard), and whether any rank asked for a checkpoint or to stop, so that every rank learns
-/// it at the same step. Evaluation reduces the same struct, without the last three.
+/// it at the same step. Evaluation reduces the same struct, with only the first two set.
 struct StepSums {
     var lossSum = 0.0
     var correct = 0.0

@@ -83,11 +83,11 @@ struct CheckpointBench {
             var done = 0
             while done < count * 4 {
                 let n = Foundation.write(fd, raw + done, min(16 << 20, count * 4 - done))
-                guard n > 0 else { throw DiskError(path, "write failed (\(systemMessage()))") }
+                guard n > 0 else { throw DiskError(path, failedCall("write", systemMessage())) }
                 done += n
             }
         }
-        guard fsync(fd) == 0 else { throw DiskError(path, "fsync failed (\(systemMessage()))") }
+        guard fsync(fd) == 0 else { throw DiskError(path, failedCall("fsync", systemMessage())) }
     }
 
     /// Reads the file back into the buffers, in 16 MiB calls.
@@ -100,7 +100,7 @@ struct CheckpointBench {
             var done = 0
             while done < count * 4 {
                 let n = Foundation.read(fd, raw + done, min(16 << 20, count * 4 - done))
-                guard n > 0 else { throw DiskError(path, "read failed (\(systemMessage()))") }
+                guard n > 0 else { throw DiskError(path, failedCall("read", systemMessage())) }
                 done += n
             }
         }

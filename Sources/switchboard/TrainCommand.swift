@@ -41,9 +41,9 @@ struct TrainCommand: ParsableCommand {
         FatalSignalReport.install(rank: comm.rank, ranks: comm.size)
         StopRequest.install()
         LauncherWatch.start(rank: comm.rank)
-        // Default: the host's cores shared among the ranks on this host (OpenMPI says how many).
-        let local = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? comm.size
-        let threads = config.train.threads > 0 ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1))
+        // Default: the host's cores shared among the ranks on this host.
+        let onHost = try comm.ranksOnThisHost()
+        let threads = config.train.threads > 0 ? config.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / onHost)
         BLAS.setThreads(threads)
         let say: (String) -> Void = { if comm.isCoordinator { print($0); fflush(nil) } }
         say("switchboard \(Switchboard.version): \(comm.size) rank\(comm.size == 1 ? "" : "s") × \(threads) BLAS thread\(threads == 1 ? "" : "s") (OpenBLAS \(BLAS.coreName))")
@@ -67,7 +67,7 @@ struct TrainCommand: ParsableCommand {
         let memory = MemoryEstimate(config: config, train: train, test: test,
                                     maxRows: Trainer.maxRows(config, ranks: comm.size, testCount: test.count),
                                     ranks: comm.size, threads: threads)
-        try memory.check(available: MachineMemory.available / Double(max(local, 1)), ranksOnHost: max(local, 1), source: job)
+        try memory.check(available: MachineMemory.available / Double(onHost), ranksOnHost: onHost, source: job)
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
         say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
         say("model: \(trainer.model.store.count.formatted()) parameters; \(trainer.totalSteps) steps of \(config.train.batchSize) samples; "

@@ -153,15 +153,21 @@ public enum Launcher {
         return (p.terminationStatus, text, Date().timeIntervalSince(start))
     }
 
-    /// The same, with standard output and standard error apart, whether a signal ended it, and
-    /// the largest peak resident memory of any program this process has run so far (in bytes;
-    /// it grows past its value before the call only if this program's peak was larger).
+    /// The same, with standard output and standard error apart, and whether a signal (or the
+    /// deadline, which kills with SIGKILL: `train` takes SIGTERM as a request to save and
+    /// stop) ended it. With `dataLimit`, the program runs under that resource limit on its
+    /// heap (`ulimit -d`), so an allocation beyond it fails (and kills it) instead of passing.
     public static func runApart(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
-                                directory: String? = nil, deadline: Double = 30)
-        throws -> (code: Int32, out: String, err: String, signaled: Bool, peakBytes: Int) {
+                                directory: String? = nil, deadline: Double = 30, dataLimit: Int? = nil)
+        throws -> (code: Int32, out: String, err: String, signaled: Bool) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = arguments
+        if let dataLimit {
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", "ulimit -d \(dataLimit / 1024) && exec \"$0\" \"$@\"", executable] + arguments
+        } else {
+            p.executableURL = URL(fileURLWithPath: executable)
+            p.arguments = arguments
+        }
         p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
         let out = Pipe(), err = Pipe()
@@ -169,7 +175,8 @@ public enum Launcher {
         p.standardError = err
         p.standardInput = FileHandle.nullDevice
         try p.run()
-        DispatchQueue.global().asyncAfter(deadline: .now() + deadline) { if p.isRunning { p.terminate() } }
+        let pid = p.processIdentifier
+        DispatchQueue.global().asyncAfter(deadline: .now() + deadline) { if p.isRunning { kill(pid, SIGKILL) } }
         // Read both pipes at once: a program that fills one while the other is read would stall.
         final class Box: @unchecked Sendable { var data = Data() }
         let errBox = Box(), group = DispatchGroup()
@@ -177,11 +184,8 @@ public enum Launcher {
         DispatchQueue.global().async { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
         let outData = out.fileHandleForReading.readDataToEndOfFile()
         group.wait()
-        let errData = errBox.data
         p.waitUntilExit()
-        var usage = rusage()
-        getrusage(__rusage_who_t(RUSAGE_CHILDREN.rawValue), &usage)
-        return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self),
-                p.terminationReason == .uncaughtSignal, Int(usage.ru_maxrss) * 1024)
+        return (p.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errBox.data, as: UTF8.self),
+                p.terminationReason == .uncaughtSignal)
     }
 }

@@ -120,7 +120,7 @@ final class CheckpointTests: ToyDataTestCase {
             // In the shard files themselves, each tensor is in exactly one.
             var holders: [String: [String]] = [:]
             for file in m.files {
-                let listing = try Launcher.run("/usr/bin/h5ls", ["-r", "\(checkpoint)/\(file)"]).output
+                let listing = try Launcher.run(try XCTUnwrap(Fixtures.tool("h5ls"), "h5ls is not on PATH (Debian: hdf5-tools)"), ["-r", "\(checkpoint)/\(file)"]).output
                 for line in listing.split(separator: "\n") where line.contains("Dataset") {
                     let name = String(line.split(separator: " ")[0].dropFirst())
                     holders[name, default: []].append(file)
@@ -130,7 +130,7 @@ final class CheckpointTests: ToyDataTestCase {
             XCTAssertTrue(holders.values.allSatisfy { $0.count == 1 }, "tensors in more than one shard: \(holders.filter { $0.value.count > 1 })")
             let experts = holders.filter { $0.key.hasPrefix("params/blocks.0.moe.experts.") }.values.map { $0[0] }
             XCTAssertEqual(Set(experts).count, saved, "each rank wrote its own experts")
-            let main = try Launcher.run("/usr/bin/h5ls", ["-r", "\(checkpoint)/\(CheckpointManifest.mainFile)"]).output
+            let main = try Launcher.run(try XCTUnwrap(Fixtures.tool("h5ls"), "h5ls is not on PATH (Debian: hdf5-tools)"), ["-r", "\(checkpoint)/\(CheckpointManifest.mainFile)"]).output
             for name in expected { XCTAssertTrue(main.contains("/\(name) "), "h5ls -r lists \(name)") }
 
             let reference = try loadModel("\(dir)/runs/\(base)/model.h5", config)

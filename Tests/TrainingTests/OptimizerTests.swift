@@ -1,3 +1,4 @@
+import TestSupport
 import XCTest
 import Kernels
 import Layers
@@ -63,9 +64,9 @@ final class OptimizerTests: XCTestCase {
             for isa in [0, 1, 2] {
                 var pk = p0, gk = g0, mk = m0, vk = v0
                 adamw(&pk, &gk, &mk, &vk, count: n, step, isa: isa)
-                XCTAssertEqual(pk.map(\.bitPattern), p.map(\.bitPattern), "p, n \(n), isa \(isa)")
-                XCTAssertEqual(mk.map(\.bitPattern), m.map(\.bitPattern), "m, n \(n), isa \(isa)")
-                XCTAssertEqual(vk.map(\.bitPattern), v.map(\.bitPattern), "v, n \(n), isa \(isa)")
+                assertBitwiseEqual(pk, p, "p, n \(n), isa \(isa)")
+                assertBitwiseEqual(mk, m, "m, n \(n), isa \(isa)")
+                assertBitwiseEqual(vk, v, "v, n \(n), isa \(isa)")
                 XCTAssertTrue(gk.allSatisfy { $0 == 0 }, "g zeroed, n \(n), isa \(isa)")
             }
         }

@@ -62,7 +62,7 @@ struct InspectExport: ParsableCommand {
         guard ok else {
             let reason = systemMessage()
             unlink(tmp)
-            throw DiskError(tmp, "write failed (\(reason))")
+            throw DiskError(tmp, failedCall("write", reason))
         }
         try DurableFiles.rename(tmp, output)
         let bytes = 8 + header.count + offset

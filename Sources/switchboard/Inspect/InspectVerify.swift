@@ -19,7 +19,10 @@ struct InspectVerify: ParsableCommand {
         var reader: CheckpointReader?
         // A path that is not a checkpoint at all is a usage error (exit 2); a checkpoint whose
         // main file does not read is an unhealthy one (exit 1).
-        guard CheckpointReader.hasMainFile(checkpoint) else { _ = try openCheckpoint(checkpoint); return }
+        guard CheckpointReader.hasMainFile(checkpoint) else {
+            throw InspectFailure(message: CheckpointError(CheckpointReader.folder(of: checkpoint), CheckpointReader.notACheckpoint(checkpoint)).message,
+                                 exitCode: 2)
+        }
         do { reader = try CheckpointReader(checkpoint) } catch let e as CheckpointError {
             problems.append(e.description)
         }
