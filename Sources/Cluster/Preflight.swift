@@ -50,14 +50,18 @@ public enum Preflight {
     /// Gathers every rank's report on the coordinator (nil elsewhere).
     public static func gather(_ mine: RankReport, on comm: Communicator) throws -> [RankReport]? {
         let slot = reportBytes
-        var bytes = [UInt8](try JSONEncoder().encode(mine))
-        guard bytes.count < slot else { throw PreflightError(rank: mine.rank, bytes: bytes.count, limit: slot) }
-        bytes += [UInt8](repeating: 0, count: slot - bytes.count)
-        guard let all = try comm.gatherBytes(bytes, "preflight") else { return nil }
+        guard let all = try comm.gatherBytes(try encode(mine), "preflight") else { return nil }
         return try (0..<comm.size).map { r in
             let raw = all[(r * slot)..<((r + 1) * slot)].prefix { $0 != 0 }
             return try JSONDecoder().decode(RankReport.self, from: Data(raw))
         }
+    }
+
+    /// A report as it travels: JSON, padded with zeros to `reportBytes`.
+    static func encode(_ report: RankReport) throws -> [UInt8] {
+        var bytes = [UInt8](try JSONEncoder().encode(report))
+        guard bytes.count < reportBytes else { throw PreflightError(rank: report.rank, bytes: bytes.count, limit: reportBytes) }
+        return bytes + [UInt8](repeating: 0, count: reportBytes - bytes.count)
     }
 
     /// Judges the reports of all ranks.

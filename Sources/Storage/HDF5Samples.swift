@@ -58,6 +58,12 @@ public final class HDF5Samples {
             let y = try file.openDataset(yName)
             let yType = H5Handle(try HDF5Library.check(H5Dget_type(y.id), path, "the type of \(yName)"), close: H5Tclose)
             guard H5Tget_class(yType.id) == H5T_INTEGER else { throw fail("dataset \(yName) must hold integer labels") }
+            // The labels are read whole: their count must be backed by bytes in the file (a
+            // chunked dataset may declare any size; allow for compression up to 64:1).
+            let stored = Double(H5Dget_storage_size(y.id))
+            guard Double(count) <= 64 * stored + 4096 else {
+                throw fail("dataset \(yName) declares \(count) labels but stores \(Int(stored)) bytes")
+            }
             var labels = [Int32](repeating: 0, count: count)
             try HDF5Library.check(H5Dread(y.id, sb_h5t_native_int32(), sb_h5s_all(), sb_h5s_all(), sb_h5p_default(), &labels),
                                   path, "reading \(yName)")

@@ -46,4 +46,16 @@ final class PreflightTests: XCTestCase {
         XCTAssertEqual(Preflight.cpuList([0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11")
         XCTAssertEqual(Preflight.hex(0xab), "00000000000000ab")
     }
+
+    /// A report too large for the gather is named as such (it once read "MPI_SUCCESS: no
+    /// errors"); a machine of 256 CPUs fits.
+    func testAReportTooLargeForTheGatherIsNamed() throws {
+        XCTAssertEqual(try Preflight.encode(report(0, binding: Array(0..<256))).count, Preflight.reportBytes)
+        XCTAssertThrowsError(try Preflight.encode(report(0, binding: Array(0..<4000)))) { error in
+            let e = error as? PreflightError
+            XCTAssertEqual(e?.exitCode, 1)
+            XCTAssertTrue(e?.message.hasPrefix("preflight: rank 0's report is ") ?? false, "\(error)")
+            XCTAssertTrue(e?.message.hasSuffix(" bytes, more than the 16384 the gather holds") ?? false, "\(error)")
+        }
+    }
 }
