@@ -1,5 +1,6 @@
 import ArgumentParser
 import Cluster
+import Errors
 import Foundation
 import Kernels
 import Storage
@@ -56,6 +57,11 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "W5: keep the last checkpoint written.")
     var keep = false
 
+    /// Runs the timed steps of one thread count once more, under the allocation counter, and
+    /// prints only the count: `bench` runs this in a child process (`allocationCounts`).
+    @Flag(name: .customLong("count-allocations"), help: .hidden)
+    var countAllocations = false
+
     func run() throws {
         guard let w = workload.workload else { return KernelBench.run() }
         if w == .w5 { return try CheckpointBench(directory: folder, repeats: repeats, keep: keep).run() }
@@ -66,10 +72,14 @@ struct BenchCommand: ParsableCommand {
             return try ScalingBench(workload: w, data: data, warmup: warmup, steps: steps, repeats: repeats, bucketKiB: bucketKiB, sweepKiB: sweepKiB.values,
                                     fixedExperts: fixedExperts, updateAfterBackward: updateAfterBackward).run()
         }
+        // Counted before MPI starts here: a child started by an MPI process inherits its
+        // launcher's environment.
+        let allocations = countAllocations ? [:] : try allocationCounts(w, threadCounts)
         let comm = try MPIWorld.start()
         var config = try w.config(dataDir: data, epochs: max(epochs, 1))
         if updateAfterBackward { config.optimizer.updateInBackward = false }
         let (train, test) = try config.data.load()
+        if countAllocations { return try count(config, comm: comm, train: train, test: test, threads: threadCounts[0]) }
 
         print("switchboard \(Switchboard.version) bench \(w.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
         print("machine: \(Self.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
@@ -89,10 +99,8 @@ struct BenchCommand: ParsableCommand {
             // both sides of the fraction see the same machine conditions; medians are reported.
             let shapes = Workload.gemmShapes(trainer.model, rows: config.train.batchSize)
             var rates: [Double] = [], peaks: [Double] = [], owns: [Double] = []
-            var allocations: UInt64 = 0
             var batch = warmup
             for _ in 0..<repeats {
-                let before = AllocationCounter.read?() ?? 0
                 let t0 = ContinuousClock.now
                 var samples = 0
                 for _ in 0..<steps {
@@ -100,7 +108,6 @@ struct BenchCommand: ParsableCommand {
                     batch += 1
                 }
                 let seconds = (ContinuousClock.now - t0).seconds
-                allocations += (AllocationCounter.read?() ?? 0) - before
                 rates.append(Double(samples) / seconds)
                 owns.append(GEMMProbe.rate(of: shapes))
                 peaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024))
@@ -114,11 +121,11 @@ struct BenchCommand: ParsableCommand {
             print("  sgemm on the workload's shapes: \(fixed(own, 1)) GFLOP/s → fraction \(fixed(achieved / own, 3))")
             // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call.
             let gemmCalls = shapes.count * repeats * steps
-            if AllocationCounter.read == nil {
-                print("  heap allocations: not counted (\(LaunchEnvironment.allocationCounterFile) is not beside the binary; `swift build -c release` builds it)")
-            } else {
-                print("  heap allocations in \(repeats * steps) timed steps: \(allocations)"
+            if let made = allocations[t] {
+                print("  heap allocations in \(repeats * steps) steps (the same steps, counted in a run of their own): \(made)"
                       + (t > 1 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : ""))
+            } else {
+                print("  heap allocations: not counted (\(LaunchEnvironment.allocationCounterFile) is not beside the binary; `swift build -c release` builds it)")
             }
             fflush(nil)
         }
@@ -133,6 +140,43 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
+    /// Heap allocations in the timed steps at each thread count, counted by a child process
+    /// of this program under the allocation counter (`--count-allocations`): the counter
+    /// interposes malloc, which would slow the timed runs themselves. Empty without it.
+    func allocationCounts(_ w: Workload, _ threadCounts: [Int]) throws -> [Int: UInt64] {
+        guard LaunchEnvironment.allocationCounterLibrary != nil else { return [:] }
+        var counts: [Int: UInt64] = [:]
+        for t in threadCounts {
+            let child = Process()
+            child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+            child.arguments = ["bench", w.rawValue, "--threads", "\(t)", "--warmup", "\(warmup)", "--steps", "\(steps)",
+                               "--repeats", "\(repeats)", "--data", data, "--count-allocations"]
+                + (updateAfterBackward ? ["--update-after-backward"] : [])
+            let out = Pipe()
+            child.standardOutput = out
+            try child.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            child.waitUntilExit()
+            guard child.terminationStatus == 0, let n = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+                throw BenchFailure(message: "bench: counting allocations at \(t) threads failed (the child exited with \(child.terminationStatus))")
+            }
+            counts[t] = n
+        }
+        return counts
+    }
+
+    /// The child's part: the warm-up and the timed steps at `threads`, counting allocations.
+    func count(_ config: JobConfig, comm: Communicator, train: Dataset, test: Dataset, threads: Int) throws {
+        guard let read = AllocationCounter.read else { throw ValidationError("--count-allocations: the allocation counter is not loaded") }
+        BLAS.setThreads(threads)
+        let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
+        for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
+        let before = read()
+        for i in 0..<(repeats * steps) { _ = try trainer.trainStep(epoch: 0, batch: (warmup + i) % trainer.order.batchesPerEpoch) }
+        let after = read()   // read before print, whose variadic array is allocated first
+        print(after - before)
+    }
+
     static func cpuModel() -> String {
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
               let line = info.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
@@ -141,6 +185,12 @@ struct BenchCommand: ParsableCommand {
     }
 
     func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+}
+
+/// A benchmark that could not run to the end.
+struct BenchFailure: SwitchboardError {
+    let message: String
+    var exitCode: Int32 { 1 }
 }
 
 /// What `bench` runs: a workload of docs/BENCHMARKS.md, or the elementwise kernels alone.

@@ -11,12 +11,13 @@ enum LaunchEnvironment {
     static let threadTimeout = "16"
 
     /// The shared library that counts heap allocations per thread (`CAllocCounter`, built
-    /// by `swift build` beside the binary). Only `bench` loads it: it interposes `malloc`, and
-    /// the program users train with does not carry that.
+    /// by `swift build` beside the binary). Only `bench`'s counting run loads it: it
+    /// interposes `malloc`, which costs time, and the program users train with does not
+    /// carry that.
     static let allocationCounterFile = "libSwitchboardAllocCounter.so"
 
-    /// Sets `OPENBLAS_THREAD_TIMEOUT` unless the user did, and for `bench` preloads the
-    /// allocation counter when it is there; re-executes the program if anything changed.
+    /// Sets `OPENBLAS_THREAD_TIMEOUT` unless the user did, and for `bench --count-allocations`
+    /// preloads the allocation counter; re-executes the program if anything changed.
     static func prepare() {
         // Once: a preload that failed to load must not make the program exec itself forever.
         if getenv("SWITCHBOARD_LAUNCHED") != nil {
@@ -28,7 +29,8 @@ enum LaunchEnvironment {
             setenv("OPENBLAS_THREAD_TIMEOUT", threadTimeout, 1)
             changed = true
         }
-        if CommandLine.arguments.dropFirst().first == "bench", AllocationCounter.read == nil,
+        if CommandLine.arguments.dropFirst().first == "bench", CommandLine.arguments.contains("--count-allocations"),
+           AllocationCounter.read == nil,
            let library = allocationCounterLibrary {
             let preloaded = getenv("LD_PRELOAD").map { String(cString: $0) + ":" } ?? ""
             setenv("LD_PRELOAD", preloaded + library, 1)
