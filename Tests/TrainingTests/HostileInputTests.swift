@@ -240,7 +240,7 @@ final class HostileInputTests: ToyDataTestCase {
     /// One job at a time owns a run folder: a second one on the same folder is refused,
     /// naming the process that holds it, and the first goes on undisturbed.
     func testASecondJobOnTheSameFolderIsRefused() throws {
-        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.epochs": "200"]))
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.epochs": "100000"]))   // runs until the test ends it
         let log = "\(dir)/first.log"
         let first = Process()
         first.executableURL = URL(fileURLWithPath: binary)
@@ -249,7 +249,7 @@ final class HostileInputTests: ToyDataTestCase {
         first.standardOutput = FileHandle(forWritingAtPath: log)!
         first.standardError = first.standardOutput
         try first.run()
-        defer { if first.isRunning { first.terminate() } }
+        defer { if first.isRunning { first.terminate(); first.waitUntilExit() } }
         XCTAssertTrue(waitForStep(5, in: log, of: first), (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
         let second = try switchboard(["train", job, "--quiet", "--resume", "auto"])
         assertOneLine(second, code: 1, "\(dir)/runs/toy: the run folder is in use by another job (process \(first.processIdentifier) on ",
