@@ -42,23 +42,27 @@ public final class CheckpointReader {
     /// Tensor `name`, read and verified into a new array. Its shard is opened and checked
     /// first (`shard`), so nothing is allocated from a size the file's bytes do not back.
     public func values(_ name: String) throws -> [Float] {
+        let t = try checkedTensor(name)
+        var out = [Float](repeating: 0, count: t.count)
+        try out.withUnsafeMutableBufferPointer { try read(name, into: $0.baseAddress!) }
+        return out
+    }
+
+    /// Tensor `name` from the manifest, its shard opened and checked (`shard`): after this its
+    /// size may be allocated.
+    func checkedTensor(_ name: String) throws -> CheckpointManifest.Tensor {
         guard let t = tensors[name] else { throw CheckpointError(mainPath, "no tensor \(name) in the manifest") }
         do { _ = try shard(t.file, for: name) } catch let e as HDF5Error {
             throw CheckpointError("\(folder)/\(t.file)", "tensor \(name): \(e.failure)")
         }
-        var out = [Float](repeating: 0, count: t.count)
-        try out.withUnsafeMutableBufferPointer { try read(name, into: $0.baseAddress!) }
-        return out
+        return t
     }
 
     /// Tensor `name` as the HDF5 library itself reads it through `checkpoint.h5`: its external
     /// link resolved as HDF5 resolves it, the datatype converted to native floats, every
     /// chunk's Fletcher32 checked by HDF5's own filter. What h5py and h5dump would see.
     public func valuesThroughLinks(_ name: String) throws -> [Float] {
-        guard let t = tensors[name] else { throw CheckpointError(mainPath, "no tensor \(name) in the manifest") }
-        do { _ = try shard(t.file, for: name) } catch let e as HDF5Error {
-            throw CheckpointError("\(folder)/\(t.file)", "tensor \(name): \(e.failure)")
-        }
+        let t = try checkedTensor(name)
         var out = [Float](repeating: 0, count: t.count)
         do {
             let main = try self.main ?? HDF5File.open(mainPath)

@@ -39,27 +39,23 @@ public enum JobFile {
                                   + "character \(String(format: "0x%02X", byte))\(byte == 0 ? " (NUL)" : ""); a job file must be text")
             }
         }
-        guard let text = String(validating: bytes, as: UTF8.self) else {
-            let offset = firstInvalidUTF8(bytes)
+        if let offset = firstInvalidUTF8(bytes) {
             throw ConfigError("\(source): byte offset \(offset) is not UTF-8 text (0x\(String(format: "%02X", bytes[offset])))")
         }
-        return text
+        return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// The offset of the first byte that does not start or continue a valid UTF-8 sequence.
-    static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int {
-        var i = 0
-        while i < bytes.count {
-            let b = bytes[i]
-            let length = b < 0x80 ? 1 : b >= 0xC2 && b < 0xE0 ? 2 : b >= 0xE0 && b < 0xF0 ? 3 : b >= 0xF0 && b < 0xF5 ? 4 : 0
-            guard length > 0 else { return i }
-            for j in 1..<length {
-                guard i + j < bytes.count, bytes[i + j] & 0xC0 == 0x80 else { return i }
+    /// The offset of the first byte that does not begin a valid UTF-8 sequence, or nil.
+    static func firstInvalidUTF8(_ bytes: [UInt8]) -> Int? {
+        var parser = Unicode.UTF8.ForwardParser()
+        var input = bytes.makeIterator()
+        var offset = 0
+        while true {
+            switch parser.parseScalar(from: &input) {
+            case .valid(let scalar): offset += scalar.count
+            case .error: return offset
+            case .emptyInput: return nil
             }
-            // Overlong, surrogate and out-of-range forms: let the standard library's decoder say.
-            guard String(validating: bytes[i..<(i + length)], as: UTF8.self) != nil else { return i }
-            i += length
         }
-        return max(bytes.count - 1, 0)
     }
 }
