@@ -12,12 +12,16 @@ public struct ForwardContext: Sendable {
     /// Rows in the whole global batch (0: this pass's rows): MoE auxiliary losses are means
     /// over the global batch.
     public var globalRows: Int
+    /// Inference with hard decisions: a fast feedforward layer descends its tree to one leaf
+    /// per row instead of mixing every leaf (ignored in training).
+    public var hardDecisions: Bool
 
-    public init(training: Bool, step: Int = 0, rowOffset: Int = 0, globalRows: Int = 0) {
+    public init(training: Bool, step: Int = 0, rowOffset: Int = 0, globalRows: Int = 0, hardDecisions: Bool = false) {
         self.training = training
         self.step = step
         self.rowOffset = rowOffset
         self.globalRows = globalRows
+        self.hardDecisions = hardDecisions
     }
 }
 

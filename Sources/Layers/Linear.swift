@@ -24,7 +24,7 @@ public final class Linear: Layer {
     public init(
         _ name: String, inputs: Int, outputs: Int, bias: Bool = true,
         activation: Activation = .identity, computesInputGradient: Bool = true,
-        maxRows: Int, store: ParameterStore, initBound: Float? = nil
+        maxRows: Int, store: ParameterStore, initBound: Float? = nil, biasBound: Float? = nil
     ) {
         inputWidth = inputs
         outputWidth = outputs
@@ -32,9 +32,10 @@ public final class Linear: Layer {
         self.computesInputGradient = computesInputGradient
         let bound = initBound ?? 1 / Float(inputs).squareRoot()
         weight = store.register(
-            "\(name).weight", shape: [outputs, inputs], role: .weight, initializer: .uniform(bound: bound))
+            "\(name).weight", shape: [outputs, inputs], role: .weight, initializer: .uniform(bound: bound), freezable: true)
         self.bias = bias
-            ? store.register("\(name).bias", shape: [outputs], role: .bias, initializer: .uniform(bound: bound))
+            ? store.register("\(name).bias", shape: [outputs], role: .bias, initializer: .uniform(bound: biasBound ?? bound),
+                             freezable: true)
             : nil
         let fused = activation != .identity
         z = Tensor(shape: [maxRows, outputs])
@@ -55,17 +56,22 @@ public final class Linear: Layer {
 
     public func backward(_ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>? {
         guard let x else { preconditionFailure("Linear.backward before forward") }
+        // A frozen parameter has no gradient: its product is skipped (`grad` is nil).
+        let dbias = bias?.grad
+        if weight.grad == nil && dbias == nil && !computesInputGradient { return nil }
         let g: UnsafePointer<Float>
         if activation == .identity {
             g = dy
-            if let bias { addColumnSums(dy, rows: rows, cols: outputWidth, into: bias.grad) }
+            if let dbias { addColumnSums(dy, rows: rows, cols: outputWidth, into: dbias) }
         } else {
-            activation.backward(z: z.data, dy: dy, dz: dz.data, dbias: bias?.grad, rows: rows, cols: outputWidth)
+            activation.backward(z: z.data, dy: dy, dz: dz.data, dbias: dbias, rows: rows, cols: outputWidth)
             g = UnsafePointer(dz.data)
         }
-        // dW[out, in] += gᵀ · x
-        gemm(.transpose, .none, m: outputWidth, n: inputWidth, k: rows,
-             a: g, lda: outputWidth, b: x, ldb: inputWidth, beta: 1, c: weight.grad, ldc: inputWidth)
+        if let dw = weight.grad {
+            // dW[out, in] += gᵀ · x
+            gemm(.transpose, .none, m: outputWidth, n: inputWidth, k: rows,
+                 a: g, lda: outputWidth, b: x, ldb: inputWidth, beta: 1, c: dw, ldc: inputWidth)
+        }
         guard computesInputGradient else { return nil }
         // dx[rows, in] = g · W
         gemm(.none, .none, m: rows, n: inputWidth, k: outputWidth,

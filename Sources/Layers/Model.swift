@@ -1,38 +1,5 @@
 import Kernels
 
-/// The architectures Switchboard builds. Widths are per row (one flattened sample).
-public enum Architecture: Sendable, Equatable {
-    /// `Linear + f` for each hidden width, then a Linear head (workload W1).
-    case stack(hidden: [Int], activation: Activation)
-    /// `Linear(in→d)`, then `depth` pre-norm residual MLP blocks
-    /// `x + W2·drop(f(W1·norm(x)))` with hidden width `expansion·d` (doubled inside W1 for a
-    /// GLU variant), then a final norm and a Linear head.
-    case residual(width: Int, depth: Int, expansion: Int, norm: NormKind, mlp: BlockActivation, dropout: Float)
-    /// As `residual`, with a mixture of experts in every block: `x + MoE(norm(x))` (W2).
-    case moe(width: Int, depth: Int, norm: NormKind, spec: MoESpec)
-}
-
-/// The nonlinearity of an MLP block: a pointwise activation or a gated linear unit.
-public enum BlockActivation: Sendable, Equatable {
-    case pointwise(Activation)
-    case gated(Activation)
-
-    /// Names used in configs: `relu`, `gelu`, `gelu_tanh`, `silu`, `swiglu`, `geglu`, `reglu`, `glu`.
-    public init?(name: String) {
-        switch name {
-        case "swiglu": self = .gated(.silu)
-        case "geglu": self = .gated(.gelu)
-        case "reglu": self = .gated(.relu)
-        case "glu": self = .gated(.sigmoid)
-        default:
-            guard let a = Activation(rawValue: name), a != .identity, a != .sigmoid else { return nil }
-            self = .pointwise(a)
-        }
-    }
-
-    public static let names = ["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "reglu", "glu"]
-}
-
 /// A network plus its parameter store, built for a maximum number of rows per pass.
 public final class Model {
     public let store: ParameterStore
@@ -42,22 +9,32 @@ public final class Model {
     public let maxRows: Int
     /// The MoE layers, in order.
     public let moeLayers: [MoE]
+    /// The fast feedforward layers, in order.
+    public let fffLayers: [FastFeedforward]
     /// For each top-level layer, the arena offset from which every gradient is final once
-    /// that layer's backward has run (parameters are laid out in forward order).
+    /// that layer's backward has run (trainable parameters are laid out in forward order).
     let finalFrom: [Int]
 
-    public init(_ architecture: Architecture, inputs: Int, classes: Int, maxRows: Int, seed: UInt64) {
+    /// `frozen`: parameters to keep at their initial (or loaded) values, by name or prefix
+    /// (`ParameterStore.frozenPatterns`).
+    public init(_ architecture: Architecture, inputs: Int, classes: Int, maxRows: Int, seed: UInt64, frozen: [String] = []) {
         self.inputs = inputs
         self.classes = classes
         self.maxRows = maxRows
-        let store = ParameterStore(seed: seed)
+        let store = ParameterStore(seed: seed, frozen: frozen)
         var layers: [any Layer] = []
         var moes: [MoE] = []
+        var fffs: [FastFeedforward] = []
         // The index of the first parameter each top-level layer registers.
         var firstParameter: [Int] = []
         func append(_ layer: @autoclosure () -> any Layer) {
             firstParameter.append(store.parameters.count)
             layers.append(layer())
+        }
+        /// A block matrix, dense or factored.
+        func matrix(_ name: String, _ i: Int, _ o: Int, _ f: Activation = .identity, rank: Int) -> any Layer {
+            rank > 0 ? LowRankLinear(name, inputs: i, outputs: o, rank: rank, activation: f, maxRows: maxRows, store: store)
+                : Linear(name, inputs: i, outputs: o, activation: f, maxRows: maxRows, store: store)
         }
         switch architecture {
         case .stack(let hidden, let activation):
@@ -69,59 +46,78 @@ public final class Model {
             }
             append(Linear("head", inputs: width, outputs: classes,
                                  computesInputGradient: !hidden.isEmpty, maxRows: maxRows, store: store))
-        case .residual(let d, let depth, let expansion, let norm, let mlp, let p):
+        case .residual(let trunk, let ffn):
+            let d = trunk.width
             append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false,
                                  maxRows: maxRows, store: store))
-            for i in 0..<depth {
+            for i in 0..<trunk.depth {
                 let name = "blocks.\(i)"
-                let hidden = expansion * d
-                var branch: [any Layer] = [makeNorm(norm, "\(name).norm", width: d, maxRows: maxRows, store: store)]
-                switch mlp {
-                case .pointwise(let f):
-                    branch.append(Linear("\(name).fc1", inputs: d, outputs: hidden, activation: f,
-                                         maxRows: maxRows, store: store))
-                case .gated(let gate):
-                    branch.append(Linear("\(name).fc1", inputs: d, outputs: 2 * hidden, maxRows: maxRows, store: store))
-                    branch.append(GLULayer(gate: gate, hidden: hidden, maxRows: maxRows))
+                var branch: [any Layer] = [makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i),
+                                                    maxRows: maxRows, store: store)]
+                switch ffn {
+                case .mlp(let m):
+                    switch m.activation {
+                    case .pointwise(let f):
+                        branch.append(matrix("\(name).fc1", d, m.hidden, f, rank: m.rank))
+                    case .gated(let gate):
+                        branch.append(matrix("\(name).fc1", d, 2 * m.hidden, rank: m.rank))
+                        branch.append(GLULayer(gate: gate, hidden: m.hidden, maxRows: maxRows))
+                    }
+                    if m.dropout > 0 {
+                        branch.append(Dropout(probability: m.dropout, width: m.hidden, site: i, seed: seed, maxRows: maxRows))
+                    }
+                    branch.append(matrix("\(name).fc2", m.hidden, d, rank: m.rank))
+                case .fff(let spec):
+                    let fff = FastFeedforward("\(name).fff", width: d, spec: spec, maxRows: maxRows, store: store)
+                    fffs.append(fff)
+                    branch.append(fff)
                 }
-                if p > 0 {
-                    branch.append(Dropout(probability: p, width: hidden, site: i, seed: seed, maxRows: maxRows))
-                }
-                branch.append(Linear("\(name).fc2", inputs: hidden, outputs: d, maxRows: maxRows, store: store))
                 append(Residual(Sequential(branch), maxRows: maxRows))
             }
-            append(makeNorm(norm, "norm", width: d, maxRows: maxRows, store: store))
+            append(makeNorm(trunk.norm, "norm", width: d, maxRows: maxRows, store: store))
             append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store))
-        case .moe(let d, let depth, let norm, let spec):
+        case .moe(let trunk, let spec):
+            let d = trunk.width
             append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false,
                           maxRows: maxRows, store: store))
-            for i in 0..<depth {
+            for i in 0..<trunk.depth {
                 let name = "blocks.\(i)"
                 let moe = MoE("\(name).moe", width: d, spec: spec, site: i, seed: seed, maxRows: maxRows, store: store)
                 moes.append(moe)
-                append(Residual(Sequential([makeNorm(norm, "\(name).norm", width: d, maxRows: maxRows, store: store), moe]),
+                append(Residual(Sequential([makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i),
+                                                     maxRows: maxRows, store: store), moe]),
                                 maxRows: maxRows))
             }
-            append(makeNorm(norm, "norm", width: d, maxRows: maxRows, store: store))
+            append(makeNorm(trunk.norm, "norm", width: d, maxRows: maxRows, store: store))
             append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store))
         }
         moeLayers = moes
+        fffLayers = fffs
         network = Sequential(layers)
         store.finalize()
         self.store = store
-        // A layer without parameters finalizes nothing new: it inherits the next one's offset.
-        var offsets = [Int](repeating: store.count, count: layers.count)
-        var next = store.count
+        // A layer without trainable parameters finalizes nothing new: it inherits the next
+        // one's offset.
+        var offsets = [Int](repeating: store.trainableCount, count: layers.count)
+        var next = store.trainableCount
         for i in layers.indices.reversed() {
             let end = i + 1 < layers.count ? firstParameter[i + 1] : store.parameters.count
-            if firstParameter[i] < end { next = store.parameters[firstParameter[i]].offset }
+            if let first = store.parameters[firstParameter[i]..<end].first(where: { !$0.frozen }) { next = first.offset }
             offsets[i] = next
         }
         finalFrom = offsets
     }
 
-    /// The MoE layers' auxiliary losses from the last forward pass (coefficients applied).
-    public var auxLoss: Double { moeLayers.reduce(0) { $0 + $1.auxLoss } }
+    /// The MoE and FFF layers' auxiliary losses from the last forward pass (coefficients applied).
+    public var auxLoss: Double { moeLayers.reduce(0) { $0 + $1.auxLoss } + fffLayers.reduce(0) { $0 + $1.auxLoss } }
+
+    /// Frozen patterns that name no parameter, and parameters named by one whose layer cannot
+    /// keep them frozen (MoE layers): each a reason the model is not what the
+    /// job asked for.
+    public var frozenProblems: [String] {
+        store.unmatchedFrozenPatterns.map { "\"\($0)\" names no parameter of this model" }
+            + store.unfreezable.map { "\($0) is an MoE parameter, which cannot be frozen" }
+    }
 
     /// Logits `[rows, classes]` for inputs `[rows, inputs]`.
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {

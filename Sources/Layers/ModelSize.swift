@@ -1,80 +1,154 @@
-/// What a model of an architecture will hold, counted without building it, so that a job can
-/// be checked against the machine's memory before anything is allocated. The counts follow
-/// the layers' own buffers (a test builds architectures and compares with what their tensors
-/// hold), in `Double`: any config value, however large, gives a number, never an overflow.
+/// What a model of an architecture will hold and compute, counted without building it, so
+/// that a job can be checked against the machine's memory before anything is allocated. The
+/// counts follow the layers' own buffers (a test builds architectures and compares with what
+/// their tensors hold), in `Double`: any config value, however large, gives a number, never
+/// an overflow.
 public struct ModelSize: Sendable, Equatable {
-    /// Parameters (each has a value and a gradient in the store).
+    /// Parameters (each has a value; the trainable ones a gradient too).
     public var parameters: Double = 0
+    /// Of those, the frozen ones: no gradient.
+    public var frozen: Double = 0
     /// Floats of the layers' own buffers (activations, their gradients, routing), for
     /// `maxRows` rows per pass.
     public var buffers: Double = 0
+    /// Floating-point operations of the matrix products for one sample: a training step's
+    /// forward and backward (the soft tree of an FFF; every selected expert of an MoE,
+    /// without capacity drops), and an inference forward pass (the hard descent of an FFF).
+    /// Elementwise work (norms, activations, the optimizer) is not counted.
+    public var trainingFlops: Double = 0
+    public var inferenceFlops: Double = 0
+    /// The `frozen` patterns that named a parameter, and the parameters named that cannot be
+    /// frozen (an MoE layer's): what `Model.frozenProblems` reports, known before building.
+    public var frozenMatched: Set<String> = []
+    public var unfreezable: [String] = []
+
+    /// Floats the parameter store allocates: every value and the trainable gradients.
+    public var storeFloats: Double { 2 * parameters - frozen }
 }
 
 extension Architecture {
-    /// The size of `Model(self, inputs:classes:maxRows:)`. `ranks` and `threads` size what an
-    /// MoE layer adds under expert parallelism and for updating experts inside backward.
+    /// The size of `Model(self, inputs:classes:maxRows:frozen:)`. `ranks` and `threads` size
+    /// what an MoE layer adds under expert parallelism and for updating experts inside backward.
     public func size(inputs: Int, classes: Int, maxRows: Int, ranks: Int = 1, threads: Int = 1,
-                     updatesExpertsInBackward: Bool = false) -> ModelSize {
+                     updatesExpertsInBackward: Bool = false, frozen: [String] = []) -> ModelSize {
         var s = ModelSize()
         let rows = Double(maxRows)
-        func linear(_ i: Double, _ o: Double, bias: Bool = true, fused: Bool = false, inputGradient: Bool = true) {
-            s.parameters += i * o + (bias ? o : 0)
-            s.buffers += rows * o * (fused ? 3 : 1) + (inputGradient ? rows * i : 0)
+        func parameter(_ name: String, _ count: Double) -> Bool {
+            s.parameters += count
+            let matching = frozen.filter { ParameterStore.matches($0, name) }
+            s.frozenMatched.formUnion(matching)
+            if !matching.isEmpty { s.frozen += count }
+            return !matching.isEmpty
         }
-        func norm(_ kind: NormKind, _ w: Double) {
-            s.parameters += kind == .layerNorm ? 2 * w : w
-            s.buffers += 2 * rows * w + (kind == .layerNorm ? 2 * rows : rows)
+        /// A Linear layer; `perSample` scales its FLOPs (a leaf's share of the rows, k experts).
+        func linear(_ name: String, _ i: Double, _ o: Double, bias: Bool = true, fused: Bool = false,
+                    inputGradient: Bool = true, inference: Double = 1) {
+            let weightFrozen = parameter("\(name).weight", i * o)
+            if bias { _ = parameter("\(name).bias", o) }
+            s.buffers += rows * o * (fused ? 3 : 1) + (inputGradient ? rows * i : 0)
+            let product = 2 * i * o
+            s.trainingFlops += product * (1 + (weightFrozen ? 0 : 1) + (inputGradient ? 1 : 0))
+            s.inferenceFlops += product * inference
+        }
+        func matrix(_ name: String, _ i: Double, _ o: Double, fused: Bool = false, rank: Int) {
+            if rank > 0 {
+                let r = Double(rank)
+                linear("\(name).v", i, r, bias: false)
+                linear("\(name).u", r, o, fused: fused)
+            } else {
+                linear(name, i, o, fused: fused)
+            }
+        }
+        func norm(_ kind: NormKind, _ name: String, _ w: Double) {
+            let gainFrozen = parameter("\(name).weight", w)
+            let shiftFrozen = kind == .layerNorm && parameter("\(name).bias", w)
+            s.buffers += 2 * rows * w + (kind == .layerNorm ? 2 * rows : rows) + (gainFrozen || shiftFrozen ? w : 0)
         }
         func residual(_ w: Double) { s.buffers += 2 * rows * w }
+        /// `FastFeedforward`: its Linears, the per-leaf output bias, and its own buffers. Soft
+        /// in training (every leaf); hard in inference (`depth` nodes and one leaf).
+        func fastFeedforward(_ name: String, _ spec: FFFSpec, _ d: Double) {
+            let n = Double(spec.nodes), l = Double(spec.leaves), lw = Double(spec.leafWidth), h = l * lw
+            let depth = Double(spec.depth)
+            linear("\(name).nodes", d, n, inference: depth / n)
+            linear("\(name).leaves.fc1", d, h, fused: spec.activation != .identity, inference: 1 / l)
+            linear("\(name).leaves.fc2", h, d, bias: false, inference: 1 / l)
+            let biasFrozen = parameter("\(name).leaves.fc2.bias", l * d)
+            s.trainingFlops += 2 * l * d * (biasFrozen ? 2 : 3)   // p · B2, its gradient, dp
+            if spec.masterLeaf {
+                linear("\(name).master.fc1", d, lw, fused: spec.activation != .identity)
+                linear("\(name).master.fc2", lw, d)
+                _ = parameter("\(name).master.mix", 1)
+            }
+            let master = spec.masterLeaf ? 2 * rows * d : 0
+            // σ, reach, gated, dh, dp, da, y, dx, and the hard pass's xs, zs, hs, ys
+            s.buffers += rows * (2 * n + (2 * l - 1) + 2 * h + l + 4 * d + 2 * lw) + (2 * l - 1) + master
+        }
         let input = Double(inputs), outputs = Double(classes)
         switch self {
         case .stack(let hidden, let activation):
             var width = input
             for (i, h) in hidden.enumerated() {
-                linear(width, Double(h), fused: activation != .identity, inputGradient: i > 0)
+                linear("layers.\(i)", width, Double(h), fused: activation != .identity, inputGradient: i > 0)
                 width = Double(h)
             }
-            linear(width, outputs, inputGradient: !hidden.isEmpty)
-        case let .residual(width, depth, expansion, normKind, mlp, dropout):
-            let d = Double(width), hidden = Double(expansion) * d
-            linear(input, d, inputGradient: false)
-            for _ in 0..<depth {
-                norm(normKind, d)
-                switch mlp {
-                case .pointwise(let f): linear(d, hidden, fused: f != .identity)
-                case .gated:
-                    linear(d, 2 * hidden)
-                    s.buffers += 3 * rows * hidden   // GLU: h, dab
+            linear("head", width, outputs, inputGradient: !hidden.isEmpty)
+        case let .residual(trunk, ffn):
+            let d = Double(trunk.width)
+            linear("embed", input, d, inputGradient: false)
+            for i in 0..<trunk.depth {
+                let name = "blocks.\(i)"
+                norm(trunk.norm, "\(name).norm", d)
+                switch ffn {
+                case .mlp(let m):
+                    let hidden = Double(m.hidden)
+                    switch m.activation {
+                    case .pointwise(let f): matrix("\(name).fc1", d, hidden, fused: f != .identity, rank: m.rank)
+                    case .gated:
+                        matrix("\(name).fc1", d, 2 * hidden, rank: m.rank)
+                        s.buffers += 3 * rows * hidden   // GLU: h, dab
+                    }
+                    if m.dropout > 0 { s.buffers += 3 * rows * hidden }
+                    matrix("\(name).fc2", hidden, d, rank: m.rank)
+                case .fff(let spec): fastFeedforward("\(name).fff", spec, d)
                 }
-                if dropout > 0 { s.buffers += 3 * rows * hidden }
-                linear(hidden, d)
                 residual(d)
             }
-            norm(normKind, d)
-            linear(d, outputs)
-        case let .moe(width, depth, normKind, spec):
-            let d = Double(width)
-            linear(input, d, inputGradient: false)
-            for _ in 0..<depth {
-                norm(normKind, d)
+            norm(trunk.norm, "norm", d)
+            linear("head", d, outputs)
+        case let .moe(trunk, spec):
+            let d = Double(trunk.width)
+            linear("embed", input, d, inputGradient: false)
+            for i in 0..<trunk.depth {
+                norm(trunk.norm, "blocks.\(i).norm", d)
                 s.parameters += spec.parameters(width: d)
+                // Every parameter of the layer is under `blocks.i.moe`.
+                let layer = "blocks.\(i).moe"
+                for f in frozen where ParameterStore.matches(f, layer) || f.hasPrefix(layer + ".") {
+                    s.frozenMatched.insert(f)
+                    s.unfreezable.append(f)
+                }
                 s.buffers += spec.buffers(width: d, rows: rows, ranks: ranks, threads: threads,
                                           updatesInBackward: updatesExpertsInBackward)
+                let perToken = spec.flops(width: d)
+                s.trainingFlops += 3 * perToken
+                s.inferenceFlops += perToken
                 if spec.sharedHidden > 0 {
-                    let sh = Double(spec.sharedHidden)
+                    let sh = Double(spec.sharedHidden), name = "blocks.\(i).moe.shared"
                     switch spec.activation {
-                    case .pointwise(let f): linear(d, sh, bias: spec.bias, fused: f != .identity)
+                    case .pointwise(let f): linear("\(name).fc1", d, sh, bias: spec.bias, fused: f != .identity)
                     case .gated:
-                        linear(d, 2 * sh, bias: spec.bias)
+                        linear("\(name).fc1", d, 2 * sh, bias: spec.bias)
                         s.buffers += 3 * rows * sh
                     }
-                    linear(sh, d, bias: spec.bias)
+                    linear("\(name).fc2", sh, d, bias: spec.bias)
                 }
                 residual(d)
             }
-            norm(normKind, d)
-            linear(d, outputs)
+            norm(trunk.norm, "norm", d)
+            linear("head", d, outputs)
         }
+
         return s
     }
 }
@@ -84,6 +158,11 @@ extension MoESpec {
     var firstWidth: Double {
         if case .gated = activation { return 2 * Double(hidden) }
         return Double(hidden)
+    }
+
+    /// One token's forward products: the router's, and those of its k experts.
+    func flops(width d: Double) -> Double {
+        2 * d * Double(experts) + Double(topK) * 2 * d * (firstWidth + Double(hidden))
     }
 
     /// The router's and the experts' parameters (a shared expert is counted as its layers).

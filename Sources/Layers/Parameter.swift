@@ -5,6 +5,7 @@ import Kernels
 public enum Initializer: Sendable, Equatable {
     case zeros
     case ones
+    case constant(Float)
     /// Uniform in ±bound.
     case uniform(bound: Float)
 }
@@ -12,6 +13,8 @@ public enum Initializer: Sendable, Equatable {
 /// What a parameter is, so optimizers can treat kinds differently (weight decay).
 public enum ParameterRole: String, Sendable {
     case weight, bias, normGain, normBias
+    /// A scalar that mixes two paths (an FFF's master-leaf blend): never decayed.
+    case coefficient
 }
 
 /// A named tensor of the model: a view into the store's flat value and gradient buffers.
@@ -24,6 +27,9 @@ public final class Parameter {
     public let count: Int
     public let role: ParameterRole
     public let initializer: Initializer
+    /// Kept at its initial value (or the value loaded into it): no gradient (its layer skips
+    /// the product that would make one, and `grad` is nil), no optimizer state, no sync.
+    public let frozen: Bool
     /// Position in the store's `parameters` (registration order).
     public fileprivate(set) var index = 0
     /// Offset of this parameter in the store's flat buffers.
@@ -31,12 +37,13 @@ public final class Parameter {
     public fileprivate(set) var value: UnsafeMutablePointer<Float>!
     public fileprivate(set) var grad: UnsafeMutablePointer<Float>!
 
-    init(name: String, shape: [Int], role: ParameterRole, initializer: Initializer) {
+    init(name: String, shape: [Int], role: ParameterRole, initializer: Initializer, frozen: Bool) {
         self.name = name
         self.shape = shape
         self.count = shape.reduce(1, *)
         self.role = role
         self.initializer = initializer
+        self.frozen = frozen
     }
 }
 
@@ -45,23 +52,53 @@ public final class Parameter {
 /// Layers `register` their parameters while the model is built; `finalize` then lays them
 /// out in registration order (which is forward order), allocates, and initializes.
 /// One span lets the optimizer and the gradient all-reduce run over large contiguous ranges.
+///
+/// Frozen parameters (named by `frozen` patterns) are laid out after all the others, in
+/// `[trainableCount, count)`: the gradient arena, the optimizer state and the sync cover
+/// `[0, trainableCount)` only.
 public final class ParameterStore {
     public private(set) var parameters: [Parameter] = []
     public private(set) var values: Tensor = Tensor(shape: [0])
+    /// Gradients of the trainable parameters, `trainableCount` floats.
     public private(set) var grads: Tensor = Tensor(shape: [0])
     public private(set) var isFinalized = false
     public let seed: UInt64
+    /// What to freeze: a parameter's global name, or a prefix of whole components
+    /// (`embed` freezes `embed.weight` and `embed.bias`).
+    public let frozenPatterns: [String]
+    /// Parameters a pattern named whose layer cannot freeze them (they train).
+    public private(set) var unfreezable: [String] = []
 
-    public init(seed: UInt64) { self.seed = seed }
+    public init(seed: UInt64, frozen: [String] = []) {
+        self.seed = seed
+        frozenPatterns = frozen
+    }
 
+    /// All parameters, trainable and frozen.
     public var count: Int { values.count }
+    /// The trainable parameters come first: `[0, trainableCount)` of the arena.
+    public private(set) var trainableCount = 0
 
+    /// Whether `pattern` names `name`: the name itself or a prefix of whole components.
+    public static func matches(_ pattern: String, _ name: String) -> Bool {
+        name == pattern || name.hasPrefix(pattern + ".")
+    }
+
+    /// The frozen patterns that name no parameter of this store.
+    public var unmatchedFrozenPatterns: [String] {
+        frozenPatterns.filter { f in !parameters.contains { Self.matches(f, $0.name) } }
+    }
+
+    /// Registers a parameter. `freezable`: its layer honours `Parameter.frozen` (skips its
+    /// gradient); a frozen pattern naming any other parameter is recorded in `unfreezable`.
     public func register(
-        _ name: String, shape: [Int], role: ParameterRole, initializer: Initializer
+        _ name: String, shape: [Int], role: ParameterRole, initializer: Initializer, freezable: Bool = false
     ) -> Parameter {
         precondition(!isFinalized, "parameter \(name) registered after finalize")
         precondition(!parameters.contains { $0.name == name }, "duplicate parameter name \(name)")
-        let p = Parameter(name: name, shape: shape, role: role, initializer: initializer)
+        let named = frozenPatterns.contains { Self.matches($0, name) }
+        if named && !freezable { unfreezable.append(name) }
+        let p = Parameter(name: name, shape: shape, role: role, initializer: initializer, frozen: named && freezable)
         p.index = parameters.count
         parameters.append(p)
         return p
@@ -71,13 +108,19 @@ public final class ParameterStore {
         precondition(!isFinalized)
         isFinalized = true
         let total = parameters.reduce(0) { $0 + $1.count }
+        trainableCount = parameters.reduce(0) { $0 + ($1.frozen ? 0 : $1.count) }
         values = Tensor(shape: [total])
-        grads = Tensor(shape: [total])
+        grads = Tensor(shape: [trainableCount])
         var offset = 0
-        for p in parameters {
+        for p in parameters where !p.frozen {
             p.offset = offset
             p.value = values.data + offset
             p.grad = grads.data + offset
+            offset += p.count
+        }
+        for p in parameters where p.frozen {
+            p.offset = offset
+            p.value = values.data + offset
             offset += p.count
         }
         initialize()
@@ -90,6 +133,7 @@ public final class ParameterStore {
             switch p.initializer {
             case .zeros: p.value.update(repeating: 0, count: p.count)
             case .ones: p.value.update(repeating: 1, count: p.count)
+            case .constant(let c): p.value.update(repeating: c, count: p.count)
             case .uniform(let bound):
                 rng.fillUniform(
                     p.value, count: p.count, stream: RNGStream.initialization(name: p.name),

@@ -25,12 +25,15 @@ public struct CheckpointManifest: Codable, Sendable, Equatable {
         /// The CRC-32 (zlib's) of the dataset's chunk Fletcher32 sums, little-endian, in chunk
         /// order, as 8 hex digits (`HDF5File.writeTensor`).
         public var checksum: String
-        public init(name: String, file: String, shape: [Int], dtype: String = "float32", checksum: UInt32) {
+        /// A parameter kept at its initial value (it has no optimizer state); absent when not.
+        public var frozen: Bool?
+        public init(name: String, file: String, shape: [Int], dtype: String = "float32", checksum: UInt32, frozen: Bool = false) {
             self.name = name
             self.file = file
             self.shape = shape
             self.dtype = dtype
             self.checksum = String(format: "%08x", checksum)
+            self.frozen = frozen ? true : nil
         }
         public var count: Int { shape.reduce(1, *) }
     }

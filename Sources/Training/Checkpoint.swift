@@ -48,7 +48,8 @@ extension Trainer {
             for i in mine {
                 let p = parameters[i]
                 crcs[i * perParameter] = Double(try file.writeTensor(CheckpointPlan.parameterPath(p.name), shape: p.shape, p.value))
-                for (s, state) in states.enumerated() {
+                // A frozen parameter has no optimizer state.
+                for (s, state) in states.enumerated() where !p.frozen {
                     crcs[i * perParameter + 1 + s] = Double(try file.writeTensor(CheckpointPlan.statePath(state.name, p.name), shape: p.shape,
                                                                                  state.values.data + p.offset))
                 }
@@ -63,8 +64,9 @@ extension Trainer {
         var tensors: [CheckpointManifest.Tensor] = []
         for (i, p) in parameters.enumerated() {
             let file = CheckpointPlan.shardFile(rank: plan.writer[i])
-            tensors.append(.init(name: CheckpointPlan.parameterPath(p.name), file: file, shape: p.shape, checksum: UInt32(crcs[i * perParameter])))
-            for (s, state) in states.enumerated() {
+            tensors.append(.init(name: CheckpointPlan.parameterPath(p.name), file: file, shape: p.shape, checksum: UInt32(crcs[i * perParameter]),
+                                 frozen: p.frozen))
+            for (s, state) in states.enumerated() where !p.frozen {
                 tensors.append(.init(name: CheckpointPlan.statePath(state.name, p.name), file: file, shape: p.shape,
                                      checksum: UInt32(crcs[i * perParameter + 1 + s])))
             }
@@ -171,7 +173,7 @@ extension Trainer {
         }
         let mine = updateRanges
         for state in optimizer.state {
-            for p in parameters where mine.contains(where: { $0.overlaps(p.offset..<(p.offset + p.count)) }) {
+            for p in parameters where !p.frozen && mine.contains(where: { $0.overlaps(p.offset..<(p.offset + p.count)) }) {
                 try reader.read(CheckpointPlan.statePath(state.name, p.name), into: state.values.data + p.offset)
             }
         }
@@ -187,7 +189,7 @@ extension Trainer {
         var expected: [String: [Int]] = [:]
         for p in model.store.parameters {
             expected[CheckpointPlan.parameterPath(p.name)] = p.shape
-            if m.optimizer == optimizer.name {
+            if m.optimizer == optimizer.name && !p.frozen {
                 for s in optimizer.state { expected[CheckpointPlan.statePath(s.name, p.name)] = p.shape }
             }
         }

@@ -27,7 +27,7 @@ struct CheckpointPlan {
         expert = parameters.map { expertOf[ObjectIdentifier($0)] }
         var load = [Int](repeating: 0, count: ranks)
         var writer = [Int](repeating: 0, count: parameters.count)
-        let bytes = { (p: Parameter) in p.count * 4 * (1 + stateCount) }
+        let bytes = { (p: Parameter) in p.count * 4 * (1 + (p.frozen ? 0 : stateCount)) }
         for (i, p) in parameters.enumerated() {
             if let e = expert[i], let placement {
                 writer[i] = placement.runners(of: e).lowerBound

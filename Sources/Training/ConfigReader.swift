@@ -94,6 +94,21 @@ public final class ConfigReader {
         }
     }
 
+    public func stringArray(_ section: String, _ key: String, _ fallback: [String]) throws -> [String] {
+        let v = try value(section, key, .array(fallback.map { .string($0) }))
+        guard case .array(let items) = v else { throw typeError(section, key, "an array of strings", v) }
+        return try items.map {
+            guard case .string(let s) = $0 else { throw typeError(section, key, "an array of strings", v) }
+            return s
+        }
+    }
+
+    /// Whether the file (or an override) sets `key` in `section`.
+    public func has(_ section: String, _ key: String) -> Bool {
+        if case .table(let t) = root[section], t[key] != nil { return true }
+        return false
+    }
+
     /// Whether the file (or an override) has a section of this name.
     public func hasSection(_ name: String) -> Bool { root[name] != nil }
 

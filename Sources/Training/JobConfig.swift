@@ -116,6 +116,8 @@ public struct JobConfig: Sendable {
     public var parallel: Parallel
     public var data: Data
     public var model: Architecture
+    /// Parameters kept at their initial values, by name or prefix (`[model] frozen`).
+    public var frozen: [String]
     public var train: Train
     public var optimizer: Optimizer
     public var schedule: Schedule
@@ -147,6 +149,105 @@ public struct JobConfig: Sendable {
                        router: router, balanceCoefficient: Float(balance), zLossCoefficient: Float(zLoss),
                        entropyCoefficient: Float(entropy), capacityFactor: Float(capacity),
                        expertDropout: Float(expertDropout), sharedHidden: shared, zeroRouterInit: routerInit == "zeros")
+    }
+
+    /// The `[model]` section (with `[moe]` or `[fff]`): the architecture, and what is frozen.
+    static func modelSection(_ r: ConfigReader, source: String) throws -> (Architecture, [String]) {
+        let kind = try r.string("model", "kind", "residual", oneOf: ["residual", "stack", "moe"])
+        let model: Architecture
+        var frozen: [String] = []
+        func trunk(width fallback: Int) throws -> Trunk {
+            Trunk(width: try r.int("model", "width", fallback, min: 1),
+                  depth: try r.int("model", "depth", 2, min: 0, max: 10_000),
+                  norm: NormKind(rawValue: try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue)))!,
+                  depthScaledNorm: try r.bool("model", "depth_scaled_norm", false))
+        }
+        var block = "mlp"
+        switch kind {
+        case "stack":
+            let hidden = try r.intArray("model", "hidden", [1024, 1024, 1024], min: 1)
+            guard hidden.count <= 10_000 else { throw ConfigError("\(source): [model] hidden lists \(hidden.count) layers, at most 10000") }
+            let activation = try r.string("model", "activation", "gelu", oneOf: ["relu", "gelu", "gelu_tanh", "silu"])
+            model = .stack(hidden: hidden, activation: Activation(rawValue: activation)!)
+        case "moe":
+            model = .moe(try trunk(width: 256), try moeSpec(r, source: source))
+        default:
+            let t = try trunk(width: 512)
+            block = try r.string("model", "block", "mlp", oneOf: ["mlp", "hourglass", "fff"])
+            switch block {
+            case "fff":
+                model = .residual(t, .fff(try fffSpec(r, source: source)))
+            case "hourglass":
+                // Wide stream, narrow bottleneck; the lift from the input may stay at its
+                // random initialization.
+                let bottleneck = try r.int("model", "bottleneck", max(1, t.width / 4), min: 1)
+                guard bottleneck < t.width else {
+                    throw ConfigError("\(source): [model] bottleneck = \(bottleneck) is not narrower than the stream (width = \(t.width)); "
+                                      + "an hourglass block computes through a bottleneck narrower than its stream")
+                }
+                let m = try mlpSpec(r, hidden: bottleneck, width: t.width, source: source)
+                if try r.string("model", "lift", "frozen", oneOf: ["frozen", "trained"]) == "frozen" { frozen.append("embed") }
+                model = .residual(t, .mlp(m))
+            default:
+                if r.has("model", "hidden") && r.has("model", "expansion") {
+                    throw ConfigError("\(source): [model] sets both hidden and expansion; give the hidden width one way")
+                }
+                let hidden: Int
+                if r.has("model", "hidden") {
+                    hidden = try r.int("model", "hidden", 0, min: 1)
+                } else {
+                    let expansion = try r.int("model", "expansion", 4, min: 1)
+                    // Checked before multiplying: a product that overflows is not a width.
+                    let (product, overflow) = expansion.multipliedReportingOverflow(by: t.width)
+                    guard !overflow else { throw ConfigError("\(source): [model] expansion = \(expansion) × width = \(t.width) overflows") }
+                    hidden = product
+                }
+                model = .residual(t, .mlp(try mlpSpec(r, hidden: hidden, width: t.width, source: source)))
+            }
+        }
+        if kind != "moe", r.hasSection("moe") {
+            throw ConfigError("\(source): [moe] applies to [model] kind = \"moe\", not \"\(kind)\"")
+        }
+        if block != "fff", r.hasSection("fff") {
+            throw ConfigError("\(source): [fff] applies to [model] block = \"fff\", not \(kind == "residual" ? "block = \"\(block)\"" : "kind = \"\(kind)\"")")
+        }
+        let listed = try r.stringArray("model", "frozen", [])
+        frozen += listed
+        // Parameter names do not depend on the data's widths.
+        let probe = model.size(inputs: 1, classes: 2, maxRows: 1, frozen: frozen)
+        for f in listed where !probe.frozenMatched.contains(f) {
+            throw ConfigError("\(source): [model] frozen lists \"\(f)\", which names no parameter of this model "
+                              + "(a global name such as \"embed.weight\", or a prefix of whole components such as \"embed\")")
+        }
+        if let f = probe.unfreezable.first {
+            throw ConfigError("\(source): [model] frozen lists \"\(f)\", which names MoE parameters; an MoE layer cannot be frozen")
+        }
+        return (model, frozen)
+    }
+
+    /// The MLP block keys of a residual model: activation, dropout and the factorization rank.
+    static func mlpSpec(_ r: ConfigReader, hidden: Int, width: Int, source: String) throws -> MLPSpec {
+        let activation = try r.string("model", "activation", "gelu", oneOf: BlockActivation.names)
+        let dropout = try r.double("model", "dropout", 0, min: 0, below: 1)
+        let rank = try r.int("model", "rank", 0, min: 0)
+        // Each block matrix is hidden × width (or 2·hidden × width for a GLU): a factorization
+        // of rank ≥ the smaller side saves nothing.
+        let side = min(width, hidden)
+        guard rank < side else {
+            throw ConfigError("\(source): [model] rank = \(rank) is not below the block matrices' smaller side (\(side) = min(width \(width), "
+                              + "hidden \(hidden))); a factorization U·V of that rank has at least the dense matrix's parameters")
+        }
+        return MLPSpec(hidden: hidden, activation: BlockActivation(name: activation)!, dropout: Float(dropout), rank: rank)
+    }
+
+    /// The `[fff]` section.
+    static func fffSpec(_ r: ConfigReader, source: String) throws -> FFFSpec {
+        FFFSpec(depth: try r.int("fff", "depth", 3, min: 1, max: 16),
+                leafWidth: try r.int("fff", "leaf_width", 32, min: 1),
+                activation: Activation(rawValue: try r.string("fff", "activation", "relu", oneOf: ["relu", "gelu", "gelu_tanh", "silu"]))!,
+                hardening: Float(try r.double("fff", "hardening", 0, min: 0)),
+                balance: Float(try r.double("fff", "load_balance", 0, min: 0)),
+                masterLeaf: try r.bool("fff", "master_leaf", false))
     }
 
     /// Reads and validates a job file's text, with `section.key=value` overrides applied.
@@ -186,32 +287,7 @@ public struct JobConfig: Sendable {
         }
         let data = Data(dir: dataDir, format: format, classes: try r.int("data", "classes", 10, min: 2, max: 65536))
 
-        let kind = try r.string("model", "kind", "residual", oneOf: ["residual", "stack", "moe"])
-        let model: Architecture
-        switch kind {
-        case "stack":
-            let hidden = try r.intArray("model", "hidden", [1024, 1024, 1024], min: 1)
-            guard hidden.count <= 10_000 else { throw ConfigError("\(source): [model] hidden lists \(hidden.count) layers, at most 10000") }
-            let activation = try r.string("model", "activation", "gelu", oneOf: ["relu", "gelu", "gelu_tanh", "silu"])
-            model = .stack(hidden: hidden, activation: Activation(rawValue: activation)!)
-        case "moe":
-            let width = try r.int("model", "width", 256, min: 1)
-            let depth = try r.int("model", "depth", 2, min: 0, max: 10_000)
-            let norm = try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue))
-            model = .moe(width: width, depth: depth, norm: NormKind(rawValue: norm)!, spec: try moeSpec(r, source: source))
-        default:
-            let width = try r.int("model", "width", 512, min: 1)
-            let depth = try r.int("model", "depth", 2, min: 0, max: 10_000)
-            let expansion = try r.int("model", "expansion", 4, min: 1)
-            let norm = try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue))
-            let activation = try r.string("model", "activation", "gelu", oneOf: BlockActivation.names)
-            let dropout = try r.double("model", "dropout", 0, min: 0, below: 1)
-            model = .residual(width: width, depth: depth, expansion: expansion, norm: NormKind(rawValue: norm)!,
-                              mlp: BlockActivation(name: activation)!, dropout: Float(dropout))
-        }
-        if kind != "moe", r.hasSection("moe") {
-            throw ConfigError("\(source): [moe] applies to [model] kind = \"moe\", not \"\(kind)\"")
-        }
+        let (model, frozen) = try modelSection(r, source: source)
 
         let batch = try r.int("train", "batch_size", 256, min: 1)
         let train = Train(
@@ -242,7 +318,8 @@ public struct JobConfig: Sendable {
             finalFraction: try r.double("schedule", "final_fraction", 0, min: 0, max: 1))
 
         try r.finish()
-        return JobConfig(run: run, checkpoint: checkpoint, parallel: parallel, data: data, model: model, train: train, optimizer: optimizer,
+        return JobConfig(run: run, checkpoint: checkpoint, parallel: parallel, data: data, model: model, frozen: frozen,
+                         train: train, optimizer: optimizer,
                          schedule: schedule, resolvedTOML: r.resolvedTOML)
     }
 

@@ -27,9 +27,10 @@ public struct MemoryEstimate: Sendable {
     /// training and test data already loaded.
     public init(config: JobConfig, train: Dataset, test: Dataset, maxRows: Int, ranks: Int, threads: Int) {
         let size = config.model.size(inputs: train.width, classes: config.data.classes, maxRows: maxRows, ranks: ranks,
-                                     threads: threads, updatesExpertsInBackward: config.optimizer.updateInBackward)
-        parameters = 8 * size.parameters                                      // values and gradients
-        optimizer = 4 * size.parameters * (config.optimizer.kind == .adamw ? 2 : 1)
+                                     threads: threads, updatesExpertsInBackward: config.optimizer.updateInBackward,
+                                     frozen: config.frozen)
+        parameters = 4 * size.storeFloats                                     // values and gradients
+        optimizer = 4 * (size.parameters - size.frozen) * (config.optimizer.kind == .adamw ? 2 : 1)
         let trainer = Double(maxRows) * Double(train.width + config.data.classes) + Double(train.count)
         buffers = 4 * (size.buffers + trainer)
         // The training set is read first, then the test set: the peak is one of the two loads.

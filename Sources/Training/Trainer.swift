@@ -27,6 +27,21 @@ public struct Evaluation: Sendable {
     public var loss: Double
     public var accuracy: Double
     public var samples: Int
+    /// For a model with fast feedforward layers: the same with hard decisions (one leaf per
+    /// sample, as deployed); `loss` and `accuracy` are then the soft mixture's, as trained.
+    public var hard: (loss: Double, accuracy: Double)?
+
+    public init(loss: Double, accuracy: Double, samples: Int, hard: (loss: Double, accuracy: Double)? = nil) {
+        self.loss = loss
+        self.accuracy = accuracy
+        self.samples = samples
+        self.hard = hard
+    }
+
+    /// "85.12%", or "85.12% (hard 84.90%)".
+    public var accuracyText: String {
+        String(format: "%.2f%%", 100 * accuracy) + (hard.map { String(format: " (hard %.2f%%)", 100 * $0.accuracy) } ?? "")
+    }
 }
 
 /// Trains a model on a dataset following a job config. Every rank runs one; all buffers are
@@ -89,14 +104,18 @@ public final class Trainer {
         testSet = test
         maxRows = Self.maxRows(config, ranks: comm.size, testCount: test.count)
         model = Model(config.model, inputs: train.width, classes: config.data.classes,
-                      maxRows: maxRows, seed: config.run.seed)
+                      maxRows: maxRows, seed: config.run.seed, frozen: config.frozen)
+        // `JobConfig.parse` checked the names already; a config made another way is checked here.
+        if let problem = model.frozenProblems.first { throw ConfigError("[model] frozen: \(problem)") }
+        // Optimizer state for the trainable parameters only: the frozen ones lie after them.
+        let trainable = model.store.trainableCount
         let o = config.optimizer
         switch o.kind {
         case .adamw:
-            optimizer = AdamW(count: model.store.count, beta1: Float(o.beta1), beta2: Float(o.beta2), eps: Float(o.eps),
+            optimizer = AdamW(count: trainable, beta1: Float(o.beta1), beta2: Float(o.beta2), eps: Float(o.eps),
                               weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
         case .sgd:
-            optimizer = SGD(count: model.store.count, momentum: Float(o.momentum), nesterov: o.nesterov,
+            optimizer = SGD(count: trainable, momentum: Float(o.momentum), nesterov: o.nesterov,
                             weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
         }
         order = GlobalSampleOrder(count: train.count, batchSize: config.train.batchSize, seed: config.run.seed)
@@ -116,11 +135,12 @@ public final class Trainer {
                 moe.attach(moeSums)
             }
         }
+        if comm.size > 1 { for fff in model.fffLayers { fff.reduction = moeSums } }
         comm.watchdog.deadline = config.parallel.watchdogSeconds
         let parameters = model.store.parameters
         let experts = Self.expertSpans(model, placement: placement, comm: comm)
         gradientSync = try ShardedSync(
-            comm: comm, grads: model.store.grads.data, values: model.store.values.data, count: model.store.count,
+            comm: comm, grads: model.store.grads.data, values: model.store.values.data, count: trainable,
             bucketBytes: config.parallel.bucketBytes, regions: experts.synced,
             label: { range in
                 // The parameters a bucket touches, by global name.
@@ -130,7 +150,7 @@ public final class Trainer {
         updateRanges = gradientSync.ownedRanges + experts.own
         expertSpans = experts.all
         ownExpertSpans = experts.own
-        syncedRegions = experts.synced ?? [0..<model.store.count]
+        syncedRegions = experts.synced ?? [0..<trainable]
         let wholeInBackward = comm.size == 1 || experts.synced != nil
         backwardUpdates = o.updateInBackward && o.clipNorm == 0 && wholeInBackward && !model.moeLayers.isEmpty
             ? BackwardUpdates(optimizer: optimizer, model: model, threads: WorkerPool.shared.threads) : nil
@@ -159,7 +179,7 @@ public final class Trainer {
             if x.lowerBound > from { synced.append(from..<x.lowerBound) }
             from = x.upperBound
         }
-        if from < model.store.count { synced.append(from..<model.store.count) }
+        if from < model.store.trainableCount { synced.append(from..<model.store.trainableCount) }
         return (synced, all, own)
     }
 
@@ -261,8 +281,19 @@ public final class Trainer {
     }
 
     /// Loss (without label smoothing) and accuracy on `data`; each rank evaluates its part of
-    /// every chunk of `evalBatchSize` samples, in dataset order.
+    /// every chunk of `evalBatchSize` samples, in dataset order. A model with fast feedforward
+    /// layers is evaluated twice: soft (as trained) and hard (as deployed).
     public func evaluate(_ data: Dataset) throws -> Evaluation {
+        var result = try evaluate(data, hardDecisions: false)
+        if !model.fffLayers.isEmpty {
+            let hard = try evaluate(data, hardDecisions: true)
+            result.hard = (hard.loss, hard.accuracy)
+        }
+        lastEvaluation = result
+        return result
+    }
+
+    func evaluate(_ data: Dataset, hardDecisions: Bool) throws -> Evaluation {
         let chunk = config.train.evalBatchSize
         var lossSum = 0.0, correct = 0.0
         var start = 0
@@ -282,7 +313,7 @@ public final class Trainer {
                         try data.gather(UnsafeBufferPointer(rebasing: idx[0..<rows]), into: x.data, labels: y.baseAddress!)
                     }
                 }
-                let logits = model.forward(x.data, rows: rows, context: ForwardContext(training: false))
+                let logits = model.forward(x.data, rows: rows, context: ForwardContext(training: false, hardDecisions: hardDecisions))
                 try moeSums.rethrow()
                 let out = labels.withUnsafeBufferPointer {
                     softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows, classes: model.classes,
@@ -296,8 +327,6 @@ public final class Trainer {
         }
         var sums = StepSums(lossSum: lossSum, correct: correct)
         try sums.reduce(over: comm, "evaluation")
-        let result = Evaluation(loss: sums.lossSum / Double(data.count), accuracy: sums.correct / Double(data.count), samples: data.count)
-        lastEvaluation = result
-        return result
+        return Evaluation(loss: sums.lossSum / Double(data.count), accuracy: sums.correct / Double(data.count), samples: data.count)
     }
 }

@@ -118,12 +118,14 @@ extension Trainer {
                 if batch == perEpoch - 1 || finished {
                     last = try evaluate(testSet)
                     progress?.message("epoch \(epoch + 1)/\(config.train.epochs) step \(step): test loss \(fixed(last.loss, 4)) "
-                                      + "accuracy \(fixed(100 * last.accuracy, 2))%")
+                                      + "accuracy \(last.accuracyText)")
+                    let hard: [(String, JSONValue)] = last.hard.map {
+                        [("test_loss_hard", .double($0.loss)), ("test_accuracy_hard", .double($0.accuracy))]
+                    } ?? []
                     folder?.log([
                         ("kind", .string("eval")), ("step", .int(step)), ("epoch", .int(epoch + 1)),
                         ("test_loss", .double(last.loss)), ("test_accuracy", .double(last.accuracy)),
-                        ("time_s", .double((trainTime.seconds * 1000).rounded() / 1000)),
-                    ])
+                    ] + hard + [("time_s", .double((trainTime.seconds * 1000).rounded() / 1000))])
                 }
                 if r.stopRequested || r.saveRequested || (c.everySteps > 0 && step % c.everySteps == 0) || (finished && c.atEnd) {
                     try save()

@@ -129,10 +129,10 @@ struct TrainCommand: ParsableCommand {
         let wall = (ContinuousClock.now - started).seconds
         let peak = MachineMemory.peak.map { "; peak memory \(MemoryEstimate.text($0))" } ?? ""
         if complete {
-            say("done: the run was complete at step \(summary.steps); test accuracy \(fixed(100 * e.accuracy, 2))%, "
+            say("done: the run was complete at step \(summary.steps); test accuracy \(e.accuracyText), "
                 + "test loss \(fixed(e.loss, 4)) (the final model)\(peak)")
         } else {
-            say("done: \(summary.steps) steps, \(summary.epochs) epoch\(summary.epochs == 1 ? "" : "s"); test accuracy \(fixed(100 * e.accuracy, 2))%, "
+            say("done: \(summary.steps) steps, \(summary.epochs) epoch\(summary.epochs == 1 ? "" : "s"); test accuracy \(e.accuracyText), "
                 + "test loss \(fixed(e.loss, 4)); training \(formatDuration(summary.trainSeconds)) at \(Int(summary.samplesPerSecond)) samples/s, "
                 + "wall \(formatDuration(wall))\(peak)")
         }
@@ -146,6 +146,7 @@ struct TrainCommand: ParsableCommand {
             try folder.finish(summary: [
                 ("version", .string(Switchboard.version)), ("steps", .int(summary.steps)), ("epochs", .int(summary.epochs)),
                 ("test_accuracy", .double(e.accuracy)), ("test_loss", .double(e.loss)),
+            ] + (e.hard.map { [("test_accuracy_hard", .double($0.accuracy)), ("test_loss_hard", .double($0.loss))] } ?? []) + [
                 ("train_seconds", .double(complete ? .nan : (summary.trainSeconds * 1000).rounded() / 1000)),
                 ("wall_seconds", .double((wall * 1000).rounded() / 1000)),
                 ("samples_per_s", .double(complete ? .nan : summary.samplesPerSecond.rounded())),

@@ -32,7 +32,7 @@ final class ConfigTests: XCTestCase {
             [optimizer]
             lr = 3   # an integer is accepted where a number is expected
             """)
-        XCTAssertEqual(c.model, .residual(width: 64, depth: 3, expansion: 4, norm: .rmsNorm, mlp: .gated(.silu), dropout: 0.25))
+        XCTAssertEqual(c.model, .residual(Trunk(width: 64, depth: 3, norm: .rmsNorm), .mlp(MLPSpec(hidden: 256, activation: .gated(.silu), dropout: 0.25))))
         XCTAssertEqual(c.train.batchSize, 32)
         XCTAssertEqual(c.train.epochs, 10)
         XCTAssertEqual(c.optimizer.lr, 3)

@@ -6,7 +6,7 @@ import XCTest
 @testable import Training
 
 final class ModelFileTests: XCTestCase {
-    let arch = Architecture.residual(width: 16, depth: 2, expansion: 2, norm: .rmsNorm, mlp: .gated(.silu), dropout: 0)
+    let arch = Architecture.residual(Trunk(width: 16, depth: 2, norm: .rmsNorm), .mlp(MLPSpec(hidden: 32, activation: .gated(.silu), dropout: 0)))
 
     func testRoundTripByGlobalName() throws {
         let dir = Fixtures.temporaryDirectory()
@@ -26,7 +26,7 @@ final class ModelFileTests: XCTestCase {
         let a = Model(arch, inputs: 8, classes: 3, maxRows: 2, seed: 1)
         let path = "\(dir)/model.h5"
         try ModelFile.write(a, to: path, step: 1, configTOML: "")
-        let wider = Model(.residual(width: 12, depth: 2, expansion: 2, norm: .rmsNorm, mlp: .gated(.silu), dropout: 0),
+        let wider = Model(.residual(Trunk(width: 12, depth: 2, norm: .rmsNorm), .mlp(MLPSpec(hidden: 24, activation: .gated(.silu), dropout: 0))),
                           inputs: 8, classes: 3, maxRows: 2, seed: 1)
         XCTAssertThrowsError(try ModelFile.read(wider, from: path)) {
             XCTAssertEqual("\($0)", "\(path): reading embed.weight failed (shape [16, 8], expected [12, 8])")

@@ -16,8 +16,10 @@ struct InspectList: ParsableCommand {
         let m = try openCheckpoint(checkpoint).manifest
         let parameters = m.tensors.filter { $0.name.hasPrefix("params/") }
         let state = m.tensors.filter { !$0.name.hasPrefix("params/") }
+        let frozen = parameters.filter { $0.frozen == true }
         let totals: [(String, JSONValue)] = [
             ("parameters", .int(parameters.reduce(0) { $0 + $1.count })), ("parameter_tensors", .int(parameters.count)),
+            ("frozen_parameters", .int(frozen.reduce(0) { $0 + $1.count })),
             ("optimizer_state", .int(state.reduce(0) { $0 + $1.count })), ("optimizer_tensors", .int(state.count)),
             ("bytes", .int(m.tensors.reduce(0) { $0 + $1.count * 4 })), ("files", .int(m.files.count)),
         ]
@@ -25,7 +27,7 @@ struct InspectList: ParsableCommand {
             printJSON(.object([
                 ("tensors", .array(m.tensors.map { t in
                     .object([("name", .string(t.name)), ("shape", .array(t.shape.map { .int($0) })), ("dtype", .string(t.dtype)),
-                             ("bytes", .int(t.count * 4)), ("file", .string(t.file))])
+                             ("bytes", .int(t.count * 4)), ("file", .string(t.file)), ("frozen", .bool(t.frozen == true))])
                 })),
                 ("totals", .object(totals)),
             ]))
@@ -34,14 +36,16 @@ struct InspectList: ParsableCommand {
         var table = TextTable(["tensor", "count", "shape", "dtype", "size", "file"], right: [1, 4])
         for group in Self.groups(m.tensors, expand: expand) {
             let files = Set(group.map(\.file)).sorted()
-            table.add([group.count == 1 ? group[0].name : Self.pattern(group[0].name), "×\(group.count)", shapeText(group[0].shape),
+            let name = group.count == 1 ? group[0].name : Self.pattern(group[0].name)
+            table.add([name + (group[0].frozen == true ? " (frozen)" : ""), "×\(group.count)", shapeText(group[0].shape),
                        group[0].dtype, byteSize(group.reduce(0) { $0 + $1.count * 4 }),
                        files.count == 1 ? files[0] : "\(files.count) files (\(files.first!) … \(files.last!))"])
         }
         print(table.text)
         let optimizer = Set(state.compactMap { $0.name.split(separator: "/").dropFirst().first.map(String.init) }).sorted()
         print("")
-        print("parameters: \(parameters.reduce(0) { $0 + $1.count }.formatted()) in \(parameters.count) tensors")
+        print("parameters: \(parameters.reduce(0) { $0 + $1.count }.formatted()) in \(parameters.count) tensors"
+              + (frozen.isEmpty ? "" : "; \(frozen.reduce(0) { $0 + $1.count }.formatted()) of them frozen (no optimizer state), in \(frozen.count) tensors"))
         print("optimizer state (\(m.optimizer): \(optimizer.joined(separator: ", "))): \(state.reduce(0) { $0 + $1.count }.formatted()) in \(state.count) tensors")
         print("total: \(byteSize(m.tensors.reduce(0) { $0 + $1.count * 4 })) in \(m.files.count) file\(m.files.count == 1 ? "" : "s")")
     }
@@ -62,7 +66,7 @@ struct InspectList: ParsableCommand {
         if expand { return tensors.map { [$0] } }
         var order: [String] = [], groups: [String: [CheckpointManifest.Tensor]] = [:]
         for t in tensors {
-            let key = "\(pattern(t.name)) \(t.shape) \(t.dtype)"
+            let key = "\(pattern(t.name)) \(t.shape) \(t.dtype) \(t.frozen == true)"
             if groups[key] == nil { order.append(key) }
             groups[key, default: []].append(t)
         }

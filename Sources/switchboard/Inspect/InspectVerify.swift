@@ -39,20 +39,24 @@ struct InspectVerify: ParsableCommand {
                                     : "\(reader.folder)/\(file): missing (listed in the manifest)")
                 }
             }
-            // Every parameter has its optimizer state, and the other way round.
+            // Every trainable parameter has its optimizer state, and the other way round; a
+            // frozen one has none.
             let states = Set(m.tensors.compactMap { t -> String? in
                 let parts = t.name.split(separator: "/")
                 return parts.count >= 3 && parts[0] == "optimizer" ? String(parts[1]) : nil
             })
-            let parameters = Set(m.tensors.filter { $0.name.hasPrefix("params/") }.map { String($0.name.dropFirst(7)) })
+            let parameterTensors = m.tensors.filter { $0.name.hasPrefix("params/") }
+            let parameters = Set(parameterTensors.map { String($0.name.dropFirst(7)) })
+            let frozen = Set(parameterTensors.filter { $0.frozen == true }.map { String($0.name.dropFirst(7)) })
             for s in states.sorted() {
-                for p in parameters.sorted() where reader.tensors["optimizer/\(s)/\(p)"] == nil {
+                for p in parameters.subtracting(frozen).sorted() where reader.tensors["optimizer/\(s)/\(p)"] == nil {
                     problems.append("manifest: optimizer state \(s) of \(p) is missing")
                 }
             }
             for t in m.tensors where t.name.hasPrefix("optimizer/") {
                 let p = t.name.split(separator: "/").dropFirst(2).joined(separator: "/")
                 if !parameters.contains(p) { problems.append("manifest: \(t.name) has no parameter \(p)") }
+                else if frozen.contains(p) { problems.append("manifest: \(t.name) is state of a frozen parameter") }
                 else if reader.tensors["params/\(p)"]!.shape != t.shape { problems.append("manifest: \(t.name) has shape \(t.shape), its parameter \(reader.tensors["params/\(p)"]!.shape)") }
             }
             // Every tensor read through its chunk checksums and checked against the manifest,
