@@ -107,16 +107,21 @@ public final class MoE: Layer {
         case .pointwise(let f): pointwise = f; gated = nil; h1 = h
         case .gated(let f): pointwise = nil; gated = GatedActivation(gate: f); h1 = 2 * h
         }
-        router = store.register("\(name).router.weight", shape: [e, d], role: .weight,
-                                initializer: spec.zeroRouterInit ? .zeros : .uniform(bound: 1 / Float(d).squareRoot()))
+        let rootD = Float(d).squareRoot()
+        let routerInit: Initializer = spec.zeroRouterInit ? .zeros
+            : spec.sigmaInit ? .normal(std: 1 / rootD, equalRows: true) : .uniform(bound: 1 / rootD)
+        router = store.register("\(name).router.weight", shape: [e, d], role: .weight, initializer: routerInit)
+        // Each expert as a layer of its own, or (σ-MoE) as its slice of the dense layer of width E·H.
+        let i1: Initializer = spec.sigmaInit ? .normal(std: 1 / rootD) : .uniform(bound: 1 / rootD)
+        let i2: Initializer = spec.sigmaInit ? .normal(std: 1 / Float(e * h).squareRoot()) : .uniform(bound: 1 / Float(h).squareRoot())
+        let biasInit1: Initializer = spec.sigmaInit ? .zeros : i1, biasInit2: Initializer = spec.sigmaInit ? .zeros : i2
         var w1: [Parameter] = [], b1: [Parameter?] = [], w2: [Parameter] = [], b2: [Parameter?] = []
         for i in 0..<e {
             let p = "\(name).experts.\(i)"
-            let in1 = 1 / Float(d).squareRoot(), in2 = 1 / Float(h).squareRoot()
-            w1.append(store.register("\(p).w1", shape: [h1, d], role: .weight, initializer: .uniform(bound: in1)))
-            b1.append(spec.bias ? store.register("\(p).b1", shape: [h1], role: .bias, initializer: .uniform(bound: in1)) : nil)
-            w2.append(store.register("\(p).w2", shape: [d, h], role: .weight, initializer: .uniform(bound: in2)))
-            b2.append(spec.bias ? store.register("\(p).b2", shape: [d], role: .bias, initializer: .uniform(bound: in2)) : nil)
+            w1.append(store.register("\(p).w1", shape: [h1, d], role: .weight, initializer: i1))
+            b1.append(spec.bias ? store.register("\(p).b1", shape: [h1], role: .bias, initializer: biasInit1) : nil)
+            w2.append(store.register("\(p).w2", shape: [d, h], role: .weight, initializer: i2))
+            b2.append(spec.bias ? store.register("\(p).b2", shape: [d], role: .bias, initializer: biasInit2) : nil)
         }
         self.w1 = w1
         self.b1 = b1

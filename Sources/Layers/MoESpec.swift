@@ -40,11 +40,16 @@ public struct MoESpec: Sendable, Equatable {
     /// so at first all tokens go to experts 0..<k (uniform gates). Used to test skewed
     /// routing; the router learns its way out.
     public var zeroRouterInit: Bool
+    /// σ-MoE's initialization (Csordás, Irie & Schmidhuber 2023): instead of each expert as a
+    /// small layer of its own (uniform in ±1/√fan_in), the statistics of the parameter-equal
+    /// dense layer of width E·H: W1 normal with std 1/√d, W2 normal with std 1/√(E·H),
+    /// biases zero, and the router normal with std 1/√d, its rows rescaled to one norm.
+    public var sigmaInit: Bool
 
     public init(experts: Int, topK: Int, hidden: Int, activation: BlockActivation, bias: Bool = true,
                 router: RouterKind = .softmax(renormalize: true), balanceCoefficient: Float = 0,
                 zLossCoefficient: Float = 0, entropyCoefficient: Float = 0, capacityFactor: Float = 0,
-                expertDropout: Float = 0, sharedHidden: Int = 0, zeroRouterInit: Bool = false) {
+                expertDropout: Float = 0, sharedHidden: Int = 0, zeroRouterInit: Bool = false, sigmaInit: Bool = false) {
         self.experts = experts
         self.topK = topK
         self.hidden = hidden
@@ -58,6 +63,7 @@ public struct MoESpec: Sendable, Equatable {
         self.expertDropout = expertDropout
         self.sharedHidden = sharedHidden
         self.zeroRouterInit = zeroRouterInit
+        self.sigmaInit = sigmaInit
     }
 
     /// The most assignments one expert accepts from a batch of `tokens` tokens.

@@ -8,6 +8,9 @@ public enum Initializer: Sendable, Equatable {
     case constant(Float)
     /// Uniform in ±bound.
     case uniform(bound: Float)
+    /// Normal with mean 0; with `equalRows`, each row of a matrix is then rescaled to the
+    /// same norm, keeping the whole tensor's standard deviation (σ-MoE's router).
+    case normal(std: Float, equalRows: Bool = false)
 }
 
 /// What a parameter is, so optimizers can treat kinds differently (weight decay).
@@ -138,8 +141,36 @@ public final class ParameterStore {
                 rng.fillUniform(
                     p.value, count: p.count, stream: RNGStream.initialization(name: p.name),
                     lo: -bound, hi: bound)
+            case .normal(let std, let equalRows):
+                let stream = RNGStream.initialization(name: p.name)
+                for i in 0..<p.count { p.value[i] = std * rng.normal(stream: stream, index: UInt64(i)) }
+                if equalRows, p.shape.count == 2 { Self.equalizeRows(p) }
             }
         }
+    }
+
+    /// Divides each row of `p` by its norm, then scales the whole by the factor that restores
+    /// its standard deviation.
+    static func equalizeRows(_ p: Parameter) {
+        let rows = p.shape[0], cols = p.shape[1]
+        func std() -> Double {
+            var s = 0.0, s2 = 0.0
+            for i in 0..<p.count { s += Double(p.value[i]); s2 += Double(p.value[i]) * Double(p.value[i]) }
+            let mean = s / Double(p.count)
+            return (s2 / Double(p.count) - mean * mean).squareRoot()
+        }
+        let before = std()
+        for r in 0..<rows {
+            let row = p.value + r * cols
+            var n = 0.0
+            for j in 0..<cols { n += Double(row[j]) * Double(row[j]) }
+            let inv = n > 0 ? Float(1 / n.squareRoot()) : 0
+            for j in 0..<cols { row[j] *= inv }
+        }
+        let after = std()
+        guard after > 0 else { return }
+        let k = Float(before / after)
+        for i in 0..<p.count { p.value[i] *= k }
     }
 
     public func zeroGrads() { grads.zero() }

@@ -145,10 +145,12 @@ public struct JobConfig: Sendable {
         let expertDropout = try r.double("moe", "expert_dropout", 0, min: 0, below: 1)
         let shared = try r.int("moe", "shared_hidden", 0, min: 0)
         let routerInit = try r.string("moe", "router_init", "uniform", oneOf: ["uniform", "zeros"])
+        let initialization = try r.string("moe", "init", "per_expert", oneOf: ["per_expert", "sigma_moe"])
         return MoESpec(experts: experts, topK: topK, hidden: hidden, activation: BlockActivation(name: activation)!, bias: bias,
                        router: router, balanceCoefficient: Float(balance), zLossCoefficient: Float(zLoss),
                        entropyCoefficient: Float(entropy), capacityFactor: Float(capacity),
-                       expertDropout: Float(expertDropout), sharedHidden: shared, zeroRouterInit: routerInit == "zeros")
+                       expertDropout: Float(expertDropout), sharedHidden: shared, zeroRouterInit: routerInit == "zeros",
+                       sigmaInit: initialization == "sigma_moe")
     }
 
     /// The `[model]` section (with `[moe]` or `[fff]`): the architecture, and what is frozen.

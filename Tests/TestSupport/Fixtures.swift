@@ -114,7 +114,7 @@ public enum Fixtures {
 }
 
 /// The network of a toy job: its `[model]` section, and `[moe]` for a mixture of experts.
-public enum ToyModel {
+public enum ToyModel: Sendable {
     /// A residual MLP: width 32, two blocks of expansion 2, dropout 0.1.
     case residual
     /// A mixture of experts of `width` and `depth` whose `[moe]` section is `moe`
@@ -122,6 +122,21 @@ public enum ToyModel {
     case moe(width: Int = 16, depth: Int = 2, _ moe: String)
     /// Any `[model]` section body.
     case custom(String)
+
+    /// A fast feedforward tree in each of two blocks, with every training term.
+    public static let fff = ToyModel.custom(
+        "kind = \"residual\"\nwidth = 16\ndepth = 2\nblock = \"fff\"\n"
+        + "[fff]\ndepth = 2\nleaf_width = 4\nhardening = 0.1\nload_balance = 0.05\nmaster_leaf = true")
+    /// Wide stream, narrow bottleneck, the lift frozen at its initialization.
+    public static let hourglass = ToyModel.custom("kind = \"residual\"\nwidth = 32\ndepth = 2\nblock = \"hourglass\"\nbottleneck = 8")
+    /// Low-rank block matrices and depth-scaled RMSNorm.
+    public static let lowRank = ToyModel.custom(
+        "kind = \"residual\"\nwidth = 32\ndepth = 3\nhidden = 48\nrank = 6\nnorm = \"rmsnorm\"\ndepth_scaled_norm = true")
+    /// σ-MoE: sigmoid router, ReLU experts without bias, entropy regularization, expert
+    /// dropout, the paper's initialization.
+    public static let sigmaMoE = ToyModel.moe(
+        "experts = 4\ntop_k = 2\nhidden = 8\nrouter = \"sigmoid\"\nactivation = \"relu\"\nbias = false\nbalance_loss = 0\n"
+        + "entropy_loss = 0.01\nexpert_dropout = 0.1\ninit = \"sigma_moe\"")
 
     var sections: String {
         switch self {

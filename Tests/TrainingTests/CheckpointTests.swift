@@ -148,6 +148,44 @@ final class CheckpointTests: ToyDataTestCase {
         }
     }
 
+    /// Each newer family's checkpoints: a run continued from its step-12 checkpoint on the
+    /// same 2 ranks ends bitwise where the uninterrupted run ended (every tensor's checksum);
+    /// continued on 1 rank, within rounding of it. A frozen parameter is written once, marked
+    /// frozen, without optimizer state, and `inspect ls` and `inspect verify` say so.
+    func testFamilyCheckpointsResumeBitwiseAndOnAnotherNumberOfRanks() throws {
+        for (label, model) in [("fff", ToyModel.fff), ("hourglass", .hourglass), ("lowrank", .lowRank), ("sigma", .sigmaMoE)] {
+            let text = Fixtures.job(dir: dir, model: model, settings: ["train.epochs": "3", "train.max_steps": "24"],
+                                    extra: "[checkpoint]\nevery_steps = 12\nkeep_last = 0\n")
+            let path = try writeJob(text)
+            let config = try JobConfig.parse(text, source: path)
+            _ = try train(ranks: 2, name: "\(label)whole", job: path)
+            let whole = "\(dir)/runs/\(label)whole", middle = "\(whole)/\(CheckpointFolder.name(step: 12))"
+            let final = CheckpointFolder.name(step: 24)
+            let again = try mpirun(ranks: 2, name: "\(label)again", job: path, extraArguments: ["--resume", middle])
+            XCTAssertEqual(again.code, 0, again.output)
+            XCTAssertEqual(try checksums("\(whole)/\(final)"), try checksums("\(dir)/runs/\(label)again/\(final)"), "\(label): resumed bitwise")
+            let one = try mpirun(ranks: 1, name: "\(label)one", job: path, extraArguments: ["--resume", middle])
+            XCTAssertEqual(one.code, 0, one.output)
+            XCTAssertTrue(one.output.contains("resharded from 2 to 1 rank"), one.output)
+            let worst = Self.maxRelativeDifference(try loadModel("\(whole)/model.h5", config),
+                                                   try loadModel("\(dir)/runs/\(label)one/model.h5", config))
+            XCTAssertLessThanOrEqual(worst.0, 1e-5, "\(label): saved on 2 ranks, continued on 1: \(worst.1)")
+
+            let m = try manifest(middle)
+            let frozen = m.tensors.filter { $0.frozen == true }.map(\.name)
+            let verify = try Launcher.run(binary, ["inspect", "verify", middle])
+            XCTAssertEqual(verify.code, 0, verify.output)
+            guard label == "hourglass" else { XCTAssertEqual(frozen, [], label); continue }
+            XCTAssertEqual(frozen, ["params/embed.weight", "params/embed.bias"])
+            XCTAssertFalse(m.tensors.contains { $0.name.hasPrefix("optimizer/") && $0.name.hasSuffix("/embed.weight") },
+                           "a frozen parameter has no optimizer state")
+            let ls = try Launcher.run(binary, ["inspect", "ls", middle])
+            XCTAssertEqual(ls.code, 0, ls.output)
+            XCTAssertTrue(ls.output.contains("params/embed.weight (frozen)"), ls.output)
+            XCTAssertTrue(ls.output.contains("2,080 of them frozen (no optimizer state), in 2 tensors"), ls.output)
+        }
+    }
+
     /// Each kind of damage to the newest checkpoint is named (file and tensor) and `--resume
     /// auto` falls back to the one before; the continuation then ends bitwise where the
     /// undamaged run ended, and replaces the damaged checkpoint.

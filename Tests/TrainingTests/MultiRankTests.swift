@@ -118,7 +118,7 @@ final class MultiRankTests: ToyDataTestCase {
             let worst = Self.maxRelativeDifference(one, other)
             XCTAssertLessThanOrEqual(worst.0, Self.tolerance, "\(label), \(ranks) ranks: max relative L2 difference \(worst.0) in \(worst.1)",
                                      file: file, line: line)
-            print("MoE \(label), \(ranks) ranks vs 1: max relative L2 difference \(worst.0) (\(worst.1))")
+            print("\(label), \(ranks) ranks vs 1: max relative L2 difference \(worst.0) (\(worst.1))")
         }
         return try String(contentsOfFile: "\(dir)/\(name)1.out", encoding: .utf8)
     }
@@ -133,6 +133,32 @@ final class MultiRankTests: ToyDataTestCase {
         XCTAssertTrue(four.contains("experts (each MoE layer):\n  rank 0: expert 0\n  rank 1: expert 1\n  rank 2: expert 2\n  rank 3: expert 3"), four)
         XCTAssertTrue(log.contains("blocks.0.moe: tokens per expert"), log)
         XCTAssertFalse(log.contains("dropped 0.0%"), "capacity 0.8 must drop some assignments: \(log)")
+    }
+
+    /// The newer families train the same on 1, 2 and 4 ranks: a fast feedforward tree (its
+    /// hardening and leaf-balance statistics are over the global batch), an hourglass with its
+    /// lift frozen (which no rank may move), and σ-MoE with sigmoid routing, entropy
+    /// regularization and expert dropout.
+    func testModelFamiliesOnOneTwoAndFourRanksTrainTheSameModel() throws {
+        for (label, model) in [("fff", ToyModel.fff), ("hourglass", .hourglass), ("sigma", .sigmaMoE)] {
+            let text = Fixtures.job(dir: dir, model: model, settings: ["train.epochs": "3", "train.max_steps": "24"])
+            let job = try writeJob(text)
+            let config = try JobConfig.parse(text, source: job)
+            let log = try assertSameOnOneTwoAndFourRanks((job, config), label)
+            if label == "fff" { XCTAssertTrue(log.contains("(hard "), "FFF evaluation reports hard accuracy: \(log)") }
+            if label == "hourglass" {
+                // The lift is bitwise its initialization on every world size.
+                let initial = Model(config.model, inputs: 64, classes: 4, maxRows: 1, seed: config.run.seed)
+                for ranks in [1, 2, 4] {
+                    let trained = try loadModel("\(dir)/runs/\(label)\(ranks)/model.h5", config)
+                    for name in ["embed.weight", "embed.bias"] {
+                        let a = initial.store[name]!, b = trained.store[name]!
+                        XCTAssertEqual(Array(UnsafeBufferPointer(start: a.value, count: a.count)),
+                                       Array(UnsafeBufferPointer(start: b.value, count: b.count)), "\(name) on \(ranks) ranks")
+                    }
+                }
+            }
+        }
     }
 
     /// Skewed routing: a zero router sends every token to expert 0 at first (top-1), leaving

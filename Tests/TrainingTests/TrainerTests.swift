@@ -2,6 +2,7 @@ import TestSupport
 import CAllocCounter
 import Cluster
 import Kernels
+import Layers
 import Storage
 import XCTest
 @testable import Training
@@ -80,7 +81,8 @@ final class TrainerTests: XCTestCase {
         // A zero router and top-1 leave experts 1–3 without tokens at first.
         let skewed = ToyModel.moe("experts = 4\ntop_k = 1\nhidden = 8\nrouter_init = \"zeros\"")
         // (model, clip_norm): without clipping the experts are updated inside backward.
-        let models = [(ToyModel.residual, 1), (.custom("kind = \"stack\"\nhidden = [16, 16]\nactivation = \"relu\""), 1), (moe, 1), (moe, 0), (skewed, 0)]
+        let models = [(ToyModel.residual, 1), (.custom("kind = \"stack\"\nhidden = [16, 16]\nactivation = \"relu\""), 1), (moe, 1), (moe, 0), (skewed, 0),
+                      (.fff, 1), (.hourglass, 1), (.lowRank, 1), (.sigmaMoE, 0)]
         for (model, clip) in models {
             let text = Fixtures.job(dir: dir, model: model, settings: ["optimizer.clip_norm": "\(clip)"])
             let cfg = try JobConfig.parse(text, source: "t")
@@ -92,6 +94,51 @@ final class TrainerTests: XCTestCase {
             _ = try t.trainStep(epoch: 1, batch: 0)   // a new epoch reshuffles in place
             let made = sb_thread_allocations() - before
             XCTAssertEqual(made, 0, "\(made) heap allocations in 11 training steps (\(cfg.model), clip \(clip))")
+        }
+    }
+
+    /// A frozen parameter (the hourglass lift) keeps its initial bits through training, has
+    /// no gradient and no optimizer state; the others train.
+    func testFrozenParametersKeepTheirValuesAndHaveNoState() throws {
+        let config = try JobConfig.parse(Fixtures.job(dir: dir, model: .hourglass), source: "t")
+        XCTAssertEqual(config.frozen, ["embed"])
+        let base = try trainer()
+        let t = try Trainer(config: config, comm: base.comm, train: base.trainSet, test: base.testSet)
+        let store = t.model.store
+        let initial = Model(config.model, inputs: 64, classes: 4, maxRows: 1, seed: config.run.seed)
+        let lift = 64 * 32 + 32
+        XCTAssertEqual(store.count - store.trainableCount, lift)
+        XCTAssertEqual(store.grads.count, store.trainableCount)
+        XCTAssertEqual(t.optimizer.state.map(\.values.count), [store.trainableCount, store.trainableCount])
+        for b in 0..<12 { _ = try t.trainStep(epoch: 0, batch: b % 10) }
+        for p in store.parameters {
+            let now = Array(UnsafeBufferPointer(start: p.value, count: p.count))
+            let q = initial.store[p.name]!
+            let then = Array(UnsafeBufferPointer(start: q.value, count: q.count))
+            if p.frozen {
+                XCTAssertEqual(now, then, "\(p.name) is frozen")
+                XCTAssertNil(p.grad)
+            } else {
+                XCTAssertNotEqual(now, then, "\(p.name) trains")
+            }
+        }
+        XCTAssertEqual(store.parameters.filter(\.frozen).map(\.name), ["embed.weight", "embed.bias"])
+    }
+
+    /// An FFF model is evaluated soft (as trained) and hard (one leaf per sample); other
+    /// models once.
+    func testFFFEvaluationIsSoftAndHard() throws {
+        let base = try trainer()
+        for (model, hasHard) in [(ToyModel.fff, true), (.residual, false)] {
+            let config = try JobConfig.parse(Fixtures.job(dir: dir, model: model), source: "t")
+            let t = try Trainer(config: config, comm: base.comm, train: base.trainSet, test: base.testSet)
+            for b in 0..<10 { _ = try t.trainStep(epoch: 0, batch: b) }
+            let e = try t.evaluate(t.testSet)
+            XCTAssertEqual(e.hard != nil, hasHard)
+            if let hard = e.hard {
+                XCTAssertTrue(hard.loss.isFinite && (0...1).contains(hard.accuracy), "\(hard)")
+                XCTAssertTrue(e.accuracyText.contains("(hard "), e.accuracyText)
+            }
         }
     }
 
