@@ -89,6 +89,31 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.out.contains("done: 5 steps"), r.out)
     }
 
+    /// The model families' settings that cannot work are refused by key before anything runs.
+    func testBadFamilyConfigsExitWithCode2() throws {
+        let fff = writeJob(Fixtures.job(dir: dir, model: .fff))
+        try assertFails(["train", fff, "--set", "fff.depth=0"], code: 2, message: "\(fff): [fff] depth must be at least 1, got 0")
+        try assertFails(["train", fff, "--set", "fff.depth=17"], code: 2, message: "\(fff): [fff] depth must be at most 16, got 17")
+        try assertFails(["train", fff, "--set", "fff.leaf_width=0"], code: 2, message: "\(fff): [fff] leaf_width must be at least 1, got 0")
+        let hourglass = writeJob(Fixtures.job(dir: dir, model: .hourglass))
+        try assertFails(["train", hourglass, "--set", "model.bottleneck=32"], code: 2,
+                        message: "\(hourglass): [model] bottleneck = 32 is not narrower than the stream (width = 32); "
+                            + "an hourglass block computes through a bottleneck narrower than its stream")
+        let lowRank = writeJob(Fixtures.job(dir: dir, model: .lowRank))
+        try assertFails(["train", lowRank, "--set", "model.rank=32"], code: 2,
+                        message: "\(lowRank): [model] rank = 32 is not below the block matrices' smaller side (32 = min(width 32, hidden 48)); "
+                            + "a factorization U·V of that rank has at least the dense matrix's parameters")
+        let dense = writeJob(Fixtures.job(dir: dir))
+        try assertFails(["train", dense, "--set", "model.frozen=[\"embed.weight\", \"emebd.bias\"]"], code: 2,
+                        message: "\(dense): [model] frozen lists \"emebd.bias\", which names no parameter of this model "
+                            + "(a global name such as \"embed.weight\", or a prefix of whole components such as \"embed\")")
+        try assertFails(["train", dense, "--set", "fff.depth=2"], code: 2,
+                        message: "\(dense): [fff] applies to [model] block = \"fff\", not block = \"mlp\"")
+        let moe = writeJob(Fixtures.job(dir: dir, model: .sigmaMoE))
+        try assertFails(["train", moe, "--set", "model.frozen=[\"blocks.1.moe\"]"], code: 2,
+                        message: "\(moe): [model] frozen lists \"blocks.1.moe\", which names MoE parameters; an MoE layer cannot be frozen")
+    }
+
     func testDataErrorsExitWithCode1() throws {
         let job = writeJob(Fixtures.job(dir: dir))
         try FileManager.default.removeItem(atPath: "\(dir)/test-labels")
