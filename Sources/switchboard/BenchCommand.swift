@@ -17,7 +17,7 @@ struct BenchCommand: ParsableCommand {
             workload for --epochs epochs and reports wall time and test accuracy.
             """)
 
-    @Argument(help: "The workload: W1, W2, W3 or W4 (these two under mpirun -np P), W5 (checkpoint I/O), or kernels (elementwise kernels alone).")
+    @Argument(help: "The workload: W1, W2, W3 or W4 (these two under mpirun -np P), W5 (checkpoint I/O), W6 (FFF inference against a dense FFN), or kernels (elementwise kernels alone).")
     var workload: BenchTarget
 
     @Option(help: "BLAS thread counts to run, comma-separated.")
@@ -63,6 +63,7 @@ struct BenchCommand: ParsableCommand {
     var countAllocations = false
 
     func run() throws {
+        if workload == .w6 { return FFFBench(threads: threads.values, repeats: repeats).run() }
         guard let w = workload.workload else { return KernelBench.run() }
         if w == .w5 { return try CheckpointBench(directory: folder, repeats: repeats, keep: keep).run() }
         let threadCounts = threads.values
@@ -195,7 +196,7 @@ struct BenchFailure: SwitchboardError {
 
 /// What `bench` runs: a workload of docs/BENCHMARKS.md, or the elementwise kernels alone.
 enum BenchTarget: String, CaseIterable, ExpressibleByArgument {
-    case w1 = "W1", w2 = "W2", w3 = "W3", w4 = "W4", w5 = "W5", kernels
+    case w1 = "W1", w2 = "W2", w3 = "W3", w4 = "W4", w5 = "W5", w6 = "W6", kernels
 
     /// Workload names in either case (`w1` or `W1`).
     init?(argument: String) {

@@ -1,0 +1,70 @@
+import Foundation
+import Kernels
+import Layers
+import Training
+
+/// `switchboard bench W6`: forward-only inference of a fast feedforward layer with hard
+/// decisions against the dense FFN of the same training width (docs/BENCHMARKS.md, W6).
+/// At batch 1 each call takes one sample (the rows in turn, so the descents reach different
+/// leaves); at batch B a call takes B samples. Repetitions alternate FFF and dense; medians
+/// are reported.
+struct FFFBench {
+    let width = 384, depth = 6, leafWidth = 16
+    let batches = [1, 1000]
+    let threads: [Int]
+    let repeats: Int
+
+    func run() {
+        let spec = FFFSpec(depth: depth, leafWidth: leafWidth, activation: .relu)
+        let rows = batches.max()!, hidden = spec.trainingWidth
+        let store = ParameterStore(seed: 1)
+        let fff = FastFeedforward("fff", width: width, spec: spec, maxRows: rows, store: store)
+        let fc1 = Linear("fc1", inputs: width, outputs: hidden, activation: .relu, maxRows: rows, store: store)
+        let fc2 = Linear("fc2", inputs: hidden, outputs: width, maxRows: rows, store: store)
+        store.finalize()
+        let x = Tensor(shape: [rows, width])
+        let rng = Philox(seed: 2)
+        for i in 0..<x.count { x[i] = rng.normal(stream: 0, index: UInt64(i)) }
+        let context = ForwardContext(training: false, hardDecisions: true)
+        let size = Architecture.residual(Trunk(width: width, depth: 1), .fff(spec)).size(inputs: 1, classes: 1, maxRows: 1)
+        let dense = Architecture.residual(Trunk(width: width, depth: 1), .mlp(MLPSpec(hidden: hidden, activation: .pointwise(.relu))))
+            .size(inputs: 1, classes: 1, maxRows: 1)
+        // The lift and head of a one-block model are the same in both: take them out.
+        let edges = 2.0 * Double(width) * 2
+        let flopRatio = (dense.inferenceFlops - edges) / (size.inferenceFlops - edges)
+        print("switchboard \(Switchboard.version) bench W6: FFF depth \(depth), leaf width \(leafWidth), width \(width) "
+              + "(hard inference) against the dense FFN \(width) → \(hidden) → \(width) (ReLU), forward only")
+        print("machine: \(BenchCommand.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName)")
+        print("FLOPs per sample: dense \(Int(dense.inferenceFlops - edges)), FFF \(Int(size.inferenceFlops - edges)) (ratio \(fixed(flopRatio, 1)))")
+        for t in threads {
+            BLAS.setThreads(t)
+            for batch in batches {
+                let calls = rows / batch
+                func fffPass() { for c in 0..<calls { _ = fff.forward(x.data + c * batch * width, rows: batch, context: context) } }
+                func densePass() {
+                    for c in 0..<calls { _ = fc2.forward(fc1.forward(x.data + c * batch * width, rows: batch, context: context), rows: batch, context: context) }
+                }
+                fffPass()
+                densePass()
+                var fffRates: [Double] = [], denseRates: [Double] = []
+                for _ in 0..<repeats {
+                    fffRates.append(Double(rows) / Self.seconds(fffPass))
+                    denseRates.append(Double(rows) / Self.seconds(densePass))
+                }
+                let f = Self.median(fffRates), d = Self.median(denseRates)
+                print("threads \(t), batch \(batch): FFF \(Int(f)) samples/s, dense \(Int(d)) samples/s: "
+                      + "FFF \(fixed(f / d, 1))× faster (FLOP ratio \(fixed(flopRatio, 1)); median of \(repeats))")
+            }
+        }
+    }
+
+    /// Seconds per pass, timing passes for at least 0.2 s.
+    static func seconds(_ pass: () -> Void) -> Double {
+        let t0 = ContinuousClock.now
+        var n = 0, s = 0.0
+        repeat { pass(); n += 1; s = (ContinuousClock.now - t0).seconds } while s < 0.2
+        return s / Double(n)
+    }
+
+    static func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+}
