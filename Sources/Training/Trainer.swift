@@ -29,12 +29,17 @@ public struct Evaluation: Sendable {
     public var samples: Int
     /// For a model with fast feedforward layers: the same with hard decisions (one leaf per
     /// sample, as deployed); `loss` and `accuracy` are then the soft mixture's, as trained.
-    public var hard: (loss: Double, accuracy: Double)?
+    public var hard: (loss: Double, accuracy: Double, samplesPerSecond: Double)?
+    /// Samples evaluated per second: forward passes of `eval_batch_size` rows, the data's
+    /// gather and the loss included (no backward, no optimizer).
+    public var samplesPerSecond: Double
 
-    public init(loss: Double, accuracy: Double, samples: Int, hard: (loss: Double, accuracy: Double)? = nil) {
+    public init(loss: Double, accuracy: Double, samples: Int, samplesPerSecond: Double = .nan,
+                hard: (loss: Double, accuracy: Double, samplesPerSecond: Double)? = nil) {
         self.loss = loss
         self.accuracy = accuracy
         self.samples = samples
+        self.samplesPerSecond = samplesPerSecond
         self.hard = hard
     }
 
@@ -287,13 +292,14 @@ public final class Trainer {
         var result = try evaluate(data, hardDecisions: false)
         if !model.fffLayers.isEmpty {
             let hard = try evaluate(data, hardDecisions: true)
-            result.hard = (hard.loss, hard.accuracy)
+            result.hard = (hard.loss, hard.accuracy, hard.samplesPerSecond)
         }
         lastEvaluation = result
         return result
     }
 
     func evaluate(_ data: Dataset, hardDecisions: Bool) throws -> Evaluation {
+        let started = ContinuousClock.now
         let chunk = config.train.evalBatchSize
         var lossSum = 0.0, correct = 0.0
         var start = 0
@@ -327,6 +333,7 @@ public final class Trainer {
         }
         var sums = StepSums(lossSum: lossSum, correct: correct)
         try sums.reduce(over: comm, "evaluation")
-        return Evaluation(loss: sums.lossSum / Double(data.count), accuracy: sums.correct / Double(data.count), samples: data.count)
+        return Evaluation(loss: sums.lossSum / Double(data.count), accuracy: sums.correct / Double(data.count), samples: data.count,
+                          samplesPerSecond: Double(data.count) / (ContinuousClock.now - started).seconds)
     }
 }

@@ -70,7 +70,12 @@ struct TrainCommand: ParsableCommand {
         try memory.check(available: MachineMemory.available / Double(onHost), ranksOnHost: onHost, source: job)
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
         say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
-        say("model: \(trainer.model.store.count.formatted()) parameters; \(trainer.totalSteps) steps of \(config.train.batchSize) samples; "
+        let store = trainer.model.store, size = config.model.size(inputs: train.width, classes: config.data.classes, maxRows: 1,
+                                                                   frozen: config.frozen)
+        let frozen = store.count - store.trainableCount
+        say("model: \(store.count.formatted()) parameters\(frozen > 0 ? " (\(frozen.formatted()) frozen)" : ""); "
+            + "\(fixed(size.trainingFlops / 1e6, 2)) MFLOP per training sample, \(fixed(size.inferenceFlops / 1e6, 2)) per inference; "
+            + "\(trainer.totalSteps) steps of \(config.train.batchSize) samples; "
             + "memory ≈ \(MemoryEstimate.text(memory.total)) per rank")
         if comm.size > 1, let placement = trainer.placement {
             say("experts (each MoE layer):\n" + placement.description.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
@@ -136,6 +141,8 @@ struct TrainCommand: ParsableCommand {
                 + "test loss \(fixed(e.loss, 4)); training \(formatDuration(summary.trainSeconds)) at \(Int(summary.samplesPerSecond)) samples/s, "
                 + "wall \(formatDuration(wall))\(peak)")
         }
+        say("inference (the final evaluation, forward passes of \(config.train.evalBatchSize) samples): "
+            + "\(Int(e.samplesPerSecond)) samples/s" + (e.hard.map { "; hard decisions \(Int($0.samplesPerSecond)) samples/s" } ?? ""))
         guard let folder else { return }
         try ModelFile.write(trainer.model, to: "\(folder.path)/model.h5", step: summary.steps, configTOML: config.resolvedTOML)
         if complete && folder.isFinished {
@@ -146,7 +153,9 @@ struct TrainCommand: ParsableCommand {
             try folder.finish(summary: [
                 ("version", .string(Switchboard.version)), ("steps", .int(summary.steps)), ("epochs", .int(summary.epochs)),
                 ("test_accuracy", .double(e.accuracy)), ("test_loss", .double(e.loss)),
-            ] + (e.hard.map { [("test_accuracy_hard", .double($0.accuracy)), ("test_loss_hard", .double($0.loss))] } ?? []) + [
+                ("eval_samples_per_s", .double(e.samplesPerSecond.rounded())),
+            ] + (e.hard.map { [("test_accuracy_hard", .double($0.accuracy)), ("test_loss_hard", .double($0.loss)),
+                               ("eval_samples_per_s_hard", .double($0.samplesPerSecond.rounded()))] } ?? []) + [
                 ("train_seconds", .double(complete ? .nan : (summary.trainSeconds * 1000).rounded() / 1000)),
                 ("wall_seconds", .double((wall * 1000).rounded() / 1000)),
                 ("samples_per_s", .double(complete ? .nan : summary.samplesPerSecond.rounded())),
