@@ -91,6 +91,8 @@ public final class FastFeedforward: Layer {
 
     public init(_ name: String, width: Int, spec: FFFSpec, maxRows: Int, store: ParameterStore) {
         precondition(spec.depth >= 1 && spec.leafWidth >= 1)
+        // Backward reads the leaves' activations, which a fused identity does not keep.
+        precondition(spec.activation != .identity, "an FFF's leaves need an activation")
         self.spec = spec
         inputWidth = width
         d = width; n = spec.nodes; l = spec.leaves; lw = spec.leafWidth
@@ -261,8 +263,8 @@ public final class FastFeedforward: Layer {
     // MARK: - Backward
 
     // Tree backward, per row: with u_leaf = ∂L/∂p_leaf and, going up,
-    // u_i = (1 − σ_i)·u_left + σ_i·u_right (the gradient with respect to the probability of
-    // reaching i, divided by it), ∂L/∂σ_i = q_i · (u_right − u_left) and
+    // u_i = (1 − σ_i)·u_left + σ_i·u_right (= ∂L/∂q_i, q_i the probability of reaching i),
+    // ∂L/∂σ_i = q_i · (u_right − u_left) and
     // ∂L/∂a_i = ∂L/∂σ_i · σ_i(1 − σ_i) − (h/(T·N)) · a_i · σ_i(1 − σ_i) for the hardening term.
     public func backward(_ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>? {
         guard let x else { preconditionFailure("FastFeedforward.backward before forward") }

@@ -126,7 +126,7 @@ public final class Model {
     }
 
     /// Accumulates parameter gradients for `dlogits`. With `gradientsFinal`: after each top-level layer,
-    /// `gradientsFinal(offset)` says that every gradient at `[offset, store.count)` is
+    /// `gradientsFinal(offset)` says that every gradient at `[offset, store.trainableCount)` is
     /// complete (the data-parallel trainer starts sending those).
     public func backward(_ dlogits: UnsafePointer<Float>, rows: Int) {
         backward(dlogits, rows: rows) { _ in }

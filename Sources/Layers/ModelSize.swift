@@ -122,9 +122,11 @@ extension Architecture {
             for i in 0..<trunk.depth {
                 norm(trunk.norm, "blocks.\(i).norm", d)
                 s.parameters += spec.parameters(width: d)
-                // Every parameter of the layer is under `blocks.i.moe`.
+                // Every parameter of the layer is under `blocks.i.moe`; a pattern there must
+                // name one of them (the names are listed only when a pattern is there).
                 let layer = "blocks.\(i).moe"
-                for f in frozen where ParameterStore.matches(f, layer) || f.hasPrefix(layer + ".") {
+                for f in frozen where ParameterStore.matches(f, layer)
+                    || (f.hasPrefix(layer + ".") && spec.parameterNames(layer).contains { ParameterStore.matches(f, $0) }) {
                     s.frozenMatched.insert(f)
                     s.unfreezable.append(f)
                 }
@@ -158,6 +160,19 @@ extension MoESpec {
     var firstWidth: Double {
         if case .gated = activation { return 2 * Double(hidden) }
         return Double(hidden)
+    }
+
+    /// The global names of an MoE layer's parameters (`MoE.init`), under `layer`.
+    func parameterNames(_ layer: String) -> [String] {
+        var names = ["\(layer).router.weight"]
+        for e in 0..<experts {
+            names += ["w1", "w2"].map { "\(layer).experts.\(e).\($0)" }
+            if bias { names += ["b1", "b2"].map { "\(layer).experts.\(e).\($0)" } }
+        }
+        if sharedHidden > 0 {
+            for fc in ["fc1", "fc2"] { names += (bias ? ["weight", "bias"] : ["weight"]).map { "\(layer).shared.\(fc).\($0)" } }
+        }
+        return names
     }
 
     /// One token's forward products: the router's, and those of its k experts.

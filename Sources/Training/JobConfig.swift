@@ -24,23 +24,34 @@ public struct JobConfig: Sendable {
         public var classes: Int
         public func path(_ file: String) -> String { file.hasPrefix("/") ? file : dir + "/" + file }
 
+        public enum Split: String, Sendable, CaseIterable { case train, test }
+
         /// Opens the training and test splits and checks they have the same features.
         public func load() throws -> (train: Dataset, test: Dataset) {
-            let train: Dataset, test: Dataset, testName: String
-            switch format {
-            case let .idx(trainImages, trainLabels, testImages, testLabels):
-                train = try Dataset.idx(images: path(trainImages), labels: path(trainLabels), classes: classes)
-                test = try Dataset.idx(images: path(testImages), labels: path(testLabels), classes: classes)
-                testName = path(testImages)
-            case let .hdf5(trainFile, testFile, x, y):
-                train = try Dataset(hdf5: path(trainFile), x: x, y: y, classes: classes)
-                test = try Dataset(hdf5: path(testFile), x: x, y: y, classes: classes)
-                testName = path(testFile)
-            }
+            let train = try load(.train), test = try load(.test)
             guard test.width == train.width else {
-                throw DataError(testName, "has \(test.width) features per sample, the training data \(train.width)")
+                throw DataError(file(.test), "has \(test.width) features per sample, the training data \(train.width)")
             }
             return (train, test)
+        }
+
+        /// Opens one split.
+        public func load(_ split: Split) throws -> Dataset {
+            switch format {
+            case let .idx(trainImages, trainLabels, testImages, testLabels):
+                let (images, labels) = split == .train ? (trainImages, trainLabels) : (testImages, testLabels)
+                return try Dataset.idx(images: path(images), labels: path(labels), classes: classes)
+            case let .hdf5(_, _, x, y):
+                return try Dataset(hdf5: file(split), x: x, y: y, classes: classes)
+            }
+        }
+
+        /// The file that holds a split's features.
+        public func file(_ split: Split) -> String {
+            switch format {
+            case let .idx(trainImages, _, testImages, _): path(split == .train ? trainImages : testImages)
+            case let .hdf5(trainFile, testFile, _, _): path(split == .train ? trainFile : testFile)
+            }
         }
     }
 
@@ -146,6 +157,9 @@ public struct JobConfig: Sendable {
         let shared = try r.int("moe", "shared_hidden", 0, min: 0)
         let routerInit = try r.string("moe", "router_init", "uniform", oneOf: ["uniform", "zeros"])
         let initialization = try r.string("moe", "init", "per_expert", oneOf: ["per_expert", "sigma_moe"])
+        if initialization == "sigma_moe" && routerInit == "zeros" {
+            throw ConfigError("\(source): [moe] init = \"sigma_moe\" initializes the router; it cannot be combined with router_init = \"zeros\"")
+        }
         return MoESpec(experts: experts, topK: topK, hidden: hidden, activation: BlockActivation(name: activation)!, bias: bias,
                        router: router, balanceCoefficient: Float(balance), zLossCoefficient: Float(zLoss),
                        entropyCoefficient: Float(entropy), capacityFactor: Float(capacity),

@@ -31,7 +31,8 @@ public struct MemoryEstimate: Sendable {
                                      frozen: config.frozen)
         parameters = 4 * size.storeFloats                                     // values and gradients
         optimizer = 4 * (size.parameters - size.frozen) * (config.optimizer.kind == .adamw ? 2 : 1)
-        let trainer = Double(maxRows) * Double(train.width + config.data.classes) + Double(train.count)
+        // The batch and its logits' gradient, evaluation's own batch, the epoch's order.
+        let trainer = Double(maxRows) * Double(2 * train.width + config.data.classes) + Double(train.count)
         buffers = 4 * (size.buffers + trainer)
         // The training set is read first, then the test set: the peak is one of the two loads.
         data = Double(max(train.heldBytes + train.loadingBytes, train.heldBytes + test.heldBytes + test.loadingBytes))

@@ -26,6 +26,12 @@ public protocol Optimizer: AnyObject {
     var state: [(name: String, values: Tensor)] { get }
 }
 
+/// Whether weight decay applies to `p`: weights always, biases and norms when the job says
+/// so, a mixing coefficient never (decay would pull it toward one of the paths it mixes).
+func decays(_ p: Parameter, _ biasesAndNorms: Bool) -> Bool {
+    p.role == .weight || (biasesAndNorms && p.role != .coefficient)
+}
+
 extension Optimizer {
     /// One whole update of `ranges` from the store's gradients.
     public func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float) {
@@ -123,7 +129,7 @@ public final class AdamW: Optimizer, RangeTask {
     }
 
     /// `1 − lr·wd`, or 1 for a parameter that does not decay.
-    func shrink(_ p: Parameter) -> Float { 1 - lr * (decayBiasesAndNorms || p.role == .weight ? weightDecay : 0) }
+    func shrink(_ p: Parameter) -> Float { 1 - lr * (decays(p, decayBiasesAndNorms) ? weightDecay : 0) }
 
     @inline(__always)
     func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
@@ -174,7 +180,7 @@ public final class SGD: Optimizer {
     /// Updates n elements of parameter `p`: values `w`, gradients `g` (zeroed), momentum `b`.
     func update(_ p: Parameter, _ w: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>,
                 _ b: UnsafeMutablePointer<Float>, _ n: Int) {
-        let wd = decayBiasesAndNorms || p.role == .weight ? weightDecay : 0
+        let wd = decays(p, decayBiasesAndNorms) ? weightDecay : 0
         let mu = momentum, first = steps == 1
         for i in 0..<n {
             let gi = g[i] * gradScale + wd * w[i]

@@ -22,33 +22,6 @@ public struct StepResult: Sendable {
     public var stopRequested = false
 }
 
-/// Loss and accuracy over a whole dataset.
-public struct Evaluation: Sendable {
-    public var loss: Double
-    public var accuracy: Double
-    public var samples: Int
-    /// For a model with fast feedforward layers: the same with hard decisions (one leaf per
-    /// sample, as deployed); `loss` and `accuracy` are then the soft mixture's, as trained.
-    public var hard: (loss: Double, accuracy: Double, samplesPerSecond: Double)?
-    /// Samples evaluated per second: forward passes of `eval_batch_size` rows, the data's
-    /// gather and the loss included (no backward, no optimizer).
-    public var samplesPerSecond: Double
-
-    public init(loss: Double, accuracy: Double, samples: Int, samplesPerSecond: Double = .nan,
-                hard: (loss: Double, accuracy: Double, samplesPerSecond: Double)? = nil) {
-        self.loss = loss
-        self.accuracy = accuracy
-        self.samples = samples
-        self.samplesPerSecond = samplesPerSecond
-        self.hard = hard
-    }
-
-    /// "85.12%", or "85.12% (hard 84.90%)".
-    public var accuracyText: String {
-        String(format: "%.2f%%", 100 * accuracy) + (hard.map { String(format: " (hard %.2f%%)", 100 * $0.accuracy) } ?? "")
-    }
-}
-
 /// Trains a model on a dataset following a job config. Every rank runs one; all buffers are
 /// made here, so `trainStep` allocates nothing.
 public final class Trainer {
@@ -82,6 +55,8 @@ public final class Trainer {
     var lastExpertTokens: [[Int]] = []
     /// The MoE layers' collectives inside forward and backward.
     let moeSums: MoECollectives
+    /// Evaluation's passes and buffers.
+    let evaluation: EvaluationLoop
     /// Which ranks run which experts (MoE models).
     public let placement: ExpertPlacement?
     /// Whether a busy rank's experts may run on another rank for a pass (`ExpertBalance`).
@@ -130,17 +105,8 @@ public final class Trainer {
         x = Tensor(shape: [maxRows, train.width])
         labels = [Int32](repeating: 0, count: maxRows)
         dlogits = Tensor(shape: [maxRows, config.data.classes])
-        moeSums = MoECollectives(comm)
-        placement = model.moeLayers.first.map { ExpertPlacement(experts: $0.spec.experts, ranks: comm.size) }
-        if comm.size > 1, let placement {
-            moeSums.placement = placement
-            moeSums.balances = config.parallel.balanceExperts
-            for moe in model.moeLayers {
-                moe.reduction = moeSums
-                moe.attach(moeSums)
-            }
-        }
-        if comm.size > 1 { for fff in model.fffLayers { fff.reduction = moeSums } }
+        (moeSums, placement) = MoECollectives.attach(to: model, comm: comm, balanceExperts: config.parallel.balanceExperts)
+        evaluation = EvaluationLoop(model: model, comm: comm, collectives: moeSums, maxRows: maxRows, width: train.width)
         comm.watchdog.deadline = config.parallel.watchdogSeconds
         let parameters = model.store.parameters
         let experts = Self.expertSpans(model, placement: placement, comm: comm)
@@ -285,55 +251,11 @@ public final class Trainer {
         return squares
     }
 
-    /// Loss (without label smoothing) and accuracy on `data`; each rank evaluates its part of
-    /// every chunk of `evalBatchSize` samples, in dataset order. A model with fast feedforward
-    /// layers is evaluated twice: soft (as trained) and hard (as deployed).
+    /// Loss (without label smoothing) and accuracy on `data` (`EvaluationLoop`); a model with
+    /// fast feedforward layers is evaluated twice: soft (as trained) and hard (as deployed).
     public func evaluate(_ data: Dataset) throws -> Evaluation {
-        var result = try evaluate(data, hardDecisions: false)
-        if !model.fffLayers.isEmpty {
-            let hard = try evaluate(data, hardDecisions: true)
-            result.hard = (hard.loss, hard.accuracy, hard.samplesPerSecond)
-        }
+        let result = try evaluation.run(data, chunk: config.train.evalBatchSize)
         lastEvaluation = result
         return result
-    }
-
-    func evaluate(_ data: Dataset, hardDecisions: Bool) throws -> Evaluation {
-        let started = ContinuousClock.now
-        let chunk = config.train.evalBatchSize
-        var lossSum = 0.0, correct = 0.0
-        var start = 0
-        var indices = [Int32](repeating: 0, count: maxRows)
-        while start < data.count {
-            let n = min(chunk, data.count - start)
-            let mine = GlobalSampleOrder.part(rows: n, rank: comm.rank, ranks: comm.size)
-            // A rank's part of a chunk may exceed maxRows: take it in pieces, as many on every
-            // rank (the largest part decides), since an MoE forward pass is collective.
-            let largest = (n + comm.size - 1) / comm.size
-            var done = 0
-            for _ in 0..<((largest + maxRows - 1) / maxRows) {
-                let rows = min(maxRows, mine.count - done)
-                for i in 0..<rows { indices[i] = Int32(start + mine.lowerBound + done + i) }
-                try indices.withUnsafeBufferPointer { idx in
-                    try labels.withUnsafeMutableBufferPointer { y in
-                        try data.gather(UnsafeBufferPointer(rebasing: idx[0..<rows]), into: x.data, labels: y.baseAddress!)
-                    }
-                }
-                let logits = model.forward(x.data, rows: rows, context: ForwardContext(training: false, hardDecisions: hardDecisions))
-                try moeSums.rethrow()
-                let out = labels.withUnsafeBufferPointer {
-                    softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows, classes: model.classes,
-                                        smoothing: 0, gradScale: 0, dlogits: nil)
-                }
-                lossSum += out.lossSum
-                correct += Double(out.correct)
-                done += rows
-            }
-            start += n
-        }
-        var sums = StepSums(lossSum: lossSum, correct: correct)
-        try sums.reduce(over: comm, "evaluation")
-        return Evaluation(loss: sums.lossSum / Double(data.count), accuracy: sums.correct / Double(data.count), samples: data.count,
-                          samplesPerSecond: Double(data.count) / (ContinuousClock.now - started).seconds)
     }
 }

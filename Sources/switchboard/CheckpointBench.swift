@@ -27,6 +27,8 @@ struct CheckpointBench {
         let trainer = try Trainer(config: config, comm: comm, train: data, test: data)
         let store = trainer.model.store
         let states = trainer.optimizer.state
+        // Its sizes below are the arena's: W5 has no frozen parameters.
+        precondition(store.count == store.trainableCount, "W5's model has no frozen parameters")
         // Optimizer state as big and as incompressible as real state.
         for s in states { s.values.data.update(from: store.values.data, count: store.count) }
         let floats = store.count * (1 + states.count)

@@ -52,9 +52,11 @@ final class ModelSizeTests: XCTestCase {
     /// Frozen patterns that name nothing, or an MoE layer, are found without building.
     func testFrozenPatternsAreMatchedByName() {
         let moe = Architecture.moe(Trunk(width: 8, depth: 1), MoESpec(experts: 2, topK: 1, hidden: 4, activation: .pointwise(.relu)))
-        let s = moe.size(inputs: 3, classes: 2, maxRows: 1, frozen: ["embed", "blocks.0.moe.router", "blocks", "nothing"])
-        XCTAssertEqual(s.frozenMatched, ["embed", "blocks.0.moe.router", "blocks"])
-        XCTAssertEqual(s.unfreezable, ["blocks.0.moe.router", "blocks"])
+        let s = moe.size(inputs: 3, classes: 2, maxRows: 1, frozen: ["embed", "blocks.0.moe.router", "blocks", "nothing",
+                                                                      "blocks.0.moe.experts.9", "blocks.0.moe.experts.1.w2"])
+        XCTAssertEqual(s.frozenMatched, ["embed", "blocks.0.moe.router", "blocks", "blocks.0.moe.experts.1.w2"],
+                       "expert 9 of 2 names nothing")
+        XCTAssertEqual(s.unfreezable, ["blocks.0.moe.router", "blocks", "blocks.0.moe.experts.1.w2"])
         let model = Model(moe, inputs: 3, classes: 2, maxRows: 1, seed: 1, frozen: ["blocks.0.moe.router", "nothing"])
         XCTAssertEqual(model.frozenProblems, ["\"nothing\" names no parameter of this model",
                                               "blocks.0.moe.router.weight is an MoE parameter, which cannot be frozen"])

@@ -16,6 +16,26 @@ final class OptimizerTests: XCTestCase {
 
     func gradient(_ step: Int, _ i: Int) -> Float { sin(Float(i * 7 + step * 3)) * 0.5 }
 
+    /// Weight decay applies to weights, to biases and norms only when asked, and never to a
+    /// mixing coefficient (an FFF's master-leaf blend): with zero gradients, only decay moves
+    /// a parameter.
+    func testDecayNeverTouchesACoefficient() {
+        let store = ParameterStore(seed: 1)
+        let w = store.register("w", shape: [3], role: .weight, initializer: .ones)
+        let b = store.register("b", shape: [3], role: .bias, initializer: .ones)
+        let k = store.register("k", shape: [1], role: .coefficient, initializer: .constant(0.5))
+        store.finalize()
+        for optimizer in [AdamW(count: store.count, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, decayBiasesAndNorms: true),
+                          SGD(count: store.count, momentum: 0, nesterov: false, weightDecay: 0.1, decayBiasesAndNorms: true)] as [any Optimizer] {
+            store.initialize()
+            store.zeroGrads()
+            optimizer.step(store, ranges: [0..<store.count], lr: 0.1, gradScale: 1)
+            XCTAssertLessThan(w.value[0], 1, "\(optimizer.name): weights decay")
+            XCTAssertLessThan(b.value[0], 1, "\(optimizer.name): biases decay when asked")
+            XCTAssertEqual(k.value[0], 0.5, "\(optimizer.name): a coefficient never decays")
+        }
+    }
+
     func testAdamWMatchesReference() {
         let (store, w, _) = makeStore(37)
         let (lr, b1, b2, eps, wd) = (0.01, 0.9, 0.999, 1e-8, 0.1)
