@@ -22,7 +22,8 @@ public final class HDF5Samples {
     var rowSpace: H5Handle?
     var staging: [UInt8] = []
 
-    public init(path: String, x xName: String, y yName: String, classes: Int) throws {
+    /// `y`: the labels' dataset, or nil for features alone (`labels` is then empty).
+    public init(path: String, x xName: String, y yName: String?, classes: Int) throws {
         self.path = path
         func fail(_ problem: String) -> DataError { DataError(path, problem) }
         guard FileManager.default.fileExists(atPath: path) else { throw fail("no such file") }
@@ -53,6 +54,11 @@ public final class HDF5Samples {
             fileSpace = H5Handle(try HDF5Library.check(H5Dget_space(x.id), path, "the shape of \(xName)"), close: H5Sclose)
             dims = shape.map { hsize_t($0) }
 
+            name = xName
+            guard let yName else {
+                labels = []
+                return
+            }
             let yShape = try file.shape(of: yName)
             guard yShape == [count] else { throw fail("dataset \(yName) has shape \(yShape); expected [\(count)], one label per sample of \(xName)") }
             let y = try file.openDataset(yName)
@@ -71,7 +77,6 @@ public final class HDF5Samples {
                 throw fail("label \(labels[bad]) at index \(bad) of \(yName) is not in 0..<\(classes)")
             }
             self.labels = labels
-            name = xName
         } catch let e as HDF5Error {
             throw fail(e.failure)
         }

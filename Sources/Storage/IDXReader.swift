@@ -8,6 +8,21 @@ public enum IDXReader {
     /// Reads an unsigned-byte IDX file with exactly `dimensions` dimensions (gzip or plain).
     public static func read(_ path: String, dimensions: Int) throws -> (shape: [Int], bytes: [UInt8]) {
         let file = try GzipReader(path: path)
+        let shape = try header(file, dimensions: dimensions)
+        let total = shape.reduce(1, *)
+        // Read as it arrives, never allocated from the header alone: a header may declare far
+        // more than the file holds.
+        let bytes = try file.readExactly(total, what: "data of shape \(shape.map(String.init).joined(separator: "×"))")
+        guard try file.atEnd() else {
+            throw DataError(path, "unexpected bytes after the \(total) data bytes of shape \(shape)")
+        }
+        return (shape, bytes)
+    }
+
+    /// Reads and checks the header of an unsigned-byte IDX file of `dimensions` dimensions,
+    /// leaving `file` at the first data byte; returns the shape (its product bounded).
+    static func header(_ file: GzipReader, dimensions: Int) throws -> [Int] {
+        let path = file.path
         var header = [UInt8](repeating: 0, count: 4)
         try file.readExactly(4, into: &header, what: "the IDX header")
         guard header[0] == 0, header[1] == 0 else {
@@ -30,13 +45,7 @@ public enum IDXReader {
             total *= v
             shape.append(v)
         }
-        // Read as it arrives, never allocated from the header alone: a header may declare far
-        // more than the file holds.
-        let bytes = try file.readExactly(total, what: "data of shape \(shape.map(String.init).joined(separator: "×"))")
-        guard try file.atEnd() else {
-            throw DataError(path, "unexpected bytes after the \(total) data bytes of shape \(shape)")
-        }
-        return (shape, bytes)
+        return shape
     }
 
     static func hex(_ b: [UInt8]) -> String {

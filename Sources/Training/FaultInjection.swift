@@ -14,10 +14,11 @@ public struct InjectedFault: SwitchboardError, CustomStringConvertible {
 /// throws an error; `stop` sends the process SIGSTOP, as a hung node would look to the others;
 /// `crash` writes through a bad pointer (a real SIGSEGV); `kill-in-save` acts later, inside the
 /// checkpoint of step S, after this rank has written and synced its shard and before the
-/// commit: it sends itself SIGKILL, a death in the middle of a save. Unset, it costs one
-/// compare per step.
+/// commit: it sends itself SIGKILL, a death in the middle of a save; `kill-in-predict` acts in
+/// `switchboard predict` after batch S is written, before the output is committed. Unset, it
+/// costs one compare per step.
 public enum FaultInjection {
-    public enum Kind: String, Sendable { case `throw`, stop, crash, killInSave = "kill-in-save" }
+    public enum Kind: String, Sendable { case `throw`, stop, crash, killInSave = "kill-in-save", killInPredict = "kill-in-predict" }
 
     static let plan: (rank: Int, step: Int, kind: Kind)? = {
         guard let raw = getenv("SWITCHBOARD_FAULT") else { return nil }
@@ -34,9 +35,9 @@ public enum FaultInjection {
     }()
 
     public static func check(rank: Int, step: Int) throws {
-        guard let plan, plan.rank == rank, plan.step == step, plan.kind != .killInSave else { return }
+        guard let plan, plan.rank == rank, plan.step == step, plan.kind != .killInSave, plan.kind != .killInPredict else { return }
         switch plan.kind {
-        case .killInSave: break
+        case .killInSave, .killInPredict: break
         case .throw: throw InjectedFault(step: step)
         case .stop: raise(SIGSTOP)
         case .crash: UnsafeMutablePointer<Int>(bitPattern: 16)!.pointee = step
@@ -48,6 +49,14 @@ extension FaultInjection {
     /// Called inside the save of the checkpoint for `step` (which holds `step` steps).
     static func checkInSave(rank: Int, step: Int) {
         guard let plan, plan.kind == .killInSave, plan.rank == rank, plan.step == step else { return }
+        kill(getpid(), SIGKILL)
+    }
+}
+
+extension FaultInjection {
+    /// Called by `switchboard predict` once batch `batch` (from 0) is written.
+    public static func checkInPredict(batch: Int) {
+        guard let plan, plan.kind == .killInPredict, plan.step == batch else { return }
         kill(getpid(), SIGKILL)
     }
 }
