@@ -211,6 +211,17 @@ public final class HDF5File {
                               path, "reading dataset \(name)")
     }
 
+    /// Reads the integer dataset `name` of shape `[count]` as int32, checking the shape first.
+    public func readInt32(_ name: String, count: Int, into data: UnsafeMutablePointer<Int32>) throws {
+        let found = try shape(of: name)
+        guard found == [count] else {
+            throw HDF5Error(path: path, action: "reading \(name)", details: "shape \(found), expected [\(count)]")
+        }
+        let dataset = try openDataset(name)
+        try HDF5Library.check(H5Dread(dataset.id, sb_h5t_native_int32(), sb_h5s_all(), sb_h5s_all(), sb_h5p_default(), data),
+                              path, "reading dataset \(name)")
+    }
+
     /// Makes `name` a link to `object` in the HDF5 file `file` (a path relative to this
     /// file's folder, where HDF5 looks first), creating groups on the way.
     public func linkExternal(_ name: String, file: String, object: String) throws {
