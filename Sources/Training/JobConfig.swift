@@ -122,6 +122,20 @@ public struct JobConfig: Sendable {
         public var atEnd: Bool
     }
 
+    /// Starting a new run from another run's weights (`[init]`).
+    public struct Initialization: Sendable {
+        /// A checkpoint folder or its main file.
+        public var from: String
+        /// Refuse to start unless every parameter comes from the checkpoint, with its shape,
+        /// and every parameter of the checkpoint is used.
+        public var strict: Bool
+        /// Dense → MoE: every expert of block b starts as a copy of the dense block b's FFN.
+        public var upcycle: Bool
+        /// Upcycling: noise added to each expert's copy, as a fraction of the copied tensor's
+        /// RMS, drawn from the run's seed (0: exact copies).
+        public var noise: Double
+    }
+
     public var run: Run
     public var checkpoint: Checkpoint
     public var parallel: Parallel
@@ -132,6 +146,7 @@ public struct JobConfig: Sendable {
     public var train: Train
     public var optimizer: Optimizer
     public var schedule: Schedule
+    public var initialization: Initialization?
     /// The resolved config as TOML, printed at start and saved in the run folder.
     public var resolvedTOML: String
 
@@ -266,6 +281,21 @@ public struct JobConfig: Sendable {
                 masterLeaf: try r.bool("fff", "master_leaf", false))
     }
 
+    /// The `[init]` section, read only when the job has one.
+    static func initSection(_ r: ConfigReader, model: Architecture, source: String) throws -> Initialization {
+        let from = try r.string("init", "from", "")
+        guard !from.isEmpty else {
+            throw ConfigError("\(source): [init] from must name a checkpoint (a step-NNNNNN folder or its checkpoint.h5)")
+        }
+        let upcycle = try r.bool("init", "upcycle", false)
+        if upcycle, case .moe = model {} else if upcycle {
+            throw ConfigError("\(source): [init] upcycle = true turns a dense model into a mixture of experts; [model] kind must be \"moe\"")
+        }
+        let noise = try r.double("init", "noise", 0, min: 0)
+        guard noise == 0 || upcycle else { throw ConfigError("\(source): [init] noise applies to upcycle = true") }
+        return Initialization(from: from, strict: try r.bool("init", "strict", true), upcycle: upcycle, noise: noise)
+    }
+
     /// Reads and validates a job file's text, with `section.key=value` overrides applied.
     public static func parse(_ text: String, source: String, overrides: [String] = []) throws -> JobConfig {
         let r = try ConfigReader(text: text, source: source)
@@ -333,10 +363,12 @@ public struct JobConfig: Sendable {
             warmupSteps: try r.int("schedule", "warmup_steps", 0, min: 0),
             finalFraction: try r.double("schedule", "final_fraction", 0, min: 0, max: 1))
 
+        let initialization = r.hasSection("init") ? try initSection(r, model: model, source: source) : nil
+
         try r.finish()
         return JobConfig(run: run, checkpoint: checkpoint, parallel: parallel, data: data, model: model, frozen: frozen,
                          train: train, optimizer: optimizer,
-                         schedule: schedule, resolvedTOML: r.resolvedTOML)
+                         schedule: schedule, initialization: initialization, resolvedTOML: r.resolvedTOML)
     }
 
     /// Checks the job against its training data: a batch cannot be larger than the training

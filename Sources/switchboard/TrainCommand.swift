@@ -69,6 +69,9 @@ struct TrainCommand: ParsableCommand {
                                     ranks: comm.size, threads: threads)
         try memory.check(available: MachineMemory.available / Double(onHost), ranksOnHost: onHost, source: job)
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
+        // Checked (a strict job refused) before any run folder is made; applied below only if
+        // the run starts at step 0.
+        let initPlan = try config.initialization.map { try InitPlan($0, model: trainer.model, source: job) }
         say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
         let store = trainer.model.store, size = config.model.size(inputs: train.width, classes: config.data.classes, maxRows: 1,
                                                                    frozen: config.frozen)
@@ -115,6 +118,13 @@ struct TrainCommand: ParsableCommand {
                          ("checkpoint_id", .string(m.id))])
         } else if resume != nil {
             say("no checkpoint in \(runPath); starting at step 0")
+        }
+        if resumed == nil, trainer.step == 0, let initPlan {
+            try initPlan.apply(seed: config.run.seed)
+            say(initPlan.summary)
+            folder?.log([("kind", .string("init")), ("from", .string(initPlan.checkpoint.folder)),
+                         ("loaded", .int(initPlan.loads.count)), ("fresh", .array(initPlan.fresh.map { .string($0) })),
+                         ("unused", .array(initPlan.unused.map { .string($0) }))])
         }
         let complete = trainer.step >= trainer.totalSteps
         if complete {

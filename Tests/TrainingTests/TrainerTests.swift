@@ -142,6 +142,30 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// Upcycling: an MoE model whose experts are all copies of the dense block's FFN, with a
+    /// uniform router (zero at start) and gates that sum to 1, computes the dense model: its
+    /// first evaluation has the dense model's accuracy, and its loss to rounding.
+    func testAnUpcycledModelEvaluatesAsTheDenseModelAtStepZero() throws {
+        let base = try trainer()
+        for b in 0..<10 { _ = try base.trainStep(epoch: 0, batch: b) }
+        let checkpoint = try XCTUnwrap(try base.saveCheckpoint(in: "\(dir)/dense", keepLast: 0, threads: 1))
+        let dense = try base.evaluate(base.testSet)
+        let text = Fixtures.job(dir: dir, model: .moe(width: 32, depth: 2, "experts = 4\ntop_k = 2\nhidden = 64\nrouter_init = \"zeros\""),
+                                extra: "[init]\nfrom = \"\(checkpoint)\"\nupcycle = true\n")
+        let config = try JobConfig.parse(text, source: "t")
+        let moe = try Trainer(config: config, comm: base.comm, train: base.trainSet, test: base.testSet)
+        let plan = try InitPlan(try XCTUnwrap(config.initialization), model: moe.model, source: "t")
+        XCTAssertEqual(plan.fresh, ["blocks.0.moe.router.weight (the router starts as the job says)",
+                                    "blocks.1.moe.router.weight (the router starts as the job says)"])
+        XCTAssertEqual(plan.unused, [])
+        try plan.apply(seed: config.run.seed)
+        let w1 = moe.model.store["blocks.1.moe.experts.3.w1"]!, fc1 = base.model.store["blocks.1.fc1.weight"]!
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: w1.value, count: w1.count)), Array(UnsafeBufferPointer(start: fc1.value, count: fc1.count)))
+        let upcycled = try moe.evaluate(moe.testSet)
+        XCTAssertEqual(upcycled.accuracy, dense.accuracy)
+        XCTAssertEqual(upcycled.loss, dense.loss, accuracy: 1e-5)
+    }
+
     /// The MoE experts' update inside backward (`BackwardUpdates`) gives the same bits as the
     /// update after it: parameters and optimizer state after 14 steps, for AdamW and SGD, GELU
     /// and a gated activation, with and without biases, and with experts that get no tokens
