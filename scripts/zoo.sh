@@ -23,6 +23,7 @@ for name in "${jobs[@]}"; do
     .build/release/switchboard train "$job" --quiet --set "run.name=\"$name\"" --set 'run.output="checkpoints/zoo"' \
         ${flags[@]+"${flags[@]}"} ${ZOO_FLAGS:-} > "$log" 2>&1 || { cat "$log"; rm -f "$log"; exit 1; }
     echo "== $name ($job ${flags[*]:-}): $(( $(date +%s) - start )) s"
-    grep -E "^(model:|done:|inference|  blocks\.[0-9]+\.moe: tokens)" "$log" | tail -n 6
+    grep -E "^model:" "$log" || true
+    grep -E "^(done:|inference|  blocks\.[0-9]+\.moe: tokens)" "$log" | tail -n 6
     rm -f "$log"
 done
