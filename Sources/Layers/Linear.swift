@@ -44,6 +44,10 @@ public final class Linear: Layer {
         dx = Tensor(shape: [computesInputGradient ? maxRows : 0, inputs])
     }
 
+    /// The input and the output of the last forward pass (for reading activations: `moefy`).
+    public var lastInput: UnsafePointer<Float>? { x }
+    public var lastOutput: UnsafePointer<Float> { UnsafePointer(activation == .identity ? z.data : y.data) }
+
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
         self.x = x
         // z[rows, out] = x[rows, in] · Wᵀ

@@ -18,6 +18,8 @@ public final class MoE: Layer {
     public let w1: [Parameter], b1: [Parameter?]   // [H1, d], [H1]; H1 = H or 2H (GLU)
     public let w2: [Parameter], b2: [Parameter?]   // [d, H], [d]
     public let shared: Sequential?
+    /// `spec.outputBias`: added to the combined output, [d].
+    public let outputBias: Parameter?
     /// Distinguishes MoE layers in the expert-dropout RNG stream.
     public let site: Int
     let seed: UInt64
@@ -142,6 +144,7 @@ public final class MoE: Layer {
         } else {
             shared = nil
         }
+        outputBias = spec.outputBias ? store.register("\(name).bias", shape: [d], role: .bias, initializer: .zeros) : nil
         let a = maxRows * k
         logits = Tensor(shape: [maxRows, e])
         probs = Tensor(shape: [maxRows, e])
@@ -221,6 +224,9 @@ public final class MoE: Layer {
             let s = shared.forward(x, rows: t, context: context)
             add(UnsafePointer(y.data), s, into: y.data, count: t * d)
         }
+        if let outputBias {
+            for r in 0..<t { add(UnsafePointer(y.data + r * d), outputBias.value, into: y.data + r * d, count: d) }
+        }
         computeAuxLoss(training: context.training)
         if context.training { recordTelemetry() }
         return UnsafePointer(y.data)
@@ -229,6 +235,7 @@ public final class MoE: Layer {
     public func backward(_ dy: UnsafePointer<Float>, rows t: Int) -> UnsafePointer<Float>? {
         guard let x else { preconditionFailure("MoE.backward before forward") }
         dx.data.update(repeating: 0, count: t * d)
+        if let outputBias { addColumnSums(dy, rows: t, cols: d, into: outputBias.grad) }
         if let shared, let ds = shared.backward(dy, rows: t) {
             add(UnsafePointer(dx.data), ds, into: dx.data, count: t * d)
         }

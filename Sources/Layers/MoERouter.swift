@@ -84,8 +84,13 @@ extension MoE {
         }
     }
 
-    /// Gates from the current probabilities or scores for the held or new choices.
+    /// Gates from the current probabilities or scores for the held or new choices (1 for each
+    /// chosen expert with unit gates).
     func computeGates() {
+        if spec.unitGates {
+            for a in 0..<(tokens * k) { gate[a] = choice[a] >= 0 ? 1 : 0 }
+            return
+        }
         for r in 0..<tokens {
             var total: Float = 0
             for slot in 0..<k {
@@ -164,8 +169,8 @@ extension MoE {
                 dp[i] = dMean[i]
                 dz[i] = 0
             }
-            // Gates.
-            switch spec.router {
+            // Gates (constant with unit gates: no gradient to the router through them).
+            switch spec.unitGates ? nil : spec.router {
             case .softmax(let renormalize):
                 var total: Float = 0, weighted: Float = 0
                 for slot in 0..<k where choice[r * k + slot] >= 0 {
@@ -176,6 +181,7 @@ extension MoE {
                     let c = Int(choice[r * k + slot])
                     dp[c] += renormalize ? (dgate[r * k + slot] - weighted) / total : dgate[r * k + slot]
                 }
+            case nil: break
             case .sigmoid:
                 let sr = scores.data + r * e
                 for slot in 0..<k where choice[r * k + slot] >= 0 {

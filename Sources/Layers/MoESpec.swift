@@ -45,11 +45,19 @@ public struct MoESpec: Sendable, Equatable {
     /// dense layer of width E·H: W1 normal with std 1/√d, W2 normal with std 1/√(E·H),
     /// biases zero, and the router normal with std 1/√d, its rows rescaled to one norm.
     public var sigmaInit: Bool
+    /// Each chosen expert's output counts whole (gate 1), as in MoEfication, where the experts
+    /// are slices of a dense layer whose units add up; the router then only chooses (it learns
+    /// from the auxiliary losses alone).
+    public var unitGates: Bool
+    /// A bias added to the layer's output once, whichever experts ran (a dense layer's second
+    /// bias, when the experts are its slices).
+    public var outputBias: Bool
 
     public init(experts: Int, topK: Int, hidden: Int, activation: BlockActivation, bias: Bool = true,
                 router: RouterKind = .softmax(renormalize: true), balanceCoefficient: Float = 0,
                 zLossCoefficient: Float = 0, entropyCoefficient: Float = 0, capacityFactor: Float = 0,
-                expertDropout: Float = 0, sharedHidden: Int = 0, zeroRouterInit: Bool = false, sigmaInit: Bool = false) {
+                expertDropout: Float = 0, sharedHidden: Int = 0, zeroRouterInit: Bool = false, sigmaInit: Bool = false,
+                unitGates: Bool = false, outputBias: Bool = false) {
         self.experts = experts
         self.topK = topK
         self.hidden = hidden
@@ -64,6 +72,8 @@ public struct MoESpec: Sendable, Equatable {
         self.sharedHidden = sharedHidden
         self.zeroRouterInit = zeroRouterInit
         self.sigmaInit = sigmaInit
+        self.unitGates = unitGates
+        self.outputBias = outputBias
     }
 
     /// The most assignments one expert accepts from a batch of `tokens` tokens.

@@ -145,6 +145,7 @@ extension Architecture {
                     }
                     linear("\(name).fc2", sh, d, bias: spec.bias)
                 }
+                if spec.outputBias { s.parameters += d }
                 residual(d)
             }
             norm(trunk.norm, "norm", d)
@@ -172,6 +173,7 @@ extension MoESpec {
         if sharedHidden > 0 {
             for fc in ["fc1", "fc2"] { names += (bias ? ["weight", "bias"] : ["weight"]).map { "\(layer).shared.\(fc).\($0)" } }
         }
+        if outputBias { names.append("\(layer).bias") }
         return names
     }
 

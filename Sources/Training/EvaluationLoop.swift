@@ -19,6 +19,9 @@ public struct Evaluation: Sendable {
     /// (the soft model's, for an FFF model; `hardConfusion` the hard one's).
     public var confusion: [Int]?
     public var hardConfusion: [Int]?
+    /// With the confusion matrix, for an MoE model: per MoE layer, the tokens routed to each
+    /// expert over the whole pass (k per token).
+    public var expertTokens: [[Int]]?
 
     public init(loss: Double, accuracy: Double, samples: Int, samplesPerSecond: Double = .nan,
                 hard: (loss: Double, accuracy: Double, samplesPerSecond: Double)? = nil) {
@@ -73,6 +76,8 @@ final class EvaluationLoop {
         let classes = model.classes
         var lossSum = 0.0, correct = 0.0
         var counts = [Double](repeating: 0, count: confusion ? classes * classes : 0)
+        let experts = model.moeLayers.first?.spec.experts ?? 0
+        var routed = [Double](repeating: 0, count: confusion ? model.moeLayers.count * experts : 0)
         var start = 0
         while start < data.count {
             let n = min(chunk, data.count - start)
@@ -98,6 +103,9 @@ final class EvaluationLoop {
                 lossSum += out.lossSum
                 correct += Double(out.correct)
                 if confusion {
+                    for (l, moe) in model.moeLayers.enumerated() {
+                        for i in 0..<experts { routed[l * experts + i] += Double(moe.routed[i]) }
+                    }
                     for r in 0..<rows {
                         let z = logits + r * classes
                         var argmax = 0
@@ -112,11 +120,17 @@ final class EvaluationLoop {
         var sums = StepSums(lossSum: lossSum, correct: correct)
         try sums.reduce(over: comm, "evaluation")
         if confusion {
+            counts += routed
             try counts.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: $0.count, "evaluation: confusion") }
+            routed = Array(counts[(classes * classes)...])
+            counts.removeLast(routed.count)
         }
         var e = Evaluation(loss: sums.lossSum / Double(data.count), accuracy: sums.correct / Double(data.count), samples: data.count,
                            samplesPerSecond: Double(data.count) / (ContinuousClock.now - started).seconds)
-        if confusion { e.confusion = counts.map { Int($0) } }
+        if confusion {
+            e.confusion = counts.map { Int($0) }
+            if experts > 0 { e.expertTokens = (0..<model.moeLayers.count).map { l in (0..<experts).map { Int(routed[l * experts + $0]) } } }
+        }
         return e
     }
 }

@@ -172,6 +172,8 @@ public struct JobConfig: Sendable {
         let shared = try r.int("moe", "shared_hidden", 0, min: 0)
         let routerInit = try r.string("moe", "router_init", "uniform", oneOf: ["uniform", "zeros"])
         let initialization = try r.string("moe", "init", "per_expert", oneOf: ["per_expert", "sigma_moe"])
+        let gates = try r.string("moe", "gates", "router", oneOf: ["router", "one"])
+        let outputBias = try r.bool("moe", "output_bias", false)
         if initialization == "sigma_moe" && routerInit == "zeros" {
             throw ConfigError("\(source): [moe] init = \"sigma_moe\" initializes the router; it cannot be combined with router_init = \"zeros\"")
         }
@@ -179,7 +181,7 @@ public struct JobConfig: Sendable {
                        router: router, balanceCoefficient: Float(balance), zLossCoefficient: Float(zLoss),
                        entropyCoefficient: Float(entropy), capacityFactor: Float(capacity),
                        expertDropout: Float(expertDropout), sharedHidden: shared, zeroRouterInit: routerInit == "zeros",
-                       sigmaInit: initialization == "sigma_moe")
+                       sigmaInit: initialization == "sigma_moe", unitGates: gates == "one", outputBias: outputBias)
     }
 
     /// The `[model]` section (with `[moe]` or `[fff]`): the architecture, and what is frozen.

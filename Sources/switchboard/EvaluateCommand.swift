@@ -73,6 +73,7 @@ struct EvaluateCommand: ParsableCommand {
             if case .moe(_, let spec) = config.model { fields.append(("top_k", .int(spec.topK))) }
             fields += Self.json(loss: e.loss, accuracy: e.accuracy, confusion: e.confusion!, classes: config.data.classes)
             fields.append(("samples_per_s", .double(e.samplesPerSecond.rounded())))
+            if let tokens = e.expertTokens { fields.append(("expert_tokens", .array(tokens.map { .array($0.map { .int($0) }) }))) }
             if let hard = e.hard {
                 fields.append(("hard", .object(Self.json(loss: hard.loss, accuracy: hard.accuracy, confusion: e.hardConfusion!,
                                                          classes: config.data.classes)
@@ -86,6 +87,9 @@ struct EvaluateCommand: ParsableCommand {
         print("checkpoint \(reader.folder): step \(m.position.step), \(evaluator.model.store.count.formatted()) parameters\(topKText)")
         print("data: \(split.rawValue) split, \(e.samples) samples of \(dataset.width) features (\(config.data.file(split))); "
               + "\(comm.size) rank\(comm.size == 1 ? "" : "s"); \(Int(e.samplesPerSecond)) samples/s")
+        for (l, tokens) in (e.expertTokens ?? []).enumerated() {
+            print("block \(l): tokens per expert \(tokens.map(String.init).joined(separator: " "))")
+        }
         let blocks = [("", e.loss, e.accuracy, e.confusion!)] + (e.hard.map { [("hard decisions: ", $0.loss, $0.accuracy, e.hardConfusion!)] } ?? [])
         for (label, loss, accuracy, confusion) in blocks {
             print("")

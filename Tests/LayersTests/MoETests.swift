@@ -52,6 +52,26 @@ final class MoETests: XCTestCase {
                       balanceCoefficient: 0.05, sharedHidden: 4))
     }
 
+    /// MoEfication's layer: each chosen expert counts whole (the router learns only from the
+    /// auxiliary losses) and one output bias is added once.
+    func testUnitGatesAndOutputBias() {
+        let spec = MoESpec(experts: 4, topK: 2, hidden: 3, activation: .pointwise(.gelu), balanceCoefficient: 0.1,
+                           unitGates: true, outputBias: true)
+        check(spec)
+        let (moe, store) = make(spec)
+        for i in 0..<6 { moe.outputBias!.value[i] = Float(i) }
+        let x = Tensor(shape: [9, 6])
+        for i in 0..<x.count { x[i] = sin(Float(i)) }
+        let y = moe.forward(x.data, rows: 9, context: .init(training: false))
+        XCTAssertEqual((0..<(9 * 2)).map { moe.gate[$0] }, [Float](repeating: 1, count: 18), "every chosen expert's gate is 1")
+        // y = Σ over the two chosen experts of their FFN + the bias: zero the experts, and y is the bias.
+        for e in 0..<4 { moe.w2[e].value.update(repeating: 0, count: moe.w2[e].count); moe.b2[e]!.value.update(repeating: 0, count: 6) }
+        let only = moe.forward(x.data, rows: 9, context: .init(training: false))
+        for r in 0..<9 { for j in 0..<6 { XCTAssertEqual(only[r * 6 + j], Float(j)) } }
+        _ = y
+        withExtendedLifetime(store) {}
+    }
+
     /// With k = E and renormalized softmax gates, every token uses every expert:
     /// y = Σ_e p_e · FFN_e(x), computed here one token and one expert at a time.
     func testForwardMatchesPerTokenReference() {
