@@ -24,6 +24,13 @@ public final class HDF5RowWriter {
         space = H5Handle(try HDF5Library.check(H5Dget_space(dataset.id), path, "the shape of \(name)"), close: H5Sclose)
     }
 
+    /// Closes the dataset, checking the result: its last chunks are written here, so a full
+    /// disk shows up as an error before the file is committed.
+    public func close() throws {
+        try HDF5Library.check(space.close(), path, "closing the shape of \(name)")
+        try HDF5Library.check(dataset.close(), path, "closing dataset \(name)")
+    }
+
     /// Writes rows `first ..< first + count` from `data` (`count × columns` elements).
     public func write(first: Int, count: Int, _ data: UnsafeRawPointer) throws {
         guard count > 0 else { return }

@@ -104,14 +104,15 @@ public enum Moefication {
     }
 
     /// The job text of the MoE model made from a dense residual job's resolved config: the
-    /// same run, data, training and trunk, its blocks `experts` experts of `hidden` units
+    /// same run, data, training and trunk (nothing frozen), its blocks `experts` experts of `hidden` units
     /// chosen `experts` at a time by default (`evaluate --top-k` picks fewer), each chosen
     /// expert's output counting whole, the dense layer's second bias added once.
     public static func moeJob(fromDense text: String, source: String, experts: Int, hidden: Int, activation: String) throws -> String {
         var root = try ConfigValue.parse(text, source: source)
         root["init"] = nil
         guard case .table(var model) = root["model"] ?? .table([:]) else { throw ConfigError("\(source): [model] is not a section") }
-        for key in ["block", "expansion", "hidden", "activation", "dropout", "rank", "bottleneck", "lift"] { model[key] = nil }
+        // The dense blocks' keys, and what was frozen: its names may be the dense blocks'.
+        for key in ["block", "expansion", "hidden", "activation", "dropout", "rank", "bottleneck", "lift", "frozen"] { model[key] = nil }
         model["kind"] = .string("moe")
         root["model"] = .table(model)
         root["moe"] = .table([

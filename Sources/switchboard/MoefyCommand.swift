@@ -30,6 +30,9 @@ struct MoefyCommand: ParsableCommand {
     @Option(help: "BLAS threads (default: every core).") var threads: Int?
 
     func run() throws {
+        // `out/` names the same folder; the partial checkpoint goes beside it.
+        var out = self.out
+        while out.count > 1 && out.hasSuffix("/") { out.removeLast() }
         let reader = try openCheckpoint(checkpoint)
         let source = "\(reader.mainPath) (its config)"
         let config = try JobConfig.parse(reader.manifest.config, source: source)

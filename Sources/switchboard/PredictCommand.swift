@@ -88,6 +88,8 @@ struct PredictCommand: ParsableCommand {
             try file.setAttribute("step", String(reader.manifest.position.step))
             try file.setAttribute("switchboard_version", Switchboard.version)
             if !model.fffLayers.isEmpty { try file.setAttribute("decisions", hard ? "hard" : "soft") }
+            try logits.close()
+            try labels.close()
             try file.close()
         }
         try DurableFiles.sync(partial)

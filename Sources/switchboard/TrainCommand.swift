@@ -69,9 +69,9 @@ struct TrainCommand: ParsableCommand {
                                     ranks: comm.size, threads: threads)
         try memory.check(available: MachineMemory.available / Double(onHost), ranksOnHost: onHost, source: job)
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
-        // Checked (a strict job refused) before any run folder is made; applied below only if
-        // the run starts at step 0.
-        let initPlan = try config.initialization.map { try InitPlan($0, model: trainer.model, source: job) }
+        // A new run's [init] is checked (a strict job refused) before any run folder is made;
+        // a resumed run has its own weights and does not need the source checkpoint.
+        var initPlan = resume == nil ? try config.initialization.map { try InitPlan($0, model: trainer.model, source: job) } : nil
         say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
         let store = trainer.model.store, size = config.model.size(inputs: train.width, classes: config.data.classes, maxRows: 1,
                                                                    frozen: config.frozen)
@@ -99,6 +99,14 @@ struct TrainCommand: ParsableCommand {
         if let resume {
             resumed = try trainer.resume(resume, run: folder?.path ?? "", log: { say("warning: " + $0) })
         }
+        // Starting at step 0 (`--resume auto` found no checkpoint): the weights of [init],
+        // loaded before a new run folder is claimed.
+        if resumed == nil, trainer.step == 0, let spec = config.initialization {
+            if initPlan == nil { initPlan = try InitPlan(spec, model: trainer.model, source: job) }
+            try initPlan!.apply(seed: config.run.seed)
+        } else {
+            initPlan = nil
+        }
         if comm.isCoordinator && !continuing {
             folder = try RunFolder.claim(output: config.run.output, name: config.run.name, continuing: false)
         }
@@ -119,8 +127,7 @@ struct TrainCommand: ParsableCommand {
         } else if resume != nil {
             say("no checkpoint in \(runPath); starting at step 0")
         }
-        if resumed == nil, trainer.step == 0, let initPlan {
-            try initPlan.apply(seed: config.run.seed)
+        if let initPlan {
             say(initPlan.summary)
             folder?.log([("kind", .string("init")), ("from", .string(initPlan.checkpoint.folder)),
                          ("loaded", .int(initPlan.loads.count)), ("fresh", .array(initPlan.fresh.map { .string($0) })),

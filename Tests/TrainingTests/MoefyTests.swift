@@ -23,7 +23,8 @@ final class MoefyTests: ToyDataTestCase {
     func testAllExpertsReproduceTheDenseModelAndFewerUseFewer() throws {
         let dense = try denseCheckpoint()
         let moe = "\(dir)/moe"
-        let r = try Launcher.run(binary, ["moefy", dense, "--experts", "4", "--out", moe, "--samples", "256"])
+        // OUT with a trailing slash names the same folder.
+        let r = try Launcher.run(binary, ["moefy", dense, "--experts", "4", "--out", moe + "/", "--samples", "256"])
         XCTAssertEqual(r.code, 0, r.output)
         XCTAssertTrue(r.output.contains("wrote \(moe): 2 MoE blocks of 4 experts of 16 units"), r.output)
         XCTAssertFalse(FileManager.default.fileExists(atPath: moe + ".partial"))
