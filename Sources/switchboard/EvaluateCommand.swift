@@ -53,12 +53,7 @@ struct EvaluateCommand: ParsableCommand {
         BLAS.setThreads(threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / onHost))
 
         let dataset = try config.data.load(split)
-        // The lift's input width, from the manifest (stack models start with layers.0 or the head).
-        if let first = ["embed.weight", "layers.0.weight", "head.weight"].lazy.compactMap({ reader.tensors["params/\($0)"] }).first,
-           first.shape.count == 2, first.shape[1] != dataset.width {
-            throw DataError(config.data.file(split), "has \(dataset.width) features per sample; the model of \(reader.folder) "
-                            + "takes \(first.shape[1])")
-        }
+        try checkFeatures(dataset.width, of: config.data.file(split), fit: reader)
         let chunk = min(config.train.evalBatchSize, dataset.count)
         let evaluator = Evaluator(config: config, comm: comm, inputs: dataset.width, maxRows: max(1, (chunk + comm.size - 1) / comm.size))
         try evaluator.load(reader)

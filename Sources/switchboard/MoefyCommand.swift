@@ -48,11 +48,7 @@ struct MoefyCommand: ParsableCommand {
         guard !FileManager.default.fileExists(atPath: out) else {
             throw ConfigError("\(out) exists; moefy writes a new checkpoint folder")
         }
-        let parent = (out as NSString).deletingLastPathComponent, folder = parent.isEmpty ? "." : parent
-        var isFolder: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder), isFolder.boolValue else {
-            throw DiskError(out, "cannot write: the folder \(folder) does not exist")
-        }
+        try checkOutputFolder(out)
         let comm = try MPIWorld.start()
         guard comm.size == 1 else { throw ConfigError("moefy runs on one process; start it without mpirun") }
         FatalSignalReport.install(rank: 0, ranks: 1)

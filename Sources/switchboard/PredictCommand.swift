@@ -42,15 +42,9 @@ struct PredictCommand: ParsableCommand {
         BLAS.setThreads(threads ?? ProcessInfo.processInfo.activeProcessorCount)
 
         let stream = try SampleStream(input, x: x)
-        if let first = ["embed.weight", "layers.0.weight", "head.weight"].lazy.compactMap({ reader.tensors["params/\($0)"] }).first,
-           first.shape.count == 2, first.shape[1] != stream.width {
-            throw DataError(input, "has \(stream.width) features per sample; the model of \(reader.folder) takes \(first.shape[1])")
-        }
-        let parent = (output as NSString).deletingLastPathComponent, folder = parent.isEmpty ? "." : parent
+        try checkFeatures(stream.width, of: input, fit: reader)
+        try checkOutputFolder(output)
         var isFolder: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder), isFolder.boolValue else {
-            throw DiskError(output, "cannot write: the folder \(folder) does not exist")
-        }
         if FileManager.default.fileExists(atPath: output, isDirectory: &isFolder), isFolder.boolValue {
             throw DiskError(output, "cannot write: it is a folder")
         }

@@ -11,11 +11,9 @@ final class EvaluateTests: ToyDataTestCase {
     /// Trains `model` on `ranks` ranks for 22 steps (two epochs, evaluated after each) and
     /// returns the final checkpoint and the run's summary.
     func trained(_ model: ToyModel, name: String, ranks: Int = 2) throws -> (checkpoint: String, summary: [String: Any]) {
-        let path = try writeJob(Fixtures.job(dir: dir, model: model, settings: ["train.max_steps": "22"]))
-        _ = try train(ranks: ranks, name: name, job: path)
-        let run = "\(dir)/runs/\(name)"
-        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(run)/summary.json"))) as! [String: Any]
-        return ("\(run)/\(CheckpointFolder.name(step: 22))", summary)
+        let checkpoint = try trainedToy(model, name: name, ranks: ranks).checkpoint
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/runs/\(name)/summary.json")))
+        return (checkpoint, summary as! [String: Any])
     }
 
     /// `switchboard evaluate … --json` on `ranks` ranks (mpirun above 1).

@@ -8,12 +8,7 @@ import XCTest
 /// class count starts fresh and is listed (non-strict) or refuses the job with every mismatch
 /// (strict); a dense checkpoint upcycles into a mixture of experts on any number of ranks.
 final class InitTests: ToyDataTestCase {
-    /// The toy residual model trained 22 steps on one rank; its final checkpoint.
-    func denseCheckpoint() throws -> String {
-        let path = try writeJob(Fixtures.job(dir: dir, settings: ["train.max_steps": "22"]))
-        _ = try train(ranks: 1, name: "dense", job: path)
-        return "\(dir)/runs/dense/\(CheckpointFolder.name(step: 22))"
-    }
+    func denseCheckpoint() throws -> String { try trainedToy(name: "dense").checkpoint }
 
     func testANewHeadStartsFreshOrRefusesTheStrictJob() throws {
         let checkpoint = try denseCheckpoint()

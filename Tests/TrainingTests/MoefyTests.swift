@@ -7,12 +7,7 @@ import XCTest
 /// `switchboard moefy` by the real binary: with all E experts the MoE checkpoint computes the
 /// dense model; with K < E each token uses K experts (counted by evaluate); bad input refused.
 final class MoefyTests: ToyDataTestCase {
-    /// The toy residual model (width 32, hidden 64, GELU) trained 22 steps; its checkpoint.
-    func denseCheckpoint() throws -> String {
-        let path = try writeJob(Fixtures.job(dir: dir, settings: ["train.max_steps": "22"]))
-        _ = try train(ranks: 1, name: "dense", job: path)
-        return "\(dir)/runs/dense/\(CheckpointFolder.name(step: 22))"
-    }
+    func denseCheckpoint() throws -> String { try trainedToy(name: "dense").checkpoint }
 
     func json(_ arguments: [String]) throws -> [String: Any] {
         let r = try Launcher.run(binary, arguments)

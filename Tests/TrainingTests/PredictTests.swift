@@ -12,10 +12,8 @@ import XCTest
 final class PredictTests: ToyDataTestCase {
     /// A toy residual model trained for 22 steps; its final checkpoint and config.
     func trained() throws -> (checkpoint: String, config: JobConfig) {
-        let text = Fixtures.job(dir: dir, settings: ["train.max_steps": "22"])
-        let path = try writeJob(text)
-        _ = try train(ranks: 1, name: "toy", job: path)
-        return ("\(dir)/runs/toy/\(CheckpointFolder.name(step: 22))", try JobConfig.parse(text, source: path))
+        let (checkpoint, text) = try trainedToy(name: "toy")
+        return (checkpoint, try JobConfig.parse(text, source: "toy"))
     }
 
     func predict(_ arguments: [String], environment: [String: String] = [:]) throws -> (code: Int32, output: String) {

@@ -1,5 +1,6 @@
 import Foundation
 import Layers
+import Storage
 import TestSupport
 import XCTest
 @testable import Training
@@ -114,6 +115,14 @@ class ToyDataTestCase: XCTestCase {
         let text = Fixtures.job(dir: dir, model: .moe(moe), settings: ["train.epochs": "3", "train.max_steps": "\(steps)"])
         let job = try writeJob(text)
         return (job, try JobConfig.parse(text, source: job))
+    }
+
+    /// Trains the toy job with `model` for 22 steps (two epochs, evaluated after each) on
+    /// `ranks` ranks under run name `name`; returns its final checkpoint and its job text.
+    func trainedToy(_ model: ToyModel = .residual, name: String, ranks: Int = 1) throws -> (checkpoint: String, job: String) {
+        let text = Fixtures.job(dir: dir, model: model, settings: ["train.max_steps": "22"])
+        _ = try train(ranks: ranks, name: name, job: try writeJob(text))
+        return ("\(dir)/runs/\(name)/\(CheckpointFolder.name(step: 22))", text)
     }
 
     /// The parameters of a model file (`model.h5`) written by a run of `config`.
