@@ -5,7 +5,7 @@ import PackageDescription
 // are established once at workspace creation, and the checks cost measurable time there.
 let fast: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
 
-// Linux (x86-64, Debian) is what is built and tested: OpenMPI, OpenBLAS and HDF5 from Debian's
+// Linux (x86-64, Debian) is what is built and tested: OpenMPI, OpenBLAS, oneDNN and HDF5 from Debian's
 // packages, /proc, transparent huge pages, glibc's allocator for the allocation counter.
 let package = Package(
     name: "switchboard",
@@ -34,11 +34,15 @@ let package = Package(
         // Loops Swift compiles poorly (vector square root; no AVX in a baseline x86-64 build),
         // each path chosen by instruction set at run time: AdamW, GELU, the experts' x·Wᵀ.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
+        // oneDNN (Debian's libdnnl-dev, OpenMP build): prepared matmul primitives for fp32 and
+        // bf16 products, and the fp32 → bf16 rounding of their inputs.
+        .target(name: "CDNNL", cSettings: [.unsafeFlags(["-O3"])],
+                linkerSettings: [.linkedLibrary("dnnl"), .linkedLibrary("gomp")]),
 
         // Every Swift target lists each module it imports; each imports only modules above it here.
         // The one error protocol every domain error adopts (exit code and one-line message).
         .target(name: "Errors"),
-        .target(name: "Kernels", dependencies: ["CBLAS", "CKernels"], swiftSettings: fast),
+        .target(name: "Kernels", dependencies: ["CBLAS", "CDNNL", "CKernels"], swiftSettings: fast),
         .target(name: "Cluster", dependencies: ["CMPI", "CSignals", "Errors", "Kernels"], swiftSettings: fast),
         .target(name: "Layers", dependencies: ["Kernels"], swiftSettings: fast),
         .target(name: "Storage", dependencies: ["CChecksum", "CHDF5", "CZlib", "Errors", "Kernels"], swiftSettings: fast),
@@ -55,7 +59,7 @@ let package = Package(
             swiftSettings: fast),
 
         .target(name: "TestSupport", dependencies: ["Kernels"], path: "Tests/TestSupport"),
-        .testTarget(name: "KernelsTests", dependencies: ["CKernels", "Kernels"]),
+        .testTarget(name: "KernelsTests", dependencies: ["CDNNL", "CKernels", "Kernels"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster"]),
         .testTarget(name: "LayersTests", dependencies: ["Kernels", "Layers", "TestSupport"]),
         .testTarget(name: "TrainingTests",

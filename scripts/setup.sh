@@ -2,9 +2,10 @@
 # Installs the Debian packages Switchboard builds and runs with, if any is missing.
 # Safe to run repeatedly: it only calls apt-get when something is absent.
 set -euo pipefail
+# libdnnl-dev: oneDNN, the fp32 and bf16 matrix products where it is faster than OpenBLAS.
 # iproute2 (ip netns) for the multi-host test harness in cluster/netns; binutils (nm) for the
 # test that the program does not carry the allocation counter.
-packages=(libopenmpi-dev openmpi-bin libopenblas-dev libhdf5-dev hdf5-tools zlib1g-dev pkg-config dataset-fashion-mnist iproute2
+packages=(libopenmpi-dev openmpi-bin libopenblas-dev libdnnl-dev libhdf5-dev hdf5-tools zlib1g-dev pkg-config dataset-fashion-mnist iproute2
           binutils)
 missing=()
 for p in "${packages[@]}"; do

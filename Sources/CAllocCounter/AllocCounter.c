@@ -11,17 +11,26 @@ extern void *__libc_memalign(size_t, size_t);
 extern void __libc_free(void *);
 
 static __thread uint64_t allocations __attribute__((tls_model("initial-exec")));
+static __thread uint64_t onednn_allocations __attribute__((tls_model("initial-exec")));
+static __thread int in_onednn __attribute__((tls_model("initial-exec")));
 
 uint64_t sb_thread_allocations(void) { return allocations; }
+uint64_t sb_thread_onednn_allocations(void) { return onednn_allocations; }
+void sb_allocations_in_onednn(int inside) { in_onednn = inside; }
 
-void *malloc(size_t n) { allocations++; return __libc_malloc(n); }
-void *calloc(size_t c, size_t n) { allocations++; return __libc_calloc(c, n); }
-void *realloc(void *p, size_t n) { allocations++; return __libc_realloc(p, n); }
+static inline void count(void) {
+    if (in_onednn) onednn_allocations++;
+    else allocations++;
+}
+
+void *malloc(size_t n) { count(); return __libc_malloc(n); }
+void *calloc(size_t c, size_t n) { count(); return __libc_calloc(c, n); }
+void *realloc(void *p, size_t n) { count(); return __libc_realloc(p, n); }
 void free(void *p) { __libc_free(p); }
-void *memalign(size_t a, size_t n) { allocations++; return __libc_memalign(a, n); }
-void *aligned_alloc(size_t a, size_t n) { allocations++; return __libc_memalign(a, n); }
+void *memalign(size_t a, size_t n) { count(); return __libc_memalign(a, n); }
+void *aligned_alloc(size_t a, size_t n) { count(); return __libc_memalign(a, n); }
 int posix_memalign(void **out, size_t a, size_t n) {
-    allocations++;
+    count();
     void *p = __libc_memalign(a, n);
     if (!p) return ENOMEM;
     *out = p;

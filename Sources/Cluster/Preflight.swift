@@ -19,6 +19,8 @@ public struct RankReport: Codable, Sendable, Equatable {
     public var binding: [Int]
     public var blasThreads: Int
     public var blasCore: String
+    /// The instruction set oneDNN runs on this rank's CPU ("avx512_core_bf16", "avx512_core_amx").
+    public var onednnISA: String
     public var sgemmGFLOPs: Double
     public var binaryHash: String
     public var configHash: String
@@ -39,7 +41,7 @@ public enum Preflight {
         RankReport(
             rank: rank, host: ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "?",
             cores: ProcessInfo.processInfo.activeProcessorCount, binding: affinity(), blasThreads: blasThreads,
-            blasCore: BLAS.coreName, sgemmGFLOPs: sgemmProbe(),
+            blasCore: BLAS.coreName, onednnISA: OneDNN.isa, sgemmGFLOPs: sgemmProbe(),
             binaryHash: hex(hashFile("/proc/self/exe")), configHash: hex(RNGStream.fnv1a(configText)))
     }
 
@@ -59,7 +61,7 @@ public enum Preflight {
 
     /// A report as it travels: JSON, padded with zeros to `reportBytes`.
     static func encode(_ report: RankReport) throws -> [UInt8] {
-        var bytes = [UInt8](try JSONEncoder().encode(report))
+        let bytes = [UInt8](try JSONEncoder().encode(report))
         guard bytes.count < reportBytes else { throw PreflightError(rank: report.rank, bytes: bytes.count, limit: reportBytes) }
         return bytes + [UInt8](repeating: 0, count: reportBytes - bytes.count)
     }
@@ -98,9 +100,10 @@ public enum Preflight {
 
     /// The table the coordinator prints.
     public static func table(_ reports: [RankReport]) -> String {
-        let header = ["rank", "host", "cores", "bound to", "BLAS threads", "OpenBLAS core", "sgemm GFLOP/s", "binary", "config"]
+        let header = ["rank", "host", "cores", "bound to", "BLAS threads", "OpenBLAS core", "oneDNN ISA", "sgemm GFLOP/s", "binary",
+                      "config"]
         let rows = reports.map {
-            [String($0.rank), $0.host, String($0.cores), cpuList($0.binding), String($0.blasThreads), $0.blasCore,
+            [String($0.rank), $0.host, String($0.cores), cpuList($0.binding), String($0.blasThreads), $0.blasCore, $0.onednnISA,
              String(format: "%.1f", $0.sgemmGFLOPs), String($0.binaryHash.prefix(8)), String($0.configHash.prefix(8))]
         }
         let widths = header.indices.map { c in ([header] + rows).map { $0[c].count }.max()! }

@@ -1,4 +1,5 @@
 import CBLAS
+import CDNNL
 import CKernels
 
 public enum Transpose: Sendable {
@@ -46,10 +47,13 @@ public var gemmExpertHasOwnKernel: Bool { sb_gemm_nt_usable() != 0 }
 
 /// BLAS threading and identity.
 public enum BLAS {
-    /// Sets the number of OpenBLAS threads for every later call in this process, and the
-    /// threads of the elementwise worker pool to match.
+    /// Sets the number of OpenBLAS threads for every later call in this process, and oneDNN's
+    /// OpenMP threads and the threads of the elementwise worker pool to match. Only one of the
+    /// three runs at a time (the calling thread waits for each), and neither OpenBLAS's nor the
+    /// pool's idle threads spin, so n threads of each share n cores without oversubscribing them.
     public static func setThreads(_ n: Int) {
         openblas_set_num_threads(Int32(n))
+        sb_omp_set_threads(Int32(n))
         WorkerPool.shared.setThreads(n)
     }
     /// Runs `body` with every BLAS call single-threaded, for work that runs several small
@@ -57,9 +61,9 @@ public enum BLAS {
     /// threads do not pay on a 32-row product.
     public static func singleThreaded(_ body: () -> Void) {
         let n = openblas_get_num_threads()
-        if n > 1 { openblas_set_num_threads(1) }
+        if n > 1 { openblas_set_num_threads(1); sb_omp_set_threads(1) }
         body()
-        if n > 1 { openblas_set_num_threads(n) }
+        if n > 1 { openblas_set_num_threads(n); sb_omp_set_threads(n) }
     }
 
     /// The kernel family OpenBLAS picked for this CPU ("Haswell", "Zen", …).

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CDNNL
 
 /// Work that can be split into disjoint index ranges.
 ///
@@ -89,6 +90,8 @@ public final class WorkerPool: @unchecked Sendable {
     }
 
     private func workerLoop(index: Int) {
+        // A product started on a worker (one MoE expert per thread) runs on that thread alone.
+        sb_omp_set_threads(1)
         var seen = 0
         pthread_mutex_lock(mutex)
         while true {

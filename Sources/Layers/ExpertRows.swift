@@ -6,10 +6,13 @@ import Kernels
 final class ExpertRows {
     let x: Tensor, z1: Tensor, h: Tensor, y: Tensor     // [rows, d], [rows, H1], [rows, H], [rows, d]
     let dy: Tensor, dh: Tensor, dz1: Tensor, dx: Tensor
+    /// bf16 only: the inputs of the experts' products, rounded ([rows, d], [rows, H],
+    /// [rows, d], [rows, H1]).
+    let x16, h16, dy16, dz16: BFloat16Buffer?
     /// [E + 1] row offsets.
     let start: UnsafeMutablePointer<Int>
 
-    init(rows: Int, width d: Int, hidden h: Int, firstWidth h1: Int, experts e: Int) {
+    init(rows: Int, width d: Int, hidden h: Int, firstWidth h1: Int, experts e: Int, precision: Precision) {
         x = Tensor(shape: [rows, d])
         z1 = Tensor(shape: [rows, h1])
         self.h = Tensor(shape: [rows, h])
@@ -18,6 +21,11 @@ final class ExpertRows {
         dh = Tensor(shape: [rows, h])
         dz1 = Tensor(shape: [rows, h1])
         dx = Tensor(shape: [rows, d])
+        let bf16 = precision == .bf16
+        x16 = bf16 ? BFloat16Buffer(count: rows * d) : nil
+        h16 = bf16 ? BFloat16Buffer(count: rows * h) : nil
+        dy16 = bf16 ? BFloat16Buffer(count: rows * d) : nil
+        dz16 = bf16 ? BFloat16Buffer(count: rows * h1) : nil
         start = .allocate(capacity: e + 1)
         start.initialize(repeating: 0, count: e + 1)
     }

@@ -89,7 +89,7 @@ public final class FastFeedforward: Layer {
     var leafOf: [Int32], grouped: [Int32], groupStart: [Int]
     let xs: Tensor, zs: Tensor, hs: Tensor, ys: Tensor
 
-    public init(_ name: String, width: Int, spec: FFFSpec, maxRows: Int, store: ParameterStore) {
+    public init(_ name: String, width: Int, spec: FFFSpec, maxRows: Int, store: ParameterStore, precision: Precision = .fp32) {
         precondition(spec.depth >= 1 && spec.leafWidth >= 1)
         // Backward reads the leaves' activations, which a fused identity does not keep.
         precondition(spec.activation != .identity, "an FFF's leaves need an activation")
@@ -99,16 +99,17 @@ public final class FastFeedforward: Layer {
         let hidden = spec.trainingWidth
         // The reference implementation's initialization: node and first-layer parameters
         // uniform in ±1/√d, second-layer ones in ±1/√leafWidth.
-        nodes = Linear("\(name).nodes", inputs: d, outputs: n, maxRows: maxRows, store: store)
+        nodes = Linear("\(name).nodes", inputs: d, outputs: n, maxRows: maxRows, store: store, precision: precision)
         fc1 = Linear("\(name).leaves.fc1", inputs: d, outputs: hidden, activation: spec.activation,
-                     maxRows: maxRows, store: store)
+                     maxRows: maxRows, store: store, precision: precision)
         fc2 = Linear("\(name).leaves.fc2", inputs: hidden, outputs: d, bias: false, maxRows: maxRows, store: store,
-                     initBound: 1 / Float(lw).squareRoot())
+                     precision: precision, initBound: 1 / Float(lw).squareRoot())
         leafBias = store.register("\(name).leaves.fc2.bias", shape: [l, d], role: .bias,
                                   initializer: .uniform(bound: 1 / Float(lw).squareRoot()), freezable: true)
         if spec.masterLeaf {
-            master = (Linear("\(name).master.fc1", inputs: d, outputs: lw, activation: spec.activation, maxRows: maxRows, store: store),
-                      Linear("\(name).master.fc2", inputs: lw, outputs: d, maxRows: maxRows, store: store),
+            master = (Linear("\(name).master.fc1", inputs: d, outputs: lw, activation: spec.activation, maxRows: maxRows, store: store,
+                             precision: precision),
+                      Linear("\(name).master.fc2", inputs: lw, outputs: d, maxRows: maxRows, store: store, precision: precision),
                       store.register("\(name).master.mix", shape: [1], role: .coefficient, initializer: .constant(0.5), freezable: true))
         } else {
             master = nil
@@ -267,7 +268,7 @@ public final class FastFeedforward: Layer {
     // ∂L/∂σ_i = q_i · (u_right − u_left) and
     // ∂L/∂a_i = ∂L/∂σ_i · σ_i(1 − σ_i) − (h/(T·N)) · a_i · σ_i(1 − σ_i) for the hardening term.
     public func backward(_ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>? {
-        guard let x else { preconditionFailure("FastFeedforward.backward before forward") }
+        guard x != nil else { preconditionFailure("FastFeedforward.backward before forward") }
         precondition(training, "FastFeedforward.backward after an inference pass")
         let heap = 2 * l - 1
         // The master blend: dk = Σ dy ⊙ (M − tree); the tree gets (1 − k)·dy, M gets k·dy.

@@ -5,6 +5,10 @@ import Kernels
 /// Layout by measurement (OpenBLAS, Zen, 1–2 threads): all four transpose combinations of
 /// W1's shapes run within 3% of each other, so weights stay `[out, in]` as in the papers:
 /// forward is (N,T), the input gradient (N,N), the weight gradient (T,N).
+///
+/// In bf16 the three products read bf16 copies of x, W and the output gradient, rounded just
+/// before the first product that needs each (x and W in forward, g in backward); the
+/// products accumulate in fp32, and everything around them stays fp32.
 public final class Linear: Layer {
     public let inputWidth: Int
     public let outputWidth: Int
@@ -20,11 +24,15 @@ public final class Linear: Layer {
     let dx: Tensor      // [maxRows, in]
     var x: UnsafePointer<Float>?
 
+    let forwardProduct, weightGradientProduct, inputGradientProduct: Matmul
+    /// bf16 only: x [maxRows, in], W [out, in] and g [maxRows, out] rounded.
+    let x16, w16, g16: BFloat16Buffer?
+
     /// Weights and biases uniform in ±1/√fan_in (PyTorch's default, and the benchmark workloads').
     public init(
         _ name: String, inputs: Int, outputs: Int, bias: Bool = true,
         activation: Activation = .identity, computesInputGradient: Bool = true,
-        maxRows: Int, store: ParameterStore, initBound: Float? = nil, biasBound: Float? = nil
+        maxRows: Int, store: ParameterStore, precision: Precision = .fp32, initBound: Float? = nil, biasBound: Float? = nil
     ) {
         inputWidth = inputs
         outputWidth = outputs
@@ -42,6 +50,16 @@ public final class Linear: Layer {
         y = Tensor(shape: [fused ? maxRows : 0, outputs])
         dz = Tensor(shape: [fused ? maxRows : 0, outputs])
         dx = Tensor(shape: [computesInputGradient ? maxRows : 0, inputs])
+        forwardProduct = Matmul(.none, .transpose, m: maxRows, n: outputs, k: inputs, lda: inputs, ldb: inputs,
+                                ldc: outputs, rows: .m, accumulate: false, precision: precision)
+        weightGradientProduct = Matmul(.transpose, .none, m: outputs, n: inputs, k: maxRows, lda: outputs, ldb: inputs,
+                                       ldc: inputs, rows: .k, accumulate: true, precision: precision)
+        inputGradientProduct = Matmul(.none, .none, m: maxRows, n: inputs, k: outputs, lda: outputs, ldb: inputs,
+                                      ldc: inputs, rows: .m, accumulate: false, precision: precision)
+        let bf16 = precision == .bf16
+        x16 = bf16 ? BFloat16Buffer(count: maxRows * inputs) : nil
+        w16 = bf16 ? BFloat16Buffer(count: outputs * inputs) : nil
+        g16 = bf16 ? BFloat16Buffer(count: maxRows * outputs) : nil
     }
 
     /// The input and the output of the last forward pass (for reading activations: `moefy`).
@@ -51,8 +69,13 @@ public final class Linear: Layer {
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
         self.x = x
         // z[rows, out] = x[rows, in] · Wᵀ
-        gemm(.none, .transpose, m: rows, n: outputWidth, k: inputWidth,
-             a: x, lda: inputWidth, b: weight.value, ldb: inputWidth, beta: 0, c: z.data, ldc: outputWidth)
+        if let x16, let w16 {
+            x16.round(x, count: rows * inputWidth)
+            w16.round(weight.value, count: outputWidth * inputWidth)
+            forwardProduct(rows: rows, a: x16.data, b: w16.data, c: z.data)
+        } else {
+            forwardProduct(rows: rows, a: x, b: weight.value, c: z.data)
+        }
         let out = activation == .identity ? z.data : y.data
         activation.forward(z: z.data, bias: bias?.value, y: out, rows: rows, cols: outputWidth)
         return UnsafePointer(out)
@@ -71,15 +94,19 @@ public final class Linear: Layer {
             activation.backward(z: z.data, dy: dy, dz: dz.data, dbias: dbias, rows: rows, cols: outputWidth)
             g = UnsafePointer(dz.data)
         }
-        if let dw = weight.grad {
-            // dW[out, in] += gᵀ · x
-            gemm(.transpose, .none, m: outputWidth, n: inputWidth, k: rows,
-                 a: g, lda: outputWidth, b: x, ldb: inputWidth, beta: 1, c: dw, ldc: inputWidth)
+        if let g16, let x16, let w16 {
+            if weight.grad == nil && !computesInputGradient { return nil }
+            g16.round(g, count: rows * outputWidth)
+            if let dw = weight.grad { weightGradientProduct(rows: rows, a: g16.data, b: x16.data, c: dw) }
+            guard computesInputGradient else { return nil }
+            inputGradientProduct(rows: rows, a: g16.data, b: w16.data, c: dx.data)
+            return UnsafePointer(dx.data)
         }
+        // dW[out, in] += gᵀ · x
+        if let dw = weight.grad { weightGradientProduct(rows: rows, a: g, b: x, c: dw) }
         guard computesInputGradient else { return nil }
         // dx[rows, in] = g · W
-        gemm(.none, .none, m: rows, n: inputWidth, k: outputWidth,
-             a: g, lda: outputWidth, b: weight.value, ldb: inputWidth, beta: 0, c: dx.data, ldc: inputWidth)
+        inputGradientProduct(rows: rows, a: g, b: weight.value, c: dx.data)
         return UnsafePointer(dx.data)
     }
 }

@@ -57,6 +57,8 @@ public final class MoE: Layer {
     let d: Int, e: Int, k: Int, h: Int, h1: Int
     let pointwise: Activation?
     let gated: GatedActivation?
+    let precision: Precision
+    let products: MoEProducts
 
     let logits: Tensor, probs: Tensor, scores: Tensor   // [T, E]
     let dprobs: Tensor, dlogits: Tensor                 // [T, E]
@@ -93,9 +95,11 @@ public final class MoE: Layer {
     var x: UnsafePointer<Float>?
     var tokens = 0, globalTokens = 1
 
-    public init(_ name: String, width d: Int, spec: MoESpec, site: Int, seed: UInt64, maxRows: Int, store: ParameterStore) {
+    public init(_ name: String, width d: Int, spec: MoESpec, site: Int, seed: UInt64, maxRows: Int, store: ParameterStore,
+                precision: Precision = .fp32) {
         precondition(spec.topK >= 1 && spec.topK <= spec.experts)
         self.name = name
+        self.precision = precision
         self.maxRows = maxRows
         inputWidth = d
         self.spec = spec
@@ -134,12 +138,15 @@ public final class MoE: Layer {
             var layers: [any Layer] = []
             switch spec.activation {
             case .pointwise(let f):
-                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: sh, bias: spec.bias, activation: f, maxRows: maxRows, store: store))
+                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: sh, bias: spec.bias, activation: f, maxRows: maxRows, store: store,
+                                     precision: precision))
             case .gated(let f):
-                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: 2 * sh, bias: spec.bias, maxRows: maxRows, store: store))
+                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: 2 * sh, bias: spec.bias, maxRows: maxRows, store: store,
+                                     precision: precision))
                 layers.append(GLULayer(gate: f, hidden: sh, maxRows: maxRows))
             }
-            layers.append(Linear("\(name).shared.fc2", inputs: sh, outputs: d, bias: spec.bias, maxRows: maxRows, store: store))
+            layers.append(Linear("\(name).shared.fc2", inputs: sh, outputs: d, bias: spec.bias, maxRows: maxRows, store: store,
+                                 precision: precision))
             shared = Sequential(layers)
         } else {
             shared = nil
@@ -156,7 +163,8 @@ public final class MoE: Layer {
         gate = Tensor(shape: [a])
         dgate = Tensor(shape: [a])
         rowToken = [Int32](repeating: 0, count: a)
-        local = ExpertRows(rows: a, width: d, hidden: h, firstWidth: h1, experts: e)
+        local = ExpertRows(rows: a, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
+        products = MoEProducts(tokens: maxRows, rows: a, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
         work = local
         queue = ExpertQueue(experts: e)
         y = Tensor(shape: [maxRows, d])
@@ -181,7 +189,7 @@ public final class MoE: Layer {
     /// every token of every rank on experts run here.
     public func attach(_ exchange: any ExpertExchange) {
         let rows = exchange.ranks * maxRows * k
-        owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e)
+        owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
         let spans = (0..<e).map { i in
             let parts = [w1[i], b1[i], w2[i], b2[i]].compactMap { $0 }
             let count = parts.reduce(0) { $0 + $1.count }

@@ -25,20 +25,36 @@ extension MoE {
 
     // MARK: - Forward
 
-    /// Expert i: h = f(xs·W1ᵀ + b1), ys = h·W2ᵀ + b2, over its contiguous rows.
+    /// Expert i: h = f(xs·W1ᵀ + b1), ys = h·W2ᵀ + b2, over its contiguous rows. In bf16 the
+    /// expert's weights are rounded here, once per pass, for its forward and backward products.
     func expertForward(_ i: Int) {
         let w = work, o = w.start[i], n = w.start[i + 1] - o
         guard n > 0 else { return }
         let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
         let yr = w.y.data + o * d
-        gemmExpert(m: n, n: h1, k: d, a: xr, lda: d, b: w1[i].value, ldb: d, c: zr, ldc: h1)
+        let p = products
+        if let x16 = w.x16 {
+            let xs = x16.round(xr, count: n * d, at: o * d)
+            p.z1(rows: n, a: xs, b: p.w1[i].round(w1[i].value, count: h1 * d), c: zr)
+        } else if p.expertForwardOnMatmul {
+            p.z1(rows: n, a: xr, b: w1[i].value, c: zr)
+        } else {
+            gemmExpert(m: n, n: h1, k: d, a: xr, lda: d, b: w1[i].value, ldb: d, c: zr, ldc: h1)
+        }
         if let pointwise {
             pointwise.forward(z: zr, bias: b1[i]?.value, y: hr, rows: n, cols: h)
         } else {
             if let b = b1[i] { Activation.identity.forward(z: zr, bias: b.value, y: zr, rows: n, cols: h1) }
             gated!.forward(ab: zr, h: hr, rows: n, hidden: h)
         }
-        gemmExpert(m: n, n: d, k: h, a: hr, lda: h, b: w2[i].value, ldb: h, c: yr, ldc: d)
+        if let h16 = w.h16 {
+            let hs = h16.round(hr, count: n * h, at: o * h)
+            p.ys(rows: n, a: hs, b: p.w2[i].round(w2[i].value, count: d * h), c: yr)
+        } else if p.expertForwardOnMatmul {
+            p.ys(rows: n, a: hr, b: w2[i].value, c: yr)
+        } else {
+            gemmExpert(m: n, n: d, k: h, a: hr, lda: h, b: w2[i].value, ldb: h, c: yr, ldc: d)
+        }
         if let b = b2[i] { Activation.identity.forward(z: yr, bias: b.value, y: yr, rows: n, cols: d) }
     }
 
@@ -70,23 +86,30 @@ extension MoE {
         }
         let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
         let dyr = w.dy.data + o * d, dhr = w.dh.data + o * h, dzr = w.dz1.data + o * h1, dxr = w.dx.data + o * d
-        // Where a gradient goes, and the beta of a GEMM that writes it: the buffer is
+        // Where a gradient goes, and whether its product adds to it: the buffer is
         // overwritten (biases are sums, so theirs starts at zero), the store's added to.
-        func weightGradient(_ p: Parameter) -> (UnsafeMutablePointer<Float>, beta: Float) { (buffer ?? p.grad, buffer == nil ? 1 : 0) }
+        func weightGradient(_ p: Parameter) -> (UnsafeMutablePointer<Float>, add: Bool) { (buffer ?? p.grad, buffer == nil) }
         func biasGradient(_ p: Parameter) -> UnsafeMutablePointer<Float> {
             guard let buffer else { return p.grad }
             buffer.update(repeating: 0, count: p.count)
             return buffer
         }
+        let p = products
         if let b = b2[i] {
             let g = biasGradient(b)
             addColumnSums(dyr, rows: n, cols: d, into: g)
             updater?.update(b, from: g)
         }
         // dW2[d, H] += dysᵀ · h;  dh = dys · W2
-        let (g2, beta2) = weightGradient(w2[i])
-        gemm(.transpose, .none, m: d, n: h, k: n, a: dyr, lda: d, b: hr, ldb: h, beta: beta2, c: g2, ldc: h)
-        gemm(.none, .none, m: n, n: h, k: d, a: dyr, lda: d, b: w2[i].value, ldb: h, beta: 0, c: dhr, ldc: h)
+        let (g2, add2) = weightGradient(w2[i])
+        if let dy16 = w.dy16, let h16 = w.h16 {
+            let dys = dy16.round(dyr, count: n * d, at: o * d)
+            (add2 ? p.dW2Add : p.dW2)(rows: n, a: dys, b: h16.data + o * h, c: g2)
+            p.dh(rows: n, a: dys, b: p.w2[i].data, c: dhr)
+        } else {
+            (add2 ? p.dW2Add : p.dW2)(rows: n, a: dyr, b: hr, c: g2)
+            p.dh(rows: n, a: dyr, b: w2[i].value, c: dhr)
+        }
         updater?.update(w2[i], from: g2)
         let gb1 = b1[i].map(biasGradient)
         if let pointwise {
@@ -97,9 +120,15 @@ extension MoE {
         }
         if let b = b1[i], let gb1 { updater?.update(b, from: gb1) }
         // dW1[H1, d] += dz1ᵀ · xs;  dxs = dz1 · W1
-        let (g1, beta1) = weightGradient(w1[i])
-        gemm(.transpose, .none, m: h1, n: d, k: n, a: dzr, lda: h1, b: xr, ldb: d, beta: beta1, c: g1, ldc: d)
-        gemm(.none, .none, m: n, n: d, k: h1, a: dzr, lda: h1, b: w1[i].value, ldb: d, beta: 0, c: dxr, ldc: d)
+        let (g1, add1) = weightGradient(w1[i])
+        if let dz16 = w.dz16, let x16 = w.x16 {
+            let dzs = dz16.round(dzr, count: n * h1, at: o * h1)
+            (add1 ? p.dW1Add : p.dW1)(rows: n, a: dzs, b: x16.data + o * d, c: g1)
+            p.dxs(rows: n, a: dzs, b: p.w1[i].data, c: dxr)
+        } else {
+            (add1 ? p.dW1Add : p.dW1)(rows: n, a: dzr, b: xr, c: g1)
+            p.dxs(rows: n, a: dzr, b: w1[i].value, c: dxr)
+        }
         updater?.update(w1[i], from: g1)
     }
 }

@@ -13,7 +13,7 @@ extension MoE {
     /// σ-MoE), then the choices (unless held) and the gates.
     func routerForward(_ x: UnsafePointer<Float>, context: ForwardContext) {
         let t = tokens
-        gemm(.none, .transpose, m: t, n: e, k: d, a: x, lda: d, b: router.value, ldb: d, beta: 0, c: logits.data, ldc: e)
+        products.logits(rows: t, a: x, b: router.value, c: logits.data)
         softmaxRows(logits.data, probs.data, rows: t, cols: e)
         let selection: UnsafePointer<Float>
         switch spec.router {
@@ -195,7 +195,7 @@ extension MoE {
             let zTerm = spec.zLossCoefficient * 2 * lse[r] * inv
             for i in 0..<e { dz[i] += pr[i] * (dp[i] - dotp) + zTerm * pr[i] }
         }
-        gemm(.transpose, .none, m: e, n: d, k: t, a: dlogits.data, lda: e, b: x, ldb: d, beta: 1, c: router.grad, ldc: d)
-        gemm(.none, .none, m: t, n: d, k: e, a: dlogits.data, lda: e, b: router.value, ldb: d, beta: 1, c: dx.data, ldc: d)
+        products.routerGradient(rows: t, a: dlogits.data, b: x, c: router.grad)
+        products.routerInputGradient(rows: t, a: dlogits.data, b: router.value, c: dx.data)
     }
 }

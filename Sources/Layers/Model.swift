@@ -7,6 +7,7 @@ public final class Model {
     public let inputs: Int
     public let classes: Int
     public let maxRows: Int
+    public let precision: Precision
     /// The MoE layers, in order.
     public let moeLayers: [MoE]
     /// The fast feedforward layers, in order.
@@ -17,7 +18,10 @@ public final class Model {
 
     /// `frozen`: parameters to keep at their initial (or loaded) values, by name or prefix
     /// (`ParameterStore.frozenPatterns`).
-    public init(_ architecture: Architecture, inputs: Int, classes: Int, maxRows: Int, seed: UInt64, frozen: [String] = []) {
+    /// `precision`: the number format of the matrix products (`Matmul`); parameters are fp32 either way.
+    public init(_ architecture: Architecture, inputs: Int, classes: Int, maxRows: Int, seed: UInt64, frozen: [String] = [],
+                precision: Precision = .fp32) {
+        self.precision = precision
         self.inputs = inputs
         self.classes = classes
         self.maxRows = maxRows
@@ -33,23 +37,23 @@ public final class Model {
         }
         /// A block matrix, dense or factored.
         func matrix(_ name: String, _ i: Int, _ o: Int, _ f: Activation = .identity, rank: Int) -> any Layer {
-            rank > 0 ? LowRankLinear(name, inputs: i, outputs: o, rank: rank, activation: f, maxRows: maxRows, store: store)
-                : Linear(name, inputs: i, outputs: o, activation: f, maxRows: maxRows, store: store)
+            rank > 0 ? LowRankLinear(name, inputs: i, outputs: o, rank: rank, activation: f, maxRows: maxRows, store: store, precision: precision)
+                : Linear(name, inputs: i, outputs: o, activation: f, maxRows: maxRows, store: store, precision: precision)
         }
         switch architecture {
         case .stack(let hidden, let activation):
             var width = inputs
             for (i, h) in hidden.enumerated() {
                 append(Linear("layers.\(i)", inputs: width, outputs: h, activation: activation,
-                                     computesInputGradient: i > 0, maxRows: maxRows, store: store))
+                                     computesInputGradient: i > 0, maxRows: maxRows, store: store, precision: precision))
                 width = h
             }
             append(Linear("head", inputs: width, outputs: classes,
-                                 computesInputGradient: !hidden.isEmpty, maxRows: maxRows, store: store))
+                                 computesInputGradient: !hidden.isEmpty, maxRows: maxRows, store: store, precision: precision))
         case .residual(let trunk, let ffn):
             let d = trunk.width
             append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false,
-                                 maxRows: maxRows, store: store))
+                                 maxRows: maxRows, store: store, precision: precision))
             for i in 0..<trunk.depth {
                 let name = "blocks.\(i)"
                 var branch: [any Layer] = [makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i),
@@ -68,28 +72,28 @@ public final class Model {
                     }
                     branch.append(matrix("\(name).fc2", m.hidden, d, rank: m.rank))
                 case .fff(let spec):
-                    let fff = FastFeedforward("\(name).fff", width: d, spec: spec, maxRows: maxRows, store: store)
+                    let fff = FastFeedforward("\(name).fff", width: d, spec: spec, maxRows: maxRows, store: store, precision: precision)
                     fffs.append(fff)
                     branch.append(fff)
                 }
                 append(Residual(Sequential(branch), maxRows: maxRows))
             }
             append(makeNorm(trunk.norm, "norm", width: d, maxRows: maxRows, store: store))
-            append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store))
+            append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store, precision: precision))
         case .moe(let trunk, let spec):
             let d = trunk.width
             append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false,
-                          maxRows: maxRows, store: store))
+                          maxRows: maxRows, store: store, precision: precision))
             for i in 0..<trunk.depth {
                 let name = "blocks.\(i)"
-                let moe = MoE("\(name).moe", width: d, spec: spec, site: i, seed: seed, maxRows: maxRows, store: store)
+                let moe = MoE("\(name).moe", width: d, spec: spec, site: i, seed: seed, maxRows: maxRows, store: store, precision: precision)
                 moes.append(moe)
                 append(Residual(Sequential([makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i),
                                                      maxRows: maxRows, store: store), moe]),
                                 maxRows: maxRows))
             }
             append(makeNorm(trunk.norm, "norm", width: d, maxRows: maxRows, store: store))
-            append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store))
+            append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store, precision: precision))
         }
         moeLayers = moes
         fffLayers = fffs

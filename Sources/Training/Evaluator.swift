@@ -14,11 +14,12 @@ public final class Evaluator {
     let loop: EvaluationLoop
 
     /// `maxRows`: the most rows a rank holds in one pass (its share of an evaluation chunk).
-    public init(config: JobConfig, comm: Communicator, inputs: Int, maxRows: Int) {
+    public init(config: JobConfig, comm: Communicator, inputs: Int, maxRows: Int) throws {
         self.config = config
         self.comm = comm
+        try config.train.checkPrecision()
         model = Model(config.model, inputs: inputs, classes: config.data.classes, maxRows: maxRows, seed: config.run.seed,
-                      frozen: config.frozen)
+                      frozen: config.frozen, precision: config.train.precision)
         let (collectives, _) = MoECollectives.attach(to: model, comm: comm, balanceExperts: config.parallel.balanceExperts)
         loop = EvaluationLoop(model: model, comm: comm, collectives: collectives, maxRows: maxRows, width: inputs)
     }

@@ -65,6 +65,12 @@ public struct JobConfig: Sendable {
         public var logEvery: Int
         /// Stop after this many optimizer steps (0: no limit), for tests and quick checks.
         public var maxSteps: Int
+        /// The number format of the matrix products (`Precision`): fp32, or bf16 inputs with
+        /// fp32 accumulation. Weights, optimizer state and checkpoints are fp32 either way.
+        public var precision: Precision
+        /// Run bf16 on a CPU without native bf16 arithmetic (oneDNN emulates it, slowly)
+        /// instead of refusing to start.
+        public var bf16Emulation: Bool
     }
 
     public enum OptimizerKind: String, Sendable { case adamw, sgd }
@@ -345,7 +351,9 @@ public struct JobConfig: Sendable {
             labelSmoothing: Float(try r.double("train", "label_smoothing", 0, min: 0, below: 1)),
             threads: try r.int("train", "threads", 0, min: 0, max: 1024),
             logEvery: try r.int("train", "log_every", 50, min: 1),
-            maxSteps: try r.int("train", "max_steps", 0, min: 0))
+            maxSteps: try r.int("train", "max_steps", 0, min: 0),
+            precision: Precision(rawValue: try r.string("train", "precision", "fp32", oneOf: Precision.allCases.map(\.rawValue)))!,
+            bf16Emulation: try r.bool("train", "bf16_emulation", false))
 
         let optimizer = Optimizer(
             kind: OptimizerKind(rawValue: try r.string("optimizer", "name", "adamw", oneOf: ["adamw", "sgd"]))!,
@@ -380,5 +388,16 @@ public struct JobConfig: Sendable {
             throw ConfigError("\(source): [train] batch_size = \(train.batchSize) is larger than the training set "
                               + "(\(count) samples); set it to at most \(count)")
         }
+    }
+}
+
+extension JobConfig.Train {
+    /// bf16 on a CPU that would only emulate it is refused unless the job accepts emulation:
+    /// emulated bf16 is several times slower than fp32, not a speed-up.
+    public func checkPrecision() throws {
+        guard precision == .bf16, !OneDNN.nativeBFloat16, !bf16Emulation else { return }
+        throw ConfigError(
+            "[train] precision = \"bf16\": this CPU has no native bf16 arithmetic (oneDNN runs \(OneDNN.isa) here; "
+            + "bf16 needs AVX512-BF16 or AMX-BF16); use precision = \"fp32\", or set [train] bf16_emulation = true to run it emulated")
     }
 }

@@ -83,8 +83,9 @@ public final class Trainer {
         trainSet = train
         testSet = test
         maxRows = Self.maxRows(config, ranks: comm.size, testCount: test.count)
+        try config.train.checkPrecision()
         model = Model(config.model, inputs: train.width, classes: config.data.classes,
-                      maxRows: maxRows, seed: config.run.seed, frozen: config.frozen)
+                      maxRows: maxRows, seed: config.run.seed, frozen: config.frozen, precision: config.train.precision)
         // `JobConfig.parse` checked the names already; a config made another way is checked here.
         if let problem = model.frozenProblems.first { throw ConfigError("[model] frozen: \(problem)") }
         // Optimizer state for the trainable parameters only: the frozen ones lie after them.

@@ -12,8 +12,9 @@ struct BenchCommand: ParsableCommand {
         abstract: "Run a benchmark workload exactly as docs/BENCHMARKS.md specifies.",
         discussion: """
             Prints steady-state training samples/s (median of repetitions, after warm-up steps), \
-            achieved GFLOP/s, and the fraction of the OpenBLAS sgemm rate measured in the same run \
-            (1024³ and the workload's own GEMM shapes), for each BLAS thread count. Then trains the \
+            achieved GFLOP/s, and the fraction of the OpenBLAS sgemm rate and of the oneDNN matmul \
+            rate at the run's precision, measured in the same run (1024³ and the workload's own GEMM \
+            shapes), for each thread count. Then trains the \
             workload for --epochs epochs and reports wall time and test accuracy.
             """)
 
@@ -51,6 +52,9 @@ struct BenchCommand: ParsableCommand {
           help: "W2, W4: update the experts after backward with the other parameters (optimizer.update_in_backward = false), to compare.")
     var updateAfterBackward = false
 
+    @Option(help: "W1, W2: the precision of the matrix products (fp32 or bf16).")
+    var precision: Precision = .fp32
+
     @Option(help: "W5: the folder to write in (made, and emptied of what the bench writes, after).")
     var folder = "checkpoints/bench-w5"
 
@@ -79,17 +83,19 @@ struct BenchCommand: ParsableCommand {
         let comm = try MPIWorld.start()
         var config = try w.config(dataDir: data, epochs: max(epochs, 1))
         if updateAfterBackward { config.optimizer.updateInBackward = false }
+        config.train.precision = precision
+        try config.train.checkPrecision()
         let (train, test) = try config.data.load()
         if countAllocations { return try count(config, comm: comm, train: train, test: test, threads: threadCounts[0]) }
 
         print("switchboard \(Switchboard.version) bench \(w.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
         print("machine: \(Self.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
               + "(thread timeout 2^\(getenv("OPENBLAS_THREAD_TIMEOUT").map { String(cString: $0) } ?? "28") cycles); ranks \(comm.size)")
+        // What decides these numbers besides the CPU, so runs on different machines compare.
+        print("products: \(MatmulLibrary.summary(precision))")
         if w == .w2 {
-            // What decides these numbers besides OpenBLAS, so runs on different machines compare.
-            let kernel = gemmExpertHasOwnKernel ? "switchboard's AVX2+FMA kernel" : "OpenBLAS (no AVX2+FMA here)"
             let update = config.optimizer.updateInBackward ? "inside backward" : "after backward"
-            print("experts: forward products by \(kernel); updated \(update)")
+            print("experts: updated \(update)")
         }
         for t in threadCounts {
             BLAS.setThreads(t)
@@ -99,7 +105,7 @@ struct BenchCommand: ParsableCommand {
             // Each repetition times the training steps, then the sgemm probes right after, so
             // both sides of the fraction see the same machine conditions; medians are reported.
             let shapes = Workload.gemmShapes(trainer.model, rows: config.train.batchSize)
-            var rates: [Double] = [], peaks: [Double] = [], owns: [Double] = []
+            var rates: [Double] = [], peaks: [Double] = [], owns: [Double] = [], dnnlPeaks: [Double] = [], dnnlOwns: [Double] = []
             var batch = warmup
             for _ in 0..<repeats {
                 let t0 = ContinuousClock.now
@@ -112,19 +118,26 @@ struct BenchCommand: ParsableCommand {
                 rates.append(Double(samples) / seconds)
                 owns.append(GEMMProbe.rate(of: shapes))
                 peaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024))
+                dnnlOwns.append(GEMMProbe.rate(of: shapes, library: .oneDNN, precision: precision))
+                dnnlPeaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024, library: .oneDNN, precision: precision))
             }
             let rate = median(rates), peak = median(peaks), own = median(owns)
+            let dnnlPeak = median(dnnlPeaks), dnnlOwn = median(dnnlOwns)
             let achieved = rate * flops / 1e9
             print("")
             print("threads \(t): \(Int(rate)) samples/s (median of \(repeats) × \(steps) steps; runs \(rates.map { String(Int($0)) }.joined(separator: ", ")))")
             print("  \(fixed(flops / 1e6, 2)) MFLOP/sample → \(fixed(achieved, 1)) GFLOP/s")
             print("  sgemm 1024³: \(fixed(peak, 1)) GFLOP/s → fraction \(fixed(achieved / peak, 3))")
             print("  sgemm on the workload's shapes: \(fixed(own, 1)) GFLOP/s → fraction \(fixed(achieved / own, 3))")
-            // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call.
-            let gemmCalls = shapes.count * repeats * steps
-            if let made = allocations[t] {
-                print("  heap allocations in \(repeats * steps) steps (the same steps, counted in a run of their own): \(made)"
-                      + (t > 1 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : ""))
+            print("  oneDNN \(precision) matmul 1024³: \(fixed(dnnlPeak, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlPeak, 3))")
+            print("  oneDNN \(precision) matmul on the workload's shapes: \(fixed(dnnlOwn, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlOwn, 3))")
+            // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call; oneDNN's
+            // execute builds its argument list and memory objects on the heap.
+            if let counted = allocations[t] {
+                let gemmCalls = counted.products > 0 ? 0 : shapes.count * repeats * steps
+                print("  heap allocations in \(repeats * steps) steps (the same steps, counted in a run of their own): \(counted.ours)"
+                      + (t > 1 && gemmCalls > 0 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : "")
+                      + (counted.products > 0 ? "; inside oneDNN's \(counted.products) products: \(counted.oneDNN)" : ""))
             } else {
                 print("  heap allocations: not counted (\(LaunchEnvironment.allocationCounterFile) is not beside the binary; `swift build -c release` builds it)")
             }
@@ -144,24 +157,25 @@ struct BenchCommand: ParsableCommand {
     /// Heap allocations in the timed steps at each thread count, counted by a child process
     /// of this program under the allocation counter (`--count-allocations`): the counter
     /// interposes malloc, which would slow the timed runs themselves. Empty without it.
-    func allocationCounts(_ w: Workload, _ threadCounts: [Int]) throws -> [Int: UInt64] {
+    func allocationCounts(_ w: Workload, _ threadCounts: [Int]) throws -> [Int: (ours: Int, oneDNN: Int, products: Int)] {
         guard LaunchEnvironment.allocationCounterLibrary != nil else { return [:] }
-        var counts: [Int: UInt64] = [:]
+        var counts: [Int: (ours: Int, oneDNN: Int, products: Int)] = [:]
         for t in threadCounts {
             let child = Process()
             child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
             child.arguments = ["bench", w.rawValue, "--threads", "\(t)", "--warmup", "\(warmup)", "--steps", "\(steps)",
-                               "--repeats", "\(repeats)", "--data", data, "--count-allocations"]
+                               "--repeats", "\(repeats)", "--data", data, "--precision", precision.rawValue, "--count-allocations"]
                 + (updateAfterBackward ? ["--update-after-backward"] : [])
             let out = Pipe()
             child.standardOutput = out
             try child.run()
             let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             child.waitUntilExit()
-            guard child.terminationStatus == 0, let n = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            let fields = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+            guard child.terminationStatus == 0, fields.count == 3 else {
                 throw BenchFailure(message: "bench: counting allocations at \(t) threads failed (the child exited with \(child.terminationStatus))")
             }
-            counts[t] = n
+            counts[t] = (fields[0], fields[1], fields[2])
         }
         return counts
     }
@@ -172,10 +186,12 @@ struct BenchCommand: ParsableCommand {
         BLAS.setThreads(threads)
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
         for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
-        let before = read()
+        let inside = AllocationCounter.readOneDNN ?? { 0 }
+        let before = read(), insideBefore = inside(), runsBefore = Matmul.oneDNNRuns
         for i in 0..<(repeats * steps) { _ = try trainer.trainStep(epoch: 0, batch: (warmup + i) % trainer.order.batchesPerEpoch) }
-        let after = read()   // read before print, whose variadic array is allocated first
-        print(after - before)
+        // Read before print, whose variadic array is allocated first.
+        let after = read(), insideAfter = inside(), runs = Matmul.oneDNNRuns - runsBefore
+        print(after - before, insideAfter - insideBefore, runs)
     }
 
     static func cpuModel() -> String {
@@ -195,6 +211,8 @@ struct BenchFailure: SwitchboardError {
 }
 
 /// What `bench` runs: a workload of docs/BENCHMARKS.md, or the elementwise kernels alone.
+extension Precision: ExpressibleByArgument {}
+
 enum BenchTarget: String, CaseIterable, ExpressibleByArgument {
     case w1 = "W1", w2 = "W2", w3 = "W3", w4 = "W4", w5 = "W5", w6 = "W6", kernels
 
@@ -221,19 +239,29 @@ struct PositiveIntegers: ExpressibleByArgument {
     var defaultValueDescription: String { values.map(String.init).joined(separator: ",") }
 }
 
-/// Times `cblas_sgemm` on given shapes at the current BLAS thread count.
+/// Times matrix products alone on given shapes at the current thread count: OpenBLAS's
+/// `cblas_sgemm`, or oneDNN matmul primitives (fp32 or bf16) prepared as the layers prepare theirs.
 enum GEMMProbe {
     /// Best-of-3 GFLOP/s of one shape, each trial running ≥ 0.1 s.
-    static func rate(_ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int) -> Double {
-        rate(of: [(ta, tb, m, n, k)])
+    static func rate(_ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int, library: MatmulLibrary = .openBLAS,
+                     precision: Precision = .fp32) -> Double {
+        rate(of: [(ta, tb, m, n, k)], library: library, precision: precision)
     }
 
     /// GFLOP/s over a list of shapes: total FLOPs over total time, so each shape weighs as
     /// much as it does in a training step.
-    static func rate(of shapes: [(Transpose, Transpose, Int, Int, Int)]) -> Double {
+    static func rate(of shapes: [(Transpose, Transpose, Int, Int, Int)], library: MatmulLibrary = .openBLAS,
+                     precision: Precision = .fp32) -> Double {
         let size = shapes.map { max($0.2 * $0.4, $0.4 * $0.3, $0.2 * $0.3) }.max()!
         let a = Tensor(shape: [size]), b = Tensor(shape: [size]), c = Tensor(shape: [size])
         for i in 0..<size { a[i] = Float(i % 7) * 0.1; b[i] = Float(i % 5) * 0.1 }
+        let a16 = BFloat16Buffer(count: size), b16 = BFloat16Buffer(count: size)
+        a16.round(a.data, count: size)
+        b16.round(b.data, count: size)
+        let products = shapes.map { (ta, tb, m, n, k) in
+            Matmul(ta, tb, m: m, n: n, k: k, lda: ta == .none ? k : m, ldb: tb == .none ? n : k, ldc: n, rows: .m,
+                   accumulate: false, precision: precision, library: library)
+        }
         let flops = shapes.reduce(0.0) { $0 + 2 * Double($1.2 * $1.3 * $1.4) }
         var best = 0.0
         for _ in 0..<3 {
@@ -241,9 +269,12 @@ enum GEMMProbe {
             let t0 = ContinuousClock.now
             var seconds = 0.0
             while seconds < 0.1 {
-                for (ta, tb, m, n, k) in shapes {
-                    gemm(ta, tb, m: m, n: n, k: k, a: a.data, lda: ta == .none ? k : m,
-                         b: b.data, ldb: tb == .none ? n : k, beta: 0, c: c.data, ldc: n)
+                for (p, shape) in zip(products, shapes) {
+                    if precision == .bf16 {
+                        p(rows: shape.2, a: a16.data, b: b16.data, c: c.data)
+                    } else {
+                        p(rows: shape.2, a: a.data, b: b.data, c: c.data)
+                    }
                 }
                 reps += 1
                 seconds = (ContinuousClock.now - t0).seconds

@@ -55,7 +55,7 @@ struct EvaluateCommand: ParsableCommand {
         let dataset = try config.data.load(split)
         try checkFeatures(dataset.width, of: config.data.file(split), fit: reader)
         let chunk = min(config.train.evalBatchSize, dataset.count)
-        let evaluator = Evaluator(config: config, comm: comm, inputs: dataset.width, maxRows: max(1, (chunk + comm.size - 1) / comm.size))
+        let evaluator = try Evaluator(config: config, comm: comm, inputs: dataset.width, maxRows: max(1, (chunk + comm.size - 1) / comm.size))
         try evaluator.load(reader)
         let e = try evaluator.evaluate(dataset)
         guard comm.isCoordinator else { return }

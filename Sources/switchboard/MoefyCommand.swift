@@ -57,7 +57,7 @@ struct MoefyCommand: ParsableCommand {
 
         // The dense model's blocks on a seeded sample of the training set: each block's
         // normalized input (the router's input) and its hidden activations.
-        let dense = Evaluator(config: config, comm: comm, inputs: train.width, maxRows: 512)
+        let dense = try Evaluator(config: config, comm: comm, inputs: train.width, maxRows: 512)
         try dense.load(reader)
         let n = min(samples, train.count)
         let order = Philox(seed: config.run.seed).permutation(train.count, stream: 0x4D4F_4546)

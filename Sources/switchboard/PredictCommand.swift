@@ -49,7 +49,7 @@ struct PredictCommand: ParsableCommand {
             throw DiskError(output, "cannot write: it is a folder")
         }
         let rows = min(batch ?? config.train.evalBatchSize, max(stream.count, 1))
-        let evaluator = Evaluator(config: config, comm: comm, inputs: stream.width, maxRows: rows)
+        let evaluator = try Evaluator(config: config, comm: comm, inputs: stream.width, maxRows: rows)
         try evaluator.load(reader)
         let model = evaluator.model, classes = model.classes
         let hard = !soft && !model.fffLayers.isEmpty

@@ -47,6 +47,7 @@ struct TrainCommand: ParsableCommand {
         BLAS.setThreads(threads)
         let say: (String) -> Void = { if comm.isCoordinator { print($0); fflush(nil) } }
         say("switchboard \(Switchboard.version): \(comm.size) rank\(comm.size == 1 ? "" : "s") × \(threads) BLAS thread\(threads == 1 ? "" : "s") (OpenBLAS \(BLAS.coreName))")
+        say("products: \(MatmulLibrary.summary(config.train.precision))")
 
         if comm.size > 1 {
             let mine = Preflight.report(rank: comm.rank, blasThreads: threads, configText: config.resolvedTOML)

@@ -14,10 +14,11 @@ final class CLITests: XCTestCase {
     struct Result { var code: Int32; var out: String; var err: String }
 
     /// Runs the `switchboard` built next to this test bundle.
-    func run(_ args: [String]) throws -> Result {
+    func run(_ args: [String], environment: [String: String] = [:]) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Fixtures.binary)
         p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         p.currentDirectoryURL = URL(fileURLWithPath: dir)
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
@@ -35,8 +36,9 @@ final class CLITests: XCTestCase {
     }
 
     /// One line on stderr, the exit code, and no run folder left behind.
-    func assertFails(_ args: [String], code: Int32, message: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try run(args)
+    func assertFails(_ args: [String], code: Int32, message: String, environment: [String: String] = [:],
+                     file: StaticString = #filePath, line: UInt = #line) throws {
+        let r = try run(args, environment: environment)
         XCTAssertEqual(r.code, code, "stderr: \(r.err)", file: file, line: line)
         XCTAssertEqual(r.err, "switchboard: error: \(message)\n", file: file, line: line)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"), "a failed start must not leave a run folder",
@@ -55,6 +57,20 @@ final class CLITests: XCTestCase {
         let r = try run(["train", job, "--no-such-flag"])
         XCTAssertEqual(r.code, 2)
         XCTAssertTrue(r.err.hasPrefix("switchboard: error: Unknown option '--no-such-flag'\nUsage: switchboard train <job>"), r.err)
+    }
+
+    /// bf16 on a CPU without native bf16 (simulated by capping oneDNN at AVX-512 without BF16,
+    /// its own DNNL_MAX_CPU_ISA) stops before anything is written, naming what is missing;
+    /// a job that accepts emulation runs, and says it is emulated.
+    func testBFloat16WithoutNativeSupportIsRefusedUnlessEmulationIsAccepted() throws {
+        let job = writeJob(Fixtures.job(dir: dir, settings: ["train.max_steps": "3", "train.precision": "\"bf16\""]))
+        let capped = ["DNNL_MAX_CPU_ISA": "AVX512_CORE"]
+        try assertFails(["train", job], code: 2, message: "[train] precision = \"bf16\": this CPU has no native bf16 arithmetic "
+                        + "(oneDNN runs avx512_core here; bf16 needs AVX512-BF16 or AMX-BF16); use precision = \"fp32\", "
+                        + "or set [train] bf16_emulation = true to run it emulated", environment: capped)
+        let r = try run(["train", job, "--set", "train.bf16_emulation=true"], environment: capped)
+        XCTAssertEqual(r.code, 0, r.err)
+        XCTAssertTrue(r.out.contains("products: bf16 on oneDNN 2.6.3 avx512_core (bf16 emulated)"), r.out)
     }
 
     /// `bench` takes typed arguments: the parser refuses a workload or a thread count it does

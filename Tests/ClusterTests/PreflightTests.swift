@@ -6,7 +6,7 @@ final class PreflightTests: XCTestCase {
     func report(_ rank: Int, host: String = "a", cores: Int = 4, binding: [Int] = [0, 1, 2, 3], threads: Int = 1,
                 gflops: Double = 30, binary: String = "b1", config: String = "c1") -> RankReport {
         RankReport(rank: rank, host: host, cores: cores, binding: binding, blasThreads: threads, blasCore: "Zen",
-                   sgemmGFLOPs: gflops, binaryHash: binary, configHash: config)
+                   onednnISA: "avx512_core_bf16", sgemmGFLOPs: gflops, binaryHash: binary, configHash: config)
     }
 
     func testHealthyClusterHasNoFindings() {
@@ -39,8 +39,8 @@ final class PreflightTests: XCTestCase {
 
     func testTableAndCPULists() {
         XCTAssertEqual(Preflight.table([report(0, binding: [0, 1, 2, 3, 8], binary: "0123456789abcdef")]), """
-            rank  host  cores  bound to  BLAS threads  OpenBLAS core  sgemm GFLOP/s  binary    config
-            0     a     4      0-3,8     1             Zen            30.0           01234567  c1
+            rank  host  cores  bound to  BLAS threads  OpenBLAS core  oneDNN ISA        sgemm GFLOP/s  binary    config
+            0     a     4      0-3,8     1             Zen            avx512_core_bf16  30.0           01234567  c1
             """)
         XCTAssertEqual(Preflight.parseCPUList(" 0-3,8,10-11\n"), [0, 1, 2, 3, 8, 10, 11])
         XCTAssertEqual(Preflight.cpuList([0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11")

@@ -1,0 +1,37 @@
+import CDNNL
+
+/// A buffer of bfloat16 values (the upper half of an IEEE float), for the inputs of bf16
+/// products: made once with a layer, written in place. Zeroed and 64-byte aligned.
+public final class BFloat16Buffer {
+    public let count: Int
+    public let data: UnsafeMutablePointer<UInt16>
+
+    public init(count: Int) {
+        self.count = count
+        data = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 2, alignment: 64)
+            .bindMemory(to: UInt16.self, capacity: max(count, 1))
+        data.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    deinit { data.deallocate() }
+
+    /// Rounds `count` floats to bf16 (nearest even; denormals to zero, as the CPU's own
+    /// conversion does) into this buffer from element `offset` on; returns where they start.
+    @discardableResult
+    public func round(_ x: UnsafePointer<Float>, count n: Int, at offset: Int = 0) -> UnsafePointer<UInt16> {
+        precondition(offset + n <= count, "\(n) values at \(offset) for a bf16 buffer of \(count)")
+        sb_to_bf16(x, data + offset, n)
+        return UnsafePointer(data + offset)
+    }
+
+    /// The value at `i` as a float (exact: bf16 is a truncated float).
+    public subscript(i: Int) -> Float { Float(bitPattern: UInt32(data[i]) << 16) }
+}
+
+/// `x` rounded to bf16 and back, on the portable path (`native` false) or the CPU's
+/// instruction where it has one: for tests and references.
+public func roundedToBFloat16(_ x: [Float], native: Bool = true) -> [Float] {
+    var y = [UInt16](repeating: 0, count: x.count)
+    sb_to_bf16_isa(x, &y, x.count, native ? 1 : 0)
+    return y.map { Float(bitPattern: UInt32($0) << 16) }
+}

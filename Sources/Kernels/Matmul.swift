@@ -1,0 +1,158 @@
+import CBLAS
+import CDNNL
+
+/// The number format of a model's matrix products: fp32, or bf16 inputs with fp32
+/// accumulation and output (weights, activations and output gradients rounded to bf16 just
+/// before the product; everything else stays fp32).
+public enum Precision: String, Sendable, CaseIterable {
+    case fp32, bf16
+}
+
+/// The library that runs a product.
+public enum MatmulLibrary: String, Sendable {
+    case openBLAS = "OpenBLAS"
+    case oneDNN
+
+    /// fp32 products go to oneDNN where its instruction set on this CPU is wider than the
+    /// kernels OpenBLAS picked (OpenBLAS 0.3.21 falls back to its SSE3 "Prescott" kernels on
+    /// CPUs newer than it knows, where oneDNN's AVX-512 matmul runs 4–5× faster at every
+    /// workload shape: docs/BENCHMARKS.md); OpenBLAS otherwise. A function of the CPU alone,
+    /// so every run on a machine makes the same choice and resumes bitwise. bf16 products
+    /// always run on oneDNN.
+    public static let fp32: MatmulLibrary = OneDNN.isaLevel > BLAS.isaLevel ? .oneDNN : .openBLAS
+
+    /// The experts' forward `x·Wᵀ`: oneDNN where it has AVX-512 (faster than ExpertGEMM.c's
+    /// AVX2 kernel at W2's 32-row products), else that kernel where the CPU has AVX2.
+    public static var fp32ExpertForward: String {
+        if fp32 == .oneDNN && OneDNN.isaLevel >= 4 { return "oneDNN" }
+        return gemmExpertHasOwnKernel ? "own AVX2 kernel" : "OpenBLAS"
+    }
+}
+
+extension MatmulLibrary {
+    /// Which library runs which products at `precision`, and why, for the start of a run.
+    public static func summary(_ precision: Precision) -> String {
+        let dnnl = "oneDNN \(OneDNN.version) \(OneDNN.isa)"
+        let fp32Part: String
+        switch fp32 {
+        case .oneDNN: fp32Part = "fp32 on \(dnnl) (OpenBLAS's \(BLAS.coreName) kernels are narrower on this CPU)"
+        case .openBLAS: fp32Part = "fp32 on OpenBLAS \(BLAS.coreName) (oneDNN's \(OneDNN.isa) is no wider here)"
+        }
+        switch precision {
+        case .fp32: return fp32Part + "; experts' forward on \(fp32ExpertForward)"
+        case .bf16:
+            let native = OneDNN.nativeBFloat16 ? "native bf16" : "bf16 emulated"
+            return "bf16 on \(dnnl) (\(native)); routers' \(fp32Part)"
+        }
+    }
+}
+
+/// oneDNN's identity on this CPU.
+public enum OneDNN {
+    public static var version: String { String(cString: sb_dnnl_version()) }
+    /// The instruction set oneDNN runs here ("avx512_core_bf16", "avx512_core_amx", …),
+    /// lowered by the DNNL_MAX_CPU_ISA environment variable when set.
+    public static var isa: String { String(cString: sb_dnnl_isa_name()) }
+    /// Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX) for oneDNN.
+    public static var nativeBFloat16: Bool { sb_dnnl_native_bf16() != 0 }
+    /// 1 SSE, 2 AVX, 3 AVX2, 4 AVX-512.
+    static var isaLevel: Int {
+        let isa = isa
+        if isa.hasPrefix("avx512") { return 4 }
+        if isa.hasPrefix("avx2") { return 3 }
+        return isa == "avx" ? 2 : 1
+    }
+}
+
+extension BLAS {
+    /// The vector width of OpenBLAS's kernels for this CPU, from their family's name (1 SSE,
+    /// 2 AVX, 3 AVX2, 4 AVX-512).
+    static var isaLevel: Int {
+        switch coreName.lowercased() {
+        case "skylakex", "cooperlake", "sapphirerapids": return 4
+        case "haswell", "zen", "zen2", "zen3", "zen4", "zen5": return 3
+        case "sandybridge", "bulldozer", "piledriver", "steamroller", "excavator": return 2
+        default: return 1
+        }
+    }
+}
+
+/// One matrix product of a layer, prepared when the layer is built:
+/// `C[m, n] = op(A)[m, k] · op(B)[k, n]` (`+ C` when accumulating), row-major with fixed row
+/// strides, where the rows of a batch are m or k and vary per call up to the bound given.
+///
+/// On oneDNN it is a matmul primitive made here, never per call; on OpenBLAS a `cblas_sgemm`.
+/// bf16 products take bf16 A and B and accumulate and return fp32.
+public final class Matmul: @unchecked Sendable {
+    public enum Rows: Sendable { case m, k }
+
+    public let precision: Precision
+    public let library: MatmulLibrary
+    let ta: Transpose, tb: Transpose
+    let m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int
+    let rowsAre: Rows
+    let accumulate: Bool
+    private let plan: OpaquePointer?
+
+    public init(
+        _ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int,
+        rows: Rows, accumulate: Bool, precision: Precision, library: MatmulLibrary = .fp32
+    ) {
+        self.precision = precision
+        self.library = precision == .bf16 ? .oneDNN : library
+        self.ta = ta
+        self.tb = tb
+        (self.m, self.n, self.k, self.lda, self.ldb, self.ldc) = (m, n, k, lda, ldb, ldc)
+        rowsAre = rows
+        self.accumulate = accumulate
+        guard self.library == .oneDNN, m > 0, n > 0, k > 0 else { plan = nil; return }
+        var status: Int32 = 0
+        plan = sb_matmul_create(
+            precision == .bf16 ? 1 : 0, ta == .transpose ? 1 : 0, tb == .transpose ? 1 : 0, m, n, k, lda, ldb, ldc,
+            accumulate ? 1 : 0, rows == .m ? 0 : 1, &status)
+        // Shapes and strides come from the layer's own sizes: a refusal is a bug, not input.
+        precondition(plan != nil, "oneDNN refused a \(precision) matmul \(m)×\(n)×\(k) (status \(status))")
+    }
+
+    deinit { if let plan { sb_matmul_destroy(plan) } }
+
+    /// oneDNN's implementation name ("gemm:jit"), or "OpenBLAS".
+    public var implementation: String {
+        plan.map { String(cString: sb_matmul_impl($0)) } ?? library.rawValue
+    }
+
+    /// An fp32 product over `rows` rows.
+    @inline(__always)
+    public func callAsFunction(rows: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
+        precondition(precision == .fp32)
+        let (m, k) = rowsAre == .m ? (rows, self.k) : (self.m, rows)
+        guard let plan, m > 0, k > 0 else {
+            gemm(ta, tb, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: accumulate ? 1 : 0, c: c, ldc: ldc)
+            return
+        }
+        run(plan, rows, UnsafeRawPointer(a), UnsafeRawPointer(b), c)
+    }
+
+    /// A bf16 product over `rows` rows.
+    @inline(__always)
+    public func callAsFunction(rows: Int, a: UnsafePointer<UInt16>, b: UnsafePointer<UInt16>, c: UnsafeMutablePointer<Float>) {
+        precondition(precision == .bf16)
+        let (m, k) = rowsAre == .m ? (rows, self.k) : (self.m, rows)
+        guard m > 0 else { return }
+        guard let plan, k > 0 else {
+            // k = 0: the product is zero; C keeps its sum or becomes zero.
+            if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            return
+        }
+        run(plan, rows, UnsafeRawPointer(a), UnsafeRawPointer(b), c)
+    }
+
+    @inline(__always)
+    private func run(_ plan: OpaquePointer, _ rows: Int, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ c: UnsafeMutablePointer<Float>) {
+        let status = sb_matmul_run(plan, rows, a, b, c)
+        precondition(status == 0, "oneDNN matmul \(m)×\(n)×\(k) failed at \(rows) rows (status \(status))")
+    }
+
+    /// Products run on oneDNN so far by this process.
+    public static var oneDNNRuns: Int { sb_matmul_runs() }
+}
