@@ -11,15 +11,16 @@ import XCTest
 /// move between precisions.
 final class BFloat16TrainingTests: ToyDataTestCase {
     /// Across world sizes the ranks sum weight gradients in another order than one process
-    /// does (as in fp32, `MultiRankTests.tolerance` 1e-5), and in bf16 a difference that small
-    /// also moves some roundings of weights and activations by one bf16 step (2⁻⁸ relative):
-    /// each such flip is as likely either way, so they add like a random walk, well under 1e-3
-    /// after 30 steps (measured: see the test's output).
-    static let tolerance = 1e-3
+    /// does (in fp32 that alone stays under `MultiRankTests.tolerance`, 1e-5), and in bf16 a
+    /// difference that small moves some roundings of weights and activations by a whole bf16
+    /// step (2⁻⁸ relative), which training carries on. So the bound is set by bf16 itself:
+    /// another world size must move the model less than half as far as bf16 moves it from the
+    /// fp32 run of the same job (4e-3 to 6e-2 after 24 steps here), and never past 3e-3.
+    static let tolerance = 3e-3
 
     func job(_ model: ToyModel, precision: Precision, steps: Int = 24, every: Int = 12) throws -> (path: String, config: JobConfig) {
         let text = Fixtures.job(dir: dir, model: model,
-                                settings: ["train.epochs": "3", "train.max_steps": "\(steps)", "train.precision": "\"\(precision)\""],
+                                settings: ["train.epochs": "4", "train.max_steps": "\(steps)", "train.precision": "\"\(precision)\""],
                                 extra: "[checkpoint]\nevery_steps = \(every)\nkeep_last = 0\n")
         let path = try writeJob(text)
         return (path, try JobConfig.parse(text, source: path))
@@ -60,11 +61,15 @@ final class BFloat16TrainingTests: ToyDataTestCase {
         for (label, model) in [("residual", ToyModel.residual), ("moe", .moe("experts = 4\ntop_k = 2\nhidden = 16\nbalance_loss = 0.01"))] {
             let (path, config) = try job(model, precision: .bf16, steps: 30, every: 30)
             let one = try loadModel(try train(ranks: 1, name: "\(label)1", job: path), config)
+            let fp32 = try loadModel(try train(ranks: 1, name: "\(label)fp32", job: path, settings: ["train.precision=\"fp32\""]), config)
+            let precisionEffect = Self.maxRelativeDifference(fp32, one).0
+            let bound = min(Self.tolerance, precisionEffect / 2)
             for ranks in [2, 4] {
                 let other = try loadModel(try train(ranks: ranks, name: "\(label)\(ranks)", job: path), config)
                 let worst = Self.maxRelativeDifference(one, other)
-                XCTAssertLessThanOrEqual(worst.0, Self.tolerance, "\(label), \(ranks) ranks: max relative L2 difference \(worst.0) in \(worst.1)")
-                print("bf16 \(label), \(ranks) ranks vs 1: max relative L2 difference \(worst.0) (\(worst.1))")
+                XCTAssertLessThanOrEqual(worst.0, bound, "\(label), \(ranks) ranks: max relative L2 difference \(worst.0) in \(worst.1) "
+                                         + "(bf16 against fp32: \(precisionEffect))")
+                print("bf16 \(label), \(ranks) ranks vs 1: max relative L2 difference \(worst.0) (\(worst.1)); bf16 vs fp32 \(precisionEffect)")
             }
         }
     }
