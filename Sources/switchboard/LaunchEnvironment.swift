@@ -10,14 +10,21 @@ enum LaunchEnvironment {
     /// back-to-back GEMMs (docs/BENCHMARKS.md).
     static let threadTimeout = "16"
 
+    /// oneDNN's OpenMP threads (libgomp) spin 300,000 times after each product by default,
+    /// which takes a core from an MoE expert running on the worker pool: 3,000 (a few µs)
+    /// ran W2 at 2 threads 1.7× faster and W1 within its noise (docs/BENCHMARKS.md). The user's
+    /// own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
+    static let openMPSpinCount = "3000"
+
     /// The shared library that counts heap allocations per thread (`CAllocCounter`, built
     /// by `swift build` beside the binary). Only `bench`'s counting run loads it: it
     /// interposes `malloc`, which costs time, and the program users train with does not
     /// carry that.
     static let allocationCounterFile = "libSwitchboardAllocCounter.so"
 
-    /// Sets `OPENBLAS_THREAD_TIMEOUT` unless the user did, and for `bench --count-allocations`
-    /// preloads the allocation counter; re-executes the program if anything changed.
+    /// Sets `OPENBLAS_THREAD_TIMEOUT` and `GOMP_SPINCOUNT` unless the user set them (or
+    /// `OMP_WAIT_POLICY`), and for `bench --count-allocations` preloads the allocation counter;
+    /// re-executes the program if anything changed.
     static func prepare() {
         // Once: a preload that failed to load must not make the program exec itself forever.
         if getenv("SWITCHBOARD_LAUNCHED") != nil {
@@ -27,6 +34,10 @@ enum LaunchEnvironment {
         var changed = false
         if getenv("OPENBLAS_THREAD_TIMEOUT") == nil {
             setenv("OPENBLAS_THREAD_TIMEOUT", threadTimeout, 1)
+            changed = true
+        }
+        if getenv("GOMP_SPINCOUNT") == nil && getenv("OMP_WAIT_POLICY") == nil {
+            setenv("GOMP_SPINCOUNT", openMPSpinCount, 1)
             changed = true
         }
         if CommandLine.arguments.dropFirst().first == "bench", CommandLine.arguments.contains("--count-allocations"),
