@@ -1,4 +1,5 @@
 import CDNNL
+import Synchronization
 
 /// A buffer of bfloat16 values (the upper half of an IEEE float), for the inputs of bf16
 /// products: made once with a layer, written in place. Zeroed and 64-byte aligned.
@@ -11,7 +12,13 @@ public final class BFloat16Buffer {
         data = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 2, alignment: 64)
             .bindMemory(to: UInt16.self, capacity: max(count, 1))
         data.initialize(repeating: 0, count: max(count, 1))
+        Self.made.wrappingAdd(count, ordering: .relaxed)
     }
+
+    /// Values of every bf16 buffer made so far in this process (for the test that checks
+    /// `ModelSize.bf16Values` against what the layers really hold).
+    public static var valuesMade: Int { made.load(ordering: .relaxed) }
+    private static let made = Atomic<Int>(0)
 
     deinit { data.deallocate() }
 

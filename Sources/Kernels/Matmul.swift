@@ -21,28 +21,25 @@ public enum MatmulLibrary: String, Sendable {
     /// always run on oneDNN.
     public static let fp32: MatmulLibrary = OneDNN.isaLevel > BLAS.isaLevel ? .oneDNN : .openBLAS
 
-    /// The experts' forward `x·Wᵀ`: oneDNN where it has AVX-512 (faster than ExpertGEMM.c's
-    /// AVX2 kernel at W2's 32-row products), else that kernel where the CPU has AVX2.
-    public static var fp32ExpertForward: String {
-        if fp32 == .oneDNN && OneDNN.isaLevel >= 4 { return "oneDNN" }
-        return gemmExpertHasOwnKernel ? "own AVX2 kernel" : "OpenBLAS"
-    }
+    /// Whether the experts' fp32 forward `x·Wᵀ` runs on oneDNN: where it has AVX-512, which
+    /// beat ExpertGEMM.c's AVX2 kernel (`gemmExpert`, used otherwise) at W2's 16–64-row
+    /// products (docs/BENCHMARKS.md).
+    public static let expertForwardOnOneDNN = fp32 == .oneDNN && OneDNN.isaLevel >= 4
 }
 
 extension MatmulLibrary {
     /// Which library runs which products at `precision`, and why, for the start of a run.
     public static func summary(_ precision: Precision) -> String {
         let dnnl = "oneDNN \(OneDNN.version) \(OneDNN.isa)"
-        let fp32Part: String
-        switch fp32 {
-        case .oneDNN: fp32Part = "fp32 on \(dnnl) (OpenBLAS's \(BLAS.coreName) kernels are narrower on this CPU)"
-        case .openBLAS: fp32Part = "fp32 on OpenBLAS \(BLAS.coreName) (oneDNN's \(OneDNN.isa) is no wider here)"
-        }
+        let fp32Library = fp32 == .oneDNN ? dnnl : "OpenBLAS \(BLAS.coreName)"
         switch precision {
-        case .fp32: return fp32Part + "; experts' forward on \(fp32ExpertForward)"
+        case .fp32:
+            let why = fp32 == .oneDNN ? "OpenBLAS's \(BLAS.coreName) kernels are narrower on this CPU"
+                : "oneDNN's \(OneDNN.isa) is no wider here"
+            let experts = expertForwardOnOneDNN ? "oneDNN" : gemmExpertHasOwnKernel ? "switchboard's AVX2 kernel" : "OpenBLAS"
+            return "fp32 on \(fp32Library) (\(why)); experts' forward on \(experts)"
         case .bf16:
-            let native = OneDNN.nativeBFloat16 ? "native bf16" : "bf16 emulated"
-            return "bf16 on \(dnnl) (\(native)); routers' \(fp32Part)"
+            return "bf16 on \(dnnl) (\(OneDNN.nativeBFloat16 ? "native bf16" : "bf16 emulated")); MoE routers in fp32 on \(fp32Library)"
         }
     }
 }

@@ -11,6 +11,9 @@ public struct ModelSize: Sendable, Equatable {
     /// Floats of the layers' own buffers (activations, their gradients, routing), for
     /// `maxRows` rows per pass.
     public var buffers: Double = 0
+    /// bf16 values a model with bf16 products adds (`BFloat16Buffer`: the rounded inputs of
+    /// its products, 2 bytes each); none in fp32.
+    public var bf16Values: Double = 0
     /// Floating-point operations of the matrix products for one sample: a training step's
     /// forward and backward (the soft tree of an FFF; every selected expert of an MoE,
     /// without capacity drops), and an inference forward pass (the hard descent of an FFF).
@@ -46,6 +49,7 @@ extension Architecture {
             let weightFrozen = parameter("\(name).weight", i * o)
             if bias { _ = parameter("\(name).bias", o) }
             s.buffers += rows * o * (fused ? 3 : 1) + (inputGradient ? rows * i : 0)
+            s.bf16Values += rows * i + i * o + rows * o        // x, W, g
             let product = 2 * i * o
             s.trainingFlops += product * (1 + (weightFrozen ? 0 : 1) + (inputGradient ? 1 : 0))
             s.inferenceFlops += product * inference
@@ -132,6 +136,7 @@ extension Architecture {
                 }
                 s.buffers += spec.buffers(width: d, rows: rows, ranks: ranks, threads: threads,
                                           updatesInBackward: updatesExpertsInBackward)
+                s.bf16Values += spec.bf16Values(width: d, rows: rows, ranks: ranks)
                 let perToken = spec.flops(width: d)
                 s.trainingFlops += 3 * perToken
                 s.inferenceFlops += perToken
@@ -202,5 +207,13 @@ extension MoESpec {
         }
         if updatesInBackward { floats += Double(max(threads, 1)) * max(h1 * d, d * h) }
         return floats
+    }
+
+    /// `MoEProducts` and `ExpertRows` in bf16: every expert's W1 and W2, and the grouped rows'
+    /// xs, h, dys and dz1 (again for the rows other ranks send here, under expert parallelism).
+    func bf16Values(width d: Double, rows: Double, ranks: Int) -> Double {
+        let e = Double(experts), k = Double(topK), h = Double(hidden), h1 = firstWidth
+        let perRow = 2 * d + h + h1
+        return e * (h1 * d + d * h) + rows * k * perRow + (ranks > 1 ? Double(ranks) * rows * k * perRow : 0)
     }
 }

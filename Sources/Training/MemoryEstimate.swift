@@ -33,7 +33,7 @@ public struct MemoryEstimate: Sendable {
         optimizer = 4 * (size.parameters - size.frozen) * (config.optimizer.kind == .adamw ? 2 : 1)
         // The batch and its logits' gradient, evaluation's own batch, the epoch's order.
         let trainer = Double(maxRows) * Double(2 * train.width + config.data.classes) + Double(train.count)
-        buffers = 4 * (size.buffers + trainer)
+        buffers = 4 * (size.buffers + trainer) + (config.train.precision == .bf16 ? 2 * size.bf16Values : 0)
         // The training set is read first, then the test set: the peak is one of the two loads.
         data = Double(max(train.heldBytes + train.loadingBytes, train.heldBytes + test.heldBytes + test.loadingBytes))
         runtime = 40e6 + 10e6 * Double(threads)
