@@ -4,7 +4,7 @@
 # tests' @testable imports; allocation-free stepping is only a property of that build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
 flags=(-c release -Xswiftc -enable-testing)
 swift build "${flags[@]}" --build-tests
 log=$(mktemp)

@@ -6,6 +6,8 @@ import Synchronization
 public final class BFloat16Buffer {
     public let count: Int
     public let data: UnsafeMutablePointer<UInt16>
+    /// Splits a large rounding over the worker pool (elementwise: the same bits however split).
+    private let rounding = Rounding()
 
     public init(count: Int) {
         self.count = count
@@ -24,15 +26,33 @@ public final class BFloat16Buffer {
 
     /// Rounds `count` floats to bf16 (nearest even; denormals to zero, as the CPU's own
     /// conversion does) into this buffer from element `offset` on; returns where they start.
+    /// `onPool`: split a large rounding over the worker pool (only from the thread that owns
+    /// the pool, never from a task running on it).
     @discardableResult
-    public func round(_ x: UnsafePointer<Float>, count n: Int, at offset: Int = 0) -> UnsafePointer<UInt16> {
+    public func round(_ x: UnsafePointer<Float>, count n: Int, at offset: Int = 0, onPool: Bool = false) -> UnsafePointer<UInt16> {
         precondition(offset + n <= count, "\(n) values at \(offset) for a bf16 buffer of \(count)")
-        sb_to_bf16(x, data + offset, n)
+        if !onPool || n < Rounding.parallelFrom {
+            sb_to_bf16(x, data + offset, n)
+        } else {
+            rounding.x = x
+            rounding.y = data + offset
+            WorkerPool.shared.run(rounding, count: n, align: 64, minimum: Rounding.parallelFrom)
+        }
         return UnsafePointer(data + offset)
     }
 
     /// The value at `i` as a float (exact: bf16 is a truncated float).
     public subscript(i: Int) -> Float { Float(bitPattern: UInt32(data[i]) << 16) }
+}
+
+/// A rounding as work for the worker pool.
+private final class Rounding: RangeTask {
+    /// Below this many values one thread does it all (a weight matrix or a batch of
+    /// activations is well above it).
+    static let parallelFrom = 1 << 16
+    var x: UnsafePointer<Float>?
+    var y: UnsafeMutablePointer<UInt16>?
+    func run(_ range: Range<Int>) { sb_to_bf16(x! + range.lowerBound, y! + range.lowerBound, range.count) }
 }
 
 /// `x` rounded to bf16 and back, on the portable path (`native` false) or the CPU's

@@ -67,6 +67,11 @@ public final class FastFeedforward: Layer {
     public var reduction: (any RankReduction)?
     /// The auxiliary losses of the last training pass, coefficients applied.
     public private(set) var auxLoss = 0.0
+    /// The rows of the last training pass's global batch whose hard descent ends in each leaf,
+    /// when it computed its auxiliary losses (hardening or balance on); empty otherwise.
+    public var leafDescents: [Int] {
+        training && (spec.hardening > 0 || spec.balance > 0) ? statistics.prefix(l).map { Int($0) } : []
+    }
 
     let d: Int, n: Int, l: Int, lw: Int
     let sigma: Tensor       // [maxRows, N] σ(a)

@@ -70,8 +70,8 @@ public final class Linear: Layer {
         self.x = x
         // z[rows, out] = x[rows, in] · Wᵀ
         if let x16, let w16 {
-            x16.round(x, count: rows * inputWidth)
-            w16.round(weight.value, count: outputWidth * inputWidth)
+            x16.round(x, count: rows * inputWidth, onPool: true)
+            w16.round(weight.value, count: outputWidth * inputWidth, onPool: true)
             forwardProduct(rows: rows, a: x16.data, b: w16.data, c: z.data)
         } else {
             forwardProduct(rows: rows, a: x, b: weight.value, c: z.data)
@@ -96,7 +96,7 @@ public final class Linear: Layer {
         }
         if let g16, let x16, let w16 {
             if weight.grad == nil && !computesInputGradient { return nil }
-            g16.round(g, count: rows * outputWidth)
+            g16.round(g, count: rows * outputWidth, onPool: true)
             if let dw = weight.grad { weightGradientProduct(rows: rows, a: g16.data, b: x16.data, c: dw) }
             guard computesInputGradient else { return nil }
             inputGradientProduct(rows: rows, a: g16.data, b: w16.data, c: dx.data)

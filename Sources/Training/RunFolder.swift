@@ -19,6 +19,8 @@ public final class RunFolder {
     /// The lock's file descriptor, open until this object goes.
     private let lock: Int32
     private var metrics: UnsafeMutablePointer<FILE>?
+    /// The same records as TensorBoard scalars (`EventFile`).
+    private var events: EventFile?
 
     public static let lockFile = ".lock"
 
@@ -76,6 +78,7 @@ public final class RunFolder {
             throw DiskError("\(path)/metrics.jsonl", "cannot open for writing (\(systemMessage()))")
         }
         metrics = f
+        events = try EventFile(folder: path)
     }
 
     deinit {
@@ -88,6 +91,8 @@ public final class RunFolder {
         guard let metrics else { return }
         fputs(JSONValue.object(fields).text + "\n", metrics)
         fflush(metrics)
+        // Like the metrics line, a record TensorBoard misses (a full disk) does not stop training.
+        if let (step, scalars) = EventFile.scalars(fields) { try? events?.write(step: step, scalars: scalars) }
     }
 
     /// Whether the run has been marked finished.

@@ -57,7 +57,23 @@ extension Trainer {
                 ("moe\(l)_aux", .double(t.meanAux)),
             ]
         }
-        return (lines, fields)
+        return (lines, fields + fffTelemetry())
+    }
+
+    /// Each FFF layer with auxiliary losses: the last pass's, and how its global batch's hard
+    /// descents spread over the leaves (balance: their entropy over log L).
+    func fffTelemetry() -> [(String, JSONValue)] {
+        var fields: [(String, JSONValue)] = []
+        for (l, fff) in model.fffLayers.enumerated() {
+            let counts = fff.leafDescents
+            guard !counts.isEmpty else { continue }
+            let total = Double(max(counts.reduce(0, +), 1))
+            let entropy = counts.reduce(0.0) { h, c in c > 0 ? h - Double(c) / total * log(Double(c) / total) : h }
+            fields += [("fff\(l)_leaves", .array(counts.map { .int($0) })),
+                       ("fff\(l)_balance", .double(counts.count > 1 ? entropy / log(Double(counts.count)) : 1)),
+                       ("fff\(l)_aux", .double(fff.auxLoss))]
+        }
+        return fields
     }
 
     /// Trains from the current step (0, or where a checkpoint left off) to the configured

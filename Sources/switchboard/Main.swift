@@ -11,7 +11,7 @@ struct SwitchboardCommand: ParsableCommand {
         commandName: "switchboard",
         abstract: "Train MLP and mixture-of-experts models on CPUs, alone or under mpirun.",
         version: Switchboard.version,
-        subcommands: [TrainCommand.self, EvaluateCommand.self, PredictCommand.self, MoefyCommand.self, InspectCommand.self, BenchCommand.self, ConvertCommand.self])
+        subcommands: [TrainCommand.self, EvaluateCommand.self, PredictCommand.self, MoefyCommand.self, InspectCommand.self, ReportCommand.self, BenchCommand.self, ConvertCommand.self])
 
     /// Runs the command; every error becomes one line on stderr and an exit code:
     /// 2 for usage and config errors, 1 for data and runtime failures. No stack traces.

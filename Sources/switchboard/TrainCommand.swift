@@ -181,6 +181,7 @@ struct TrainCommand: ParsableCommand {
             ])
         }
         say("wrote \(folder.path)/")
+        say("plots: switchboard report \(folder.path) --out \(folder.path)/report.html (or tensorboard --logdir \(config.run.output))")
     }
 
     /// What a load on a different world size or placement moved, for the log.

@@ -1,0 +1,149 @@
+import Errors
+import Foundation
+import Storage
+
+/// TensorBoard's event file, so `tensorboard --logdir <output>` shows every run: TFRecords
+/// (length, masked CRC-32C of the length, data, masked CRC-32C of the data) of `Event`
+/// protobufs, each a wall time, a step and a summary of scalar values.
+///
+/// Each `write` is one `write(2)` of whole records, so a run killed mid-write leaves a file
+/// whose last record is cut short: TensorBoard reads up to the last whole one. A resumed run
+/// starts a new file in the same folder; TensorBoard joins the files of a folder by step.
+public final class EventFile {
+    public let path: String
+    private let fd: Int32
+
+    /// Creates `events.out.tfevents.<seconds>.<host>` in `folder` (with `.1`, `.2`, … when a
+    /// file of that second exists already) and writes the file-version record.
+    public init(folder: String, wallTime: Double = Date().timeIntervalSince1970) throws {
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
+        let base = "\(folder)/events.out.tfevents.\(Int(wallTime)).\(host)"
+        var path = base, n = 0, fd: Int32 = -1
+        while true {
+            fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            if fd >= 0 || errno != EEXIST || n >= 1000 { break }
+            n += 1
+            path = "\(base).\(n)"
+        }
+        guard fd >= 0 else { throw DiskError(path, "cannot create the TensorBoard event file (\(systemMessage()))") }
+        self.path = path
+        self.fd = fd
+        var event = Protobuf()
+        event.double(1, wallTime)
+        event.string(3, "brain.Event:2")
+        try append([event.bytes])
+    }
+
+    deinit { Glibc.close(fd) }
+
+    /// Writes one event at `step` with a scalar for each (tag, value).
+    public func write(step: Int, scalars: [(String, Double)], wallTime: Double = Date().timeIntervalSince1970) throws {
+        guard !scalars.isEmpty else { return }
+        var summary = Protobuf()
+        for (tag, value) in scalars {
+            var v = Protobuf()
+            v.string(1, tag)
+            v.float(2, Float(value))
+            summary.message(1, v)
+        }
+        var event = Protobuf()
+        event.double(1, wallTime)
+        event.varint(2, UInt64(bitPattern: Int64(step)))
+        event.message(5, summary)
+        try append([event.bytes])
+    }
+
+    /// The scalars of one metrics record: every number under `<kind>/<key>` (arrays as
+    /// `<kind>/<key>/<index>`), the step and epoch aside.
+    public static func scalars(_ fields: [(String, JSONValue)]) -> (step: Int, scalars: [(String, Double)])? {
+        guard case .string(let kind)? = fields.first(where: { $0.0 == "kind" })?.1,
+              case .int(let step)? = fields.first(where: { $0.0 == "step" })?.1 else { return nil }
+        var out: [(String, Double)] = []
+        func add(_ tag: String, _ value: JSONValue) {
+            switch value {
+            case .int(let v): out.append((tag, Double(v)))
+            case .double(let v): out.append((tag, v))
+            case .array(let items): for (i, item) in items.enumerated() { add("\(tag)/\(i)", item) }
+            case .object(let members): for (k, item) in members { add("\(tag)/\(k)", item) }
+            case .string, .bool: break
+            }
+        }
+        for (key, value) in fields where !["kind", "step", "epoch"].contains(key) { add("\(kind)/\(key)", value) }
+        return (step, out)
+    }
+
+    private func append(_ records: [[UInt8]]) throws {
+        var bytes: [UInt8] = []
+        for data in records {
+            var length = UInt64(data.count).littleEndian
+            let lengthBytes = withUnsafeBytes(of: &length) { Array($0) }
+            bytes += lengthBytes
+            bytes += CRC32C.masked(lengthBytes).littleEndianBytes
+            bytes += data
+            bytes += CRC32C.masked(data).littleEndianBytes
+        }
+        let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard written == bytes.count else { throw DiskError(path, "cannot write (\(systemMessage()))") }
+    }
+}
+
+/// Protocol-buffer wire format, the few field kinds an `Event` needs.
+struct Protobuf {
+    private(set) var bytes: [UInt8] = []
+
+    mutating func varint(_ field: Int, _ value: UInt64) {
+        key(field, 0)
+        raw(value)
+    }
+    mutating func double(_ field: Int, _ value: Double) {
+        key(field, 1)
+        bytes += value.bitPattern.littleEndianBytes
+    }
+    mutating func float(_ field: Int, _ value: Float) {
+        key(field, 5)
+        bytes += value.bitPattern.littleEndianBytes
+    }
+    mutating func string(_ field: Int, _ value: String) { lengthDelimited(field, Array(value.utf8)) }
+    mutating func message(_ field: Int, _ value: Protobuf) { lengthDelimited(field, value.bytes) }
+
+    private mutating func lengthDelimited(_ field: Int, _ payload: [UInt8]) {
+        key(field, 2)
+        raw(UInt64(payload.count))
+        bytes += payload
+    }
+    private mutating func key(_ field: Int, _ wireType: UInt64) { raw(UInt64(field) << 3 | wireType) }
+    private mutating func raw(_ value: UInt64) {
+        var v = value
+        while v >= 0x80 {
+            bytes.append(UInt8(v & 0x7f) | 0x80)
+            v >>= 7
+        }
+        bytes.append(UInt8(v))
+    }
+}
+
+/// CRC-32C (Castagnoli), as TFRecord frames use it, and its mask.
+enum CRC32C {
+    static let table: [UInt32] = (0..<256).map { i in
+        var c = UInt32(i)
+        for _ in 0..<8 { c = c & 1 != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
+        return c
+    }
+
+    static func checksum(_ data: [UInt8]) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        for b in data { c = table[Int((c ^ UInt32(b)) & 0xff)] ^ (c >> 8) }
+        return c ^ 0xFFFF_FFFF
+    }
+
+    /// TFRecord's mask: rotate right by 15, add a constant (a CRC over data holding CRCs
+    /// is weak otherwise).
+    static func masked(_ data: [UInt8]) -> UInt32 {
+        let c = checksum(data)
+        return ((c >> 15) | (c << 17)) &+ 0xA282_EAD8
+    }
+}
+
+extension FixedWidthInteger {
+    var littleEndianBytes: [UInt8] { withUnsafeBytes(of: littleEndian) { Array($0) } }
+}

@@ -1,0 +1,122 @@
+import Errors
+import Foundation
+
+/// What a run folder says about its run, for `switchboard report`: the resolved config, and
+/// the series of `metrics.jsonl`, read as untrusted input. What is missing or damaged becomes
+/// a note (the report says it) rather than an error; only a path that is not a run folder at
+/// all is refused.
+public struct RunHistory: Sendable {
+    public struct Point: Sendable, Equatable {
+        public let step: Int
+        public let value: Double
+    }
+
+    /// The folder's name, which names the run in the report.
+    public let name: String
+    public let path: String
+    /// `section.key` → the value as written in `config.toml`.
+    public var config: [String: String] = [:]
+    /// "train/loss", "train/lr", "train/samples_per_s", "eval/test_loss", "eval/test_accuracy", …
+    public var series: [String: [Point]] = [:]
+    /// Per MoE layer, the tokens routed to each expert at each logged step.
+    public var expertTokens: [[(step: Int, tokens: [Int])]] = []
+    /// What the report should say is missing or damaged.
+    public var notes: [String] = []
+
+    /// Reads `path`; throws only when it is not a run folder (neither `config.toml` nor
+    /// `metrics.jsonl` in it).
+    public static func load(_ path: String) throws -> RunHistory {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ReportInputError("\(path): no such run folder")
+        }
+        let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
+        var run = RunHistory(name: URL(fileURLWithPath: trimmed).lastPathComponent, path: trimmed)
+        let configPath = "\(trimmed)/config.toml", metricsPath = "\(trimmed)/metrics.jsonl"
+        let hasConfig = FileManager.default.fileExists(atPath: configPath)
+        let hasMetrics = FileManager.default.fileExists(atPath: metricsPath)
+        guard hasConfig || hasMetrics else {
+            throw ReportInputError("\(path): not a run folder (it has neither config.toml nor metrics.jsonl)")
+        }
+        if hasConfig, let text = try? String(contentsOfFile: configPath, encoding: .utf8) {
+            run.config = Self.flatten(toml: text)
+        } else {
+            run.notes.append("config.toml is missing or unreadable: the run's settings are not compared")
+        }
+        guard hasMetrics, let data = FileManager.default.contents(atPath: metricsPath) else {
+            run.notes.append("metrics.jsonl is missing or unreadable: no curves")
+            return run
+        }
+        run.read(metrics: data)
+        if run.series.isEmpty { run.notes.append("no metrics yet (the run has not reached its first logged step)") }
+        return run
+    }
+
+    /// `[section]` / `key = value` lines as `section.key` → `value`; anything else is skipped.
+    static func flatten(toml: String) -> [String: String] {
+        var out: [String: String] = [:], section = ""
+        for raw in toml.split(separator: "\n") {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.hasPrefix("[") && line.hasSuffix("]") {
+                section = String(line.dropFirst().dropLast())
+            } else if let eq = line.firstIndex(of: "="), !line.hasPrefix("#") {
+                let key = line[..<eq].trimmingCharacters(in: .whitespaces)
+                out[section.isEmpty ? key : "\(section).\(key)"] = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return out
+    }
+
+    mutating func read(metrics data: Data) {
+        let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        var bad: [Int] = []
+        for (i, line) in lines.enumerated() where !line.isEmpty {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                  let kind = object["kind"] as? String, let step = Self.integer(object["step"]), step >= 0 else {
+                // The last line of a run killed mid-write, or damage anywhere.
+                if i == lines.count - 1 {
+                    notes.append("metrics.jsonl: its last line (\(i + 1)) is cut short, an interrupted write; the lines before it are shown")
+                } else {
+                    bad.append(i + 1)
+                }
+                continue
+            }
+            for (key, value) in object where !["kind", "step", "epoch"].contains(key) {
+                if let v = Self.number(value), v.isFinite {
+                    series["\(kind)/\(key)", default: []].append(Point(step: step, value: v))
+                } else if kind == "train", key.hasPrefix("moe"), key.hasSuffix("_tokens"),
+                          let layer = Int(key.dropFirst(3).dropLast(7)), layer >= 0, layer < 1024,
+                          let counts = value as? [Any] {
+                    let tokens = counts.compactMap(Self.integer)
+                    guard tokens.count == counts.count, !tokens.isEmpty else { continue }
+                    while expertTokens.count <= layer { expertTokens.append([]) }
+                    expertTokens[layer].append((step, tokens))
+                }
+            }
+        }
+        if !bad.isEmpty {
+            notes.append("metrics.jsonl: \(bad.count) line\(bad.count == 1 ? " is" : "s are") not a metrics record (line\(bad.count == 1 ? "" : "s") "
+                         + "\(bad.prefix(5).map(String.init).joined(separator: ", "))\(bad.count > 5 ? ", …" : "")); skipped")
+        }
+        for key in series.keys { series[key]!.sort { $0.step < $1.step } }
+    }
+
+    /// A JSON number (not a boolean, which Foundation also hands over as an NSNumber).
+    static func number(_ value: Any?) -> Double? {
+        guard let value, !(type(of: value) == Bool.self), let n = value as? NSNumber,
+              String(cString: n.objCType) != "c" else { return nil }
+        return n.doubleValue
+    }
+
+    static func integer(_ value: Any?) -> Int? {
+        guard let v = number(value), v == v.rounded(), abs(v) < 1e15 else { return nil }
+        return Int(v)
+    }
+}
+
+/// A report's input that is not a run folder: a usage error.
+public struct ReportInputError: SwitchboardError {
+    public let message: String
+    public var exitCode: Int32 { 2 }
+    public init(_ message: String) { self.message = message }
+}

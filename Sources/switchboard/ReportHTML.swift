@@ -1,0 +1,154 @@
+import Foundation
+import Training
+
+/// `switchboard report`'s page: one HTML file, inline SVG charts and no script, so it opens
+/// in any browser without a network. Each chart draws one `<path class="series">` per run
+/// that has the series; MoE runs get a heatmap of tokens per expert per layer.
+enum ReportHTML {
+    static let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+
+    static func page(_ runs: [RunHistory]) -> String {
+        var body = "<h1>Switchboard runs</h1>\n<ul class=\"runs\">\n"
+        for (i, run) in runs.enumerated() {
+            body += "<li><span class=\"swatch\" style=\"background:\(color(i))\"></span><b>\(escape(run.name))</b> "
+                + "<code>\(escape(run.path))</code>"
+            for note in run.notes { body += "<div class=\"note\">\(escape(note))</div>" }
+            body += "</li>\n"
+        }
+        body += "</ul>\n"
+        let charts: [(String, String, String, Bool)] = [
+            ("train/loss", "Training loss", "loss (log scale)", true),
+            ("eval/test_loss", "Test loss", "loss (log scale)", true),
+            ("eval/test_accuracy", "Test accuracy", "accuracy", false),
+            ("train/lr", "Learning rate", "learning rate", false),
+            ("train/samples_per_s", "Throughput", "samples/s", false),
+        ]
+        for (key, title, axis, log) in charts {
+            let series = runs.enumerated().compactMap { i, run in run.series[key].map { (run.name, color(i), $0) } }
+            body += "<h2>\(title)</h2>\n"
+            body += series.isEmpty ? "<p class=\"note\">no run has \(key)</p>\n" : lineChart(series, yLabel: axis, logY: log) + "\n"
+        }
+        for (i, run) in runs.enumerated() where !run.expertTokens.isEmpty {
+            for (layer, history) in run.expertTokens.enumerated() where !history.isEmpty {
+                body += "<h2>Tokens per expert: \(escape(run.name)), MoE layer \(layer)</h2>\n" + heatmap(history, color: color(i)) + "\n"
+            }
+        }
+        body += "<h2>Configuration</h2>\n" + configTable(runs)
+        return """
+            <!DOCTYPE html>
+            <html lang="en"><head><meta charset="utf-8"><title>Switchboard report</title>
+            <style>
+            body { font: 14px system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
+            h2 { font-size: 16px; margin-top: 28px; }
+            .swatch { display: inline-block; width: 12px; height: 12px; margin-right: 6px; }
+            .note { color: #a33; margin: 2px 0 2px 18px; }
+            svg text { font: 11px system-ui, sans-serif; fill: #333; }
+            table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+            </style></head>
+            <body>
+            \(body)
+            </body></html>
+
+            """
+    }
+
+    static func color(_ i: Int) -> String { colors[i % colors.count] }
+
+    static func escape(_ text: String) -> String {
+        text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+            .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+    }
+
+    // MARK: - Line charts
+
+    static let width = 720.0, height = 300.0, left = 70.0, right = 16.0, top = 12.0, bottom = 40.0
+
+    /// One path per run, against step; log10 of y when `logY` (non-positive values skipped).
+    static func lineChart(_ series: [(String, String, [RunHistory.Point])], yLabel: String, logY: Bool) -> String {
+        let shown = series.map { name, color, points in (name, color, points.filter { !logY || $0.value > 0 }) }
+        let all = shown.flatMap { $0.2 }
+        guard !all.isEmpty else { return "<p class=\"note\">no positive values to draw on a log scale</p>" }
+        let y = { (v: Double) in logY ? log10(v) : v }
+        var (x0, x1) = (Double(all.map(\.step).min()!), Double(all.map(\.step).max()!))
+        var (y0, y1) = (all.map { y($0.value) }.min()!, all.map { y($0.value) }.max()!)
+        if x1 == x0 { x0 -= 1; x1 += 1 }
+        if y1 == y0 { y0 -= 0.5; y1 += 0.5 }
+        let pad = (y1 - y0) * 0.05
+        // No padding below zero for a quantity that never goes below it (a learning rate).
+        y0 = !logY && y0 >= 0 ? max(0, y0 - pad) : y0 - pad
+        y1 += pad
+        let plotW = width - left - right, plotH = height - top - bottom
+        func px(_ step: Int) -> Double { left + (Double(step) - x0) / (x1 - x0) * plotW }
+        func py(_ value: Double) -> Double { top + (1 - (y(value) - y0) / (y1 - y0)) * plotH }
+        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" class=\"chart\">\n"
+        svg += "<rect x=\"\(left)\" y=\"\(top)\" width=\"\(plotW)\" height=\"\(plotH)\" fill=\"none\" stroke=\"#999\"/>\n"
+        for t in 0...4 {
+            let fx = Double(t) / 4
+            let step = x0 + fx * (x1 - x0), gx = left + fx * plotW
+            svg += "<line x1=\"\(f(gx))\" y1=\"\(f(top + plotH))\" x2=\"\(f(gx))\" y2=\"\(f(top + plotH + 4))\" stroke=\"#999\"/>"
+            svg += "<text x=\"\(f(gx))\" y=\"\(f(top + plotH + 16))\" text-anchor=\"middle\">\(Int(step.rounded()))</text>\n"
+            let level = y0 + fx * (y1 - y0), gy = top + (1 - fx) * plotH
+            svg += "<line x1=\"\(f(left - 4))\" y1=\"\(f(gy))\" x2=\"\(f(left + plotW))\" y2=\"\(f(gy))\" stroke=\"#eee\"/>"
+            svg += "<text x=\"\(f(left - 6))\" y=\"\(f(gy + 4))\" text-anchor=\"end\">\(tick(logY ? pow(10, level) : level))</text>\n"
+        }
+        svg += "<text class=\"axis\" x=\"\(f(left + plotW / 2))\" y=\"\(f(height - 6))\" text-anchor=\"middle\">step</text>\n"
+        svg += "<text class=\"axis\" transform=\"translate(14 \(f(top + plotH / 2))) rotate(-90)\" text-anchor=\"middle\">\(escape(yLabel))</text>\n"
+        for (name, color, points) in shown where !points.isEmpty {
+            let d = points.enumerated().map { i, p in "\(i == 0 ? "M" : "L")\(f(px(p.step))) \(f(py(p.value)))" }.joined(separator: " ")
+            svg += "<path class=\"series\" data-run=\"\(escape(name))\" d=\"\(d)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.5\"/>\n"
+        }
+        return svg + "</svg>"
+    }
+
+    static func f(_ v: Double) -> String { String(format: "%.1f", v) }
+
+    /// A tick label: whole numbers from 1000 on, 4 significant digits between, an exponent
+    /// for the very small and very large.
+    static func tick(_ v: Double) -> String {
+        if v != 0 && (abs(v) < 1e-3 || abs(v) >= 1e7) { return String(format: "%.2e", v) }
+        if abs(v) >= 1000 { return String(format: "%.0f", v) }
+        return String(format: "%.4g", v)
+    }
+
+    // MARK: - Heatmap
+
+    /// Experts down, logged steps across; each cell's opacity is the expert's share of the
+    /// step's tokens against twice the even share (so an even layer is a flat mid-tone).
+    static func heatmap(_ history: [(step: Int, tokens: [Int])], color: String) -> String {
+        let experts = history.map(\.tokens.count).max()!
+        let cellW = max(2.0, min(24.0, (width - left - right) / Double(history.count)))
+        let cellH = max(4.0, min(18.0, 360.0 / Double(experts)))
+        let w = left + cellW * Double(history.count) + right, h = top + cellH * Double(experts) + bottom
+        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" class=\"heatmap\">\n"
+        for (c, entry) in history.enumerated() {
+            let total = max(entry.tokens.reduce(0, +), 1)
+            for (e, n) in entry.tokens.enumerated() {
+                let share = Double(n) / Double(total) * Double(entry.tokens.count) / 2
+                svg += "<rect x=\"\(f(left + Double(c) * cellW))\" y=\"\(f(top + Double(e) * cellH))\" width=\"\(f(cellW))\" "
+                    + "height=\"\(f(cellH))\" fill=\"\(color)\" fill-opacity=\"\(String(format: "%.3f", min(share, 1)))\">"
+                    + "<title>step \(entry.step), expert \(e): \(n) tokens</title></rect>\n"
+            }
+        }
+        svg += "<text x=\"\(f(left - 6))\" y=\"\(f(top + cellH * 0.8))\" text-anchor=\"end\">expert 0</text>\n"
+        svg += "<text x=\"\(f(left - 6))\" y=\"\(f(top + cellH * (Double(experts) - 0.2)))\" text-anchor=\"end\">\(experts - 1)</text>\n"
+        svg += "<text x=\"\(f(left))\" y=\"\(f(h - 22))\">step \(history.first!.step)</text>"
+        svg += "<text x=\"\(f(w - right))\" y=\"\(f(h - 22))\" text-anchor=\"end\">\(history.last!.step)</text>\n"
+        svg += "<text class=\"axis\" x=\"\(f(w / 2))\" y=\"\(f(h - 6))\" text-anchor=\"middle\">logged step (darker: more tokens)</text>\n"
+        return svg + "</svg>"
+    }
+
+    // MARK: - Configuration
+
+    /// The settings that differ between the runs (all of them for one run).
+    static func configTable(_ runs: [RunHistory]) -> String {
+        let keys = Set(runs.flatMap { $0.config.keys }).sorted()
+        let differing = runs.count == 1 ? keys : keys.filter { k in Set(runs.map { $0.config[k] ?? "" }).count > 1 }
+        guard !differing.isEmpty else { return "<p>The runs' resolved configurations are the same.</p>\n" }
+        var html = "<p>\(runs.count == 1 ? "The run's resolved configuration." : "Settings that differ between the runs.")</p>\n"
+        html += "<table class=\"config\"><tr><th>setting</th>" + runs.map { "<th>\(escape($0.name))</th>" }.joined() + "</tr>\n"
+        for k in differing {
+            html += "<tr><td><code>\(escape(k))</code></td>" + runs.map { "<td>\(escape($0.config[k] ?? "—"))</td>" }.joined() + "</tr>\n"
+        }
+        return html + "</table>\n"
+    }
+}
