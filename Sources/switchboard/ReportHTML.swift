@@ -61,7 +61,7 @@ enum ReportHTML {
 
     // MARK: - Line charts
 
-    static let width = 720.0, height = 300.0, left = 70.0, right = 16.0, top = 12.0, bottom = 40.0
+    static let width = 730.0, height = 300.0, left = 80.0, right = 16.0, top = 12.0, bottom = 40.0
 
     /// One path per run, against step; log10 of y when `logY` (non-positive values skipped).
     static func lineChart(_ series: [(String, String, [RunHistory.Point])], yLabel: String, logY: Bool) -> String {
