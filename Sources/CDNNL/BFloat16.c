@@ -32,14 +32,14 @@ static void native(const float *x, uint16_t *y, size_t n) {
     }
 }
 
-static int has_native(void) {
-    static int known = -1;
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl");
-    }
-    return known;
+// Read once at load, before any thread can ask.
+static int native_ok;
+__attribute__((constructor)) static void detect(void) {
+    __builtin_cpu_init();
+    native_ok = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl");
 }
+
+static int has_native(void) { return native_ok; }
 
 void sb_to_bf16_isa(const float *x, uint16_t *y, size_t n, int allow_native) {
     if (allow_native && has_native()) { native(x, y, n); return; }

@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 extern void omp_set_num_threads(int);
 // The test suite's allocation counter (CAllocCounter), where it is loaded, counts oneDNN's own
@@ -17,7 +18,12 @@ struct sb_matmul {
     dnnl_data_type_t type;
     int ta, tb, rows_dim;
     long m, n, k, lda, ldb, ldc;
-    const char *impl;
+    char *impl;
+    // The primitive's scratchpad, which the caller provides (user mode) so that several
+    // threads may run one primitive at once: 0 bytes for every product measured (gemm:jit
+    // with a run-time dimension), else a block per call.
+    dnnl_memory_desc_t scratch;
+    size_t scratch_bytes;
 };
 
 static dnnl_engine_t engine;
@@ -60,13 +66,24 @@ sb_matmul *sb_matmul_create(int bf16, int ta, int tb, long m, long n, long k, lo
         dnnl_matmul_desc_t desc;
         if (s == dnnl_success) s = dnnl_matmul_desc_init(&desc, &a, &b, NULL, &c);
         if (s == dnnl_success) s = dnnl_primitive_attr_create(&attr);
+        if (s == dnnl_success) s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
         if (s == dnnl_success && accumulate) {
             s = dnnl_post_ops_create(&ops);
             if (s == dnnl_success) s = dnnl_post_ops_append_sum(ops, 1.0f);
             if (s == dnnl_success) s = dnnl_primitive_attr_set_post_ops(attr, ops);
         }
         if (s == dnnl_success) s = dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL);
-        if (s == dnnl_success) s = dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &p->impl);
+        const char *impl = NULL;
+        if (s == dnnl_success) s = dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+        if (s == dnnl_success) {
+            // The name belongs to the descriptor, destroyed below.
+            p->impl = strdup(impl ? impl : "?");
+            const dnnl_memory_desc_t *scratch = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+            if (scratch) {
+                p->scratch = *scratch;
+                p->scratch_bytes = dnnl_memory_desc_get_size(scratch);
+            }
+        }
         if (s == dnnl_success) s = dnnl_primitive_create(&p->primitive, pd);
     }
     if (pd) dnnl_primitive_desc_destroy(pd);
@@ -75,6 +92,7 @@ sb_matmul *sb_matmul_create(int bf16, int ta, int tb, long m, long n, long k, lo
     *status = s;
     if (s != dnnl_success) {
         if (p && p->primitive) dnnl_primitive_destroy(p->primitive);
+        if (p) free(p->impl);
         free(p);
         return NULL;
     }
@@ -86,20 +104,27 @@ sb_matmul *sb_matmul_create(int bf16, int ta, int tb, long m, long n, long k, lo
 int sb_matmul_run(const sb_matmul *p, long rows, const void *a, const void *b, float *c) {
     long m = p->rows_dim == 0 ? rows : p->m, k = p->rows_dim == 1 ? rows : p->k;
     dnnl_memory_desc_t ad, bd, cd;
-    dnnl_memory_t am = NULL, bm = NULL, cm = NULL;
+    dnnl_memory_t am = NULL, bm = NULL, cm = NULL, sm = NULL;
+    void *scratch = NULL;
     if (sb_allocations_in_onednn) sb_allocations_in_onednn(1);
     int s = describe(p, m, k, &ad, &bd, &cd);
     if (s == dnnl_success) s = dnnl_memory_create(&am, &ad, engine, (void *)a);
     if (s == dnnl_success) s = dnnl_memory_create(&bm, &bd, engine, (void *)b);
     if (s == dnnl_success) s = dnnl_memory_create(&cm, &cd, engine, c);
+    if (s == dnnl_success && p->scratch_bytes > 0) {
+        scratch = aligned_alloc(64, (p->scratch_bytes + 63) / 64 * 64);
+        s = scratch ? dnnl_memory_create(&sm, &p->scratch, engine, scratch) : dnnl_out_of_memory;
+    }
     if (s == dnnl_success) {
-        dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
-        s = dnnl_primitive_execute(p->primitive, stream, 3, args);
+        dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}};
+        s = dnnl_primitive_execute(p->primitive, stream, sm ? 4 : 3, args);
         atomic_fetch_add_explicit(&runs, 1, memory_order_relaxed);
     }
     if (am) dnnl_memory_destroy(am);
     if (bm) dnnl_memory_destroy(bm);
     if (cm) dnnl_memory_destroy(cm);
+    if (sm) dnnl_memory_destroy(sm);
+    free(scratch);
     if (sb_allocations_in_onednn) sb_allocations_in_onednn(0);
     return s;
 }
@@ -109,6 +134,7 @@ const char *sb_matmul_impl(const sb_matmul *p) { return p->impl; }
 void sb_matmul_destroy(sb_matmul *p) {
     if (!p) return;
     dnnl_primitive_destroy(p->primitive);
+    free(p->impl);
     free(p);
 }
 

@@ -30,7 +30,7 @@ public final class BFloat16Buffer {
     /// the pool, never from a task running on it).
     @discardableResult
     public func round(_ x: UnsafePointer<Float>, count n: Int, at offset: Int = 0, onPool: Bool = false) -> UnsafePointer<UInt16> {
-        precondition(offset + n <= count, "\(n) values at \(offset) for a bf16 buffer of \(count)")
+        if n < 0 || offset < 0 || offset + n > count { fatalError("\(n) values at \(offset) for a bf16 buffer of \(count)") }
         if !onPool || n < Rounding.parallelFrom {
             sb_to_bf16(x, data + offset, n)
         } else {

@@ -52,6 +52,9 @@ public enum OneDNN {
     public static var isa: String { String(cString: sb_dnnl_isa_name()) }
     /// Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX) for oneDNN.
     public static var nativeBFloat16: Bool { sb_dnnl_native_bf16() != 0 }
+    /// Whether oneDNN 2.6 multiplies bf16 here at all: natively, or by emulation, which it
+    /// has from AVX-512 on.
+    public static var supportsBFloat16: Bool { isaLevel >= 4 }
     /// 1 SSE, 2 AVX, 3 AVX2, 4 AVX-512.
     static var isaLevel: Int {
         let isa = isa
@@ -76,7 +79,8 @@ extension BLAS {
 
 /// One matrix product of a layer, prepared when the layer is built:
 /// `C[m, n] = op(A)[m, k] · op(B)[k, n]` (`+ C` when accumulating), row-major with fixed row
-/// strides, where the rows of a batch are m or k and vary per call up to the bound given.
+/// strides, where the rows of a batch are m or k and vary per call up to the bound given
+/// (checked on every call: the bound is what the layer's buffers hold).
 ///
 /// On oneDNN it is a matmul primitive made here, never per call; on OpenBLAS a `cblas_sgemm`.
 /// bf16 products take bf16 A and B and accumulate and return fp32.
@@ -107,8 +111,10 @@ public final class Matmul: @unchecked Sendable {
         plan = sb_matmul_create(
             precision == .bf16 ? 1 : 0, ta == .transpose ? 1 : 0, tb == .transpose ? 1 : 0, m, n, k, lda, ldb, ldc,
             accumulate ? 1 : 0, rows == .m ? 0 : 1, &status)
-        // Shapes and strides come from the layer's own sizes: a refusal is a bug, not input.
-        precondition(plan != nil, "oneDNN refused a \(precision) matmul \(m)×\(n)×\(k) (status \(status))")
+        // Shapes and strides come from the layer's own sizes, and a bf16 job was checked
+        // against the CPU (`OneDNN.supportsBFloat16`): a refusal here is a bug, not input.
+        // (`fatalError`, unlike `precondition`, stays in the -Ounchecked build.)
+        if plan == nil { fatalError("oneDNN refused a \(precision) matmul \(m)×\(n)×\(k) (status \(status))") }
     }
 
     deinit { if let plan { sb_matmul_destroy(plan) } }
@@ -121,7 +127,7 @@ public final class Matmul: @unchecked Sendable {
     /// An fp32 product over `rows` rows.
     @inline(__always)
     public func callAsFunction(rows: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
-        precondition(precision == .fp32)
+        check(rows, .fp32)
         let (m, k) = rowsAre == .m ? (rows, self.k) : (self.m, rows)
         guard let plan, m > 0, k > 0 else {
             gemm(ta, tb, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: accumulate ? 1 : 0, c: c, ldc: ldc)
@@ -133,7 +139,7 @@ public final class Matmul: @unchecked Sendable {
     /// A bf16 product over `rows` rows.
     @inline(__always)
     public func callAsFunction(rows: Int, a: UnsafePointer<UInt16>, b: UnsafePointer<UInt16>, c: UnsafeMutablePointer<Float>) {
-        precondition(precision == .bf16)
+        check(rows, .bf16)
         let (m, k) = rowsAre == .m ? (rows, self.k) : (self.m, rows)
         guard m > 0 else { return }
         guard let plan, k > 0 else {
@@ -144,10 +150,18 @@ public final class Matmul: @unchecked Sendable {
         run(plan, rows, UnsafeRawPointer(a), UnsafeRawPointer(b), c)
     }
 
+    /// The rows fit the buffers the product was prepared for, in the precision it was made for.
+    @inline(__always)
+    private func check(_ rows: Int, _ wanted: Precision) {
+        if rows < 0 || rows > (rowsAre == .m ? m : k) || precision != wanted {
+            fatalError("a \(precision) matmul prepared for \(rowsAre == .m ? m : k) rows called with \(rows) \(wanted) rows")
+        }
+    }
+
     @inline(__always)
     private func run(_ plan: OpaquePointer, _ rows: Int, _ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ c: UnsafeMutablePointer<Float>) {
         let status = sb_matmul_run(plan, rows, a, b, c)
-        precondition(status == 0, "oneDNN matmul \(m)×\(n)×\(k) failed at \(rows) rows (status \(status))")
+        if status != 0 { fatalError("oneDNN matmul \(m)×\(n)×\(k) failed at \(rows) rows (status \(status))") }
     }
 
     /// Products run on oneDNN so far by this process.

@@ -58,7 +58,8 @@ public final class MoE: Layer {
     let pointwise: Activation?
     let gated: GatedActivation?
     let precision: Precision
-    let products: MoEProducts
+    /// Rebuilt by `attach(_:)` for the rows other ranks may send.
+    private(set) var products: MoEProducts
 
     let logits: Tensor, probs: Tensor, scores: Tensor   // [T, E]
     let dprobs: Tensor, dlogits: Tensor                 // [T, E]
@@ -190,6 +191,7 @@ public final class MoE: Layer {
     public func attach(_ exchange: any ExpertExchange) {
         let rows = exchange.ranks * maxRows * k
         owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
+        products = MoEProducts(tokens: maxRows, rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
         let spans = (0..<e).map { i in
             let parts = [w1[i], b1[i], w2[i], b2[i]].compactMap { $0 }
             let count = parts.reduce(0) { $0 + $1.count }

@@ -12,6 +12,8 @@ import Storage
 public final class EventFile {
     public let path: String
     private let fd: Int32
+    /// The end of the last whole record written.
+    private var end: off_t = 0
 
     /// Creates `events.out.tfevents.<seconds>.<host>` in `folder` (with `.1`, `.2`, … when a
     /// file of that second exists already) and writes the file-version record.
@@ -83,7 +85,15 @@ public final class EventFile {
             bytes += CRC32C.masked(data).littleEndianBytes
         }
         let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        guard written == bytes.count else { throw DiskError(path, "cannot write (\(systemMessage()))") }
+        guard written == bytes.count else {
+            // A short write (a full disk) would leave a cut record that ends TensorBoard's
+            // reading of every later one: cut the file back to its last whole record.
+            let message = systemMessage()
+            _ = ftruncate(fd, end)
+            _ = lseek(fd, end, SEEK_SET)
+            throw DiskError(path, "cannot write (\(message))")
+        }
+        end += off_t(bytes.count)
     }
 }
 

@@ -395,7 +395,12 @@ extension JobConfig.Train {
     /// bf16 on a CPU that would only emulate it is refused unless the job accepts emulation:
     /// emulated bf16 is several times slower than fp32, not a speed-up.
     public func checkPrecision() throws {
-        guard precision == .bf16, !OneDNN.nativeBFloat16, !bf16Emulation else { return }
+        guard precision == .bf16, !OneDNN.nativeBFloat16 else { return }
+        if !OneDNN.supportsBFloat16 {
+            throw ConfigError("[train] precision = \"bf16\": oneDNN runs \(OneDNN.isa) on this CPU and multiplies bf16 only from "
+                              + "AVX-512 on (natively with AVX512-BF16 or AMX-BF16); use precision = \"fp32\"")
+        }
+        guard !bf16Emulation else { return }
         throw ConfigError(
             "[train] precision = \"bf16\": this CPU has no native bf16 arithmetic (oneDNN runs \(OneDNN.isa) here; "
             + "bf16 needs AVX512-BF16 or AMX-BF16); use precision = \"fp32\", or set [train] bf16_emulation = true to run it emulated")

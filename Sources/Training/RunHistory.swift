@@ -82,13 +82,14 @@ public struct RunHistory: Sendable {
                 continue
             }
             for (key, value) in object where !["kind", "step", "epoch"].contains(key) {
-                if let v = Self.number(value), v.isFinite {
+                if let v = Self.number(value), v.isFinite, abs(v) < 1e300 {
                     series["\(kind)/\(key)", default: []].append(Point(step: step, value: v))
                 } else if kind == "train", key.hasPrefix("moe"), key.hasSuffix("_tokens"),
                           let layer = Int(key.dropFirst(3).dropLast(7)), layer >= 0, layer < 1024,
                           let counts = value as? [Any] {
-                    let tokens = counts.compactMap(Self.integer)
-                    guard tokens.count == counts.count, !tokens.isEmpty else { continue }
+                    // Counts are tokens: not negative, and a layer has at most a few thousand experts.
+                    let tokens = counts.compactMap(Self.integer).filter { $0 >= 0 }
+                    guard tokens.count == counts.count, !tokens.isEmpty, tokens.count <= 4096 else { continue }
                     while expertTokens.count <= layer { expertTokens.append([]) }
                     expertTokens[layer].append((step, tokens))
                 }

@@ -114,16 +114,19 @@ enum ReportHTML {
 
     /// Experts down, logged steps across; each cell's opacity is the expert's share of the
     /// step's tokens against twice the even share (so an even layer is a flat mid-tone).
-    static func heatmap(_ history: [(step: Int, tokens: [Int])], color: String) -> String {
+    static func heatmap(_ all: [(step: Int, tokens: [Int])], color: String) -> String {
+        // At most 360 columns: a long run shows every k-th logged step.
+        let every = (all.count + 359) / 360
+        let history = stride(from: 0, to: all.count, by: every).map { all[$0] }
         let experts = history.map(\.tokens.count).max()!
         let cellW = max(2.0, min(24.0, (width - left - right) / Double(history.count)))
         let cellH = max(4.0, min(18.0, 360.0 / Double(experts)))
         let w = left + cellW * Double(history.count) + right, h = top + cellH * Double(experts) + bottom
         var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" class=\"heatmap\">\n"
         for (c, entry) in history.enumerated() {
-            let total = max(entry.tokens.reduce(0, +), 1)
+            let total = max(entry.tokens.reduce(0.0) { $0 + Double($1) }, 1)
             for (e, n) in entry.tokens.enumerated() {
-                let share = Double(n) / Double(total) * Double(entry.tokens.count) / 2
+                let share = Double(n) / total * Double(entry.tokens.count) / 2
                 svg += "<rect x=\"\(f(left + Double(c) * cellW))\" y=\"\(f(top + Double(e) * cellH))\" width=\"\(f(cellW))\" "
                     + "height=\"\(f(cellH))\" fill=\"\(color)\" fill-opacity=\"\(String(format: "%.3f", min(share, 1)))\">"
                     + "<title>step \(entry.step), expert \(e): \(n) tokens</title></rect>\n"

@@ -18,7 +18,8 @@ sb_matmul *sb_matmul_create(int bf16, int ta, int tb, long m, long n, long k, lo
                             int accumulate, int rows_dim, int *status);
 
 /// Runs the product with `rows` for the varying dimension (0 ≤ rows ≤ its bound); returns
-/// oneDNN's status (0 on success). Safe to call from several threads at once.
+/// oneDNN's status (0 on success). Safe to call from several threads at once: the call's
+/// memory objects and scratchpad (user mode) are its own.
 int sb_matmul_run(const sb_matmul *mm, long rows, const void *a, const void *b, float *c);
 
 /// oneDNN's implementation name for this product ("gemm:jit", "brg:avx512_core", …).
