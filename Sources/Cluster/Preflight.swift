@@ -21,7 +21,8 @@ public struct RankReport: Codable, Sendable, Equatable {
     public var blasCore: String
     /// The instruction set oneDNN runs on this rank's CPU ("avx512_core_bf16", "avx512_core_amx").
     public var onednnISA: String
-    public var sgemmGFLOPs: Double
+    /// A 512³ fp32 product on the library that runs this rank's fp32 products.
+    public var matmulGFLOPs: Double
     public var binaryHash: String
     public var configHash: String
 }
@@ -41,7 +42,7 @@ public enum Preflight {
         RankReport(
             rank: rank, host: ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "?",
             cores: ProcessInfo.processInfo.activeProcessorCount, binding: affinity(), blasThreads: blasThreads,
-            blasCore: BLAS.coreName, onednnISA: OneDNN.isa, sgemmGFLOPs: sgemmProbe(),
+            blasCore: BLAS.coreName, onednnISA: OneDNN.isa, matmulGFLOPs: matmulProbe(),
             binaryHash: hex(hashFile("/proc/self/exe")), configHash: hex(RNGStream.fnv1a(configText)))
     }
 
@@ -90,21 +91,21 @@ public enum Preflight {
                 }
             }
         }
-        let rates = reports.map(\.sgemmGFLOPs).sorted()
+        let rates = reports.map(\.matmulGFLOPs).sorted()
         let median = rates[rates.count / 2]
-        for r in reports where r.sgemmGFLOPs < median / 2 {
-            v.warnings.append("rank \(r.rank) on \(r.host): sgemm \(String(format: "%.1f", r.sgemmGFLOPs)) GFLOP/s is under half the median \(String(format: "%.1f", median)) (a busy node or a mis-detected CPU?)")
+        for r in reports where r.matmulGFLOPs < median / 2 {
+            v.warnings.append("rank \(r.rank) on \(r.host): fp32 matmul \(String(format: "%.1f", r.matmulGFLOPs)) GFLOP/s is under half the median \(String(format: "%.1f", median)) (a busy node or a mis-detected CPU?)")
         }
         return v
     }
 
     /// The table the coordinator prints.
     public static func table(_ reports: [RankReport]) -> String {
-        let header = ["rank", "host", "cores", "bound to", "BLAS threads", "OpenBLAS core", "oneDNN ISA", "sgemm GFLOP/s", "binary",
+        let header = ["rank", "host", "cores", "bound to", "BLAS threads", "OpenBLAS core", "oneDNN ISA", "matmul GFLOP/s", "binary",
                       "config"]
         let rows = reports.map {
             [String($0.rank), $0.host, String($0.cores), cpuList($0.binding), String($0.blasThreads), $0.blasCore, $0.onednnISA,
-             String(format: "%.1f", $0.sgemmGFLOPs), String($0.binaryHash.prefix(8)), String($0.configHash.prefix(8))]
+             String(format: "%.1f", $0.matmulGFLOPs), String($0.binaryHash.prefix(8)), String($0.configHash.prefix(8))]
         }
         let widths = header.indices.map { c in ([header] + rows).map { $0[c].count }.max()! }
         func line(_ cells: [String]) -> String {
@@ -133,15 +134,17 @@ public enum Preflight {
         }
     }
 
-    /// GFLOP/s of a 512³ sgemm at the current thread count, best of a few (~20 ms).
-    static func sgemmProbe() -> Double {
+    /// GFLOP/s of a 512³ fp32 product at the current thread count, on the library that runs
+    /// the fp32 products (`MatmulLibrary.fp32`), best of a few (~20 ms).
+    static func matmulProbe() -> Double {
         let n = 512
         let a = Tensor(shape: [n, n]), c = Tensor(shape: [n, n])
         a.fill(0.5)
+        let product = Matmul(.none, .none, m: n, n: n, k: n, lda: n, ldb: n, ldc: n, rows: .m, accumulate: false, precision: .fp32)
         var best = 0.0
         for _ in 0..<4 {
             let t0 = ContinuousClock.now
-            gemm(.none, .none, m: n, n: n, k: n, a: a.data, lda: n, b: a.data, ldb: n, beta: 0, c: c.data, ldc: n)
+            product(rows: n, a: a.data, b: a.data, c: c.data)
             let d = ContinuousClock.now - t0
             let s = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
             best = max(best, 2 * Double(n * n * n) / s / 1e9)

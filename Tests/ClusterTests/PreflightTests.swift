@@ -6,7 +6,7 @@ final class PreflightTests: XCTestCase {
     func report(_ rank: Int, host: String = "a", cores: Int = 4, binding: [Int] = [0, 1, 2, 3], threads: Int = 1,
                 gflops: Double = 30, binary: String = "b1", config: String = "c1") -> RankReport {
         RankReport(rank: rank, host: host, cores: cores, binding: binding, blasThreads: threads, blasCore: "Zen",
-                   onednnISA: "avx512_core_bf16", sgemmGFLOPs: gflops, binaryHash: binary, configHash: config)
+                   onednnISA: "avx512_core_bf16", matmulGFLOPs: gflops, binaryHash: binary, configHash: config)
     }
 
     func testHealthyClusterHasNoFindings() {
@@ -33,14 +33,14 @@ final class PreflightTests: XCTestCase {
         XCTAssertEqual(v.warnings, [
             "host a: 2 ranks × BLAS threads = 3 threads on 2 cores (oversubscribed: expect slow steps)",
             "host a: ranks 0 and 1 are bound to overlapping CPUs (0 and 0)",
-            "rank 2 on b: sgemm 12.0 GFLOP/s is under half the median 30.0 (a busy node or a mis-detected CPU?)",
+            "rank 2 on b: fp32 matmul 12.0 GFLOP/s is under half the median 30.0 (a busy node or a mis-detected CPU?)",
         ])
     }
 
     func testTableAndCPULists() {
         XCTAssertEqual(Preflight.table([report(0, binding: [0, 1, 2, 3, 8], binary: "0123456789abcdef")]), """
-            rank  host  cores  bound to  BLAS threads  OpenBLAS core  oneDNN ISA        sgemm GFLOP/s  binary    config
-            0     a     4      0-3,8     1             Zen            avx512_core_bf16  30.0           01234567  c1
+            rank  host  cores  bound to  BLAS threads  OpenBLAS core  oneDNN ISA        matmul GFLOP/s  binary    config
+            0     a     4      0-3,8     1             Zen            avx512_core_bf16  30.0            01234567  c1
             """)
         XCTAssertEqual(Preflight.parseCPUList(" 0-3,8,10-11\n"), [0, 1, 2, 3, 8, 10, 11])
         XCTAssertEqual(Preflight.cpuList([0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11")
