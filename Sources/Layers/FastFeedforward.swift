@@ -93,6 +93,11 @@ public final class FastFeedforward: Layer {
     // Hard inference: each row's leaf, rows grouped by leaf, and a leaf's rows gathered.
     var leafOf: [Int32], grouped: [Int32], groupStart: [Int]
     let xs: Tensor, zs: Tensor, hs: Tensor, ys: Tensor
+    /// The layer's own products, fp32 in either precision (probabilities and hard inference):
+    /// out += p·B2; dB2 += pᵀ·g; dp = g·B2ᵀ; a leaf's zs = xs·W1_leafᵀ and ys = hs·W2_leafᵀ.
+    let mixLeafBias, leafBiasGradient, reachGradient, leafFirst, leafSecond: Matmul
+    /// Hard inference's two parts as work for the worker pool.
+    private(set) var hardPass: HardPass!
 
     public init(_ name: String, width: Int, spec: FFFSpec, maxRows: Int, store: ParameterStore, precision: Precision = .fp32) {
         precondition(spec.depth >= 1 && spec.leafWidth >= 1)
@@ -139,6 +144,18 @@ public final class FastFeedforward: Layer {
         zs = Tensor(shape: [maxRows, lw])
         hs = Tensor(shape: [maxRows, lw])
         ys = Tensor(shape: [maxRows, d])
+        let heap = 2 * l - 1
+        mixLeafBias = Matmul(.none, .none, m: maxRows, n: d, k: l, lda: heap, ldb: d, ldc: d, rows: .m, accumulate: true,
+                             precision: .fp32)
+        leafBiasGradient = Matmul(.transpose, .none, m: l, n: d, k: maxRows, lda: heap, ldb: d, ldc: d, rows: .k,
+                                  accumulate: true, precision: .fp32)
+        reachGradient = Matmul(.none, .transpose, m: maxRows, n: l, k: d, lda: d, ldb: d, ldc: l, rows: .m, accumulate: false,
+                               precision: .fp32)
+        leafFirst = Matmul(.none, .transpose, m: maxRows, n: lw, k: d, lda: d, ldb: d, ldc: lw, rows: .m, accumulate: false,
+                           precision: .fp32)
+        leafSecond = Matmul(.none, .transpose, m: maxRows, n: d, k: lw, lda: lw, ldb: l * lw, ldc: d, rows: .m, accumulate: false,
+                            precision: .fp32)
+        hardPass = HardPass(self)
     }
 
     /// The blend's k: a trained scalar, started at ½.
@@ -183,8 +200,7 @@ public final class FastFeedforward: Layer {
         let leafPart = fc2.forward(gated.data, rows: rows, context: .init(training: true))
         out.update(from: leafPart, count: rows * d)
         // out[rows, d] += p[rows, L] · B2[L, d]
-        gemm(.none, .none, m: rows, n: d, k: l, a: reach.data + n, lda: heap, b: leafBias.value, ldb: d,
-             beta: 1, c: out, ldc: d)
+        mixLeafBias(rows: rows, a: reach.data + n, b: leafBias.value, c: out)
         if let master { blend(master, x, rows: rows) }
     }
 
@@ -228,16 +244,17 @@ public final class FastFeedforward: Layer {
 
     /// Each row evaluates `depth` node neurons and one leaf.
     func hardForward(_ x: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float> {
-        let wn = UnsafePointer(nodes.weight.value!), bn = UnsafePointer(nodes.bias!.value!)
-        for i in 0...l { leafCounts[i] = 0 }
-        for r in 0..<rows {
-            let xr = x + r * d
-            var i = 0
-            while i < n { i = dot(xr, wn + i * d, d) + bn[i] > 0 ? 2 * i + 2 : 2 * i + 1 }
-            leafOf[r] = Int32(i - n)
-            leafCounts[i - n + 1] += 1
-        }
+        // Rows descend, and then leaves run, side by side on the worker pool once the batch is
+        // large enough to share (each row and each leaf writes only its own memory, so the
+        // split changes no bit); the products then run one thread each, as the experts' do.
+        let pass = hardPass!
+        pass.x = x
+        let pool = WorkerPool.shared, shared = rows >= Self.hardParallelFrom && pool.threads > 1
+        pass.descending = true
+        if shared { pool.run(pass, count: rows, align: 1, minimum: 1) } else { pass.run(0..<rows) }
         // Counting sort: the rows of leaf 0, then of leaf 1, … (in row order within a leaf).
+        for i in 0...l { leafCounts[i] = 0 }
+        for r in 0..<rows { leafCounts[Int(leafOf[r]) + 1] += 1 }
         for i in 0..<l { leafCounts[i + 1] += leafCounts[i] }
         for i in 0...l { groupStart[i] = leafCounts[i] }
         for r in 0..<rows {
@@ -245,25 +262,48 @@ public final class FastFeedforward: Layer {
             grouped[leafCounts[leaf]] = Int32(r)
             leafCounts[leaf] += 1
         }
-        let out = spec.masterLeaf ? tree.data : y.data
-        let w1 = UnsafePointer(fc1.weight.value!), b1 = UnsafePointer(fc1.bias!.value!)
-        let w2 = UnsafePointer(fc2.weight.value!), b2 = UnsafePointer(leafBias.value!)
-        for leaf in 0..<l where groupStart[leaf + 1] > groupStart[leaf] {
-            let first = groupStart[leaf], count = groupStart[leaf + 1] - first
-            for i in 0..<count { (xs.data + i * d).update(from: x + Int(grouped[first + i]) * d, count: d) }
-            // hs[count, lw] = f(xs · W1_leafᵀ + b1_leaf), W1_leaf the rows leaf·lw ..< (leaf+1)·lw
-            gemm(.none, .transpose, m: count, n: lw, k: d, a: xs.data, lda: d, b: w1 + leaf * lw * d, ldb: d,
-                 beta: 0, c: zs.data, ldc: lw)
-            spec.activation.forward(z: zs.data, bias: b1 + leaf * lw, y: hs.data, rows: count, cols: lw)
-            // ys[count, d] = hs · W2_leafᵀ, W2_leaf the columns leaf·lw ..< (leaf+1)·lw of W2
-            gemm(.none, .transpose, m: count, n: d, k: lw, a: hs.data, lda: lw, b: w2 + leaf * lw, ldb: l * lw,
-                 beta: 0, c: ys.data, ldc: d)
-            for i in 0..<count {
-                add(ys.data + i * d, b2 + leaf * d, into: out + Int(grouped[first + i]) * d, count: d)
-            }
+        pass.descending = false
+        if shared {
+            BLAS.singleThreaded { pool.run(pass, count: l, align: 1, minimum: 1) }
+        } else {
+            pass.run(0..<l)
         }
         if let master { blend(master, x, rows: rows) }
         return UnsafePointer(y.data)
+    }
+
+    /// Rows from which hard inference shares its work over the worker pool.
+    static let hardParallelFrom = 64
+
+    /// Hard inference, rows `range`: each row's leaf, from `depth` dot products.
+    func descend(rows range: Range<Int>, _ x: UnsafePointer<Float>) {
+        let wn = UnsafePointer(nodes.weight.value!), bn = UnsafePointer(nodes.bias!.value!)
+        for r in range {
+            let xr = x + r * d
+            var i = 0
+            while i < n { i = dot(xr, wn + i * d, d) + bn[i] > 0 ? 2 * i + 2 : 2 * i + 1 }
+            leafOf[r] = Int32(i - n)
+        }
+    }
+
+    /// Hard inference, one leaf: its rows (grouped at `groupStart[leaf]`) through its slices
+    /// of W1 and W2, into their places in the output.
+    func runLeaf(_ leaf: Int, _ x: UnsafePointer<Float>) {
+        let first = groupStart[leaf], count = groupStart[leaf + 1] - first
+        guard count > 0 else { return }
+        let out = spec.masterLeaf ? tree.data : y.data
+        let w1 = UnsafePointer(fc1.weight.value!), b1 = UnsafePointer(fc1.bias!.value!)
+        let w2 = UnsafePointer(fc2.weight.value!), b2 = UnsafePointer(leafBias.value!)
+        let xs = xs.data + first * d, zs = zs.data + first * lw, hs = hs.data + first * lw, ys = ys.data + first * d
+        for i in 0..<count { (xs + i * d).update(from: x + Int(grouped[first + i]) * d, count: d) }
+        // hs[count, lw] = f(xs · W1_leafᵀ + b1_leaf), W1_leaf the rows leaf·lw ..< (leaf+1)·lw
+        leafFirst(rows: count, a: xs, b: w1 + leaf * lw * d, c: zs)
+        spec.activation.forward(z: zs, bias: b1 + leaf * lw, y: hs, rows: count, cols: lw)
+        // ys[count, d] = hs · W2_leafᵀ, W2_leaf the columns leaf·lw ..< (leaf+1)·lw of W2
+        leafSecond(rows: count, a: hs, b: w2 + leaf * lw, c: ys)
+        for i in 0..<count {
+            add(ys + i * d, b2 + leaf * d, into: out + Int(grouped[first + i]) * d, count: d)
+        }
     }
 
     // MARK: - Backward
@@ -295,9 +335,9 @@ public final class FastFeedforward: Layer {
         }
         // dB2[L, d] += pᵀ · g;  dp[rows, L] = g · B2ᵀ
         if let db2 = leafBias.grad {
-            gemm(.transpose, .none, m: l, n: d, k: rows, a: reach.data + n, lda: heap, b: g, ldb: d, beta: 1, c: db2, ldc: d)
+            leafBiasGradient(rows: rows, a: reach.data + n, b: g, c: db2)
         }
-        gemm(.none, .transpose, m: rows, n: l, k: d, a: g, lda: d, b: leafBias.value, ldb: d, beta: 0, c: dp.data, ldc: l)
+        reachGradient(rows: rows, a: g, b: leafBias.value, c: dp.data)
         // dgated = g · W2 (fc2's input gradient), dW2 += gᵀ · gated
         let dGated = fc2.backward(g, rows: rows)!
         let h = UnsafePointer(fc1.y.data)
@@ -337,3 +377,18 @@ public final class FastFeedforward: Layer {
 
 /// log(1 + eᵃ) without overflow.
 @inline(__always) func softplus(_ a: Float) -> Float { a > 0 ? a + log1pf(expf(-a)) : log1pf(expf(a)) }
+
+/// Hard inference's parts as work for the worker pool: rows' descents, then leaves.
+final class HardPass: RangeTask {
+    unowned let layer: FastFeedforward
+    var x: UnsafePointer<Float>?
+    var descending = true
+    init(_ layer: FastFeedforward) { self.layer = layer }
+    func run(_ range: Range<Int>) {
+        if descending {
+            layer.descend(rows: range, x!)
+        } else {
+            for leaf in range { layer.runLeaf(leaf, x!) }
+        }
+    }
+}
