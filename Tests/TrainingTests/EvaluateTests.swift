@@ -42,7 +42,13 @@ final class EvaluateTests: ToyDataTestCase {
             }
             let text = try Launcher.run(binary, ["evaluate", checkpoint])
             XCTAssertEqual(text.code, 0, text.output)
-            XCTAssertTrue(text.output.contains("confusion (rows: true class, columns: predicted class)"), text.output)
+            XCTAssertTrue(text.output.contains("; fp32 products\n"), text.output)
+            // The fp32 weights evaluated with bf16 products: close to, not the same as, fp32.
+            let bf16 = try evaluate([checkpoint, "--json", "--precision", "bf16"])
+            let json = try XCTUnwrap(bf16.json, "\(label), bf16: \(bf16.output)")
+            let loss = try XCTUnwrap(json["loss"] as? Double), fp32Loss = try XCTUnwrap(summary["test_loss"] as? Double)
+            XCTAssertNotEqual(loss, fp32Loss, "\(label): bf16 products gave exactly the fp32 loss")
+            XCTAssertEqual(loss, fp32Loss, accuracy: 0.02 * fp32Loss, "\(label): bf16 products")
             XCTAssertTrue(text.output.contains("class  samples  correct  accuracy"), text.output)
         }
     }
