@@ -47,8 +47,3 @@ void sb_to_bf16_isa(const float *x, uint16_t *y, size_t n, int allow_native) {
 }
 
 void sb_to_bf16(const float *x, uint16_t *y, size_t n) { sb_to_bf16_isa(x, y, n, 1); }
-
-void sb_to_bf16_rows(const float *x, size_t ldx, uint16_t *y, size_t ldy, size_t rows, size_t cols) {
-    if (ldx == cols && ldy == cols) { sb_to_bf16(x, y, rows * cols); return; }
-    for (size_t r = 0; r < rows; r++) sb_to_bf16(x + r * ldx, y + r * ldy, cols);
-}

@@ -140,8 +140,6 @@ void sb_matmul_destroy(sb_matmul *p) {
 
 long sb_matmul_runs(void) { return atomic_load_explicit(&runs, memory_order_relaxed); }
 
-int sb_dnnl_isa(void) { return (int)dnnl_get_effective_cpu_isa(); }
-
 const char *sb_dnnl_isa_name(void) {
     switch (dnnl_get_effective_cpu_isa()) {
     case dnnl_cpu_isa_sse41: return "sse41";

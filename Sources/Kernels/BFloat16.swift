@@ -40,9 +40,6 @@ public final class BFloat16Buffer {
         }
         return UnsafePointer(data + offset)
     }
-
-    /// The value at `i` as a float (exact: bf16 is a truncated float).
-    public subscript(i: Int) -> Float { Float(bitPattern: UInt32(data[i]) << 16) }
 }
 
 /// A rounding as work for the worker pool.

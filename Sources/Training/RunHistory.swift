@@ -39,7 +39,11 @@ public struct RunHistory: Sendable {
             throw ReportInputError("\(path): not a run folder (it has neither config.toml nor metrics.jsonl)")
         }
         if hasConfig, let text = try? String(contentsOfFile: configPath, encoding: .utf8) {
-            run.config = Self.flatten(toml: text)
+            do {
+                run.config = Self.flatten(try ConfigValue.parse(text, source: "config.toml"))
+            } catch {
+                run.notes.append("config.toml does not parse (\((error as? ConfigError)?.message ?? "\(error)")): the run's settings are not compared")
+            }
         } else {
             run.notes.append("config.toml is missing or unreadable: the run's settings are not compared")
         }
@@ -52,16 +56,15 @@ public struct RunHistory: Sendable {
         return run
     }
 
-    /// `[section]` / `key = value` lines as `section.key` → `value`; anything else is skipped.
-    static func flatten(toml: String) -> [String: String] {
-        var out: [String: String] = [:], section = ""
-        for raw in toml.split(separator: "\n") {
-            let line = raw.trimmingCharacters(in: .whitespaces)
-            if line.hasPrefix("[") && line.hasSuffix("]") {
-                section = String(line.dropFirst().dropLast())
-            } else if let eq = line.firstIndex(of: "="), !line.hasPrefix("#") {
-                let key = line[..<eq].trimmingCharacters(in: .whitespaces)
-                out[section.isEmpty ? key : "\(section).\(key)"] = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+    /// A parsed config as `section.key` → the value in TOML (nested tables joined by dots).
+    static func flatten(_ table: [String: ConfigValue], prefix: String = "") -> [String: String] {
+        var out: [String: String] = [:]
+        for (key, value) in table {
+            let name = prefix.isEmpty ? key : "\(prefix).\(key)"
+            if case .table(let inner) = value {
+                out.merge(flatten(inner, prefix: name)) { a, _ in a }
+            } else {
+                out[name] = value.toml
             }
         }
         return out

@@ -186,6 +186,7 @@ final class ReportTests: ToyDataTestCase {
         try "".write(toFile: "\(empty)/metrics.jsonl", atomically: true, encoding: .utf8)
         let good = "{\"kind\":\"train\",\"step\":5,\"loss\":1.5,\"lr\":0.001}\n{\"kind\":\"train\",\"step\":10,\"loss\":1.2,\"lr\":0.001}\n"
         try (good + "{\"kind\":\"train\",\"st").write(toFile: "\(cut)/metrics.jsonl", atomically: true, encoding: .utf8)
+        try "[run\nname = 1\n".write(toFile: "\(damaged)/config.toml", atomically: true, encoding: .utf8)
         try ("{\"kind\":\"train\",\"step\":5,\"loss\":\"NaN\"}\n[1,2]\n\u{1}\u{2}garbage\n" + good + "{\"kind\":\"eval\",\"step\":-3,\"test_loss\":1}\n")
             .write(toFile: "\(damaged)/metrics.jsonl", atomically: true, encoding: .utf8)
         r = try Launcher.runApart(binary, ["report", empty, cut, damaged, "--out", "\(dir)/r.html"])
@@ -195,7 +196,7 @@ final class ReportTests: ToyDataTestCase {
             empty: no metrics yet (the run has not reached its first logged step)
             cut: config.toml is missing or unreadable: the run's settings are not compared
             cut: metrics.jsonl: its last line (3) is cut short, an interrupted write; the lines before it are shown
-            damaged: config.toml is missing or unreadable: the run's settings are not compared
+            damaged: config.toml does not parse (config.toml:1:5: Error while parsing table header: expected ']', saw '\\n'): the run's settings are not compared
             damaged: metrics.jsonl: 3 lines are not a metrics record (lines 2, 3, 6); skipped
 
             """)

@@ -31,9 +31,8 @@ void sb_matmul_destroy(sb_matmul *mm);
 /// made inside oneDNN per product.
 long sb_matmul_runs(void);
 
-/// oneDNN's instruction set on this CPU (after DNNL_MAX_CPU_ISA): a dnnl_cpu_isa_t value,
-/// and its name ("avx512_core_bf16", "avx512_core_amx", "avx2", …).
-int sb_dnnl_isa(void);
+/// The name of oneDNN's instruction set on this CPU, after DNNL_MAX_CPU_ISA
+/// ("avx512_core_bf16", "avx512_core_amx", "avx2", …).
 const char *sb_dnnl_isa_name(void);
 /// Whether oneDNN multiplies bf16 natively here (AVX512-BF16 or AMX), not by emulation.
 int sb_dnnl_native_bf16(void);
@@ -46,8 +45,6 @@ void sb_omp_set_threads(int n);
 /// y[i] = bf16(x[i]), round to nearest even, NaN kept (quiet), denormals to signed zero (as
 /// the AVX512-BF16 instruction does, so every path agrees bit for bit).
 void sb_to_bf16(const float *x, uint16_t *y, size_t n);
-/// The same over `rows × cols` with row strides (in elements).
-void sb_to_bf16_rows(const float *x, size_t ldx, uint16_t *y, size_t ldy, size_t rows, size_t cols);
 /// The same on a path no wider than `native` allows: 0 the portable loop, 1 AVX512-BF16 if
 /// the CPU has it (tests check both agree).
 void sb_to_bf16_isa(const float *x, uint16_t *y, size_t n, int native);
