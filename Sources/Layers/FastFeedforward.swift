@@ -85,11 +85,17 @@ public final class FastFeedforward: Layer {
     let da: Tensor          // [maxRows, N]
     let up: Tensor          // [2L−1] per-row scratch of the tree backward
     let dx: Tensor          // [maxRows, d]
-    /// Per leaf: hard descents that ended there (f·T) and Σ p (P·T); then Σ entropy.
+    /// Per leaf: hard descents that ended there (f·T) and Σ p (P·T); then Σ entropy. Over
+    /// `statisticsRows` rows: the pass's, or the step's (`BatchStatistics.held`).
     var statistics: [Double]
+    var statisticsRows = 0
+    /// The same over the step's passes so far (`BatchStatistics.gather`), and their loss.
+    var stepStatistics: [Double]
+    var stepAux = 0.0
     var leafCounts: [Int]
     var x: UnsafePointer<Float>?
-    var rows = 0, globalRows = 0, training = false
+    /// This rank's rows in the pass; rows of the global batch, and of the pass, over all ranks.
+    var rows = 0, globalRows = 0, passRows = 0, training = false
     // Hard inference: each row's leaf, rows grouped by leaf, and a leaf's rows gathered.
     var leafOf: [Int32], grouped: [Int32], groupStart: [Int]
     let xs: Tensor, zs: Tensor, hs: Tensor, ys: Tensor
@@ -136,6 +142,7 @@ public final class FastFeedforward: Layer {
         up = Tensor(shape: [2 * l - 1])
         dx = Tensor(shape: [maxRows, d])
         statistics = [Double](repeating: 0, count: 2 * l + 1)
+        stepStatistics = statistics
         leafCounts = [Int](repeating: 0, count: l + 1)
         leafOf = [Int32](repeating: 0, count: maxRows)
         grouped = [Int32](repeating: 0, count: maxRows)
@@ -168,9 +175,10 @@ public final class FastFeedforward: Layer {
         self.rows = rows
         training = context.training
         globalRows = context.globalRows > 0 ? context.globalRows : rows
+        passRows = context.passRows > 0 ? context.passRows : globalRows
         if context.hardDecisions && !context.training { return hardForward(x, rows: rows) }
         softForward(x, rows: rows)
-        if training && (spec.hardening > 0 || spec.balance > 0) { computeAuxLoss() } else { auxLoss = 0 }
+        if training && (spec.hardening > 0 || spec.balance > 0) { computeAuxLoss(context) } else { auxLoss = 0 }
         return UnsafePointer(y.data)
     }
 
@@ -213,9 +221,17 @@ public final class FastFeedforward: Layer {
         for i in 0..<(rows * d) { y[i] = (1 - k) * from[i] + k * m[i] }
     }
 
-    /// The hardening and balance losses over the global batch (statistics summed over the
-    /// ranks of a data-parallel pass).
-    func computeAuxLoss() {
+    /// The hardening and balance losses over the pass (statistics summed over the ranks of a
+    /// data-parallel pass) or over the step (`BatchStatistics`); the loss is this pass's part
+    /// of the step's.
+    func computeAuxLoss(_ context: ForwardContext) {
+        let part = Double(passRows) / Double(globalRows)
+        if context.statistics == .held {
+            for i in statistics.indices { statistics[i] = stepStatistics[i] }
+            statisticsRows = globalRows
+            auxLoss = stepAux * part
+            return
+        }
         let heap = 2 * l - 1
         for i in 0..<statistics.count { statistics[i] = 0 }
         let a = UnsafePointer(nodes.z.data)
@@ -229,10 +245,23 @@ public final class FastFeedforward: Layer {
             statistics[2 * l] += e
         }
         if let reduction { statistics.withUnsafeMutableBufferPointer { reduction.sum($0.baseAddress!, count: 2 * l + 1) } }
-        let t = Double(globalRows)
+        statisticsRows = passRows
+        if context.statistics == .gather {
+            if context.microBatch == 0 { for i in stepStatistics.indices { stepStatistics[i] = 0 } }
+            for i in stepStatistics.indices { stepStatistics[i] += statistics[i] }
+            stepAux = auxLoss(stepStatistics, rows: globalRows)
+            auxLoss = 0
+        } else {
+            auxLoss = auxLoss(statistics, rows: passRows) * part
+        }
+    }
+
+    /// The weighted hardening and balance losses of statistics `s` over `rows` rows.
+    func auxLoss(_ s: [Double], rows: Int) -> Double {
+        let t = Double(rows)
         var balance = 0.0
-        for leaf in 0..<l { balance += statistics[leaf] / t * statistics[l + leaf] / t }
-        auxLoss = Double(spec.hardening) * statistics[2 * l] / (t * Double(n)) + Double(spec.balance) * Double(l) * balance
+        for leaf in 0..<l { balance += s[leaf] / t * s[l + leaf] / t }
+        return Double(spec.hardening) * s[2 * l] / (t * Double(n)) + Double(spec.balance) * Double(l) * balance
     }
 
     /// The leaf a row's hard descent reaches, from its node logits (right where a > 0).
@@ -341,8 +370,9 @@ public final class FastFeedforward: Layer {
         // dgated = g · W2 (fc2's input gradient), dW2 += gᵀ · gated
         let dGated = fc2.backward(g, rows: rows)!
         let h = UnsafePointer(fc1.y.data)
+        // Means over the global batch's rows; the balance term's f over the statistics' rows.
         let t = Float(globalRows)
-        let balanceScale = spec.balance * Float(l) / (t * t)
+        let balanceScale = spec.balance * Float(l) / (t * Float(statisticsRows))
         for r in 0..<rows {
             let p = reach.data + r * heap + n, dpr = dp.data + r * l
             for leaf in 0..<l {
@@ -350,7 +380,8 @@ public final class FastFeedforward: Layer {
                 // dp += Σ_j dgated ⊙ h over the leaf's units; dh = dgated · p
                 dpr[leaf] += dot(dGated + at, h + at, lw)
                 scaleCopy(p[leaf], dGated + at, dh.data + at, lw)
-                // ∂(α·L·Σ f_l·P_l)/∂p[r, l] = α·L·f_l/T, f_l = count_l/T.
+                // ∂(α·L·Σ f_l·P_l)/∂p[r, l] = α·L·f_l/B, f_l = count_l/S over the statistics'
+                // S rows (S = B, the global batch, unless statistics are per pass).
                 if spec.balance > 0 { dpr[leaf] += balanceScale * Float(statistics[leaf]) }
             }
         }

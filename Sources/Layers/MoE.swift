@@ -40,6 +40,13 @@ public final class MoE: Layer {
     public var reduction: (any RankReduction)?
     /// [routed counts E | probability sums E | Σ lse²], summed over the ranks.
     var statistics: [Double]
+    /// The same over the step's passes so far, gathered by a routing pre-pass
+    /// (`BatchStatistics.gather`), and the auxiliary loss they give.
+    var stepStatistics: [Double]
+    var stepAux = 0.0
+    /// [E] routed counts of the step's earlier passes, over all ranks: where this pass's
+    /// assignments stand in the step's global order, for capacity over the step.
+    var earlier: [Double]
     /// Routed counts of the ranks below this one, per expert.
     var below: [Double]
     /// ∂aux/∂p[t, e] of the terms built on the batch means, the same for every token.
@@ -94,7 +101,8 @@ public final class MoE: Layer {
     let maxRows: Int
     let y: Tensor, dx: Tensor                           // [T, d]
     var x: UnsafePointer<Float>?
-    var tokens = 0, globalTokens = 1
+    /// This rank's rows in the pass; rows of the global batch, and of the pass, over all ranks.
+    var tokens = 0, globalTokens = 1, passTokens = 1
 
     public init(_ name: String, width d: Int, spec: MoESpec, site: Int, seed: UInt64, maxRows: Int, store: ParameterStore,
                 precision: Precision = .fp32) {
@@ -177,6 +185,8 @@ public final class MoE: Layer {
         accepted = [Int](repeating: 0, count: e)
         telemetry = MoETelemetry(experts: e)
         statistics = [Double](repeating: 0, count: 2 * e + 1)
+        stepStatistics = statistics
+        earlier = [Double](repeating: 0, count: e)
         below = [Double](repeating: 0, count: e)
         dMean = [Float](repeating: 0, count: e)
         excluded = [Bool](repeating: false, count: e)
@@ -215,6 +225,7 @@ public final class MoE: Layer {
         for i in 0..<e { idleIntervals[i] = t.routed[i] == 0 ? idleIntervals[i] + 1 : 0 }
         for i in 0..<e { telemetry.routed[i] = 0; telemetry.accepted[i] = 0 }
         telemetry.auxSum = 0
+        telemetry.steps = 0
         telemetry.passes = 0
         telemetry.moved = 0
         return t
@@ -226,6 +237,8 @@ public final class MoE: Layer {
         self.x = x
         tokens = t
         globalTokens = max(context.globalRows > 0 ? context.globalRows : t, 1)
+        passTokens = context.passRows > 0 ? context.passRows : globalTokens
+        if context.microBatch == 0 { for i in 0..<e { earlier[i] = 0 } }
         routerForward(x, context: context)
         dispatch()
         if let exchange { exchangeForward(exchange) } else { runExperts() }
@@ -237,8 +250,9 @@ public final class MoE: Layer {
         if let outputBias {
             for r in 0..<t { add(UnsafePointer(y.data + r * d), outputBias.value, into: y.data + r * d, count: d) }
         }
-        computeAuxLoss(training: context.training)
-        if context.training { recordTelemetry() }
+        computeAuxLoss(context)
+        if context.training && context.statistics != .gather { recordTelemetry(context) }
+        if context.capacityOverStep { for i in 0..<e { earlier[i] += statistics[i] } }
         return UnsafePointer(y.data)
     }
 
@@ -258,6 +272,12 @@ public final class MoE: Layer {
         }
         routerBackward(dy, x: x)
         return UnsafePointer(dx.data)
+    }
+
+    /// Calls `body(row, expert)` for each assignment of the last pass that capacity dropped:
+    /// the token's row in the pass and the expert it chose.
+    public func forEachDroppedAssignment(_ body: (_ row: Int, _ expert: Int) -> Void) {
+        for a in 0..<(tokens * k) where choice[a] >= 0 && position[a] < 0 { body(a / k, Int(choice[a])) }
     }
 
     /// Copies each accepted assignment's token row to its place in the grouped rows.
@@ -294,14 +314,15 @@ public final class MoE: Layer {
 
     /// Adds this training pass's global counts to the telemetry interval (every rank reports
     /// the same interval).
-    func recordTelemetry() {
-        let capacity = spec.capacityFactor > 0 ? spec.capacity(tokens: globalTokens) : Int.max
+    func recordTelemetry(_ context: ForwardContext) {
+        let capacity = spec.capacityFactor > 0 ? spec.capacity(tokens: context.capacityOverStep ? globalTokens : passTokens) : Int.max
         for i in 0..<e {
-            let all = Int(statistics[i])
+            let all = Int(statistics[i]), before = context.capacityOverStep ? Int(earlier[i]) : 0
             telemetry.routed[i] += all
-            telemetry.accepted[i] += Swift.min(all, capacity)
+            telemetry.accepted[i] += Swift.min(before + all, capacity) - Swift.min(before, capacity)
         }
         telemetry.auxSum += auxLoss
+        if context.microBatch == 0 { telemetry.steps += 1 }
         telemetry.passes += 1
         telemetry.moved += exchange?.moved ?? 0
     }

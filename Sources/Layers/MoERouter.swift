@@ -29,7 +29,8 @@ extension MoE {
 
     /// Chooses each token's k experts (highest selection score first, lower index on ties,
     /// skipping experts dropped by expert dropout), then applies the capacity in global token
-    /// order: this rank's assignments to expert e come after those of the ranks below it.
+    /// order: this rank's assignments to expert e come after those of the ranks below it, and
+    /// (capacity over the step) after those of the step's earlier passes.
     func route(_ selection: UnsafePointer<Float>, context: ForwardContext) {
         let t = tokens
         let dropping = context.training && spec.expertDropout > 0
@@ -59,13 +60,14 @@ extension MoE {
         }
         // Capacity in global order (training passes of a data-parallel run ask the ranks below).
         let limited = spec.capacityFactor > 0 && context.training
-        let capacity = limited ? spec.capacity(tokens: globalTokens) : Int.max
+        let capacity = limited ? spec.capacity(tokens: context.capacityOverStep ? globalTokens : passTokens) : Int.max
         if limited, let reduction {
             for i in 0..<e { below[i] = Double(routed[i]) }
             below.withUnsafeMutableBufferPointer { reduction.sumBelow($0.baseAddress!, count: e) }
         } else {
             for i in 0..<e { below[i] = 0 }
         }
+        if limited && context.capacityOverStep { for i in 0..<e { below[i] += earlier[i] } }
         for a in 0..<(t * k) {
             let c = Int(choice[a])
             guard c >= 0 else { position[a] = -1; continue }
@@ -109,10 +111,10 @@ extension MoE {
         }
     }
 
-    /// f_e, P_e and Σ lse² over the global batch (summed over the ranks in a data-parallel
-    /// training pass), and the weighted sum of the auxiliary losses.
-    func computeAuxLoss(training: Bool) {
-        let t = tokens
+    /// f_e, P_e and Σ lse² over the pass (summed over the ranks in a data-parallel training
+    /// pass), and from them or from the step's (`BatchStatistics`) the auxiliary loss.
+    func computeAuxLoss(_ context: ForwardContext) {
+        let t = tokens, training = context.training
         for i in 0..<e {
             statistics[i] = Double(routed[i])
             var s = 0.0
@@ -133,25 +135,49 @@ extension MoE {
         if training, let reduction {
             statistics.withUnsafeMutableBufferPointer { reduction.sum($0.baseAddress!, count: 2 * e + 1) }
         }
-        let n = Double(max(training ? globalTokens : t, 1))
+        guard training else {
+            auxLoss = useStatistics(statistics, rows: t)
+            return
+        }
+        // A pass's part of the step's loss is its share of the global batch's rows.
+        let part = Double(passTokens) / Double(globalTokens)
+        switch context.statistics {
+        case .pass:
+            auxLoss = useStatistics(statistics, rows: passTokens) * part
+        case .gather:
+            if context.microBatch == 0 { for i in stepStatistics.indices { stepStatistics[i] = 0 } }
+            for i in stepStatistics.indices { stepStatistics[i] += statistics[i] }
+            stepAux = useStatistics(stepStatistics, rows: globalTokens)
+            auxLoss = 0
+        case .held:
+            auxLoss = stepAux * part
+        }
+    }
+
+    /// Sets f_e and P_e, which backward reads, from statistics `s` over `rows` rows; returns
+    /// the weighted sum of the auxiliary losses.
+    func useStatistics(_ s: [Double], rows: Int) -> Double {
+        let n = Double(max(rows, 1))
         var assignments = 0.0
-        for i in 0..<e { assignments += statistics[i] }
+        for i in 0..<e { assignments += s[i] }
         var balance = 0.0, entropy = 0.0
         for i in 0..<e {
-            share[i] = statistics[i] / Swift.max(assignments, 1)
-            meanProb[i] = statistics[e + i] / n
+            share[i] = s[i] / Swift.max(assignments, 1)
+            meanProb[i] = s[e + i] / n
             balance += share[i] * meanProb[i]
             if meanProb[i] > 0 { entropy += meanProb[i] * log(meanProb[i]) }
         }
-        auxLoss = Double(spec.balanceCoefficient) * Double(e) * balance
-            + Double(spec.zLossCoefficient) * statistics[2 * e] / n
+        return Double(spec.balanceCoefficient) * Double(e) * balance
+            + Double(spec.zLossCoefficient) * s[2 * e] / n
             + Double(spec.entropyCoefficient) * entropy
     }
 
     // MARK: - Backward
 
     /// dlogits from the gates and the auxiliary losses, then the router's products:
-    /// dWr[E, d] += dlogitsᵀ · x, dx += dlogits · Wr.
+    /// dWr[E, d] += dlogitsᵀ · x, dx += dlogits · Wr. Every term is scaled by 1/(the global
+    /// batch's rows): over a pass of a step of several, a mean over the pass's n rows weighted
+    /// by the pass's part n/B of the step's loss.
     func routerBackward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>) {
         let t = tokens
         let inv = 1 / Float(globalTokens)

@@ -8,8 +8,10 @@ public struct MoETelemetry: Sendable {
     public var routed: [Int]
     /// Assignments each expert took (after capacity).
     public var accepted: [Int]
-    /// Sum of the auxiliary loss over the passes.
+    /// Sum of the auxiliary loss over the passes (each pass's part of its step's).
     public var auxSum = 0.0
+    /// Training steps, and passes (several per step with gradient accumulation).
+    public var steps = 0
     public var passes = 0
     /// Experts run away from their owner, summed over the passes (`ExpertBalance`).
     public var moved = 0
@@ -34,7 +36,7 @@ public struct MoETelemetry: Sendable {
         for r in routed where r > 0 { let p = Double(r) / a; h -= p * log(p) }
         return h / log(e)
     }
-    public var meanAux: Double { passes == 0 ? 0 : auxSum / Double(passes) }
+    public var meanAux: Double { steps == 0 ? 0 : auxSum / Double(steps) }
     public var movedPerPass: Double { passes == 0 ? 0 : Double(moved) / Double(passes) }
     /// The expert with the largest share, and that share.
     public var busiest: (expert: Int, share: Double) {

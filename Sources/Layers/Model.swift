@@ -112,6 +112,14 @@ public final class Model {
         finalFrom = offsets
     }
 
+    /// Whether some layer's gradient depends on means over the whole batch (the MoE balance
+    /// and entropy losses, the FFF leaf balance): a step of several passes with statistics
+    /// over the batch then needs a pre-pass to gather them (`BatchStatistics`).
+    public var gradientsUseBatchStatistics: Bool {
+        moeLayers.contains { $0.spec.balanceCoefficient != 0 || $0.spec.entropyCoefficient != 0 }
+            || fffLayers.contains { $0.spec.balance != 0 }
+    }
+
     /// The MoE and FFF layers' auxiliary losses from the last forward pass (coefficients applied).
     public var auxLoss: Double { moeLayers.reduce(0) { $0 + $1.auxLoss } + fffLayers.reduce(0) { $0 + $1.auxLoss } }
 

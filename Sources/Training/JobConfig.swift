@@ -71,6 +71,22 @@ public struct JobConfig: Sendable {
         /// Run bf16 on a CPU without native bf16 arithmetic (oneDNN emulates it, slowly)
         /// instead of refusing to start.
         public var bf16Emulation: Bool
+        /// Rows per rank per pass: a step's gradients are summed over passes of this many rows
+        /// before the sync (gradient accumulation). Nil, or at least the rank's share of the
+        /// batch: one pass per step.
+        public var microBatch: Int?
+        /// MoE models: routing statistics and capacity over the whole global batch, or (as
+        /// other systems do) over each pass.
+        public var moeStatistics: MoEStatistics
+    }
+
+    /// `[moe] statistics`.
+    public enum MoEStatistics: String, Sendable, CaseIterable {
+        /// Load-balancing statistics and capacity over the whole global batch, as one pass
+        /// over it would take them (a routing pre-pass when a step takes several passes).
+        case batch
+        /// Over each pass's rows (on every rank); the step's auxiliary loss is their mean.
+        case microBatch = "micro_batch"
     }
 
     public enum OptimizerKind: String, Sendable { case adamw, sgd }
@@ -344,16 +360,24 @@ public struct JobConfig: Sendable {
         let (model, frozen) = try modelSection(r, source: source)
 
         let batch = try r.int("train", "batch_size", 256, min: 1)
+        // Unset means one pass per step; the resolved config then shows no key.
+        let microBatch = r.has("train", "micro_batch") ? try r.int("train", "micro_batch", 0, min: 1) : nil
+        var moeStatistics = MoEStatistics.batch
+        if case .moe = model {
+            moeStatistics = MoEStatistics(rawValue: try r.string("moe", "statistics", "batch", oneOf: MoEStatistics.allCases.map(\.rawValue)))!
+        }
         let train = Train(
             epochs: try r.int("train", "epochs", 10, min: 1, max: 1_000_000),
             batchSize: batch,
-            evalBatchSize: try r.int("train", "eval_batch_size", 1000, min: 1),
+            // A micro-batch caps the rows a pass holds; evaluation's passes too, unless set.
+            evalBatchSize: try r.int("train", "eval_batch_size", min(1000, microBatch ?? 1000), min: 1),
             labelSmoothing: Float(try r.double("train", "label_smoothing", 0, min: 0, below: 1)),
             threads: try r.int("train", "threads", 0, min: 0, max: 1024),
             logEvery: try r.int("train", "log_every", 50, min: 1),
             maxSteps: try r.int("train", "max_steps", 0, min: 0),
             precision: Precision(rawValue: try r.string("train", "precision", "fp32", oneOf: Precision.allCases.map(\.rawValue)))!,
-            bf16Emulation: try r.bool("train", "bf16_emulation", false))
+            bf16Emulation: try r.bool("train", "bf16_emulation", false),
+            microBatch: microBatch, moeStatistics: moeStatistics)
 
         let optimizer = Optimizer(
             kind: OptimizerKind(rawValue: try r.string("optimizer", "name", "adamw", oneOf: ["adamw", "sgd"]))!,
@@ -392,6 +416,30 @@ public struct JobConfig: Sendable {
 }
 
 extension JobConfig.Train {
+    /// Rows each of `ranks` ranks holds in one training pass: the micro-batch, or its whole
+    /// share of a batch (⌈B/P⌉ rows at most).
+    public func passRows(ranks: Int) -> Int {
+        let share = (batchSize + ranks - 1) / ranks
+        return min(microBatch ?? share, share)
+    }
+
+    /// A micro-batch smaller than a rank's share must divide it, and every rank's share must
+    /// be the same: each pass then holds the same rows on every rank, and the step's passes
+    /// the whole batch.
+    public func checkMicroBatch(ranks: Int) throws {
+        guard let micro = microBatch, micro < (batchSize + ranks - 1) / ranks else { return }
+        guard batchSize % ranks == 0 else {
+            throw ConfigError("[train] micro_batch = \(micro) needs batch_size = \(batchSize) to split evenly over the \(ranks) ranks "
+                              + "(each takes \(batchSize / ranks) or \(batchSize / ranks + 1) rows)")
+        }
+        let share = batchSize / ranks
+        guard share % micro == 0 else {
+            let divisor = stride(from: micro, through: 1, by: -1).first { share % $0 == 0 }!
+            throw ConfigError("[train] micro_batch = \(micro) does not divide the \(share) rows of batch_size = \(batchSize) that each of "
+                              + "\(ranks) rank\(ranks == 1 ? "" : "s") takes; use a divisor of \(share), such as \(divisor)")
+        }
+    }
+
     /// bf16 on a CPU that would only emulate it is refused unless the job accepts emulation:
     /// emulated bf16 is several times slower than fp32, not a speed-up.
     public func checkPrecision() throws {

@@ -34,6 +34,15 @@ public final class Trainer {
     public let testSet: Dataset
     public let order: GlobalSampleOrder
     public let maxRows: Int
+    /// Rows this rank holds in one training pass: its share of a batch, or the micro-batch.
+    public let passRows: Int
+    /// Whether a full batch takes several passes (gradient accumulation).
+    public let accumulates: Bool
+    /// MoE capacity and batch statistics over the whole global batch (`[moe] statistics`).
+    let statisticsOverBatch: Bool
+    /// Whether a step of several passes starts with a pre-pass that gathers the batch
+    /// statistics (`BatchStatistics.gather`): only when some gradient depends on them.
+    let gathersStatistics: Bool
     /// Reduce-scatters gradients bucket by bucket during backward, and allgathers the
     /// parameters each rank updated.
     public let gradientSync: ShardedSync
@@ -55,6 +64,8 @@ public final class Trainer {
     var lastExpertTokens: [[Int]] = []
     /// The MoE layers' collectives inside forward and backward.
     let moeSums: MoECollectives
+    /// The test hook `SWITCHBOARD_ROUTING_TRACE` (`RoutingTrace`), nil when unset.
+    let routingTrace: RoutingTrace?
     /// Evaluation's passes and buffers.
     let evaluation: EvaluationLoop
     /// Which ranks run which experts (MoE models).
@@ -84,6 +95,9 @@ public final class Trainer {
         testSet = test
         maxRows = Self.maxRows(config, ranks: comm.size, testCount: test.count)
         try config.train.checkPrecision()
+        try config.train.checkMicroBatch(ranks: comm.size)
+        passRows = config.train.passRows(ranks: comm.size)
+        accumulates = passRows < (config.train.batchSize + comm.size - 1) / comm.size
         model = Model(config.model, inputs: train.width, classes: config.data.classes,
                       maxRows: maxRows, seed: config.run.seed, frozen: config.frozen, precision: config.train.precision)
         // `JobConfig.parse` checked the names already; a config made another way is checked here.
@@ -123,9 +137,13 @@ public final class Trainer {
         expertSpans = experts.all
         ownExpertSpans = experts.own
         syncedRegions = experts.synced ?? [0..<trainable]
-        let wholeInBackward = comm.size == 1 || experts.synced != nil
+        // With accumulation a gradient is whole only in the step's last backward.
+        let wholeInBackward = (comm.size == 1 || experts.synced != nil) && !accumulates
         backwardUpdates = o.updateInBackward && o.clipNorm == 0 && wholeInBackward && !model.moeLayers.isEmpty
             ? BackwardUpdates(optimizer: optimizer, model: model, threads: WorkerPool.shared.threads) : nil
+        statisticsOverBatch = config.train.moeStatistics == .batch
+        gathersStatistics = statisticsOverBatch && model.gradientsUseBatchStatistics
+        routingTrace = RoutingTrace.open(rank: comm.rank)
     }
 
     /// With one runner per expert (E ≥ P), an expert's gradient and update live on its runner
@@ -168,11 +186,11 @@ public final class Trainer {
         }
     }
 
-    /// The most rows a rank holds in one pass: ⌈B/P⌉ of a training batch, or a chunk of
-    /// evaluation.
+    /// The most rows a rank holds in one pass: ⌈B/P⌉ of a training batch or the micro-batch,
+    /// or a chunk of evaluation.
     public static func maxRows(_ config: JobConfig, ranks: Int, testCount: Int) -> Int {
         let t = config.train
-        return max((t.batchSize + ranks - 1) / ranks, min(t.evalBatchSize, testCount))
+        return max(t.passRows(ranks: ranks), min(t.evalBatchSize, testCount))
     }
 
     static func totalSteps(_ c: JobConfig, _ order: GlobalSampleOrder) -> Int {
@@ -182,34 +200,60 @@ public final class Trainer {
 
     public var totalSteps: Int { schedule.totalSteps }
 
-    /// One optimizer step on global batch `batch` of `epoch`: load this rank's rows, forward,
-    /// loss, backward (reduce-scattering gradient buckets as backward finishes them), one
-    /// reduction of the step's sums, update this rank's shard, allgather the parameters.
+    /// One optimizer step on global batch `batch` of `epoch`: for each of its passes (one, or
+    /// several micro-batches), load this rank's rows, forward, loss, backward, the gradients
+    /// adding up; the last backward reduce-scatters gradient buckets as it finishes them. Then
+    /// one reduction of the step's sums, update this rank's shard, allgather the parameters.
+    /// With several passes and batch statistics that gradients depend on, a forward pre-pass
+    /// over every micro-batch gathers those statistics first.
     public func trainStep(epoch: Int, batch: Int) throws -> StepResult {
-        let rows = try loadBatch(epoch: epoch, batch: batch)
+        let global = order.batch(batch).count
+        let passes = (global + comm.size * passRows - 1) / (comm.size * passRows)
         comm.watchdog.step = step
-        let context = ForwardContext(training: true, step: step, rowOffset: rows.offset, globalRows: rows.global)
-        let logits = model.forward(x.data, rows: rows.mine, context: context)
-        try moeSums.rethrow()
-        // Gradients of the mean over the *global* batch, so summing over ranks averages.
-        let local = labels.withUnsafeBufferPointer {
-            softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows.mine, classes: model.classes,
-                                smoothing: config.train.labelSmoothing, gradScale: 1 / Float(rows.global),
-                                dlogits: dlogits.data)
+        func context(_ rows: PassRows, _ pass: Int, _ statistics: BatchStatistics) -> ForwardContext {
+            ForwardContext(training: true, step: step, rowOffset: rows.offset, globalRows: global, microBatch: pass,
+                           passRows: rows.pass, capacityOverStep: statisticsOverBatch, statistics: statistics)
+        }
+        let gathered = passes > 1 && gathersStatistics
+        if gathered {
+            for pass in 0..<passes {
+                let rows = try loadPass(pass, epoch: epoch, batch: batch)
+                _ = model.forward(x.data, rows: rows.mine, context: context(rows, pass, .gather))
+                try moeSums.rethrow()
+            }
         }
         let clip = config.optimizer.clipNorm
         let logged = isLoggedStep(step + 1, every: config.train.logEvery, total: totalSteps)
         let lr = schedule.rate(step)
-        backwardUpdates?.begin(lr: Float(lr), measuring: logged)
-        gradientSync.begin()
-        try model.backward(dlogits.data, rows: rows.mine) { try gradientSync.gradientsFinal(from: $0) }
-        try moeSums.rethrow()
+        var lossSum = 0.0, correct = 0, aux = 0.0
+        for pass in 0..<passes {
+            let rows = try loadPass(pass, epoch: epoch, batch: batch)
+            let logits = model.forward(x.data, rows: rows.mine, context: context(rows, pass, gathered ? .held : .pass))
+            try moeSums.rethrow()
+            routingTrace?.record(model, step: step, samples: { self.permutation[self.order.batch(batch).lowerBound + rows.offset + $0] })
+            // Gradients of the mean over the *global* batch, so summing over passes and ranks averages.
+            let local = labels.withUnsafeBufferPointer {
+                softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows.mine, classes: model.classes,
+                                    smoothing: config.train.labelSmoothing, gradScale: 1 / Float(global), dlogits: dlogits.data)
+            }
+            lossSum += local.lossSum
+            correct += local.correct
+            aux += model.auxLoss
+            if pass < passes - 1 {
+                model.backward(dlogits.data, rows: rows.mine)
+            } else {
+                backwardUpdates?.begin(lr: Float(lr), measuring: logged)
+                gradientSync.begin()
+                try model.backward(dlogits.data, rows: rows.mine) { try gradientSync.gradientsFinal(from: $0) }
+            }
+            try moeSums.rethrow()
+        }
         try gradientSync.finishReduceScatter()
 
         // The global gradient norm costs a pass over this rank's shard of the gradients and
         // rides on the step's reduction: taken when clipping needs it or the step will be
         // logged, not otherwise.
-        var sums = StepSums(lossSum: local.lossSum, correct: Double(local.correct),
+        var sums = StepSums(lossSum: lossSum, correct: Double(correct),
                             squaredGradients: clip > 0 || logged ? squaredGradientNorm() : 0,
                             saveRequests: wantsSave ? 1 : 0, stopRequests: StopRequest.isRequested ? 1 : 0)
         try sums.reduce(over: comm, "metrics and gradient norm")
@@ -219,29 +263,39 @@ public final class Trainer {
         backwardUpdates?.endStep()
         try gradientSync.gatherParameters()
         step += 1
-        // The MoE auxiliary losses are already means over the global batch.
-        let loss = sums.lossSum / Double(rows.global) + model.auxLoss
+        // The auxiliary losses are already means over the global batch (each pass's part).
+        let loss = sums.lossSum / Double(global) + aux
         lastLoss = loss
-        return StepResult(step: step, epoch: epoch, loss: loss, correct: Int(sums.correct), rows: rows.global, gradNorm: norm,
+        return StepResult(step: step, epoch: epoch, loss: loss, correct: Int(sums.correct), rows: global, gradNorm: norm,
                           lr: lr, saveRequested: sums.saveRequests > 0, stopRequested: sums.stopRequests > 0)
     }
 
-    /// Gathers this rank's part of global batch `batch` of `epoch` into `x` and `labels`:
-    /// `mine` rows, the first at `offset` within the batch of `global` rows.
-    func loadBatch(epoch: Int, batch: Int) throws -> (mine: Int, offset: Int, global: Int) {
+    /// This rank's rows of one training pass: `mine` rows, the first at `offset` within the
+    /// global batch, of `pass` rows over all ranks.
+    struct PassRows {
+        var mine: Int, offset: Int, pass: Int
+    }
+
+    /// Gathers this rank's rows of pass `pass` of global batch `batch` of `epoch` into `x` and
+    /// `labels`. Pass m holds rows [m·G, (m+1)·G) of the batch, G = P · `passRows`, split
+    /// among the ranks as a whole batch is: global row order runs pass by pass, then rank by
+    /// rank, the same order as one pass over the batch.
+    func loadPass(_ pass: Int, epoch: Int, batch: Int) throws -> PassRows {
         if permutationEpoch != epoch {
             order.permutation(epoch: epoch, into: &permutation)
             permutationEpoch = epoch
         }
         let positions = order.batch(batch)
-        let part = GlobalSampleOrder.part(rows: positions.count, rank: comm.rank, ranks: comm.size)
+        let size = comm.size * passRows, first = pass * size
+        let rows = min(size, positions.count - first)
+        let part = GlobalSampleOrder.part(rows: rows, rank: comm.rank, ranks: comm.size)
+        let from = positions.lowerBound + first + part.lowerBound
         try permutation.withUnsafeBufferPointer { p in
             try labels.withUnsafeMutableBufferPointer { y in
-                let slice = UnsafeBufferPointer(rebasing: p[(positions.lowerBound + part.lowerBound)..<(positions.lowerBound + part.upperBound)])
-                try trainSet.gather(slice, into: x.data, labels: y.baseAddress!)
+                try trainSet.gather(UnsafeBufferPointer(rebasing: p[from..<(from + part.count)]), into: x.data, labels: y.baseAddress!)
             }
         }
-        return (part.count, part.lowerBound, positions.count)
+        return PassRows(mine: part.count, offset: first + part.lowerBound, pass: rows)
     }
 
     /// Σ gradient² over what this rank updates: its shard of the synced gradients, plus the

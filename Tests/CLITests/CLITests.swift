@@ -54,6 +54,14 @@ final class CLITests: XCTestCase {
                         message: "\(job): [train] batch_size must be at least 1, got 0")
         try assertFails(["train", job, "--set", "train.epochs=\"two\""], code: 2,
                         message: "\(job): [train] epochs must be an integer, got a string \"two\"")
+        try assertFails(["train", job, "--set", "train.micro_batch=0"], code: 2,
+                        message: "\(job): [train] micro_batch must be at least 1, got 0")
+        try assertFails(["train", job, "--set", "train.micro_batch=20"], code: 2,
+                        message: "[train] micro_batch = 20 does not divide the 48 rows of batch_size = 48 that each of 1 rank takes; "
+                        + "use a divisor of 48, such as 16")
+        let moe = writeJob(Fixtures.job(dir: dir, model: .moe("experts = 4\nhidden = 8")))
+        try assertFails(["train", moe, "--set", "moe.statistics=\"exact\""], code: 2,
+                        message: "\(moe): [moe] statistics = \"exact\" is not one of batch, micro_batch")
         let r = try run(["train", job, "--no-such-flag"])
         XCTAssertEqual(r.code, 2)
         XCTAssertTrue(r.err.hasPrefix("switchboard: error: Unknown option '--no-such-flag'\nUsage: switchboard train <job>"), r.err)

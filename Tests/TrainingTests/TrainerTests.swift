@@ -99,6 +99,20 @@ final class TrainerTests: XCTestCase {
                 XCTAssertEqual(made, 0, "\(made) heap allocations in 11 training steps (\(cfg.model), clip \(clip), \(precision))")
             }
         }
+        // Micro-batches: passes of 12 rows, with the pre-pass of batch statistics (MoE, FFF)
+        // or statistics per pass.
+        for (model, statistics) in [(ToyModel.residual, "batch"), (moe, "batch"), (moe, "micro_batch"), (.fff, "batch"), (.sigmaMoE, "batch")] {
+            var text = Fixtures.job(dir: dir, model: model, settings: ["train.micro_batch": "12"])
+            if case .moe = model { text = Fixtures.set("moe.statistics", "\"\(statistics)\"", in: text) }
+            let cfg = try JobConfig.parse(text, source: "t")
+            let base = try trainer()
+            let t = try Trainer(config: cfg, comm: base.comm, train: base.trainSet, test: base.testSet)
+            _ = try t.trainStep(epoch: 0, batch: 0)
+            let before = sb_thread_allocations()
+            for b in 1..<11 { _ = try t.trainStep(epoch: 0, batch: b) }
+            let made = sb_thread_allocations() - before
+            XCTAssertEqual(made, 0, "\(made) heap allocations in 10 training steps of 4 passes (\(cfg.model), statistics \(statistics))")
+        }
         print("allocations inside oneDNN's products on this thread, all models: \(sb_thread_onednn_allocations())")
     }
 
@@ -225,5 +239,22 @@ final class TrainerTests: XCTestCase {
                       report.lines.joined(separator: "\n"))
         XCTAssertTrue(report.lines[0].hasPrefix("  blocks.0.moe: tokens per expert 0–48, dropped 0.0%, balance 0.000"), report.lines[0])
         XCTAssertEqual(report.fields.map(\.0), ["moe0_tokens", "moe0_dropped", "moe0_balance", "moe0_aux"])
+    }
+
+    /// The buffers of every layer are sized for a pass, not a batch: with micro-batches of 12
+    /// a batch of 48 runs in passes of 12 rows, and evaluation's default chunk follows.
+    func testBuffersAreSizedForTheMicroBatch() throws {
+        let text = Fixtures.job(dir: dir, settings: ["train.micro_batch": "12", "train.eval_batch_size": nil])
+        let config = try JobConfig.parse(text, source: "t")
+        XCTAssertEqual(config.train.evalBatchSize, 12, "evaluation's chunk defaults to the micro-batch")
+        let (train, test) = try config.data.load()
+        let trainer = try Trainer(config: config, comm: try MPIWorld.start(), train: train, test: test)
+        XCTAssertEqual(trainer.maxRows, 12)
+        XCTAssertEqual(trainer.model.maxRows, 12)
+        XCTAssertTrue(trainer.accumulates)
+        let result = try trainer.trainStep(epoch: 0, batch: 0)
+        XCTAssertEqual(result.rows, 48, "a step still trains on the whole batch")
+        let explicit = try JobConfig.parse(Fixtures.set("train.eval_batch_size", "50", in: text), source: "t")
+        XCTAssertEqual(explicit.train.evalBatchSize, 50, "an explicit eval_batch_size is kept")
     }
 }
