@@ -102,6 +102,15 @@ public enum MachineMemory {
     /// The most resident memory this process has held so far (`VmHWM`), in bytes.
     public static var peak: Double? { status("VmHWM") }
 
+    /// Starts `peak` over from the memory resident now (Linux: `clear_refs` 5); false where
+    /// that cannot be done.
+    @discardableResult
+    public static func resetPeak() -> Bool {
+        guard let f = fopen("/proc/self/clear_refs", "w") else { return false }
+        let written = fputs("5", f) >= 0
+        return fclose(f) == 0 && written
+    }
+
     static func meminfo(_ key: String) -> Double? { field(key, in: "/proc/meminfo") }
     static func status(_ key: String) -> Double? { field(key, in: "/proc/self/status") }
 

@@ -55,6 +55,16 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "W1, W2: the precision of the matrix products (fp32 or bf16).")
     var precision: Precision = .fp32
 
+    @Option(help: "W1, W2: the global batch (default: the workload's, 256).")
+    var batch: Int?
+
+    @Option(name: .customLong("micro-batch"),
+            help: "W1, W2: rows per pass ([train] micro_batch), comma-separated, each timed in turn; the epochs run the last (default: the whole batch in one pass).")
+    var microBatch: PositiveIntegers?
+
+    @Option(name: .customLong("moe-statistics"), help: "W2: [moe] statistics, batch or micro_batch.")
+    var moeStatistics: JobConfig.MoEStatistics = .batch
+
     @Option(help: "W5: the folder to write in (made, and emptied of what the bench writes, after).")
     var folder = "checkpoints/bench-w5"
 
@@ -84,9 +94,23 @@ struct BenchCommand: ParsableCommand {
         var config = try w.config(dataDir: data, epochs: max(epochs, 1))
         if updateAfterBackward { config.optimizer.updateInBackward = false }
         config.train.precision = precision
+        if let batch {
+            guard batch >= 1 else { throw ValidationError("--batch: \(batch) is not a positive integer") }
+            config.train.batchSize = batch
+        }
+        config.train.moeStatistics = moeStatistics
         try config.train.checkPrecision()
+        let microBatches: [Int?] = microBatch?.values ?? [nil]
+        for m in microBatches {
+            var c = config
+            c.train.microBatch = m
+            try c.train.checkMicroBatch(ranks: 1)
+        }
         let (train, test) = try config.data.load()
-        if countAllocations { return try count(config, comm: comm, train: train, test: test, threads: threadCounts[0]) }
+        if countAllocations {
+            config.train.microBatch = microBatches[0]
+            return try count(config, comm: comm, train: train, test: test, threads: threadCounts[0])
+        }
 
         print("switchboard \(Switchboard.version) bench \(w.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
         print("machine: \(Self.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
@@ -94,57 +118,23 @@ struct BenchCommand: ParsableCommand {
         // What decides these numbers besides the CPU, so runs on different machines compare.
         print("products: \(MatmulLibrary.summary(precision))")
         if w == .w2 {
-            let update = config.optimizer.updateInBackward ? "inside backward" : "after backward"
-            print("experts: updated \(update)")
+            let update = config.optimizer.updateInBackward && microBatch == nil ? "inside backward" : "after backward"
+            print("experts: updated \(update); statistics over the \(moeStatistics == .batch ? "batch" : "micro-batch")")
         }
         for t in threadCounts {
-            BLAS.setThreads(t)
-            let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
-            let flops = Workload.trainingFLOPs(trainer.model)
-            for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
-            // Each repetition times the training steps, then the sgemm probes right after, so
-            // both sides of the fraction see the same machine conditions; medians are reported.
-            let shapes = Workload.gemmShapes(trainer.model, rows: config.train.batchSize)
-            var rates: [Double] = [], peaks: [Double] = [], owns: [Double] = [], dnnlPeaks: [Double] = [], dnnlOwns: [Double] = []
-            var batch = warmup
-            for _ in 0..<repeats {
-                let t0 = ContinuousClock.now
-                var samples = 0
-                for _ in 0..<steps {
-                    samples += try trainer.trainStep(epoch: 0, batch: batch % trainer.order.batchesPerEpoch).rows
-                    batch += 1
-                }
-                let seconds = (ContinuousClock.now - t0).seconds
-                rates.append(Double(samples) / seconds)
-                owns.append(GEMMProbe.rate(of: shapes))
-                peaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024))
-                dnnlOwns.append(GEMMProbe.rate(of: shapes, library: .oneDNN, precision: precision))
-                dnnlPeaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024, library: .oneDNN, precision: precision))
+            for micro in microBatches {
+                var run = config
+                run.train.microBatch = micro
+                // As a job file's default: evaluation's chunk at most the micro-batch.
+                if let micro { run.train.evalBatchSize = min(run.train.evalBatchSize, micro) }
+                try measure(run, threads: t, comm: comm, train: train, test: test,
+                            allocations: allocations[AllocationKey(threads: t, micro: micro)])
             }
-            let rate = median(rates), peak = median(peaks), own = median(owns)
-            let dnnlPeak = median(dnnlPeaks), dnnlOwn = median(dnnlOwns)
-            let achieved = rate * flops / 1e9
-            print("")
-            print("threads \(t): \(Int(rate)) samples/s (median of \(repeats) × \(steps) steps; runs \(rates.map { String(Int($0)) }.joined(separator: ", ")))")
-            print("  \(fixed(flops / 1e6, 2)) MFLOP/sample → \(fixed(achieved, 1)) GFLOP/s")
-            print("  sgemm 1024³: \(fixed(peak, 1)) GFLOP/s → fraction \(fixed(achieved / peak, 3))")
-            print("  sgemm on the workload's shapes: \(fixed(own, 1)) GFLOP/s → fraction \(fixed(achieved / own, 3))")
-            print("  oneDNN \(precision) matmul 1024³: \(fixed(dnnlPeak, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlPeak, 3))")
-            print("  oneDNN \(precision) matmul on the workload's shapes: \(fixed(dnnlOwn, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlOwn, 3))")
-            // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call; oneDNN's
-            // execute builds its argument list and memory objects on the heap.
-            if let counted = allocations[t] {
-                let gemmCalls = counted.products > 0 ? 0 : shapes.count * repeats * steps
-                print("  heap allocations in \(repeats * steps) steps (the same steps, counted in a run of their own): \(counted.ours)"
-                      + (t > 1 && gemmCalls > 0 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : "")
-                      + (counted.products > 0 ? "; inside oneDNN's \(counted.products) products: \(counted.oneDNN)" : ""))
-            } else {
-                print("  heap allocations: not counted (\(LaunchEnvironment.allocationCounterFile) is not beside the binary; `swift build -c release` builds it)")
-            }
-            fflush(nil)
         }
         if epochs > 0 {
             BLAS.setThreads(threadCounts.max()!)
+            config.train.microBatch = microBatches.last!
+            if let micro = microBatches.last! { config.train.evalBatchSize = min(config.train.evalBatchSize, micro) }
             let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
             let summary = try trainer.run(folder: nil, run: nil, threads: threadCounts.max()!, progress: nil)
             print("")
@@ -154,28 +144,94 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
+    /// Times `config`'s training steps at `threads`, with the same-run matmul rates, the peak
+    /// resident memory of its steps, and `allocations` (counted apart) when there are.
+    func measure(_ config: JobConfig, threads t: Int, comm: Communicator, train: Dataset, test: Dataset,
+                 allocations counted: (ours: Int, oneDNN: Int, products: Int)?) throws {
+        BLAS.setThreads(t)
+        // Peak memory from here: this trainer's buffers and steps, not an earlier run's.
+        let peakReset = MachineMemory.resetPeak()
+        let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
+        let flops = Workload.trainingFLOPs(trainer.model)
+        for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
+        // Each repetition times the training steps, then the sgemm probes right after, so
+        // both sides of the fraction see the same machine conditions; medians are reported.
+        let shapes = Workload.gemmShapes(trainer.model, rows: trainer.passRows)
+        var rates: [Double] = [], peaks: [Double] = [], owns: [Double] = [], dnnlPeaks: [Double] = [], dnnlOwns: [Double] = []
+        var memory: Double?
+        var batch = warmup
+        for _ in 0..<repeats {
+            let t0 = ContinuousClock.now
+            var samples = 0
+            for _ in 0..<steps {
+                samples += try trainer.trainStep(epoch: 0, batch: batch % trainer.order.batchesPerEpoch).rows
+                batch += 1
+            }
+            let seconds = (ContinuousClock.now - t0).seconds
+            // Before the probes, whose matrices are not training's.
+            if memory == nil { memory = peakReset ? MachineMemory.peak : nil }
+            rates.append(Double(samples) / seconds)
+            owns.append(GEMMProbe.rate(of: shapes))
+            peaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024))
+            dnnlOwns.append(GEMMProbe.rate(of: shapes, library: .oneDNN, precision: precision))
+            dnnlPeaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024, library: .oneDNN, precision: precision))
+        }
+        let rate = median(rates), peak = median(peaks), own = median(owns)
+        let dnnlPeak = median(dnnlPeaks), dnnlOwn = median(dnnlOwns)
+        let achieved = rate * flops / 1e9
+        let rows = trainer.passRows, batchSize = config.train.batchSize, passes = (batchSize + rows - 1) / rows
+        let runs = rates.map { String(Int($0)) }.joined(separator: ", ")
+        print("")
+        print("threads \(t), batch \(batchSize) in \(passes) pass\(passes == 1 ? "" : "es") of \(rows) rows: \(Int(rate)) samples/s "
+              + "(median of \(repeats) × \(steps) steps; runs \(runs))")
+        let resident = memory.map { MemoryEstimate.text($0) } ?? "unknown (no /proc/self/clear_refs to start it over)"
+        print("  peak resident memory of the process from the trainer's construction through its steps: \(resident)")
+        print("  \(fixed(flops / 1e6, 2)) MFLOP/sample → \(fixed(achieved, 1)) GFLOP/s")
+        print("  sgemm 1024³: \(fixed(peak, 1)) GFLOP/s → fraction \(fixed(achieved / peak, 3))")
+        print("  sgemm on the workload's shapes: \(fixed(own, 1)) GFLOP/s → fraction \(fixed(achieved / own, 3))")
+        print("  oneDNN \(precision) matmul 1024³: \(fixed(dnnlPeak, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlPeak, 3))")
+        print("  oneDNN \(precision) matmul on the workload's shapes: \(fixed(dnnlOwn, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlOwn, 3))")
+        // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call; oneDNN's
+        // execute builds its argument list and memory objects on the heap.
+        if let counted {
+            let gemmCalls = counted.products > 0 ? 0 : shapes.count * repeats * steps
+            print("  heap allocations in \(repeats * steps) steps (the same steps, counted in a run of their own): \(counted.ours)"
+                  + (t > 1 && gemmCalls > 0 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : "")
+                  + (counted.products > 0 ? "; inside oneDNN's \(counted.products) products: \(counted.oneDNN)" : ""))
+        } else {
+            print("  heap allocations: not counted (\(LaunchEnvironment.allocationCounterFile) is not beside the binary; `swift build -c release` builds it)")
+        }
+        fflush(nil)
+    }
+
     /// Heap allocations in the timed steps at each thread count, counted by a child process
     /// of this program under the allocation counter (`--count-allocations`): the counter
     /// interposes malloc, which would slow the timed runs themselves. Empty without it.
-    func allocationCounts(_ w: Workload, _ threadCounts: [Int]) throws -> [Int: (ours: Int, oneDNN: Int, products: Int)] {
+    func allocationCounts(_ w: Workload, _ threadCounts: [Int]) throws -> [AllocationKey: (ours: Int, oneDNN: Int, products: Int)] {
         guard LaunchEnvironment.allocationCounterLibrary != nil else { return [:] }
-        var counts: [Int: (ours: Int, oneDNN: Int, products: Int)] = [:]
+        var counts: [AllocationKey: (ours: Int, oneDNN: Int, products: Int)] = [:]
         for t in threadCounts {
-            let child = Process()
-            child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-            child.arguments = ["bench", w.rawValue, "--threads", "\(t)", "--warmup", "\(warmup)", "--steps", "\(steps)",
-                               "--repeats", "\(repeats)", "--data", data, "--precision", precision.rawValue, "--count-allocations"]
-                + (updateAfterBackward ? ["--update-after-backward"] : [])
-            let out = Pipe()
-            child.standardOutput = out
-            try child.run()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            child.waitUntilExit()
-            let fields = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
-            guard child.terminationStatus == 0, fields.count == 3 else {
-                throw BenchFailure(message: "bench: counting allocations at \(t) threads failed (the child exited with \(child.terminationStatus))")
+            for micro in microBatch?.values ?? [nil] as [Int?] {
+                let child = Process()
+                child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+                var arguments = ["bench", w.rawValue, "--threads", "\(t)", "--warmup", "\(warmup)", "--steps", "\(steps)",
+                                 "--repeats", "\(repeats)", "--data", data, "--precision", precision.rawValue,
+                                 "--moe-statistics", moeStatistics.rawValue, "--count-allocations"]
+                if updateAfterBackward { arguments.append("--update-after-backward") }
+                if let batch { arguments += ["--batch", "\(batch)"] }
+                if let micro { arguments += ["--micro-batch", "\(micro)"] }
+                child.arguments = arguments
+                let out = Pipe()
+                child.standardOutput = out
+                try child.run()
+                let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                child.waitUntilExit()
+                let fields = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+                guard child.terminationStatus == 0, fields.count == 3 else {
+                    throw BenchFailure(message: "bench: counting allocations at \(t) threads failed (the child exited with \(child.terminationStatus))")
+                }
+                counts[AllocationKey(threads: t, micro: micro)] = (fields[0], fields[1], fields[2])
             }
-            counts[t] = (fields[0], fields[1], fields[2])
         }
         return counts
     }
@@ -203,6 +259,14 @@ struct BenchCommand: ParsableCommand {
 
     func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 }
+
+/// A run of `bench` at one thread count and micro-batch (nil: one pass per step).
+struct AllocationKey: Hashable {
+    var threads: Int
+    var micro: Int?
+}
+
+extension JobConfig.MoEStatistics: ExpressibleByArgument {}
 
 /// A benchmark that could not run to the end.
 struct BenchFailure: SwitchboardError {

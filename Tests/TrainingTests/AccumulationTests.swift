@@ -82,6 +82,16 @@ final class AccumulationTests: ToyDataTestCase {
         }
     }
 
+    /// A short last batch can leave a rank without rows in a pass: batches of 30 leave 2
+    /// samples of 512 for the last, which 3 ranks split 0, 1, 1. Every rank still takes part
+    /// in each pass's collectives, and the model is the one-pass model.
+    func testAPassWithoutRowsOnSomeRank() throws {
+        let job = try job(.moe("experts = 3\ntop_k = 2\nhidden = 8\nbalance_loss = 0.01\ndropless = false\ncapacity_factor = 0.8"),
+                          settings: ["train.batch_size": "30"])
+        let reference = try trained(job, ranks: 1, micro: nil, name: "one")
+        assertSame(reference, try trained(job, ranks: 3, micro: 5, name: "three"), "3 ranks, micro-batch 5, a last pass of 2 rows")
+    }
+
     /// `statistics = "micro_batch"` takes capacity and balance per pass, over every rank's
     /// rows of it: 1 rank with passes of 12 rows and 2 ranks with 6 each train the same model
     /// and drop the same assignments, which are not those of statistics over the batch.
