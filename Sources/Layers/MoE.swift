@@ -27,6 +27,9 @@ public final class MoE: Layer {
     /// Holds the routing (choices, drops) of the last forward pass: for finite-difference
     /// checks, where a tiny perturbation must not change which experts a token uses.
     public var holdsRouting = false
+    /// Set by the model on the last layer whose statistics a pre-pass gathers: no later layer
+    /// runs in the pre-pass, so this one stops after its router and statistics there.
+    var routesOnlyWhenGathering = false
 
     // MARK: Router state (`MoERouter.swift`)
 
@@ -240,6 +243,10 @@ public final class MoE: Layer {
         passTokens = context.passRows > 0 ? context.passRows : globalTokens
         if context.microBatch == 0 { for i in 0..<e { earlier[i] = 0 } }
         routerForward(x, context: context)
+        if routesOnlyWhenGathering && context.statistics == .gather {
+            computeAuxLoss(context)
+            return UnsafePointer(y.data)   // not read
+        }
         dispatch()
         if let exchange { exchangeForward(exchange) } else { runExperts() }
         combine()

@@ -15,6 +15,9 @@ public final class Model {
     /// For each top-level layer, the arena offset from which every gradient is final once
     /// that layer's backward has run (trainable parameters are laid out in forward order).
     let finalFrom: [Int]
+    /// The top-level layers a statistics pre-pass runs (`gatherStatistics`): through the
+    /// block of the last layer whose batch statistics a gradient uses.
+    let statisticsDepth: Int
 
     /// `frozen`: parameters to keep at their initial (or loaded) values, by name or prefix
     /// (`ParameterStore.frozenPatterns`).
@@ -98,6 +101,13 @@ public final class Model {
         moeLayers = moes
         fffLayers = fffs
         network = Sequential(layers)
+        // Blocks are the top-level layers 1…depth, in order, after the embedding.
+        let usesStatistics = moes.map { $0.spec.balanceCoefficient != 0 || $0.spec.entropyCoefficient != 0 }
+            + fffs.map { $0.spec.balance != 0 }
+        let lastBlock = usesStatistics.lastIndex(of: true)
+        statisticsDepth = lastBlock.map { $0 + 2 } ?? 0
+        // That layer's own output is not read in the pre-pass: an MoE layer there stops after its router.
+        if let lastBlock, lastBlock < moes.count { moes[lastBlock].routesOnlyWhenGathering = true }
         store.finalize()
         self.store = store
         // A layer without trainable parameters finalizes nothing new: it inherits the next
@@ -115,9 +125,13 @@ public final class Model {
     /// Whether some layer's gradient depends on means over the whole batch (the MoE balance
     /// and entropy losses, the FFF leaf balance): a step of several passes with statistics
     /// over the batch then needs a pre-pass to gather them (`BatchStatistics`).
-    public var gradientsUseBatchStatistics: Bool {
-        moeLayers.contains { $0.spec.balanceCoefficient != 0 || $0.spec.entropyCoefficient != 0 }
-            || fffLayers.contains { $0.spec.balance != 0 }
+    public var gradientsUseBatchStatistics: Bool { statisticsDepth > 0 }
+
+    /// A pre-pass's forward over `x` (context `.gather`): only as far as the statistics need.
+    public func gatherStatistics(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) {
+        precondition(rows <= maxRows, "\(rows) rows for a model built for \(maxRows)")
+        var h = x
+        for layer in network.layers[..<statisticsDepth] { h = layer.forward(h, rows: rows, context: context) }
     }
 
     /// The MoE and FFF layers' auxiliary losses from the last forward pass (coefficients applied).

@@ -218,7 +218,7 @@ public final class Trainer {
         if gathered {
             for pass in 0..<passes {
                 let rows = try loadPass(pass, epoch: epoch, batch: batch)
-                _ = model.forward(x.data, rows: rows.mine, context: context(rows, pass, .gather))
+                model.gatherStatistics(x.data, rows: rows.mine, context: context(rows, pass, .gather))
                 try moeSums.rethrow()
             }
         }

@@ -117,10 +117,7 @@ struct BenchCommand: ParsableCommand {
               + "(thread timeout 2^\(getenv("OPENBLAS_THREAD_TIMEOUT").map { String(cString: $0) } ?? "28") cycles); ranks \(comm.size)")
         // What decides these numbers besides the CPU, so runs on different machines compare.
         print("products: \(MatmulLibrary.summary(precision))")
-        if w == .w2 {
-            let update = config.optimizer.updateInBackward && microBatch == nil ? "inside backward" : "after backward"
-            print("experts: updated \(update); statistics over the \(moeStatistics == .batch ? "batch" : "micro-batch")")
-        }
+        if w == .w2 { print("MoE statistics over the \(moeStatistics == .batch ? "batch" : "micro-batch")") }
         for t in threadCounts {
             for micro in microBatches {
                 var run = config
@@ -184,6 +181,9 @@ struct BenchCommand: ParsableCommand {
         print("")
         print("threads \(t), batch \(batchSize) in \(passes) pass\(passes == 1 ? "" : "es") of \(rows) rows: \(Int(rate)) samples/s "
               + "(median of \(repeats) × \(steps) steps; runs \(runs))")
+        if !trainer.model.moeLayers.isEmpty {
+            print("  experts updated \(trainer.updatesExpertsInBackward ? "inside" : "after") backward")
+        }
         let resident = memory.map { MemoryEstimate.text($0) } ?? "unknown (no /proc/self/clear_refs to start it over)"
         print("  peak resident memory of the process from the trainer's construction through its steps: \(resident)")
         print("  \(fixed(flops / 1e6, 2)) MFLOP/sample → \(fixed(achieved, 1)) GFLOP/s")

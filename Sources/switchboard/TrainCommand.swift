@@ -34,6 +34,16 @@ struct TrainCommand: ParsableCommand {
         """, valueName: "auto|path"))
     var resume: String?
 
+    /// How a step runs when it takes several passes (gradient accumulation), for the start line.
+    func passes(_ trainer: Trainer) -> String {
+        guard trainer.accumulates else { return "" }
+        let perRank = (trainer.config.train.batchSize + trainer.comm.size - 1) / trainer.comm.size
+        let n = (perRank + trainer.passRows - 1) / trainer.passRows
+        let statistics = trainer.model.moeLayers.isEmpty ? ""
+            : trainer.config.train.moeStatistics == .batch ? ", MoE statistics over the batch" : ", MoE statistics per micro-batch"
+        return " in \(n) passes of \(trainer.passRows) per rank\(statistics)"
+    }
+
     func run() throws {
         let started = ContinuousClock.now
         let config = try JobConfig.parse(try JobFile.read(job), source: job, overrides: overrides)
@@ -79,7 +89,7 @@ struct TrainCommand: ParsableCommand {
         let frozen = store.count - store.trainableCount
         say("model: \(store.count.formatted()) parameters\(frozen > 0 ? " (\(frozen.formatted()) frozen)" : ""); "
             + "\(fixed(size.trainingFlops / 1e6, 2)) MFLOP per training sample, \(fixed(size.inferenceFlops / 1e6, 2)) per inference; "
-            + "\(trainer.totalSteps) steps of \(config.train.batchSize) samples; "
+            + "\(trainer.totalSteps) steps of \(config.train.batchSize) samples\(passes(trainer)); "
             + "memory ≈ \(MemoryEstimate.text(memory.total)) per rank")
         if comm.size > 1, let placement = trainer.placement {
             say("experts (each MoE layer):\n" + placement.description.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))

@@ -101,6 +101,7 @@ final class AccumulationTests: ToyDataTestCase {
         let one = try trained(job, ranks: 1, micro: 12, name: "micro1")
         let two = try trained(job, ranks: 2, micro: 6, name: "micro2")
         assertSame(one, two, "per-micro-batch statistics, 2 ranks × 6 rows against 1 × 12")
+        XCTAssertTrue(two.output.contains("20 steps of 48 samples in 4 passes of 6 per rank, MoE statistics per micro-batch; "), two.output)
         let batch = try trained(job, ranks: 1, micro: 12, name: "batch1", settings: ["moe.statistics=\"batch\""])
         XCTAssertNotEqual(one.dropped, batch.dropped, "capacity per pass of 12 rows must drop other assignments than over 48")
         XCTAssertGreaterThan(Self.maxRelativeDifference(one.model, batch.model).0, Self.tolerance,
