@@ -1,14 +1,20 @@
 import Kernels
 
 /// A labelled classification dataset: labels `[count]` in memory, and features `[count,
-/// width]` as Float either in memory (IDX) or read from an HDF5 file a batch at a time.
+/// width]` as Float either in memory (IDX) or read from HDF5 files a batch at a time, the
+/// next batch's rows read ahead on a thread of their own (`prefetch`).
 public final class Dataset {
     /// The features held in memory (empty when they are read from `samples`).
     public let features: Tensor
     public let labels: [Int32]
     public let classes: Int
-    /// The HDF5 file rows are read from, batch by batch.
-    let samples: HDF5Samples?
+    /// The HDF5 files rows are read from, batch by batch.
+    let samples: SampleFiles?
+    /// The buffers of a read on the caller's thread (made for the largest one so far).
+    var scratch: ReadScratch?
+    /// Reads ahead (`preparePrefetch`).
+    var prefetcher: RowPrefetcher?
+    var waited = Duration.zero
     public var count: Int { labels.count }
     public let width: Int
 
@@ -17,6 +23,30 @@ public final class Dataset {
     public var heldBytes: Int { labels.count * 4 + features.count * 4 }
     /// Bytes it needed besides while it was read: the IDX bytes the features were made from.
     public var loadingBytes: Int { samples == nil ? features.count : 0 }
+
+    /// Whether `prefetch` reads ahead: HDF5 data with `preparePrefetch` done.
+    public var prefetches: Bool { prefetcher != nil }
+
+    /// Reads ahead from now on, up to `rows` samples a gather, where that helps and is safe:
+    /// HDF5 data and a thread-safe HDF5 library. Returns whether it does.
+    @discardableResult
+    public func preparePrefetch(rows: Int) -> Bool {
+        guard let samples, RowPrefetcher.isAvailable else { return false }
+        if let prefetcher, prefetcher.rows >= rows { return true }
+        prefetcher?.close()
+        prefetcher = RowPrefetcher(samples, rows: rows)
+        return true
+    }
+
+    /// Starts reading the samples `indices` (at most the prepared rows) for the next gather.
+    public func prefetch(_ indices: UnsafeBufferPointer<Int32>) { prefetcher?.start(indices) }
+
+    /// Seconds gathers of HDF5 rows waited since the last call, for rows read ahead or read
+    /// then (0 for data in memory).
+    public func takeInputWait() -> Double {
+        defer { waited = .zero }
+        return Double(waited.components.seconds) + Double(waited.components.attoseconds) * 1e-18
+    }
 
     public init(features: Tensor, labels: [Int32], classes: Int) {
         precondition(features.rows == labels.count)
@@ -27,9 +57,10 @@ public final class Dataset {
         samples = nil
     }
 
-    /// HDF5 training data (`HDF5Samples`): datasets `x` and `y` of the file at `path`.
-    public init(hdf5 path: String, x: String, y: String, classes: Int) throws {
-        let samples = try HDF5Samples(path: path, x: x, y: y, classes: classes)
+    /// HDF5 training data (`SampleFiles`): datasets `x` and `y` of the files at `paths`, their
+    /// samples one after another.
+    public init(hdf5 paths: [String], x: String, y: String, classes: Int) throws {
+        let samples = try SampleFiles(paths: paths, x: x, y: y, classes: classes)
         self.samples = samples
         labels = samples.labels
         width = samples.width
@@ -57,12 +88,22 @@ public final class Dataset {
         return Dataset(features: x, labels: raw.map { Int32($0) }, classes: classes)
     }
 
-    /// Copies the samples at `indices` into `x` `[indices.count, width]` and `y`.
+    deinit { prefetcher?.close() }
+
+    /// Copies the samples at `indices` into `x` `[indices.count, width]` and `y`: from memory,
+    /// from the rows read ahead for exactly these samples, or read now.
     @inline(__always)
     public func gather(_ indices: UnsafeBufferPointer<Int32>, into x: UnsafeMutablePointer<Float>,
                        labels y: UnsafeMutablePointer<Int32>) throws {
         for (row, i) in indices.enumerated() { y[row] = labels[Int(i)] }
-        if let samples { return try samples.read(indices, into: x) }
+        if let samples {
+            // Time the step waited for its rows: a read ahead not yet done, or a read now.
+            let t0 = ContinuousClock.now
+            defer { waited += t0.duration(to: .now) }
+            if let prefetcher, try prefetcher.take(indices, into: x) { return }
+            if (scratch?.rows ?? -1) < indices.count { scratch = ReadScratch(rows: indices.count, width: width, bytes: samples.files[0].isBytes) }
+            return try samples.read(indices, into: x, scratch: scratch!)
+        }
         let w = width
         for (row, i) in indices.enumerated() { (x + row * w).update(from: features.data + Int(i) * w, count: w) }
     }

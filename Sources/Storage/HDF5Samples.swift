@@ -23,7 +23,8 @@ public final class HDF5Samples {
     var staging: [UInt8] = []
 
     /// `y`: the labels' dataset, or nil for features alone (`labels` is then empty).
-    public init(path: String, x xName: String, y yName: String?, classes: Int) throws {
+    /// `cacheBytes`: the chunk cache of `x` (chunks of rows stay once a read has needed them).
+    public init(path: String, x xName: String, y yName: String?, classes: Int, cacheBytes: Int = 32 << 20) throws {
         self.path = path
         func fail(_ problem: String) -> DataError { DataError(path, problem) }
         guard FileManager.default.fileExists(atPath: path) else { throw fail("no such file") }
@@ -33,8 +34,7 @@ public final class HDF5Samples {
             guard shape.count >= 2, shape.allSatisfy({ $0 > 0 }) else {
                 throw fail("dataset \(xName) has shape \(shape); expected [samples, features…]")
             }
-            // A chunk cache of 32 MiB: small chunks of rows stay once a batch has read them.
-            x = try file.openDataset(xName, cacheBytes: 32 << 20)
+            x = try file.openDataset(xName, cacheBytes: cacheBytes)
             let type = H5Handle(try HDF5Library.check(H5Dget_type(x.id), path, "the type of \(xName)"), close: H5Tclose)
             let cls = H5Tget_class(type.id), size = H5Tget_size(type.id)
             if cls == H5T_INTEGER && size == 1 && H5Tget_sign(type.id) == H5T_SGN_NONE {
@@ -80,6 +80,21 @@ public final class HDF5Samples {
         } catch let e as HDF5Error {
             throw fail(e.failure)
         }
+    }
+
+    /// Reads rows `[first, first + rows)` as they are stored (uint8 or float32) into `out`, in
+    /// one read.
+    func readRun(_ first: Int, rows: Int, into out: UnsafeMutableRawPointer) throws {
+        var start = [hsize_t](repeating: 0, count: dims.count), block = dims
+        start[0] = hsize_t(first)
+        block[0] = hsize_t(rows)
+        let ones = [hsize_t](repeating: 1, count: dims.count)
+        try HDF5Library.check(H5Sselect_hyperslab(fileSpace.id, H5S_SELECT_SET, start, nil, ones, block), path, "selecting rows")
+        let memory = H5Handle(try HDF5Library.check(H5Screate_simple(1, [hsize_t(rows * width)], nil), path, "a buffer of rows"),
+                              close: H5Sclose)
+        try HDF5Library.check(H5Dread(x.id, isBytes ? sb_h5t_native_uint8() : sb_h5t_native_float(), memory.id, fileSpace.id,
+                                      sb_h5p_default(), out),
+                              path, "reading rows \(first)…\(first + rows - 1) of \(name)")
     }
 
     /// Reads the rows `indices` (any order; each below `count`) into `out` `[indices.count, width]`.

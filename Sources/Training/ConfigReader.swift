@@ -103,6 +103,17 @@ public final class ConfigReader {
         }
     }
 
+    /// A string, or an array of at least one string.
+    public func strings(_ section: String, _ key: String, _ fallback: String) throws -> [String] {
+        let v = try value(section, key, .string(fallback))
+        if case .string(let s) = v { return [s] }
+        guard case .array(let items) = v, !items.isEmpty else { throw typeError(section, key, "a string or a non-empty array of strings", v) }
+        return try items.map {
+            guard case .string(let s) = $0 else { throw typeError(section, key, "a string or a non-empty array of strings", v) }
+            return s
+        }
+    }
+
     /// Whether the file (or an override) sets `key` in `section`.
     public func has(_ section: String, _ key: String) -> Bool {
         if case .table(let t) = root[section], t[key] != nil { return true }

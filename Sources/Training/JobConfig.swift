@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Kernels
 import Layers
 import Storage
@@ -15,9 +18,9 @@ public struct JobConfig: Sendable {
         public enum Format: Sendable {
             /// IDX image and label files (gzip or plain), held in memory.
             case idx(trainImages: String, trainLabels: String, testImages: String, testLabels: String)
-            /// One HDF5 file per split with datasets `x` and `y` (`HDF5Samples`), read a batch
-            /// at a time.
-            case hdf5(train: String, test: String, x: String, y: String)
+            /// HDF5 files per split, each with datasets `x` and `y`, their samples one after
+            /// another (`SampleFiles`), read a batch at a time. Each entry is a path or a glob.
+            case hdf5(train: [String], test: [String], x: String, y: String)
         }
         public var dir: String
         public var format: Format
@@ -41,8 +44,8 @@ public struct JobConfig: Sendable {
             case let .idx(trainImages, trainLabels, testImages, testLabels):
                 let (images, labels) = split == .train ? (trainImages, trainLabels) : (testImages, testLabels)
                 return try Dataset.idx(images: path(images), labels: path(labels), classes: classes)
-            case let .hdf5(_, _, x, y):
-                return try Dataset(hdf5: file(split), x: x, y: y, classes: classes)
+            case let .hdf5(train, test, x, y):
+                return try Dataset(hdf5: try Self.expand((split == .train ? train : test).map(path)), x: x, y: y, classes: classes)
             }
         }
 
@@ -50,7 +53,19 @@ public struct JobConfig: Sendable {
         public func file(_ split: Split) -> String {
             switch format {
             case let .idx(trainImages, _, testImages, _): path(split == .train ? trainImages : testImages)
-            case let .hdf5(trainFile, testFile, _, _): path(split == .train ? trainFile : testFile)
+            case let .hdf5(train, test, _, _): (split == .train ? train : test).map(path).joined(separator: ", ")
+            }
+        }
+
+        /// The files `patterns` name, in order: a pattern with `*`, `?` or `[` is a glob,
+        /// expanded in name order, and must match something; any other is a path.
+        static func expand(_ patterns: [String]) throws -> [String] {
+            try patterns.flatMap { pattern -> [String] in
+                guard pattern.contains(where: { "*?[".contains($0) }) else { return [pattern] }
+                var found = glob_t()
+                defer { globfree(&found) }
+                guard glob(pattern, 0, nil, &found) == 0, found.gl_pathc > 0 else { throw DataError(pattern, "matches no file") }
+                return (0..<Int(found.gl_pathc)).compactMap { found.gl_pathv[$0].map { String(cString: $0) } }.sorted()
             }
         }
     }
@@ -347,7 +362,7 @@ public struct JobConfig: Sendable {
         let dataDir = try r.string("data", "dir", "/usr/share/datasets/fashion-mnist")
         let format: Data.Format
         if try r.string("data", "format", "idx", oneOf: ["idx", "hdf5"]) == "hdf5" {
-            format = .hdf5(train: try r.string("data", "train_file", "train.h5"), test: try r.string("data", "test_file", "test.h5"),
+            format = .hdf5(train: try r.strings("data", "train_file", "train.h5"), test: try r.strings("data", "test_file", "test.h5"),
                            x: try r.string("data", "x_name", "x"), y: try r.string("data", "y_name", "y"))
         } else {
             format = .idx(trainImages: try r.string("data", "train_images", "train-images-idx3-ubyte.gz"),

@@ -20,6 +20,8 @@ public struct StepResult: Sendable {
     /// (SIGTERM or SIGINT): every rank learns it from the same reduction, at the same step.
     public var saveRequested = false
     public var stopRequested = false
+    /// Seconds this rank's step waited for its rows to be read (HDF5 input).
+    public var inputWait = 0.0
 }
 
 /// Trains a model on a dataset following a job config. Every rank runs one; all buffers are
@@ -47,9 +49,10 @@ public final class Trainer {
     /// parameters each rank updated.
     public let gradientSync: ShardedSync
 
-    /// The current epoch's sample order.
-    var permutation: [Int32]
-    var permutationEpoch = -1
+    /// The sample orders of two epochs, in slot epoch % 2: the current one, and the next
+    /// one once the input reads ahead into it.
+    var permutations: [[Int32]]
+    var permutationEpochs = [-1, -1]
     let x: Tensor
     var labels: [Int32]
     let dlogits: Tensor
@@ -116,7 +119,7 @@ public final class Trainer {
         order = GlobalSampleOrder(count: train.count, batchSize: config.train.batchSize, seed: config.run.seed)
         schedule = LearningRateSchedule(base: o.lr, kind: config.schedule.kind, warmupSteps: config.schedule.warmupSteps,
                                         totalSteps: Self.totalSteps(config, order), finalFraction: config.schedule.finalFraction)
-        permutation = [Int32](repeating: 0, count: train.count)
+        permutations = [[Int32](repeating: 0, count: train.count), [Int32](repeating: 0, count: train.count)]
         x = Tensor(shape: [maxRows, train.width])
         labels = [Int32](repeating: 0, count: maxRows)
         dlogits = Tensor(shape: [maxRows, config.data.classes])
@@ -144,6 +147,7 @@ public final class Trainer {
         statisticsOverBatch = config.train.moeStatistics == .batch
         gathersStatistics = statisticsOverBatch && model.gradientsUseBatchStatistics
         routingTrace = RoutingTrace.open(rank: comm.rank)
+        train.preparePrefetch(rows: passRows)
     }
 
     /// With one runner per expert (E ≥ P), an expert's gradient and update live on its runner
@@ -217,7 +221,7 @@ public final class Trainer {
         let gathered = passes > 1 && gathersStatistics
         if gathered {
             for pass in 0..<passes {
-                let rows = try loadPass(pass, epoch: epoch, batch: batch)
+                let rows = try loadPass(pass, epoch: epoch, batch: batch, gathering: true)
                 model.gatherStatistics(x.data, rows: rows.mine, context: context(rows, pass, .gather))
                 try moeSums.rethrow()
             }
@@ -230,7 +234,9 @@ public final class Trainer {
             let rows = try loadPass(pass, epoch: epoch, batch: batch)
             let logits = model.forward(x.data, rows: rows.mine, context: context(rows, pass, gathered ? .held : .pass))
             try moeSums.rethrow()
-            routingTrace?.record(model, step: step, samples: { self.permutation[self.order.batch(batch).lowerBound + rows.offset + $0] })
+            routingTrace?.record(model, step: step, samples: {
+                self.permutations[epoch % 2][self.order.batch(batch).lowerBound + rows.offset + $0]
+            })
             // Gradients of the mean over the *global* batch, so summing over passes and ranks averages.
             let local = labels.withUnsafeBufferPointer {
                 softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows.mine, classes: model.classes,
@@ -267,7 +273,8 @@ public final class Trainer {
         let loss = sums.lossSum / Double(global) + aux
         lastLoss = loss
         return StepResult(step: step, epoch: epoch, loss: loss, correct: Int(sums.correct), rows: global, gradNorm: norm,
-                          lr: lr, saveRequested: sums.saveRequests > 0, stopRequested: sums.stopRequests > 0)
+                          lr: lr, saveRequested: sums.saveRequests > 0, stopRequested: sums.stopRequests > 0,
+                          inputWait: trainSet.takeInputWait())
     }
 
     /// This rank's rows of one training pass: `mine` rows, the first at `offset` within the
@@ -280,21 +287,39 @@ public final class Trainer {
     /// `labels`. Pass m holds rows [m·G, (m+1)·G) of the batch, G = P · `passRows`, split
     /// among the ranks as a whole batch is: global row order runs pass by pass, then rank by
     /// rank, the same order as one pass over the batch.
-    func loadPass(_ pass: Int, epoch: Int, batch: Int) throws -> PassRows {
-        if permutationEpoch != epoch {
-            order.permutation(epoch: epoch, into: &permutation)
-            permutationEpoch = epoch
+    /// Then names the rows of the load after it to the input (`Dataset.prefetch`), which reads
+    /// them meanwhile: the next pass, the first again after a `gathering` pre-pass's last, or
+    /// the next step's first.
+    func loadPass(_ pass: Int, epoch: Int, batch: Int, gathering: Bool = false) throws -> PassRows {
+        let rows = try passSamples(pass, epoch: epoch, batch: batch) { samples in
+            try labels.withUnsafeMutableBufferPointer { y in try trainSet.gather(samples, into: x.data, labels: y.baseAddress!) }
+        }
+        guard trainSet.prefetches else { return rows }
+        let passes = (order.batch(batch).count + comm.size * passRows - 1) / (comm.size * passRows)
+        var next = (pass: pass + 1, epoch: epoch, batch: batch)
+        if next.pass == passes {
+            next.pass = 0
+            if !gathering { next.batch += 1 }
+            if next.batch == order.batchesPerEpoch { (next.epoch, next.batch) = (epoch + 1, 0) }
+        }
+        _ = try passSamples(next.pass, epoch: next.epoch, batch: next.batch) { trainSet.prefetch($0) }
+        return rows
+    }
+
+    /// Calls `body` with the samples this rank takes in pass `pass` of global batch `batch` of
+    /// `epoch` (as `loadPass` describes them); returns where they lie.
+    func passSamples(_ pass: Int, epoch: Int, batch: Int, _ body: (UnsafeBufferPointer<Int32>) throws -> Void) throws -> PassRows {
+        let slot = epoch % 2
+        if permutationEpochs[slot] != epoch {
+            order.permutation(epoch: epoch, into: &permutations[slot])
+            permutationEpochs[slot] = epoch
         }
         let positions = order.batch(batch)
         let size = comm.size * passRows, first = pass * size
         let rows = min(size, positions.count - first)
         let part = GlobalSampleOrder.part(rows: rows, rank: comm.rank, ranks: comm.size)
         let from = positions.lowerBound + first + part.lowerBound
-        try permutation.withUnsafeBufferPointer { p in
-            try labels.withUnsafeMutableBufferPointer { y in
-                try trainSet.gather(UnsafeBufferPointer(rebasing: p[from..<(from + part.count)]), into: x.data, labels: y.baseAddress!)
-            }
-        }
+        try permutations[slot].withUnsafeBufferPointer { p in try body(UnsafeBufferPointer(rebasing: p[from..<(from + part.count)])) }
         return PassRows(mine: part.count, offset: first + part.lowerBound, pass: rows)
     }
 

@@ -18,7 +18,7 @@ struct BenchCommand: ParsableCommand {
             workload for --epochs epochs and reports wall time and test accuracy.
             """)
 
-    @Argument(help: "The workload: W1, W2, W3 or W4 (these two under mpirun -np P), W5 (checkpoint I/O), W6 (FFF inference against a dense FFN), or kernels (elementwise kernels alone).")
+    @Argument(help: "The workload: W1, W2, W3 or W4 (these two under mpirun -np P), W5 (checkpoint I/O), W6 (FFF inference against a dense FFN), input (the default job from HDF5 against in memory; mpirun or not), or kernels (elementwise kernels alone).")
     var workload: BenchTarget
 
     @Option(help: "BLAS thread counts to run, comma-separated.")
@@ -65,8 +65,12 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("moe-statistics"), help: "W2: [moe] statistics, batch or micro_batch.")
     var moeStatistics: JobConfig.MoEStatistics = .batch
 
-    @Option(help: "W5: the folder to write in (made, and emptied of what the bench writes, after).")
-    var folder = "checkpoints/bench-w5"
+    @Option(help: "W5, input: the folder to write in (made, and emptied of what the bench writes, after; input: checkpoints/bench-input by default).")
+    var folder = Self.w5Folder
+    static let w5Folder = "checkpoints/bench-w5"
+
+    @Option(help: "input: the job whose model and training the input bench runs.")
+    var job = "cluster/fashion-mlp.toml"
 
     @Flag(help: "W5: keep the last checkpoint written.")
     var keep = false
@@ -78,6 +82,10 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         if workload == .w6 { return FFFBench(threads: threads.values, repeats: repeats).run() }
+        if workload == .input {
+            return try InputBench(job: job, data: data, folder: folder == Self.w5Folder ? "checkpoints/bench-input" : folder,
+                                  threads: threads.values, warmup: warmup, steps: steps, repeats: repeats).run()
+        }
         guard let w = workload.workload else { return KernelBench.run() }
         if w == .w5 { return try CheckpointBench(directory: folder, repeats: repeats, keep: keep).run() }
         let threadCounts = threads.values
@@ -278,11 +286,11 @@ struct BenchFailure: SwitchboardError {
 extension Precision: ExpressibleByArgument {}
 
 enum BenchTarget: String, CaseIterable, ExpressibleByArgument {
-    case w1 = "W1", w2 = "W2", w3 = "W3", w4 = "W4", w5 = "W5", w6 = "W6", kernels
+    case w1 = "W1", w2 = "W2", w3 = "W3", w4 = "W4", w5 = "W5", w6 = "W6", input, kernels
 
     /// Workload names in either case (`w1` or `W1`).
     init?(argument: String) {
-        self.init(rawValue: argument == "kernels" ? argument : argument.uppercased())
+        self.init(rawValue: argument == "kernels" || argument == "input" ? argument : argument.uppercased())
     }
 
     var workload: Workload? { Workload(rawValue: rawValue) }

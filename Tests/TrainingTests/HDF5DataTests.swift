@@ -4,13 +4,24 @@ import TestSupport
 import XCTest
 @testable import Training
 
-/// HDF5 training data: `switchboard convert` writes it from IDX, and training on it gives the
-/// same bits as training on the IDX files, alone and on 2 ranks.
+/// HDF5 training data: `switchboard convert` writes it from IDX, in one file or many, and
+/// training on it gives the same bits as training on the IDX files, alone and on 2 ranks.
 final class HDF5DataTests: ToyDataTestCase {
-    func convert(_ split: String) throws {
-        let r = try Launcher.run(binary, ["convert", "\(dir)/\(split)-images", "\(dir)/\(split)-labels", "\(dir)/\(split).h5"])
+    func convert(_ split: String, files: Int? = nil) throws {
+        let r = try Launcher.run(binary, ["convert", "\(dir)/\(split)-images", "\(dir)/\(split)-labels", "\(dir)/\(split).h5"]
+                                 + (files.map { ["--files", "\($0)"] } ?? []))
         XCTAssertEqual(r.code, 0, r.output)
-        XCTAssertTrue(r.output.contains("wrote \(dir)/\(split).h5: x uint8 ["), r.output)
+        if let files {
+            XCTAssertTrue(r.output.contains("wrote \(dir)/\(split)-0\(files - 1).h5: x uint8 [64, 8, 8], y uint8 [64] (samples 448…511)"), r.output)
+        } else {
+            XCTAssertTrue(r.output.contains("wrote \(dir)/\(split).h5: x uint8 ["), r.output)
+        }
+    }
+
+    /// The toy job with `[data]` on HDF5 (`settings` over it) as a job file; returns its path.
+    func hdf5JobFile(_ name: String, _ settings: KeyValuePairs<String, String?> = [:]) throws -> String {
+        try hdf5Job(settings).write(toFile: "\(dir)/\(name).toml", atomically: true, encoding: .utf8)
+        return "\(dir)/\(name).toml"
     }
 
     func hdf5Job(_ settings: KeyValuePairs<String, String?> = [:]) -> String {
@@ -32,11 +43,85 @@ final class HDF5DataTests: ToyDataTestCase {
         let hdf5Text = hdf5Job()
         XCTAssertNotEqual(hdf5Text, Fixtures.job(dir: dir), "the [data] section was replaced")
         try hdf5Text.write(toFile: "\(dir)/hdf5.toml", atomically: true, encoding: .utf8)
+        // The same samples in 8 files of 64, named by a glob, and by a list.
+        try convert("train", files: 8)
+        let glob = try hdf5JobFile("glob", ["data.train_file": "\"train-*.h5\""])
+        let list = try hdf5JobFile("list", ["data.train_file": "[" + (0..<8).map { "\"train-0\($0).h5\"" }.joined(separator: ", ") + "]"])
         for ranks in [1, 2] {
             let a = try loadModel(try train(ranks: ranks, name: "idx\(ranks)", job: idxJob), config)
-            let b = try loadModel(try train(ranks: ranks, name: "hdf5\(ranks)", job: "\(dir)/hdf5.toml"), config)
-            XCTAssertEqual(Self.maxRelativeDifference(a, b).0, 0, "\(ranks) rank(s)")
+            for (label, job) in [("one file", "\(dir)/hdf5.toml"), ("8 files by a glob", glob), ("8 files listed", list)] {
+                let name = "\(label.filter(\.isLetter))\(ranks)"
+                let b = try loadModel(try train(ranks: ranks, name: name, job: job), config)
+                XCTAssertEqual(Self.maxRelativeDifference(a, b).0, 0, "\(ranks) rank(s), \(label)")
+            }
         }
+    }
+
+    /// Resumed in the middle of an epoch from 8 files, a run ends on the bits of the run that
+    /// went through.
+    func testResumingMidEpochFromManyFiles() throws {
+        try convert("train", files: 8)
+        try convert("test")
+        let job = try hdf5JobFile("many", ["data.train_file": "\"train-*.h5\"", "train.max_steps": "16"])
+        try (try String(contentsOfFile: job, encoding: .utf8) + "[checkpoint]\nevery_steps = 5\nkeep_last = 0\n")
+            .write(toFile: job, atomically: true, encoding: .utf8)
+        let config = try JobConfig.parse(hdf5Job(), source: job)
+        let whole = try loadModel(try train(ranks: 2, name: "whole", job: job), config)
+        let r = try mpirun(ranks: 2, name: "resumed", job: job, extraArguments: ["--resume", "\(dir)/runs/whole/\(CheckpointFolder.name(step: 5))"])
+        XCTAssertEqual(r.code, 0, r.output)
+        let resumed = try loadModel("\(dir)/runs/resumed/model.h5", config)
+        assertBitwiseEqual(whole.store.values, resumed.store.values, "resumed at step 5 of 11 in the first epoch")
+    }
+
+    /// A missing, truncated or mismatched file among many is named, with the samples it holds,
+    /// before training starts (exit 1); a damaged chunk is named with its samples when a
+    /// batch needs them, and the run stops there.
+    func testABadFileAmongManyIsNamedWithItsSamples() throws {
+        try convert("train", files: 8)
+        try convert("test")
+        let files = (0..<8).map { "\"train-0\($0).h5\"" }
+        func fails(_ name: String, _ list: [String], _ expected: String, file: StaticString = #filePath, line: UInt = #line) throws {
+            let job = try hdf5JobFile(name, ["data.train_file": "[" + list.joined(separator: ", ") + "]"])
+            let r = try Launcher.run(binary, ["train", job, "--quiet"])
+            XCTAssertEqual(r.code, 1, r.output, file: file, line: line)
+            XCTAssertTrue(r.output.contains("switchboard: error: \(expected)"), r.output, file: file, line: line)
+            XCTAssertFalse(r.output.contains("epoch 1/"), "nothing trains: \(r.output)", file: file, line: line)
+        }
+        var missing = files
+        missing[3] = "\"train-99.h5\""
+        try fails("missing", missing, "\(dir)/train-99.h5: (file 4 of 8, from sample 192) no such file")
+
+        let truncated = "\(dir)/train-05.h5"
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: truncated))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: "\(dir)/short.h5"))
+        var short = files
+        short[5] = "\"short.h5\""
+        try fails("truncated", short, "\(dir)/short.h5: (file 6 of 8, from sample 320) ")
+
+        // A file of 6 × 6 images among 8 × 8 ones.
+        let other = "\(dir)/other"
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        Fixtures.dataset(in: other, train: 64, side: 6)
+        let c = try Launcher.run(binary, ["convert", "\(other)/train-images", "\(other)/train-labels", "\(dir)/narrow.h5"])
+        XCTAssertEqual(c.code, 0, c.output)
+        var narrow = files
+        narrow[2] = "\"narrow.h5\""
+        try fails("narrow", narrow, "\(dir)/narrow.h5: (file 3 of 8, from sample 128) has 36 uint8 features per sample, "
+                  + "\(dir)/train-00.h5 64 uint8")
+
+        // A flipped byte in the last file's features: its first chunk fails its checksum
+        // when a batch needs one of its rows.
+        var damaged = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/train-07.h5"))
+        let idx = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/train-images"))
+        let stored = idx.subdata(in: (16 + 448 * 64)..<(16 + 512 * 64))   // after the IDX header: samples 448…511
+        let chunk = try XCTUnwrap(damaged.range(of: stored), "the features of samples 448…511 are stored as one plain chunk")
+        damaged[chunk.lowerBound + 100] ^= 0xff
+        try damaged.write(to: URL(fileURLWithPath: "\(dir)/train-07.h5"))
+        let job = try hdf5JobFile("damaged", ["data.train_file": "\"train-*.h5\""])
+        let r = try Launcher.run(binary, ["train", job, "--quiet"])
+        XCTAssertEqual(r.code, 1, r.output)
+        XCTAssertTrue(r.output.contains("switchboard: error: \(dir)/train-07.h5: samples 4"), r.output)
+        XCTAssertTrue(r.output.contains("Fletcher32 checksum"), r.output)
     }
 
     func testBadHDF5DataIsNamed() throws {
