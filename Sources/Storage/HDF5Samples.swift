@@ -18,6 +18,8 @@ public final class HDF5Samples {
     let isBytes: Bool
     /// The shape of `x` in the file.
     let dims: [hsize_t]
+    /// Direct chunk reads of `x`, where it is stored as `convert` writes it.
+    let chunks: SampleChunks?
     /// One row in memory, and a uint8 row as read.
     var rowSpace: H5Handle?
     var staging: [UInt8] = []
@@ -53,6 +55,7 @@ public final class HDF5Samples {
             guard width <= 1 << 26 else { throw fail("dataset \(xName) has \(width) features per sample, more than this program handles") }
             fileSpace = H5Handle(try HDF5Library.check(H5Dget_space(x.id), path, "the shape of \(xName)"), close: H5Sclose)
             dims = shape.map { hsize_t($0) }
+            chunks = try SampleChunks(path: path, x: x.id, space: fileSpace.id, shape: shape, elementBytes: isBytes ? 1 : 4)
 
             name = xName
             guard let yName else {

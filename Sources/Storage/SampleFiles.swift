@@ -12,6 +12,8 @@ public final class SampleFiles {
     public let width: Int
     public let labels: [Int32]
     public var count: Int { starts.last! }
+    /// Chunks read directly, when every file's `x` is stored as `convert` writes it.
+    let cache: ChunkCache?
 
     /// The chunk caches of all files together: a few MiB per file, whatever their number.
     static let cacheBudget = 64 << 20
@@ -21,13 +23,13 @@ public final class SampleFiles {
     /// would hold.
     public init(paths: [String], x: String, y: String, classes: Int) throws {
         precondition(!paths.isEmpty)
-        let cache = max(1 << 20, Self.cacheBudget / paths.count)
+        let hdf5Cache = max(1 << 20, Self.cacheBudget / paths.count)
         var files: [HDF5Samples] = [], starts = [0], labels: [Int32] = []
         for (f, path) in paths.enumerated() {
             let place = paths.count == 1 ? "" : "file \(f + 1) of \(paths.count), from sample \(starts[f])"
             let file: HDF5Samples
             do {
-                file = try HDF5Samples(path: path, x: x, y: y, classes: classes, cacheBytes: cache)
+                file = try HDF5Samples(path: path, x: x, y: y, classes: classes, cacheBytes: hdf5Cache)
             } catch let e as DataError where !place.isEmpty {
                 throw DataError(path, "(\(place)) \(e.problem)")
             }
@@ -46,6 +48,13 @@ public final class SampleFiles {
         self.starts = starts
         self.labels = labels
         width = files[0].width
+        let direct = files.compactMap(\.chunks)
+        if direct.count == files.count {
+            for (f, d) in direct.enumerated() { d.firstSample = starts[f] }
+            cache = ChunkCache(budget: Self.cacheBudget, chunkBytes: direct.map(\.chunkBytes).max()!, chunks: direct.map(\.chunks))
+        } else {
+            cache = nil
+        }
     }
 
     /// Reads the samples `indices` (any order) into `out` `[indices.count, width]` with
@@ -59,6 +68,7 @@ public final class SampleFiles {
         for i in 0..<n { keys[i] = UInt64(UInt32(bitPattern: indices[i])) << 32 | UInt64(i) }
         heapSort(keys, count: n)
         let bytes = files[0].isBytes, w = width
+        if let cache { return try readChunks(keys, count: n, into: out, cache: cache) }
         var i = 0
         while i < n {
             let first = Int(keys[i] >> 32)
@@ -80,6 +90,24 @@ public final class SampleFiles {
                 for c in 0..<w { target[c] = Float(source[c]) * (1 / 255) }
             } else {
                 target.update(from: scratch.floats + i * w, count: w)
+            }
+        }
+    }
+
+    /// The rows of the sorted `keys` (sample, slot) from their chunks, into their slots of `out`.
+    func readChunks(_ keys: UnsafeMutablePointer<UInt64>, count n: Int, into out: UnsafeMutablePointer<Float>, cache: ChunkCache) throws {
+        let bytes = files[0].isBytes, w = width
+        for i in 0..<n {
+            let (f, row) = locate(Int(keys[i] >> 32))
+            let source = files[f].chunks!
+            let chunk = try cache.chunk(row / source.chunkRows, of: f, from: source)
+            let at = chunk + (row % source.chunkRows) * source.rowBytes
+            let target = out + Int(keys[i] & 0xffff_ffff) * w
+            if bytes {
+                let p = at.assumingMemoryBound(to: UInt8.self)
+                for c in 0..<w { target[c] = Float(p[c]) * (1 / 255) }
+            } else {
+                target.update(from: at.assumingMemoryBound(to: Float.self), count: w)
             }
         }
     }

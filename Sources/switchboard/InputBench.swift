@@ -17,6 +17,8 @@ struct InputBench {
 
     func run() throws {
         let comm = try MPIWorld.start()
+        // The job's [data] dir would prefix a relative path.
+        let folder = self.folder.hasPrefix("/") ? self.folder : FileManager.default.currentDirectoryPath + "/" + self.folder
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer {
             for f in (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [] where f.hasPrefix("input-") {
