@@ -15,6 +15,8 @@ public final class Dataset {
     /// Reads ahead (`preparePrefetch`).
     var prefetcher: RowPrefetcher?
     var waited = Duration.zero
+    /// Gathers served from rows read ahead.
+    public private(set) var gathersReadAhead = 0
     public var count: Int { labels.count }
     public let width: Int
 
@@ -100,7 +102,10 @@ public final class Dataset {
             // Time the step waited for its rows: a read ahead not yet done, or a read now.
             let t0 = ContinuousClock.now
             defer { waited += t0.duration(to: .now) }
-            if let prefetcher, try prefetcher.take(indices, into: x) { return }
+            if let prefetcher, try prefetcher.take(indices, into: x) {
+                gathersReadAhead += 1
+                return
+            }
             if (scratch?.rows ?? -1) < indices.count { scratch = ReadScratch(rows: indices.count, width: width, bytes: samples.files[0].isBytes) }
             return try samples.read(indices, into: x, scratch: scratch!)
         }

@@ -87,8 +87,8 @@ final class TrainerTests: XCTestCase {
         // Heap allocations in the 11 steps after a job's first (the last in a new epoch, which
         // reshuffles in place).
         func allocations(_ text: String) throws -> UInt64 {
-            let base = try trainer()
-            let t = try Trainer(config: try JobConfig.parse(text, source: "t"), comm: base.comm, train: base.trainSet, test: base.testSet)
+            let config = try JobConfig.parse(text, source: "t"), (train, test) = try config.data.load()
+            let t = try Trainer(config: config, comm: try MPIWorld.start(), train: train, test: test)
             _ = try t.trainStep(epoch: 0, batch: 0)
             let before = sb_thread_allocations()
             for b in 1..<11 { _ = try t.trainStep(epoch: 0, batch: b) }
@@ -111,6 +111,29 @@ final class TrainerTests: XCTestCase {
             let made = try allocations(text)
             XCTAssertEqual(made, 0, "\(made) heap allocations in 11 training steps of 4 passes (\(model), statistics \(statistics))")
         }
+        // HDF5 input, in 3 files, read ahead on a thread of its own (whose allocations are not
+        // this thread's): taking the rows read allocates nothing here.
+        for (split, parts) in [("train", [0..<200, 200..<400, 400..<512]), ("test", [0..<128])] {
+            let images = try IDXReader.read("\(dir)/\(split)-images", dimensions: 3).1, labels = try IDXReader.read("\(dir)/\(split)-labels", dimensions: 1).1
+            for (f, part) in parts.enumerated() {
+                let file = try HDF5File.create("\(dir)/\(split)-\(f).h5")
+                try images.withUnsafeBufferPointer { try file.writeUInt8("x", shape: [part.count, 8, 8], $0.baseAddress! + part.lowerBound * 64, chunkBytes: 1024) }
+                try labels.withUnsafeBufferPointer { try file.writeUInt8("y", shape: [part.count], $0.baseAddress! + part.lowerBound, chunkBytes: 1024) }
+                try file.close()
+            }
+        }
+        let hdf5 = Fixtures.job(dir: dir, settings: ["data.train_images": nil, "data.train_labels": nil, "data.test_images": nil,
+                                                     "data.test_labels": nil, "data.format": "\"hdf5\"", "data.train_file": "\"train-*.h5\"",
+                                                     "data.test_file": "\"test-0.h5\""])
+        let made = try allocations(hdf5)
+        XCTAssertEqual(made, 0, "\(made) heap allocations in 11 training steps from 3 HDF5 files")
+        // Every load but the first found its rows read ahead (with micro-batches of 12, four a step).
+        let micro = try JobConfig.parse(Fixtures.set("train.micro_batch", "12", in: hdf5), source: "t"), data = try micro.data.load()
+        XCTAssertTrue(RowPrefetcher.isAvailable, "HDF5 is not thread-safe here: \(RowPrefetcher.isAvailableText)")
+        let t = try Trainer(config: micro, comm: try MPIWorld.start(), train: data.train, test: data.test)
+        for b in 0..<11 { _ = try t.trainStep(epoch: 0, batch: b) }
+        _ = try t.trainStep(epoch: 1, batch: 0)
+        XCTAssertEqual(data.train.gathersReadAhead, 10 * 4 + 3 + 4 - 1, "gathers of 12 steps, the 11th of 32 rows in 3 passes")
         print("allocations inside oneDNN's products on this thread, all models: \(sb_thread_onednn_allocations())")
     }
 
