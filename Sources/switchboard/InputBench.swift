@@ -65,12 +65,18 @@ struct InputBench {
             }
             guard comm.isCoordinator else { continue }
             print("")
-            print("threads \(t): samples/s (median of \(repeats) × \(steps) steps, the sources in turn), ms a step waited for rows (median)")
+            print("threads \(t): samples/s (median of \(repeats) × \(steps) steps, the sources in turn), ms a step spent getting its rows "
+                  + "(median; rank 0)")
             let base = median(rates[0])
             for (s, source) in sources.enumerated() {
                 let rate = median(rates[s])
+                let wait = median(waits[s]), stepMs = 1000 * Double(configs[s].train.batchSize) / rate
                 print("  \(source.0): \(Int(rate)) samples/s (\(fixed(rate / base, 3)) of in memory; runs "
-                      + "\(rates[s].map { String(Int($0)) }.joined(separator: ", "))), waited \(fixed(median(waits[s]), 2)) ms per step")
+                      + "\(rates[s].map { String(Int($0)) }.joined(separator: ", "))), waited \(fixed(wait, 2)) ms per step")
+                // Waiting is the copy of rows read ahead (~0.1 ms here) unless the reads fall behind.
+                if wait > 0.05 * stepMs {
+                    print("    the reads did not keep up: a step waited \(fixed(100 * wait / stepMs, 1))% of its \(fixed(stepMs, 1)) ms for its rows")
+                }
             }
         }
     }
