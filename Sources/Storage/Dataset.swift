@@ -21,8 +21,8 @@ public final class Dataset {
     public let width: Int
 
     /// Bytes this dataset holds in memory: its labels, and its features when they came from
-    /// IDX (HDF5 features stay on disk).
-    public var heldBytes: Int { labels.count * 4 + features.count * 4 }
+    /// IDX (HDF5 features stay on disk, but for the chunks kept between batches).
+    public var heldBytes: Int { labels.count * 4 + features.count * 4 + (samples?.cache.map { $0.slots * $0.slotBytes } ?? 0) }
     /// Bytes it needed besides while it was read: the IDX bytes the features were made from.
     public var loadingBytes: Int { samples == nil ? features.count : 0 }
 

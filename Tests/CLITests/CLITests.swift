@@ -87,7 +87,7 @@ final class CLITests: XCTestCase {
         var r = try run(["bench", "W9"])
         XCTAssertEqual(r.code, 2, r.err)
         XCTAssertTrue(r.err.hasPrefix("switchboard: error: The value 'W9' is invalid for '<workload>'. Please provide one of the following:\n"
-                                      + "  - W1\n  - W2\n  - W3\n  - W4\n  - W5\n  - W6\n  - kernels\n"), r.err)
+                                      + "  - W1\n  - W2\n  - W3\n  - W4\n  - W5\n  - W6\n  - input\n  - kernels\n"), r.err)
         r = try run(["bench", "w1", "--threads", "1,0"])
         XCTAssertEqual(r.code, 2, r.err)
         XCTAssertTrue(r.err.hasPrefix("switchboard: error: The value '1,0' is invalid for '--threads <threads>'\n"), r.err)

@@ -43,6 +43,13 @@ final class HDF5DataTests: ToyDataTestCase {
         let hdf5Text = hdf5Job()
         XCTAssertNotEqual(hdf5Text, Fixtures.job(dir: dir), "the [data] section was replaced")
         try hdf5Text.write(toFile: "\(dir)/hdf5.toml", atomically: true, encoding: .utf8)
+        // Files of a chosen number of samples: 200, 200 and the last 112.
+        let sized = try Launcher.run(binary, ["convert", "\(dir)/train-images", "\(dir)/train-labels", "\(dir)/sized.h5", "--samples-per-file", "200"])
+        XCTAssertEqual(sized.code, 0, sized.output)
+        XCTAssertEqual(sized.output.split(separator: "\n").map(String.init), [
+            "wrote \(dir)/sized-00.h5: x uint8 [200, 8, 8], y uint8 [200] (samples 0…199)",
+            "wrote \(dir)/sized-01.h5: x uint8 [200, 8, 8], y uint8 [200] (samples 200…399)",
+            "wrote \(dir)/sized-02.h5: x uint8 [112, 8, 8], y uint8 [112] (samples 400…511)"])
         // The same samples in 8 files of 64, named by a glob, and by a list.
         try convert("train", files: 8)
         let glob = try hdf5JobFile("glob", ["data.train_file": "\"train-*.h5\""])
