@@ -58,17 +58,10 @@ extension HDF5File {
             H5Eclear2(sb_h5e_default())
             throw fail("its datatype is not little-endian float32 (\(HDF5File.describe(type: type.id))): other HDF5 readers would convert the bytes")
         }
-        let plist = H5Handle(try HDF5Library.check(H5Dget_create_plist(dataset.id), path, "properties of \(name)"), close: H5Pclose)
-        var chunk = [hsize_t](repeating: 0, count: shape.count)
-        guard H5Pget_layout(plist.id) == H5D_CHUNKED,
-              H5Pget_chunk(plist.id, Int32(shape.count), &chunk) == Int32(shape.count),
-              chunk.dropFirst().map({ Int($0) }) == Array(shape.dropFirst()), chunk[0] >= 1,
-              H5Pget_nfilters(plist.id) == 1, H5Pget_filter_by_id2(plist.id, H5Z_FILTER_FLETCHER32, nil, nil, nil, 0, nil, nil) >= 0
-        else {
-            H5Eclear2(sb_h5e_default())
+        guard let chunkRows = try HDF5File.wholeRowChunks(dataset.id, shape: shape, path: path, name: name) else {
             throw fail("not stored as checkpoint tensors are (chunks of whole rows with the fletcher32 filter alone)")
         }
-        let layout = ChunkLayout(shape: shape, chunkRows: Int(chunk[0]))
+        let layout = ChunkLayout(shape: shape, chunkRows: chunkRows)
         let space = H5Handle(try HDF5Library.check(H5Dget_space(dataset.id), path, "the shape of \(name)"), close: H5Sclose)
         var count: hsize_t = 0
         try HDF5Library.check(H5Dget_num_chunks(dataset.id, space.id, &count), path, "counting the chunks of \(name)")
@@ -106,6 +99,24 @@ extension HDF5File {
 }
 
 /// Chunks of whole rows; all full except perhaps the last.
+extension HDF5File {
+    /// Rows per chunk of `dataset` when it is stored in chunks of whole rows with the
+    /// Fletcher32 filter alone (as checkpoint tensors and `convert`'s samples are), else nil.
+    static func wholeRowChunks(_ dataset: hid_t, shape: [Int], path: String, name: String) throws -> Int? {
+        let plist = H5Handle(try HDF5Library.check(H5Dget_create_plist(dataset), path, "properties of \(name)"), close: H5Pclose)
+        var chunk = [hsize_t](repeating: 0, count: shape.count)
+        guard H5Pget_layout(plist.id) == H5D_CHUNKED,
+              H5Pget_chunk(plist.id, Int32(shape.count), &chunk) == Int32(shape.count),
+              chunk.dropFirst().map({ Int($0) }) == Array(shape.dropFirst()), chunk[0] >= 1,
+              H5Pget_nfilters(plist.id) == 1, H5Pget_filter_by_id2(plist.id, H5Z_FILTER_FLETCHER32, nil, nil, nil, 0, nil, nil) >= 0
+        else {
+            H5Eclear2(sb_h5e_default())
+            return nil
+        }
+        return Int(chunk[0])
+    }
+}
+
 struct ChunkLayout {
     let chunkRows: Int, rowBytes: Int, rows: Int
     let chunks: Int, fullChunks: Int, chunkBytes: Int

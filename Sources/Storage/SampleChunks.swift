@@ -21,17 +21,16 @@ final class SampleChunks {
     /// The data set's index of this file's first sample, for messages.
     var firstSample = 0
 
-    /// Nil when `x` is not stored that way (the caller then reads through HDF5).
+    /// Nil when `x` is not stored that way, or holds float32 in another byte order than this
+    /// CPU's (the caller then reads through HDF5, which converts).
     init?(path: String, x: hid_t, space: hid_t, shape: [Int], elementBytes: Int) throws {
-        let plist = H5Handle(try HDF5Library.check(H5Dget_create_plist(x), path, "properties of x"), close: H5Pclose)
-        var chunk = [hsize_t](repeating: 0, count: shape.count)
-        guard H5Pget_layout(plist.id) == H5D_CHUNKED,
-              H5Pget_chunk(plist.id, Int32(shape.count), &chunk) == Int32(shape.count),
-              chunk.dropFirst().map({ Int($0) }) == Array(shape.dropFirst()), chunk[0] >= 1,
-              H5Pget_nfilters(plist.id) == 1, H5Pget_filter_by_id2(plist.id, H5Z_FILTER_FLETCHER32, nil, nil, nil, 0, nil, nil) >= 0
-        else {
-            H5Eclear2(sb_h5e_default())
-            return nil
+        guard let chunkRows = try HDF5File.wholeRowChunks(x, shape: shape, path: path, name: "x") else { return nil }
+        if elementBytes == 4 {
+            let type = H5Handle(try HDF5Library.check(H5Dget_type(x), path, "the type of x"), close: H5Tclose)
+            guard H5Tequal(type.id, sb_h5t_ieee_f32le()) > 0 else {
+                H5Eclear2(sb_h5e_default())
+                return nil
+            }
         }
         let fd = Glibc.open(path, O_RDONLY)
         guard fd >= 0 else { throw DataError(path, "cannot open the file (\(systemMessage()))") }
@@ -47,7 +46,7 @@ final class SampleChunks {
         fileBytes = Int(info.st_size)
         dims = shape.count
         rows = shape[0]
-        chunkRows = Int(chunk[0])
+        self.chunkRows = chunkRows
         rowBytes = shape.dropFirst().reduce(1, *) * elementBytes
         chunkBytes = chunkRows * rowBytes
         addresses = [Int](repeating: -1, count: (shape[0] + chunkRows - 1) / chunkRows)
