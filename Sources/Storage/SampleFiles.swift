@@ -15,7 +15,8 @@ public final class SampleFiles {
     /// Chunks read directly, when every file's `x` is stored as `convert` writes it.
     let cache: ChunkCache?
 
-    /// The chunk caches of all files together: a few MiB per file, whatever their number.
+    /// Bytes of chunks kept in memory between batches, over all the files together, whatever
+    /// their number (`ChunkCache`, or HDF5's own caches shared out).
     static let cacheBudget = 64 << 20
 
     /// Opens `paths` in order, each with datasets `x` and `y`. A file that is missing,
@@ -23,7 +24,7 @@ public final class SampleFiles {
     /// would hold.
     public init(paths: [String], x: String, y: String, classes: Int) throws {
         precondition(!paths.isEmpty)
-        let hdf5Cache = max(1 << 20, Self.cacheBudget / paths.count)
+        let hdf5Cache = Self.cacheBudget / paths.count
         var files: [HDF5Samples] = [], starts = [0], labels: [Int32] = []
         for (f, path) in paths.enumerated() {
             let place = paths.count == 1 ? "" : "file \(f + 1) of \(paths.count), from sample \(starts[f])"
@@ -58,8 +59,9 @@ public final class SampleFiles {
     }
 
     /// Reads the samples `indices` (any order) into `out` `[indices.count, width]` with
-    /// `scratch`: in sample order, each run of consecutive samples within a file in one read,
-    /// then put in place (uint8 features scaled to [0, 1], as IDX images are).
+    /// `scratch`, in sample order: from their chunks (`SampleChunks`, through the chunk cache)
+    /// where every file allows it, else each run of consecutive samples within a file in one
+    /// HDF5 read. uint8 features are scaled to [0, 1], as IDX images are.
     public func read(_ indices: UnsafeBufferPointer<Int32>, into out: UnsafeMutablePointer<Float>, scratch: ReadScratch) throws {
         let n = indices.count
         precondition(n <= scratch.rows, "\(n) rows for read scratch of \(scratch.rows)")
