@@ -76,11 +76,14 @@ public final class RowPrefetcher: @unchecked Sendable {
     }
 
     /// Copies the rows read for `wanted` into `out` and returns true, or false when the
-    /// request out was for other rows (or none is out). Throws the read's error.
+    /// request out was for other rows (or none is out). Either way no read is in progress
+    /// after it: the caller may then read itself (the reads share a chunk cache). Throws the
+    /// read's error.
     func take(_ wanted: UnsafeBufferPointer<Int32>, into out: UnsafeMutablePointer<Float>) throws -> Bool {
-        guard pending, !wanted.isEmpty, wanted.count == count, memcmp(wanted.baseAddress!, indices, count * 4) == 0 else { return false }
+        guard pending else { return false }
         done.wait()
         pending = false
+        guard !wanted.isEmpty, wanted.count == count, memcmp(wanted.baseAddress!, indices, count * 4) == 0 else { return false }
         if let failure { throw failure }
         out.update(from: x.data, count: count * files.width)
         return true
