@@ -24,6 +24,7 @@ public final class SampleFiles {
     /// would hold.
     public init(paths: [String], x: String, y: String, classes: Int) throws {
         precondition(!paths.isEmpty)
+        Self.allowOpenFiles(2 * paths.count + 256)
         let hdf5Cache = Self.cacheBudget / paths.count
         var files: [HDF5Samples] = [], starts = [0], labels: [Int32] = []
         for (f, path) in paths.enumerated() {
@@ -112,6 +113,16 @@ public final class SampleFiles {
                 target.update(from: at.assumingMemoryBound(to: Float.self), count: w)
             }
         }
+    }
+
+    /// Each file is open twice (HDF5's handle, and the descriptor its chunks are read from):
+    /// raises this process's soft limit on open files toward `count`, as far as the hard
+    /// limit allows (the usual soft limit, 1024, would stop at about 500 files).
+    static func allowOpenFiles(_ count: Int) {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < rlim_t(count) else { return }
+        limit.rlim_cur = min(rlim_t(count), limit.rlim_max)
+        _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
     }
 
     /// The file holding sample `i`, and the sample's row in it.

@@ -114,6 +114,18 @@ final class HDF5DataTests: ToyDataTestCase {
         print("peak memory: \(small) MB on 8 MB of data, \(big) MB on 384 MB")
     }
 
+    /// A file per sample, 512 of them, each open twice (HDF5's handle and the chunk reads'
+    /// descriptor): more than the usual soft limit of 1024 open files, which the run raises.
+    func testMoreFilesThanTheSoftLimitOnOpenFiles() throws {
+        let c = try Launcher.run(binary, ["convert", "\(dir)/train-images", "\(dir)/train-labels", "\(dir)/one.h5", "--samples-per-file", "1"])
+        XCTAssertEqual(c.code, 0, c.output)
+        try convert("test")
+        let job = try hdf5JobFile("each", ["data.train_file": "\"one-*.h5\"", "train.max_steps": "3"])
+        let r = try Launcher.run("/bin/sh", ["-c", "ulimit -S -n 1024 && exec \"$0\" train \"$1\" --quiet", binary, job])
+        XCTAssertEqual(r.code, 0, r.output)
+        XCTAssertTrue(r.output.contains("done: 3 steps"), r.output)
+    }
+
     /// A missing, truncated or mismatched file among many is named, with the samples it holds,
     /// before training starts (exit 1); a damaged chunk is named with its samples when a
     /// batch needs them, and the run stops there.
