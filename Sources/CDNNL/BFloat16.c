@@ -39,10 +39,8 @@ __attribute__((constructor)) static void detect(void) {
     native_ok = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl");
 }
 
-static int has_native(void) { return native_ok; }
-
 void sb_to_bf16_isa(const float *x, uint16_t *y, size_t n, int allow_native) {
-    if (allow_native && has_native()) { native(x, y, n); return; }
+    if (allow_native && native_ok) { native(x, y, n); return; }
     for (size_t i = 0; i < n; i++) y[i] = portable(x[i]);
 }
 

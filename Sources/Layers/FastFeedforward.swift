@@ -67,10 +67,12 @@ public final class FastFeedforward: Layer {
     public var reduction: (any RankReduction)?
     /// The auxiliary losses of the last training pass, coefficients applied.
     public private(set) var auxLoss = 0.0
+    /// Whether the last pass computed auxiliary losses: a training pass with hardening or balance on.
+    var computesAuxLoss: Bool { training && (spec.hardening > 0 || spec.balance > 0) }
     /// The rows of the last training pass's global batch whose hard descent ends in each leaf,
     /// when it computed its auxiliary losses (hardening or balance on); empty otherwise.
     public var leafDescents: [Int] {
-        training && (spec.hardening > 0 || spec.balance > 0) ? statistics.prefix(l).map { Int($0) } : []
+        computesAuxLoss ? statistics.prefix(l).map { Int($0) } : []
     }
 
     let d: Int, n: Int, l: Int, lw: Int
@@ -178,7 +180,7 @@ public final class FastFeedforward: Layer {
         passRows = context.passRows > 0 ? context.passRows : globalRows
         if context.hardDecisions && !context.training { return hardForward(x, rows: rows) }
         softForward(x, rows: rows)
-        if training && (spec.hardening > 0 || spec.balance > 0) { computeAuxLoss(context) } else { auxLoss = 0 }
+        if computesAuxLoss { computeAuxLoss(context) } else { auxLoss = 0 }
         return UnsafePointer(y.data)
     }
 

@@ -29,11 +29,15 @@ public struct MoETelemetry: Sendable {
     }
     /// Entropy of the assignment shares over log E: 1 when every expert gets the same share,
     /// 0 when one expert takes everything.
-    public var balance: Double {
-        let a = Double(assignments), e = Double(routed.count)
+    public var balance: Double { Self.balance(routed) }
+
+    /// The entropy of the shares of `counts` over log(count): 1 when every one is the same
+    /// (or there is nothing to share), 0 when one takes everything.
+    public static func balance(_ counts: [Int]) -> Double {
+        let a = Double(counts.reduce(0, +)), e = Double(counts.count)
         guard a > 0, e > 1 else { return 1 }
         var h = 0.0
-        for r in routed where r > 0 { let p = Double(r) / a; h -= p * log(p) }
+        for r in counts where r > 0 { let p = Double(r) / a; h -= p * log(p) }
         return h / log(e)
     }
     public var meanAux: Double { steps == 0 ? 0 : auxSum / Double(steps) }

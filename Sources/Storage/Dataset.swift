@@ -30,24 +30,21 @@ public final class Dataset {
     public var prefetches: Bool { prefetcher != nil }
 
     /// Reads ahead from now on, up to `rows` samples a gather, where that helps and is safe:
-    /// HDF5 data and a thread-safe HDF5 library. Returns whether it does.
-    @discardableResult
-    public func preparePrefetch(rows: Int) -> Bool {
-        guard let samples, RowPrefetcher.isAvailable else { return false }
-        if let prefetcher, prefetcher.rows >= rows { return true }
+    /// HDF5 data and a thread-safe HDF5 library.
+    public func preparePrefetch(rows: Int) {
+        guard let samples, RowPrefetcher.isAvailable, (prefetcher?.rows ?? -1) < rows else { return }
         prefetcher?.close()
         prefetcher = RowPrefetcher(samples, rows: rows)
-        return true
     }
 
     /// Starts reading the samples `indices` (at most the prepared rows) for the next gather.
     public func prefetch(_ indices: UnsafeBufferPointer<Int32>) { prefetcher?.start(indices) }
 
-    /// Seconds gathers of HDF5 rows waited since the last call, for rows read ahead or read
-    /// then (0 for data in memory).
-    public func takeInputWait() -> Double {
+    /// The time gathers of HDF5 rows waited since the last call, for rows read ahead or read
+    /// then (zero for data in memory).
+    public func takeInputWait() -> Duration {
         defer { waited = .zero }
-        return Double(waited.components.seconds) + Double(waited.components.attoseconds) * 1e-18
+        return waited
     }
 
     public init(features: Tensor, labels: [Int32], classes: Int) {
@@ -106,7 +103,7 @@ public final class Dataset {
                 gathersReadAhead += 1
                 return
             }
-            if (scratch?.rows ?? -1) < indices.count { scratch = ReadScratch(rows: indices.count, width: width, bytes: samples.files[0].isBytes) }
+            if (scratch?.rows ?? -1) < indices.count { scratch = samples.scratch(rows: indices.count) }
             return try samples.read(indices, into: x, scratch: scratch!)
         }
         let w = width

@@ -37,7 +37,7 @@ public final class RowPrefetcher: @unchecked Sendable {
         self.rows = rows
         indices = .allocate(capacity: max(rows, 1))
         x = Tensor(shape: [max(rows, 1), files.width])
-        scratch = ReadScratch(rows: rows, width: files.width, bytes: files.files[0].isBytes)
+        scratch = files.scratch(rows: rows)
         // The thread holds the prefetcher until `close()` ends it.
         let thread = Thread {
             while true {

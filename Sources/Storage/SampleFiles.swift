@@ -70,8 +70,8 @@ public final class SampleFiles {
         let keys = scratch.keys
         for i in 0..<n { keys[i] = UInt64(UInt32(bitPattern: indices[i])) << 32 | UInt64(i) }
         heapSort(keys, count: n)
-        let bytes = files[0].isBytes, w = width
         if let cache { return try readChunks(keys, count: n, into: out, cache: cache) }
+        let bytes = files[0].isBytes, w = width
         var i = 0
         while i < n {
             let first = Int(keys[i] >> 32)
@@ -125,6 +125,12 @@ public final class SampleFiles {
         _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
     }
 
+    /// The buffers a read of up to `rows` samples needs (rows as read only where they are
+    /// read through HDF5).
+    public func scratch(rows: Int) -> ReadScratch {
+        ReadScratch(rows: rows, staging: cache == nil ? rows * width : 0, bytes: files[0].isBytes)
+    }
+
     /// The file holding sample `i`, and the sample's row in it.
     func locate(_ i: Int) -> (file: Int, row: Int) {
         var lo = 0, hi = files.count - 1
@@ -136,19 +142,19 @@ public final class SampleFiles {
     }
 }
 
-/// The buffers one read of up to `rows` samples needs: the sort keys (sample, slot) and the
-/// rows as read, in sample order.
+/// The buffers one read of up to `rows` samples needs (`SampleFiles.scratch`): the sort keys
+/// (sample, slot) and `staging` elements of rows as read, in sample order.
 public final class ReadScratch {
     public let rows: Int
     let keys: UnsafeMutablePointer<UInt64>
     let bytes: UnsafeMutablePointer<UInt8>
     let floats: UnsafeMutablePointer<Float>
 
-    public init(rows: Int, width: Int, bytes isBytes: Bool) {
+    init(rows: Int, staging: Int, bytes isBytes: Bool) {
         self.rows = rows
         keys = .allocate(capacity: max(rows, 1))
-        bytes = .allocate(capacity: isBytes ? max(rows * width, 1) : 1)
-        floats = .allocate(capacity: isBytes ? 1 : max(rows * width, 1))
+        bytes = .allocate(capacity: isBytes ? max(staging, 1) : 1)
+        floats = .allocate(capacity: isBytes ? 1 : max(staging, 1))
     }
 
     deinit {

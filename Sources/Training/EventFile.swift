@@ -17,7 +17,8 @@ public final class EventFile {
 
     /// Creates `events.out.tfevents.<seconds>.<host>` in `folder` (with `.1`, `.2`, … when a
     /// file of that second exists already) and writes the file-version record.
-    public init(folder: String, wallTime: Double = Date().timeIntervalSince1970) throws {
+    public init(folder: String) throws {
+        let wallTime = Date().timeIntervalSince1970
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
         let base = "\(folder)/events.out.tfevents.\(Int(wallTime)).\(host)"
         var path = base, n = 0, fd: Int32 = -1
@@ -33,13 +34,14 @@ public final class EventFile {
         var event = Protobuf()
         event.double(1, wallTime)
         event.string(3, "brain.Event:2")
-        try append([event.bytes])
+        try append(event.bytes)
     }
 
     deinit { Glibc.close(fd) }
 
     /// Writes one event at `step` with a scalar for each (tag, value).
-    public func write(step: Int, scalars: [(String, Double)], wallTime: Double = Date().timeIntervalSince1970) throws {
+    public func write(step: Int, scalars: [(String, Double)]) throws {
+        let wallTime = Date().timeIntervalSince1970
         guard !scalars.isEmpty else { return }
         var summary = Protobuf()
         for (tag, value) in scalars {
@@ -52,8 +54,11 @@ public final class EventFile {
         event.double(1, wallTime)
         event.varint(2, UInt64(bitPattern: Int64(step)))
         event.message(5, summary)
-        try append([event.bytes])
+        try append(event.bytes)
     }
+
+    /// The keys of a metrics record that place it (kind, step, epoch) rather than measure.
+    public static let positionKeys: Set<String> = ["kind", "step", "epoch"]
 
     /// The scalars of one metrics record: every number under `<kind>/<key>` (arrays as
     /// `<kind>/<key>/<index>`), the step and epoch aside.
@@ -70,20 +75,14 @@ public final class EventFile {
             case .string, .bool: break
             }
         }
-        for (key, value) in fields where !["kind", "step", "epoch"].contains(key) { add("\(kind)/\(key)", value) }
+        for (key, value) in fields where !Self.positionKeys.contains(key) { add("\(kind)/\(key)", value) }
         return (step, out)
     }
 
-    private func append(_ records: [[UInt8]]) throws {
-        var bytes: [UInt8] = []
-        for data in records {
-            var length = UInt64(data.count).littleEndian
-            let lengthBytes = withUnsafeBytes(of: &length) { Array($0) }
-            bytes += lengthBytes
-            bytes += CRC32C.masked(lengthBytes).littleEndianBytes
-            bytes += data
-            bytes += CRC32C.masked(data).littleEndianBytes
-        }
+    /// Writes one TFRecord: length, its masked CRC-32C, the data, its masked CRC-32C.
+    private func append(_ data: [UInt8]) throws {
+        let length = UInt64(data.count).littleEndianBytes
+        let bytes = length + CRC32C.masked(length).littleEndianBytes + data + CRC32C.masked(data).littleEndianBytes
         let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         guard written == bytes.count else {
             // A short write (a full disk) would leave a cut record that ends TensorBoard's

@@ -431,18 +431,18 @@ public struct JobConfig: Sendable {
 }
 
 extension JobConfig.Train {
+    /// The most rows of a batch one of `ranks` ranks takes, ⌈B/P⌉.
+    public func share(ranks: Int) -> Int { (batchSize + ranks - 1) / ranks }
+
     /// Rows each of `ranks` ranks holds in one training pass: the micro-batch, or its whole
-    /// share of a batch (⌈B/P⌉ rows at most).
-    public func passRows(ranks: Int) -> Int {
-        let share = (batchSize + ranks - 1) / ranks
-        return min(microBatch ?? share, share)
-    }
+    /// share of a batch.
+    public func passRows(ranks: Int) -> Int { min(microBatch ?? share(ranks: ranks), share(ranks: ranks)) }
 
     /// A micro-batch smaller than a rank's share must divide it, and every rank's share must
     /// be the same: each pass then holds the same rows on every rank, and the step's passes
     /// the whole batch.
     public func checkMicroBatch(ranks: Int) throws {
-        guard let micro = microBatch, micro < (batchSize + ranks - 1) / ranks else { return }
+        guard let micro = microBatch, micro < share(ranks: ranks) else { return }
         guard batchSize % ranks == 0 else {
             throw ConfigError("[train] micro_batch = \(micro) needs batch_size = \(batchSize) to split evenly over the \(ranks) ranks "
                               + "(each takes \(batchSize / ranks) or \(batchSize / ranks + 1) rows)")

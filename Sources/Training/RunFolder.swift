@@ -103,7 +103,8 @@ public final class RunFolder {
         try Self.write(JSONValue.object(summary).text + "\n", to: "\(path)/summary.json")
     }
 
-    static func write(_ text: String, to path: String) throws {
+    /// Writes `text` to `path` (through a temporary file and a rename), naming the path if it cannot.
+    public static func write(_ text: String, to path: String) throws {
         do {
             try text.write(toFile: path, atomically: true, encoding: .utf8)
         } catch {

@@ -28,7 +28,7 @@ public struct RunHistory: Sendable {
     public static func load(_ path: String) throws -> RunHistory {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw ReportInputError("\(path): no such run folder")
+            throw ConfigError("\(path): no such run folder")
         }
         let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
         var run = RunHistory(name: URL(fileURLWithPath: trimmed).lastPathComponent, path: trimmed)
@@ -36,7 +36,7 @@ public struct RunHistory: Sendable {
         let hasConfig = FileManager.default.fileExists(atPath: configPath)
         let hasMetrics = FileManager.default.fileExists(atPath: metricsPath)
         guard hasConfig || hasMetrics else {
-            throw ReportInputError("\(path): not a run folder (it has neither config.toml nor metrics.jsonl)")
+            throw ConfigError("\(path): not a run folder (it has neither config.toml nor metrics.jsonl)")
         }
         if hasConfig, let text = try? String(contentsOfFile: configPath, encoding: .utf8) {
             do {
@@ -84,7 +84,7 @@ public struct RunHistory: Sendable {
                 }
                 continue
             }
-            for (key, value) in object where !["kind", "step", "epoch"].contains(key) {
+            for (key, value) in object where !EventFile.positionKeys.contains(key) {
                 if let v = Self.number(value), v.isFinite, abs(v) < 1e300 {
                     series["\(kind)/\(key)", default: []].append(Point(step: step, value: v))
                 } else if kind == "train", key.hasPrefix("moe"), key.hasSuffix("_tokens"),
@@ -118,9 +118,3 @@ public struct RunHistory: Sendable {
     }
 }
 
-/// A report's input that is not a run folder: a usage error.
-public struct ReportInputError: SwitchboardError {
-    public let message: String
-    public var exitCode: Int32 { 2 }
-    public init(_ message: String) { self.message = message }
-}

@@ -100,7 +100,7 @@ public final class Trainer {
         try config.train.checkPrecision()
         try config.train.checkMicroBatch(ranks: comm.size)
         passRows = config.train.passRows(ranks: comm.size)
-        accumulates = passRows < (config.train.batchSize + comm.size - 1) / comm.size
+        accumulates = passRows < config.train.share(ranks: comm.size)
         model = Model(config.model, inputs: train.width, classes: config.data.classes,
                       maxRows: maxRows, seed: config.run.seed, frozen: config.frozen, precision: config.train.precision)
         // `JobConfig.parse` checked the names already; a config made another way is checked here.
@@ -212,7 +212,7 @@ public final class Trainer {
     /// over every micro-batch gathers those statistics first.
     public func trainStep(epoch: Int, batch: Int) throws -> StepResult {
         let global = order.batch(batch).count
-        let passes = (global + comm.size * passRows - 1) / (comm.size * passRows)
+        let passes = passes(rows: global)
         comm.watchdog.step = step
         func context(_ rows: PassRows, _ pass: Int, _ statistics: BatchStatistics) -> ForwardContext {
             ForwardContext(training: true, step: step, rowOffset: rows.offset, globalRows: global, microBatch: pass,
@@ -274,8 +274,11 @@ public final class Trainer {
         lastLoss = loss
         return StepResult(step: step, epoch: epoch, loss: loss, correct: Int(sums.correct), rows: global, gradNorm: norm,
                           lr: lr, saveRequested: sums.saveRequests > 0, stopRequested: sums.stopRequests > 0,
-                          inputWait: trainSet.takeInputWait())
+                          inputWait: trainSet.takeInputWait().seconds)
     }
+
+    /// The passes a global batch of `rows` rows takes: passes of `passRows` on every rank.
+    public func passes(rows: Int) -> Int { (rows + comm.size * passRows - 1) / (comm.size * passRows) }
 
     /// This rank's rows of one training pass: `mine` rows, the first at `offset` within the
     /// global batch, of `pass` rows over all ranks.
@@ -295,9 +298,8 @@ public final class Trainer {
             try labels.withUnsafeMutableBufferPointer { y in try trainSet.gather(samples, into: x.data, labels: y.baseAddress!) }
         }
         guard trainSet.prefetches else { return rows }
-        let passes = (order.batch(batch).count + comm.size * passRows - 1) / (comm.size * passRows)
         var next = (pass: pass + 1, epoch: epoch, batch: batch)
-        if next.pass == passes {
+        if next.pass == passes(rows: order.batch(batch).count) {
             next.pass = 0
             if !gathering { next.batch += 1 }
             if next.batch == order.batchesPerEpoch { (next.epoch, next.batch) = (epoch + 1, 0) }

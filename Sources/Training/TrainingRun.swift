@@ -1,6 +1,7 @@
 import Cluster
 import Foundation
 import Kernels
+import Layers
 import Storage
 
 /// The outcome of a whole training run.
@@ -67,10 +68,8 @@ extension Trainer {
         for (l, fff) in model.fffLayers.enumerated() {
             let counts = fff.leafDescents
             guard !counts.isEmpty else { continue }
-            let total = Double(max(counts.reduce(0, +), 1))
-            let entropy = counts.reduce(0.0) { h, c in c > 0 ? h - Double(c) / total * log(Double(c) / total) : h }
             fields += [("fff\(l)_leaves", .array(counts.map { .int($0) })),
-                       ("fff\(l)_balance", .double(counts.count > 1 ? entropy / log(Double(counts.count)) : 1)),
+                       ("fff\(l)_balance", .double(MoETelemetry.balance(counts))),
                        ("fff\(l)_aux", .double(fff.auxLoss))]
         }
         return fields

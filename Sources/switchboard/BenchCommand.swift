@@ -184,7 +184,7 @@ struct BenchCommand: ParsableCommand {
         let rate = median(rates), peak = median(peaks), own = median(owns)
         let dnnlPeak = median(dnnlPeaks), dnnlOwn = median(dnnlOwns)
         let achieved = rate * flops / 1e9
-        let rows = trainer.passRows, batchSize = config.train.batchSize, passes = (batchSize + rows - 1) / rows
+        let rows = trainer.passRows, batchSize = config.train.batchSize, passes = trainer.passes(rows: batchSize)
         let runs = rates.map { String(Int($0)) }.joined(separator: ", ")
         print("")
         print("threads \(t), batch \(batchSize) in \(passes) pass\(passes == 1 ? "" : "es") of \(rows) rows: \(Int(rate)) samples/s "
@@ -265,8 +265,10 @@ struct BenchCommand: ParsableCommand {
         return name.trimmingCharacters(in: .whitespaces)
     }
 
-    func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 }
+
+/// The median of the benches' repetitions (0 of none).
+func median(_ xs: [Double]) -> Double { xs.isEmpty ? 0 : xs.sorted()[xs.count / 2] }
 
 /// A run of `bench` at one thread count and micro-batch (nil: one pass per step).
 struct AllocationKey: Hashable {

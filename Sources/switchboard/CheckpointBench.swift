@@ -65,7 +65,6 @@ struct CheckpointBench {
         print("load: \(gbs(l)) against plain read \(gbs(rd)) → fraction \(fixed(l / rd, 3))")
     }
 
-    func median(_ xs: [Double]) -> Double { xs.isEmpty ? 0 : xs.sorted()[xs.count / 2] }
 
     func gbs(_ rate: Double) -> String { "\(fixed(rate / 1e9, 3)) GB/s" }
 

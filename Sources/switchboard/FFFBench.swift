@@ -51,7 +51,7 @@ struct FFFBench {
                     fffRates.append(Double(rows) / Self.seconds(fffPass))
                     denseRates.append(Double(rows) / Self.seconds(densePass))
                 }
-                let f = Self.median(fffRates), d = Self.median(denseRates)
+                let f = median(fffRates), d = median(denseRates)
                 print("threads \(t), batch \(batch): FFF \(Int(f)) samples/s, dense \(Int(d)) samples/s: "
                       + "FFF \(fixed(f / d, 1))× faster (FLOP ratio \(fixed(flopRatio, 1)); median of \(repeats))")
             }
@@ -65,6 +65,4 @@ struct FFFBench {
         repeat { pass(); n += 1; s = (ContinuousClock.now - t0).seconds } while s < 0.2
         return s / Double(n)
     }
-
-    static func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 }

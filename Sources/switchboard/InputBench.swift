@@ -80,6 +80,4 @@ struct InputBench {
             }
         }
     }
-
-    func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 }

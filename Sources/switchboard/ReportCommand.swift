@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import Storage
 import Training
 
 /// `switchboard report RUN [RUN…]`: curves of one or more runs in one self-contained HTML file.
@@ -25,11 +24,7 @@ struct ReportCommand: ParsableCommand {
         guard !runs.isEmpty else { throw ValidationError("name at least one run folder") }
         let histories = try runs.map(RunHistory.load)
         let page = ReportHTML.page(histories)
-        do {
-            try page.write(toFile: out, atomically: true, encoding: .utf8)
-        } catch {
-            throw DiskError(out, "cannot write (\(error.localizedDescription))")
-        }
+        try RunFolder.write(page, to: out)
         print("wrote \(out): \(histories.count) run\(histories.count == 1 ? "" : "s")")
         for h in histories { for note in h.notes { print("\(h.name): \(note)") } }
     }

@@ -100,13 +100,13 @@ enum ReportHTML {
         return svg + "</svg>"
     }
 
-    static func f(_ v: Double) -> String { String(format: "%.1f", v) }
+    static func f(_ v: Double) -> String { fixed(v, 1) }
 
     /// A tick label: whole numbers from 1000 on, 4 significant digits between, an exponent
     /// for the very small and very large.
     static func tick(_ v: Double) -> String {
-        if v != 0 && (abs(v) < 1e-3 || abs(v) >= 1e7) { return String(format: "%.2e", v) }
-        if abs(v) >= 1000 { return String(format: "%.0f", v) }
+        if v != 0 && (abs(v) < 1e-3 || abs(v) >= 1e7) { return scientific(v) }
+        if abs(v) >= 1000 { return fixed(v, 0) }
         return String(format: "%.4g", v)
     }
 
@@ -128,7 +128,7 @@ enum ReportHTML {
             for (e, n) in entry.tokens.enumerated() {
                 let share = Double(n) / total * Double(entry.tokens.count) / 2
                 svg += "<rect x=\"\(f(left + Double(c) * cellW))\" y=\"\(f(top + Double(e) * cellH))\" width=\"\(f(cellW))\" "
-                    + "height=\"\(f(cellH))\" fill=\"\(color)\" fill-opacity=\"\(String(format: "%.3f", min(share, 1)))\">"
+                    + "height=\"\(f(cellH))\" fill=\"\(color)\" fill-opacity=\"\(fixed(min(share, 1), 3))\">"
                     + "<title>step \(entry.step), expert \(e): \(n) tokens</title></rect>\n"
             }
         }

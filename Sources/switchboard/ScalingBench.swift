@@ -166,7 +166,6 @@ struct ScalingBench {
         return Double(buffer.count * 4) / seconds[0] / 1e9
     }
 
-    func median(_ xs: [Double]) -> Double { xs.isEmpty ? 0 : xs.sorted()[xs.count / 2] }
     func list(_ xs: [Double]) -> String { xs.map { String(Int($0)) }.joined(separator: ", ") }
     func pad(_ s: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - s.count)) + s }
 }

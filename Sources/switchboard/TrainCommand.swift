@@ -37,8 +37,7 @@ struct TrainCommand: ParsableCommand {
     /// How a step runs when it takes several passes (gradient accumulation), for the start line.
     func passes(_ trainer: Trainer) -> String {
         guard trainer.accumulates else { return "" }
-        let perRank = (trainer.config.train.batchSize + trainer.comm.size - 1) / trainer.comm.size
-        let n = (perRank + trainer.passRows - 1) / trainer.passRows
+        let n = trainer.passes(rows: trainer.config.train.batchSize)
         let statistics = trainer.model.moeLayers.isEmpty ? ""
             : trainer.config.train.moeStatistics == .batch ? ", MoE statistics over the batch" : ", MoE statistics per micro-batch"
         return " in \(n) passes of \(trainer.passRows) per rank\(statistics)"

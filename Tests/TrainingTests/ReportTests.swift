@@ -55,7 +55,7 @@ final class ReportTests: ToyDataTestCase {
                     for (i, item) in items.enumerated() { add("\(tag)/\(i)", item) }
                 }
             }
-            for (key, value) in object where !["kind", "step", "epoch"].contains(key) { add("\(kind)/\(key)", value) }
+            for (key, value) in object where !EventFile.positionKeys.contains(key) { add("\(kind)/\(key)", value) }
         }
         return out
     }

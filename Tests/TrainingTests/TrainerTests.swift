@@ -173,6 +173,21 @@ final class TrainerTests: XCTestCase {
             let config = try JobConfig.parse(Fixtures.job(dir: dir, model: model), source: "t")
             let t = try Trainer(config: config, comm: base.comm, train: base.trainSet, test: base.testSet)
             for b in 0..<10 { _ = try t.trainStep(epoch: 0, batch: b) }
+            // The FFF layers' telemetry, taken after a step as training takes it: each of the
+            // last batch's 48 rows descends to one of the 4 leaves of each of the 2 layers, and
+            // the balance is their entropy over log 4.
+            let fields = t.fffTelemetry()
+            XCTAssertEqual(fields.map(\.0), hasHard ? ["fff0_leaves", "fff0_balance", "fff0_aux", "fff1_leaves", "fff1_balance", "fff1_aux"] : [])
+            for layer in 0..<(hasHard && fields.count == 6 ? 2 : 0) {
+                guard case .array(let leaves) = fields[3 * layer].1, case .double(let balance) = fields[3 * layer + 1].1 else {
+                    XCTFail("fff\(layer) fields: \(fields)")
+                    continue
+                }
+                let counts = leaves.compactMap { if case .int(let n) = $0 { n } else { nil } }
+                guard counts.count == 4 else { XCTFail("fff\(layer) leaves: \(leaves)"); continue }
+                XCTAssertEqual(counts.reduce(0, +), 48)
+                XCTAssertEqual(balance, MoETelemetry.balance(counts), accuracy: 1e-12)
+            }
             let e = try t.evaluate(t.testSet)
             XCTAssertEqual(e.hard != nil, hasHard)
             if let hard = e.hard {
