@@ -37,10 +37,13 @@ public enum Preflight {
         public var warnings: [String] = []
     }
 
+    /// This host's short name (up to the first dot).
+    public static var hostName: String { ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "?" }
+
     /// This rank's report. `blasThreads` is the count the run uses.
     public static func report(rank: Int, blasThreads: Int, configText: String) -> RankReport {
         RankReport(
-            rank: rank, host: ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "?",
+            rank: rank, host: hostName,
             cores: ProcessInfo.processInfo.activeProcessorCount, binding: affinity(), blasThreads: blasThreads,
             blasCore: BLAS.coreName, onednnISA: OneDNN.isa, matmulGFLOPs: matmulProbe(),
             binaryHash: hex(hashFile("/proc/self/exe")), configHash: hex(RNGStream.fnv1a(configText)))

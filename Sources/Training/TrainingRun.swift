@@ -114,6 +114,7 @@ extension Trainer {
                 let t0 = clock.now
                 let r = try trainStep(epoch: epoch, batch: batch)
                 trainTime += clock.now - t0
+                folder?.reached(step: r.step)
                 samples += r.rows
                 // Every rank closes the MoE telemetry interval on the same steps.
                 let moe: (lines: [String], fields: [(String, JSONValue)]) =

@@ -34,6 +34,19 @@ struct TrainCommand: ParsableCommand {
         """, valueName: "auto|path"))
     var resume: String?
 
+    @Option(name: .customLong("wait-for-folder"), help: ArgumentHelp("""
+        With --resume auto: when the run folder is in use (a previous start of this job still stopping, \
+        under a scheduler that requeued it), wait up to this many seconds for it to be free, then refuse.
+        """, valueName: "seconds"))
+    var waitForFolder = 0
+
+    func validate() throws {
+        guard waitForFolder >= 0 else { throw ValidationError("--wait-for-folder must be at least 0 seconds, got \(waitForFolder)") }
+        guard waitForFolder == 0 || resume == "auto" else {
+            throw ValidationError("--wait-for-folder applies to --resume auto, the only start that continues a run folder in use")
+        }
+    }
+
     /// How a step runs when it takes several passes (gradient accumulation), for the start line.
     func passes(_ trainer: Trainer) -> String {
         guard trainer.accumulates else { return "" }
@@ -58,9 +71,12 @@ struct TrainCommand: ParsableCommand {
         say("switchboard \(Switchboard.version): \(comm.size) rank\(comm.size == 1 ? "" : "s") × \(threads) BLAS thread\(threads == 1 ? "" : "s") (OpenBLAS \(BLAS.coreName))")
         say("products: \(MatmulLibrary.summary(config.train.precision))")
 
+        // The hosts the ranks run on, in rank order (the coordinator's list).
+        var hosts = [Preflight.hostName]
         if comm.size > 1 {
             let mine = Preflight.report(rank: comm.rank, blasThreads: threads, configText: config.resolvedTOML)
             if let all = try Preflight.gather(mine, on: comm) {
+                hosts = all.reduce(into: []) { if !$0.contains($1.host) { $0.append($1.host) } }
                 let verdict = Preflight.judge(all)
                 say("preflight:\n" + Preflight.table(all).split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
                 for w in verdict.warnings { say("warning: \(w)") }
@@ -99,7 +115,8 @@ struct TrainCommand: ParsableCommand {
         // start (a checkpoint that does not load) leaves none behind.
         let continuing = resume == "auto"
         var folder = comm.isCoordinator && continuing
-            ? try RunFolder.claim(output: config.run.output, name: config.run.name, continuing: true) : nil
+            ? try RunFolder.claim(output: config.run.output, name: config.run.name, continuing: true,
+                                  wait: .seconds(waitForFolder), waiting: say) : nil
         if let folder {
             for orphan in try CheckpointFolder.removeOrphans(in: folder.path) {
                 say("removed \(folder.path)/\(orphan): an interrupted save")
@@ -125,6 +142,9 @@ struct TrainCommand: ParsableCommand {
         var runBytes = Array((folder?.path ?? "").utf8)
         try comm.broadcastBytes(&runBytes, "run folder")
         let runPath = String(decoding: runBytes, as: UTF8.self)
+        // Every other rank's share in the folder, which a later job waits for.
+        let member = comm.isCoordinator ? nil : try RunFolder.Member(runPath)
+        defer { withExtendedLifetime(member) {} }
         if let folder { say("run folder: \(folder.path)") }
         if let m = resumed, let resume {
             let p = m.position
@@ -132,10 +152,13 @@ struct TrainCommand: ParsableCommand {
                 + "step \(p.step), epoch \(p.epoch + 1) at sample \(p.sampleCursor) of its order (saved by \(m.programVersion) "
                 + "on \(m.worldSize) rank\(m.worldSize == 1 ? "" : "s") × \(m.threads) thread\(m.threads == 1 ? "" : "s"))")
             for line in Self.reshardLines(m, trainer: trainer, threads: threads) { say(line) }
+            say(continuationLine(hosts: hosts, ranks: comm.size, from: p.step, reached: folder?.previousStep))
             folder?.log([("kind", .string("resume")), ("step", .int(p.step)), ("saved_on_ranks", .int(m.worldSize)),
-                         ("checkpoint_id", .string(m.id))])
+                         ("checkpoint_id", .string(m.id)), ("ranks", .int(comm.size)), ("hosts", .array(hosts.map { .string($0) }))]
+                        + (folder?.previousStep.map { [("steps_lost", .int(max(0, $0 - p.step)))] } ?? []))
         } else if resume != nil {
             say("no checkpoint in \(runPath); starting at step 0")
+            if let reached = folder?.previousStep { say(continuationLine(hosts: hosts, ranks: comm.size, from: 0, reached: reached)) }
         }
         if let initPlan {
             say(initPlan.summary)
@@ -191,6 +214,12 @@ struct TrainCommand: ParsableCommand {
         }
         say("wrote \(folder.path)/")
         say("plots: switchboard report \(folder.path) --out \(folder.path)/report.html (or tensorboard --logdir \(config.run.output))")
+    }
+
+    /// Where a continued run goes on, and what its previous start did that is lost.
+    func continuationLine(hosts: [String], ranks: Int, from step: Int, reached: Int?) -> String {
+        "continuing on \(hosts.count) node\(hosts.count == 1 ? "" : "s") (\(hosts.joined(separator: ", "))) with \(ranks) rank\(ranks == 1 ? "" : "s")"
+            + (reached.map { "; the previous start reached step \($0): \(max(0, $0 - step)) step\(max(0, $0 - step) == 1 ? "" : "s") lost" } ?? "")
     }
 
     /// What a load on a different world size or placement moved, for the log.

@@ -34,6 +34,7 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd-%n.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd-%n.log
+TmpFS=$dir/tmp
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -69,8 +70,9 @@ up() {
         --log-file="$dir/munged.log" --seed-file="$dir/munged.seed" -f
     on 1 setsid slurmctld -D > "$dir/slurmctld.out" 2>&1 &
     for i in $(seq 1 "$n"); do
-        mkdir -p "$dir/spool-sb-h$i"
+        mkdir -p "$dir/spool-sb-h$i" "$dir/tmp-sb-h$i" "$dir/tmp"
         on "$i" setsid sh -c '
+            mount --bind "$0/tmp-$(hostname)" "$0/tmp"
             mountpoint -q /sys/fs/cgroup || {
                 mount -t tmpfs cgroup /sys/fs/cgroup
                 for c in cpu cpuacct cpuset memory devices freezer blkio pids; do
@@ -78,7 +80,7 @@ up() {
                 done
                 mkdir -p /sys/fs/cgroup/systemd && mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd 2>/dev/null || true
             }
-            exec slurmd -D -N "$(hostname)"' > "$dir/slurmd-$i.out" 2>&1 &
+            exec slurmd -D -N "$(hostname)"' "$dir" > "$dir/slurmd-$i.out" 2>&1 &
     done
     for _ in $(seq 1 60); do
         [ "$(on 1 sinfo -h -t idle -o %D 2>/dev/null || true)" = "$n" ] && return 0
