@@ -9,9 +9,10 @@ set -euo pipefail
 packages=(libopenmpi-dev openmpi-bin libopenblas-dev libdnnl-dev libhdf5-dev hdf5-tools zlib1g-dev pkg-config dataset-fashion-mnist iproute2
           binutils)
 # --tests: what only the test suite uses: headless Chromium renders `switchboard report`'s
-# page; Python's venv holds TensorBoard's reader (from PyPI, installed by the tests).
+# page; Python's venv holds TensorBoard's reader (from PyPI, installed by the tests); Slurm and
+# munge make the test cluster of cluster/slurm/harness.sh.
 if [ "${1:-}" = "--tests" ]; then
-  packages+=(chromium python3-venv)
+  packages+=(chromium python3-venv slurm-wlm munge)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -34,7 +34,13 @@ public enum FaultInjection {
         return (rank, step, kind)
     }()
 
+    /// Test hook `SWITCHBOARD_STEP_PAUSE=<milliseconds>`: every rank sleeps that long before
+    /// each step, so that a test of a cluster event (a node lost, a signal) finds the run still
+    /// going however fast this machine trains the toy model.
+    static let stepPause: useconds_t? = getenv("SWITCHBOARD_STEP_PAUSE").flatMap { UInt32(String(cString: $0)) }.map { $0 * 1000 }
+
     public static func check(rank: Int, step: Int) throws {
+        if let stepPause { usleep(stepPause) }
         guard let plan, plan.rank == rank, plan.step == step, plan.kind != .killInSave, plan.kind != .killInPredict else { return }
         switch plan.kind {
         case .killInSave, .killInPredict: break

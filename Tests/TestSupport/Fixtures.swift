@@ -204,3 +204,39 @@ public enum Launcher {
                 p.terminationReason == .uncaughtSignal)
     }
 }
+
+extension Launcher {
+    /// `run` for a program that leaves daemons behind (`cluster/slurm/harness.sh up`):
+    /// Foundation's `Process.waitUntilExit` returns only once every process the child
+    /// started has ended, so this spawns and waits for the child alone.
+    public static func runLeavingDaemons(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                                         deadline: Double = 30) throws -> (code: Int32, output: String) {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw POSIXError(.EMFILE) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        posix_spawn_file_actions_addclose(&actions, fds[1])
+        let env = ProcessInfo.processInfo.environment.merging(environment) { $1 }.map { "\($0.key)=\($0.value)" }
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = env.map { strdup($0) } + [nil]
+        defer { for p in argv + envp { free(p) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        close(fds[1])
+        guard spawned == 0 else { close(fds[0]); throw POSIXError(POSIXErrorCode(rawValue: spawned) ?? .EINVAL) }
+        final class Reaped: @unchecked Sendable { var done = false }
+        let reaped = Reaped(), child = pid
+        DispatchQueue.global().asyncAfter(deadline: .now() + deadline) { if !reaped.done { kill(child, SIGKILL) } }
+        let output = FileHandle(fileDescriptor: fds[0], closeOnDealloc: true).readDataToEndOfFile()
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        reaped.done = true
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return (code, String(decoding: output, as: UTF8.self))
+    }
+}

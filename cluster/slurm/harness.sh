@@ -42,6 +42,7 @@ SelectTypeParameters=CR_Core
 MpiDefault=none
 SlurmdTimeout=5
 SlurmctldTimeout=5
+KillWait=5
 ReturnToService=2
 JobRequeue=1
 SchedulerType=sched/backfill
@@ -67,11 +68,12 @@ up() {
     head -c 1024 /dev/urandom > "$dir/munge.key"
     chmod 400 "$dir/munge.key"
     munged --key-file="$dir/munge.key" --socket="$dir/munge.sock" --pid-file="$dir/munged.pid" \
-        --log-file="$dir/munged.log" --seed-file="$dir/munged.seed" -f
-    on 1 setsid slurmctld -D > "$dir/slurmctld.out" 2>&1 &
+        --log-file="$dir/munged.log" --seed-file="$dir/munged.seed" -f < /dev/null > "$dir/munged.out" 2>&1
+    # Daemons leave through setsid -f with their output in files: nothing holds the caller's.
+    on 1 setsid -f slurmctld -D < /dev/null > "$dir/slurmctld.out" 2>&1
     for i in $(seq 1 "$n"); do
         mkdir -p "$dir/spool-sb-h$i" "$dir/tmp-sb-h$i" "$dir/tmp"
-        on "$i" setsid sh -c '
+        on "$i" setsid -f sh -c '
             mount --bind "$0/tmp-$(hostname)" "$0/tmp"
             mountpoint -q /sys/fs/cgroup || {
                 mount -t tmpfs cgroup /sys/fs/cgroup
@@ -80,7 +82,7 @@ up() {
                 done
                 mkdir -p /sys/fs/cgroup/systemd && mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd 2>/dev/null || true
             }
-            exec slurmd -D -N "$(hostname)"' "$dir" > "$dir/slurmd-$i.out" 2>&1 &
+            exec slurmd -D -N "$(hostname)"' "$dir" < /dev/null > "$dir/slurmd-$i.out" 2>&1
     done
     for _ in $(seq 1 60); do
         [ "$(on 1 sinfo -h -t idle -o %D 2>/dev/null || true)" = "$n" ] && return 0
@@ -101,6 +103,11 @@ down() {
     pkill -9 -f "slurmd -D" 2>/dev/null || true
     pkill -9 slurmstepd 2>/dev/null || true
     [ -f "$dir/munged.pid" ] && kill "$(cat "$dir/munged.pid")" 2>/dev/null || true
+    # Gone, not only signalled: until init has reaped them they still show.
+    for _ in $(seq 1 50); do
+        pgrep -f "slurmctld -D|slurmd -D|slurmstepd|munged .*--socket=$dir/" > /dev/null || break
+        sleep 0.2
+    done
     "$here/../netns/harness.sh" down
     rm -rf "$dir"
 }
