@@ -87,7 +87,10 @@ final class SlurmTests: ToyDataTestCase {
             try during(f)
             switch f["JobState"] {
             case "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY": return f
-            case "PENDING" where f["Reason"] == "BeginTime":
+            // Only once the previous start's step daemons are gone: within Slurm's delay they
+            // have long finished (and removed the step's PMIx folder, which the next start of
+            // the same job id would make again).
+            case "PENDING" where f["Reason"] == "BeginTime" && !stepDaemonsRunning():
                 _ = try slurm(["scontrol", "update", "JobId=\(id)", "StartTime=now"])
             default: break
             }
@@ -95,6 +98,8 @@ final class SlurmTests: ToyDataTestCase {
         }
         throw SlurmTestFailure("job \(id) did not end within \(Int(deadline)) s: \(try fields(id))\n\(log(id))")
     }
+
+    func stepDaemonsRunning() -> Bool { (try? Launcher.run("/usr/bin/pgrep", ["slurmstepd"]).code) == 0 }
 
     func log(_ id: String) -> String { (try? String(contentsOfFile: "\(dir)/slurm-\(id).out", encoding: .utf8)) ?? "" }
 
