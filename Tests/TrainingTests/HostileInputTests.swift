@@ -3,6 +3,7 @@ import Storage
 import TestSupport
 import XCTest
 @testable import Training
+import Cluster
 
 /// Damaged, hand-edited and unlucky inputs, each answered with one line and the right exit
 /// code, never a crash, and without losing anything already on disk.
@@ -260,5 +261,62 @@ final class HostileInputTests: ToyDataTestCase {
         let third = try switchboard(["train", job, "--quiet", "--set", "train.epochs=1"])
         XCTAssertEqual(third.code, 0, third.err)
         XCTAssertTrue(third.out.contains("run folder: \(dir)/runs/toy-2"), third.out)
+    }
+
+    /// A requeued start must not run beside a rank of the previous one: while any process
+    /// holds `.ranks` (every rank of a running job does), a continuing start is refused, or
+    /// with `--wait-for-folder` waits, says so, and goes on once it is free.
+    func testAContinuingStartWaitsForTheRanksOfAnEarlierJob() throws {
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.max_steps": "10"], extra: "[checkpoint]\nevery_steps = 5\n"))
+        let run = "\(dir)/runs/toy"
+        XCTAssertEqual(try switchboard(["train", job, "--quiet", "--set", "train.max_steps=5"]).code, 0)
+        // A rank of an earlier job, as far as the folder can tell: a shared lock on .ranks,
+        // held here by this test process.
+        let fd = open("\(run)/\(RunFolder.ranksFile)", O_RDWR | O_CLOEXEC)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(flock(fd, LOCK_SH), 0)
+        let refused = try switchboard(["train", job, "--quiet", "--resume", "auto"])
+        assertOneLine(refused, code: 1, "\(run): ranks of an earlier job still hold .ranks; they may still write checkpoint "
+                      + "shards there: stop them (or wait longer, --wait-for-folder) before continuing")
+        XCTAssertEqual(CheckpointFolder.list(in: run).map(\.step), [5], "nothing written while refused")
+
+        // Released 2 s into a start that waits.
+        DispatchQueue.global().asyncAfter(deadline: .now() + 2) { close(fd) }
+        let t0 = Date()
+        let waited = try switchboard(["train", job, "--quiet", "--resume", "auto", "--wait-for-folder", "30"])
+        XCTAssertEqual(waited.code, 0, waited.err)
+        XCTAssertGreaterThan(Date().timeIntervalSince(t0), 2, "it went on before the lock was released")
+        XCTAssertTrue(waited.out.contains("\(run): ranks of an earlier job still hold .ranks; waiting up to 30 s for them to end\n"),
+                      waited.out)
+        XCTAssertTrue(waited.out.contains("resumed from \(run)/step-000005: step 5,"), waited.out)
+        XCTAssertTrue(waited.out.contains("done: 10 steps"), waited.out)
+    }
+
+    /// The wait is for a start that continues a folder, and a number of seconds.
+    func testWaitForFolderNeedsResumeAuto() throws {
+        let job = try writeJob()
+        let r = try switchboard(["train", job, "--wait-for-folder", "5"])
+        XCTAssertEqual(r.code, 2)
+        XCTAssertTrue(r.err.hasPrefix("switchboard: error: --wait-for-folder applies to --resume auto, the only start that "
+                                      + "continues a run folder in use\n"), r.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"), "nothing made")
+    }
+
+    /// A start after a failure says where it continues and how many finished steps were lost:
+    /// those after the last checkpoint, as far as `.step` recorded.
+    func testAResumedStartSaysHowManyStepsWereLost() throws {
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.epochs": "100", "train.max_steps": "40"], extra: "[checkpoint]\nevery_steps = 10\n"))
+        let failed = try Launcher.runApart(binary, ["train", job, "--quiet"], environment: ["SWITCHBOARD_FAULT": "rank=0,step=27"],
+                                           directory: dir)
+        XCTAssertEqual(failed.code, 1, failed.err)
+        XCTAssertEqual(try String(contentsOfFile: "\(dir)/runs/toy/\(RunFolder.stepFileName)", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines), "27")
+        let resumed = try switchboard(["train", job, "--quiet", "--resume", "auto"])
+        XCTAssertEqual(resumed.code, 0, resumed.err)
+        XCTAssertTrue(resumed.out.contains("resumed from \(dir)/runs/toy/step-000020: step 20,"), resumed.out)
+        XCTAssertTrue(resumed.out.contains("\ncontinuing on 1 node (\(Preflight.hostName)) with 1 rank; "
+                                           + "the previous start reached step 27: 7 steps lost\n"), resumed.out)
+        let metrics = try String(contentsOfFile: "\(dir)/runs/toy/metrics.jsonl", encoding: .utf8)
+        XCTAssertTrue(metrics.contains("\"ranks\":1,\"hosts\":[\"\(Preflight.hostName)\"],\"steps_lost\":7}"), metrics)
     }
 }

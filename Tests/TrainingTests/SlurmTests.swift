@@ -140,10 +140,10 @@ final class SlurmTests: ToyDataTestCase {
         let text = log(id)
         XCTAssertEqual(end["JobState"], "COMPLETED", text)
         XCTAssertEqual(end["Restarts"], "1", "one requeue, after the node failure")
-        XCTAssertTrue(text.contains("start 1 on 3 nodes (sb-h[1-3])"), text)
+        XCTAssertTrue(text.contains("start 1 on 3 nodes (sb-h[1-3]), ranks per node: 1"), text)
         XCTAssertTrue(text.contains("  rank 2: experts"), "experts on every host: \(text)")
         XCTAssertTrue(text.contains("DUE TO NODE FAILURE"), text)
-        XCTAssertTrue(text.contains("start 2 on 2 nodes (sb-h[1-2])"), text)
+        XCTAssertTrue(text.contains("start 2 on 2 nodes (sb-h[1-2]), ranks per node: 1"), text)
 
         // The second start says where it continues, from which checkpoint, and what was lost.
         let second = String(text[try XCTUnwrap(text.range(of: "start 2 on"), text).lowerBound...])
