@@ -32,10 +32,11 @@ public enum StopRequest {
 }
 
 /// Training stopped on request after saving (said on standard output already); the program
-/// exits with 128 + the signal.
+/// exits with 128 + the signal, or the code the caller chose (`train --stop-exit-code`).
 public struct StoppedBySignal: SwitchboardError {
     public let signal: Int32
-    public init(signal: Int32) { self.signal = signal }
-    public var exitCode: Int32 { 128 + signal }
+    public let chosenCode: Int32?
+    public init(signal: Int32, exitCode: Int32? = nil) { self.signal = signal; chosenCode = exitCode }
+    public var exitCode: Int32 { chosenCode ?? 128 + signal }
     public var message: String { "" }
 }

@@ -17,6 +17,11 @@ struct SwitchboardCommand: ParsableCommand {
     /// 2 for usage and config errors, 1 for data and runtime failures. No stack traces.
     static func main() {
         LaunchEnvironment.prepare()
+        // `train` takes SIGTERM as a request to stop from its first moment. A rank that a
+        // launcher terminates while it is still starting (srun does, when another rank failed)
+        // then ends with its own error, not killed by SIGTERM: exit 143, which a scheduler's
+        // script reads as "stopped after saving", and would requeue.
+        if CommandLine.arguments.dropFirst().first == "train" { StopRequest.install() }
         let code: Int32
         do {
             var command = try parseAsRoot()

@@ -40,7 +40,17 @@ struct TrainCommand: ParsableCommand {
         """, valueName: "seconds"))
     var waitForFolder = 0
 
+    @Option(name: .customLong("stop-exit-code"), help: ArgumentHelp("""
+        The exit code after a stop on SIGTERM or SIGINT that saved a checkpoint (default: 143 or 130, as a process \
+        killed by the signal). A scheduler's script sets one that no killed process has, such as 75, to tell \
+        "saved, continue me" from "a rank was killed".
+        """, valueName: "code"))
+    var stopExitCode: Int32?
+
     func validate() throws {
+        if let code = stopExitCode, !(1...255).contains(code) {
+            throw ValidationError("--stop-exit-code must be from 1 to 255, got \(code)")
+        }
         guard waitForFolder >= 0 else { throw ValidationError("--wait-for-folder must be at least 0 seconds, got \(waitForFolder)") }
         guard waitForFolder == 0 || resume == "auto" else {
             throw ValidationError("--wait-for-folder applies to --resume auto, the only start that continues a run folder in use")
@@ -61,6 +71,8 @@ struct TrainCommand: ParsableCommand {
         let config = try JobConfig.parse(try JobFile.read(job), source: job, overrides: overrides)
         let comm = try MPIWorld.start()
         FatalSignalReport.install(rank: comm.rank, ranks: comm.size)
+        // Again after MPI's start (installed first in `main`), in case it took SIGTERM; a
+        // request noted before is kept.
         StopRequest.install()
         LauncherWatch.start(rank: comm.rank)
         // Default: the host's cores shared among the ranks on this host.
@@ -178,7 +190,7 @@ struct TrainCommand: ParsableCommand {
             let signal = StopRequest.signal
             say("stopped by \(signal == SIGINT ? "SIGINT" : "SIGTERM") after step \(summary.steps)"
                 + (summary.lastCheckpoint.map { "; saved \($0); continue with --resume auto" } ?? ""))
-            throw StoppedBySignal(signal: signal)
+            throw StoppedBySignal(signal: signal, exitCode: stopExitCode)
         }
         let e = summary.finalEvaluation
         let wall = (ContinuousClock.now - started).seconds

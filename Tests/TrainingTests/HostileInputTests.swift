@@ -319,4 +319,31 @@ final class HostileInputTests: ToyDataTestCase {
         let metrics = try String(contentsOfFile: "\(dir)/runs/toy/metrics.jsonl", encoding: .utf8)
         XCTAssertTrue(metrics.contains("\"ranks\":1,\"hosts\":[\"\(Preflight.hostName)\"],\"steps_lost\":7}"), metrics)
     }
+
+    /// `--stop-exit-code` replaces 143 after a saved stop, so that a script can tell "saved,
+    /// continue me" from a process killed by SIGTERM; the save is the same.
+    func testAStopThatSavedExitsWithTheChosenCode() throws {
+        let job = try writeJob(Fixtures.job(dir: dir, settings: ["train.epochs": "1000", "train.max_steps": "400"]))
+        let log = "\(dir)/stop.log"
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["train", job, "--quiet", "--stop-exit-code", "75"]
+        p.environment = ProcessInfo.processInfo.environment.merging(["SWITCHBOARD_STEP_PAUSE": "20"]) { $1 }
+        p.standardOutput = FileHandle(forWritingAtPath: log)!
+        p.standardError = p.standardOutput
+        try p.run()
+        XCTAssertTrue(waitForStep(10, in: log, of: p), (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        p.terminate()   // SIGTERM
+        p.waitUntilExit()
+        let text = try String(contentsOfFile: log, encoding: .utf8)
+        XCTAssertEqual(p.terminationReason, .exit, text)
+        XCTAssertEqual(p.terminationStatus, 75, text)
+        let saved = try XCTUnwrap(CheckpointFolder.list(in: "\(dir)/runs/toy").last, text)
+        XCTAssertTrue(text.contains("stopped by SIGTERM after step \(saved.step); saved \(saved.path); continue with --resume auto"), text)
+
+        let bad = try switchboard(["train", job, "--stop-exit-code", "0"])
+        XCTAssertEqual(bad.code, 2)
+        XCTAssertTrue(bad.err.hasPrefix("switchboard: error: --stop-exit-code must be from 1 to 255, got 0\n"), bad.err)
+    }
 }

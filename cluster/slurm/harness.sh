@@ -8,8 +8,10 @@
 #   cluster/slurm/harness.sh lose I         take host I away: its processes killed, its link down
 #   cluster/slurm/harness.sh down           stop everything this script started and remove it
 #
-# Inside an allocation mpirun starts its daemons through Slurm (srun), as on a real cluster:
-# no rsh agent. `ip netns exec` remounts /sys, so each host mounts this machine's cgroup v1
+# Inside an allocation the ranks start as on a real cluster, through Slurm: `srun --mpi=pmix`
+# (cluster/slurm.sbatch), or mpirun, which starts its daemons with srun; no rsh agent. The
+# hosts share one file system, so each slurmd gets a TmpFS of its own (PMIx puts a folder per
+# job step there). `ip netns exec` remounts /sys, so each host mounts this machine's cgroup v1
 # hierarchies again for slurmd (Slurm 22.05 refuses a cgroup v2 mount beside v1 ones).
 # State, logs and the config live in $SB_SLURM_DIR (default /tmp/sb-slurm).
 # Needs root, iproute2, and Debian's slurm-wlm and munge.
@@ -61,6 +63,13 @@ on() {
 
 up() {
     local n=$1
+    [ "$(id -u)" -eq 0 ] || { echo "harness.sh: needs root (network namespaces, slurmd)" >&2; exit 1; }
+    for tool in slurmctld slurmd munged sbatch; do
+        command -v "$tool" > /dev/null || {
+            echo "harness.sh: $tool is missing: Debian's slurm-wlm and munge are needed (scripts/setup.sh --tests installs them)" >&2
+            exit 1
+        }
+    done
     down
     "$here/../netns/harness.sh" up "$n"
     mkdir -p "$dir/state"
