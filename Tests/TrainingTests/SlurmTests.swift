@@ -125,16 +125,22 @@ final class SlurmTests: ToyDataTestCase {
         return try loadModel(path, config)
     }
 
-    /// Three hosts; the third is lost mid-run. Slurm marks it down and requeues the job, which
-    /// continues on the two survivors from the last checkpoint and finishes like a run resumed
-    /// by hand on two ranks from that checkpoint.
+    /// Three hosts; the third is lost mid-run, between checkpoints. Slurm marks it down and
+    /// requeues the job, which continues on the two survivors from the last checkpoint and
+    /// finishes like a run resumed by hand on two ranks from that checkpoint.
     func testANodeLostMidRunIsRequeuedAndTheJobFinishesOnTheSurvivors() throws {
         defer { down() }
         try up(3)
         let job = try moeJob(steps: 200)
         let run = "\(dir)/runs/toy"
         let id = try submit(job, options: ["--nodes=2-3"])
+        // Mid-interval: a checkpoint at 40, and rank 0 past step 42 (its `.step`), so that
+        // some steps are lost.
         try waitForCheckpoint(40, in: run, job: id)
+        let end42 = Date().addingTimeInterval(30)
+        while (RunFolder.readStep("\(run)/\(RunFolder.stepFileName)") ?? 0) < 42 && Date() < end42 {
+            Thread.sleep(forTimeInterval: 0.01)
+        }
         let lose = try Launcher.run(harness, ["lose", "3"], environment: ["SB_SLURM_DIR": state])
         XCTAssertEqual(lose.code, 0, lose.output)
         let end = try waitForEnd(id, deadline: 240)
@@ -157,7 +163,8 @@ final class SlurmTests: ToyDataTestCase {
         let lost = try XCTUnwrap(number(after: "step \(reached): ", in: second), second)
         XCTAssertEqual(lost, reached - checkpoint, second)
         XCTAssertLessThanOrEqual(lost, 10, "steps lost are at most the checkpoint interval")
-        XCTAssertGreaterThanOrEqual(checkpoint, 40, "the host was lost after step 40's checkpoint")
+        XCTAssertEqual(checkpoint, 40, "the host was lost after step 42, before step 50's checkpoint: \(second)")
+        XCTAssertGreaterThanOrEqual(lost, 2, "steps 41 and 42 were done and lost: \(second)")
         XCTAssertTrue(second.contains("done: 200 steps"), second)
 
         // By hand: the same checkpoint on two ranks of this host.
