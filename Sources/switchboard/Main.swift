@@ -17,10 +17,10 @@ struct SwitchboardCommand: ParsableCommand {
     /// 2 for usage and config errors, 1 for data and runtime failures. No stack traces.
     static func main() {
         LaunchEnvironment.prepare()
-        // `train` takes SIGTERM as a request to stop from its first moment. A rank that a
-        // launcher terminates while it is still starting (srun does, when another rank failed)
-        // then ends with its own error, not killed by SIGTERM: exit 143, which a scheduler's
-        // script reads as "stopped after saving", and would requeue.
+        // `train` takes SIGTERM as a request to stop from its first moment: a rank signalled
+        // while it is still starting (a preemption, a launcher ending the step) then stops
+        // after its first step with a checkpoint, or ends with its own error, rather than
+        // dying killed before anything is saved.
         if CommandLine.arguments.dropFirst().first == "train" { StopRequest.install() }
         let code: Int32
         do {

@@ -112,12 +112,13 @@ down() {
     pkill -9 -f "slurmd -D" 2>/dev/null || true
     pkill -9 slurmstepd 2>/dev/null || true
     [ -f "$dir/munged.pid" ] && kill "$(cat "$dir/munged.pid")" 2>/dev/null || true
+    # Whatever else runs in the hosts (ranks of a job cut short) goes with the namespaces.
+    "$here/../netns/harness.sh" down
     # Gone, not only signalled: until init has reaped them they still show.
     for _ in $(seq 1 50); do
         pgrep -f "slurmctld -D|slurmd -D|slurmstepd|munged .*--socket=$dir/" > /dev/null || break
         sleep 0.2
     done
-    "$here/../netns/harness.sh" down
     rm -rf "$dir"
 }
 
