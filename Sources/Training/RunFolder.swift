@@ -71,18 +71,14 @@ public final class RunFolder {
         let deadline = ContinuousClock.now + wait
         let lockPath = "\(path)/\(Self.lockFile)"
         let fd = try Self.openLock(lockPath)
-        var said = false
-        while !(try Self.take(fd, LOCK_EX, lockPath)) {
+        let taken = try Self.take(fd, lockPath, until: continuing ? deadline : .now) {
             let holder = (try? String(contentsOfFile: lockPath, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
-            let inUse = RunFolderInUse(path: path, holder: holder?.isEmpty == false ? holder! : "another process", waited: wait)
-            guard continuing, ContinuousClock.now < deadline else {
-                Glibc.close(fd)
-                if continuing { throw inUse }
-                return nil
-            }
-            if !said { waiting("\(path): in use by another job (\(inUse.holder)); waiting up to \(Int(wait.seconds)) s for it to end") }
-            said = true
-            Thread.sleep(forTimeInterval: Self.retry.seconds)
+            return holder?.isEmpty == false ? holder! : "another process"
+        } waiting: { waiting("\(path): in use by another job (\($0)); waiting up to \(Int(wait.seconds)) s for it to end") }
+        if let holder = taken {
+            Glibc.close(fd)
+            if continuing { throw RunFolderInUse(path: path, holder: holder, waited: wait) }
+            return nil
         }
         // Who holds it, for the message another job gets.
         let host = ProcessInfo.processInfo.hostName
@@ -94,16 +90,12 @@ public final class RunFolder {
         let ranksPath = "\(path)/\(Self.ranksFile)"
         let ranks: Int32
         do { ranks = try Self.openLock(ranksPath) } catch { Glibc.close(fd); throw error }
-        said = false
-        while !(try Self.take(ranks, LOCK_EX, ranksPath)) {
-            guard ContinuousClock.now < deadline else {
-                Glibc.close(fd)
-                Glibc.close(ranks)
-                throw RanksStillWriting(path: path, waited: wait)
-            }
-            if !said { waiting("\(path): ranks of an earlier job still hold \(Self.ranksFile); waiting up to \(Int(wait.seconds)) s for them to end") }
-            said = true
-            Thread.sleep(forTimeInterval: Self.retry.seconds)
+        if try Self.take(ranks, ranksPath, until: deadline, holder: { "" }, waiting: { _ in
+            waiting("\(path): ranks of an earlier job still hold \(Self.ranksFile); waiting up to \(Int(wait.seconds)) s for them to end")
+        }) != nil {
+            Glibc.close(fd)
+            Glibc.close(ranks)
+            throw RanksStillWriting(path: path, waited: wait)
         }
         // Now shared, beside the other ranks of this job. No other job can come between:
         // it would need `.lock` first.
@@ -124,13 +116,21 @@ public final class RunFolder {
         return fd
     }
 
-    /// Takes `operation` on `fd` without waiting: false when another process holds it.
-    static func take(_ fd: Int32, _ operation: Int32, _ path: String) throws -> Bool {
-        if flock(fd, operation | LOCK_NB) == 0 { return true }
-        let reason = errno
-        // Only "held by another" is a held lock; a file system without locks is an error.
-        guard reason == EWOULDBLOCK else { throw DiskError(path, failedCall("locking the run folder", systemMessage(reason))) }
-        return false
+    /// Takes `fd`'s lock exclusively, trying again until `deadline` (`waiting` says so once,
+    /// with the holder); nil once taken, else the holder when the deadline passed.
+    static func take(_ fd: Int32, _ path: String, until deadline: ContinuousClock.Instant, holder: () -> String,
+                     waiting: (String) -> Void) throws -> String? {
+        var said = false
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let reason = errno
+            // Only "held by another" is a held lock; a file system without locks is an error.
+            guard reason == EWOULDBLOCK else { throw DiskError(path, failedCall("locking the run folder", systemMessage(reason))) }
+            guard ContinuousClock.now < deadline else { return holder() }
+            if !said { waiting(holder()) }
+            said = true
+            Thread.sleep(forTimeInterval: retry.seconds)
+        }
+        return nil
     }
 
     /// The step in `.step`, when it holds one (it is only a report: anything else is no step).

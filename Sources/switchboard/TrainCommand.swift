@@ -71,9 +71,6 @@ struct TrainCommand: ParsableCommand {
         let config = try JobConfig.parse(try JobFile.read(job), source: job, overrides: overrides)
         let comm = try MPIWorld.start()
         FatalSignalReport.install(rank: comm.rank, ranks: comm.size)
-        // Again after MPI's start (installed first in `main`), in case it took SIGTERM; a
-        // request noted before is kept.
-        StopRequest.install()
         LauncherWatch.start(rank: comm.rank)
         // Default: the host's cores shared among the ranks on this host.
         let onHost = try comm.ranksOnThisHost()
@@ -230,8 +227,9 @@ struct TrainCommand: ParsableCommand {
 
     /// Where a continued run goes on, and what its previous start did that is lost.
     func continuationLine(hosts: [String], ranks: Int, from step: Int, reached: Int?) -> String {
-        "continuing on \(hosts.count) node\(hosts.count == 1 ? "" : "s") (\(hosts.joined(separator: ", "))) with \(ranks) rank\(ranks == 1 ? "" : "s")"
-            + (reached.map { "; the previous start reached step \($0): \(max(0, $0 - step)) step\(max(0, $0 - step) == 1 ? "" : "s") lost" } ?? "")
+        let lost = reached.map { max(0, $0 - step) }
+        return "continuing on \(hosts.count) node\(hosts.count == 1 ? "" : "s") (\(hosts.joined(separator: ", "))) with \(ranks) rank\(ranks == 1 ? "" : "s")"
+            + (reached.map { "; the previous start reached step \($0): \(lost!) step\(lost == 1 ? "" : "s") lost" } ?? "")
     }
 
     /// What a load on a different world size or placement moved, for the log.
