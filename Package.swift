@@ -64,6 +64,6 @@ let package = Package(
         .testTarget(name: "LayersTests", dependencies: ["Kernels", "Layers", "TestSupport"]),
         .testTarget(name: "TrainingTests",
                     dependencies: ["CAllocCounter", "Cluster", "Kernels", "Layers", "Storage", "TestSupport", "Training"]),
-        .testTarget(name: "CLITests", dependencies: ["TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["Kernels", "TestSupport"]),
     ]
 )

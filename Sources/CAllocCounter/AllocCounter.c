@@ -11,15 +11,15 @@ extern void *__libc_memalign(size_t, size_t);
 extern void __libc_free(void *);
 
 static __thread uint64_t allocations __attribute__((tls_model("initial-exec")));
-static __thread uint64_t onednn_allocations __attribute__((tls_model("initial-exec")));
-static __thread int in_onednn __attribute__((tls_model("initial-exec")));
+static __thread uint64_t library_allocations __attribute__((tls_model("initial-exec")));
+static __thread int in_library __attribute__((tls_model("initial-exec")));
 
 uint64_t sb_thread_allocations(void) { return allocations; }
-uint64_t sb_thread_onednn_allocations(void) { return onednn_allocations; }
-void sb_allocations_in_onednn(int inside) { in_onednn = inside; }
+uint64_t sb_thread_library_allocations(void) { return library_allocations; }
+void sb_allocations_in_library(int inside) { in_library = inside; }
 
 static inline void count(void) {
-    if (in_onednn) onednn_allocations++;
+    if (in_library) library_allocations++;
     else allocations++;
 }
 

@@ -11,7 +11,7 @@
 extern void omp_set_num_threads(int);
 // The test suite's allocation counter (CAllocCounter), where it is loaded, counts oneDNN's own
 // heap allocations apart from the caller's; elsewhere the reference is null.
-extern void sb_allocations_in_onednn(int inside) __attribute__((weak));
+extern void sb_allocations_in_library(int inside) __attribute__((weak));
 
 struct sb_matmul {
     dnnl_primitive_t primitive;
@@ -109,7 +109,7 @@ int sb_matmul_run(const sb_matmul *p, long rows, const void *a, const void *b, f
     // allocation test sees it if a product ever needs one (none measured does).
     void *scratch = p->scratch_bytes > 0 ? aligned_alloc(64, (p->scratch_bytes + 63) / 64 * 64) : NULL;
     if (p->scratch_bytes > 0 && !scratch) return dnnl_out_of_memory;
-    if (sb_allocations_in_onednn) sb_allocations_in_onednn(1);
+    if (sb_allocations_in_library) sb_allocations_in_library(1);
     int s = describe(p, m, k, &ad, &bd, &cd);
     if (s == dnnl_success) s = dnnl_memory_create(&am, &ad, engine, (void *)a);
     if (s == dnnl_success) s = dnnl_memory_create(&bm, &bd, engine, (void *)b);
@@ -124,7 +124,7 @@ int sb_matmul_run(const sb_matmul *p, long rows, const void *a, const void *b, f
     if (bm) dnnl_memory_destroy(bm);
     if (cm) dnnl_memory_destroy(cm);
     if (sm) dnnl_memory_destroy(sm);
-    if (sb_allocations_in_onednn) sb_allocations_in_onednn(0);
+    if (sb_allocations_in_library) sb_allocations_in_library(0);
     free(scratch);
     return s;
 }

@@ -1,19 +1,44 @@
 import CDNNL
 import Synchronization
 
-/// A buffer of bfloat16 values (the upper half of an IEEE float), for the inputs of bf16
-/// products: made once with a layer, written in place. Zeroed and 64-byte aligned.
+/// Where a product's bf16 inputs are: bf16 values (the upper half of an IEEE float) for
+/// oneDNN's bf16 matmul, or, on the emulated path, the same values widened to the fp32
+/// numbers they equal, for the fp32 library (`Precision.bf16Emulated`).
+public struct BFloat16Pointer {
+    public let address: UnsafeRawPointer
+    /// Whether the values are held as fp32 (the emulated path) rather than as bf16.
+    public let widened: Bool
+
+    public init(_ values: UnsafePointer<UInt16>) { (address, widened) = (UnsafeRawPointer(values), false) }
+    public init(widened values: UnsafePointer<Float>) { (address, widened) = (UnsafeRawPointer(values), true) }
+
+    /// The values from element `offset` on.
+    public static func + (p: BFloat16Pointer, offset: Int) -> BFloat16Pointer {
+        p.widened ? BFloat16Pointer(widened: p.address.assumingMemoryBound(to: Float.self) + offset)
+            : BFloat16Pointer(p.address.assumingMemoryBound(to: UInt16.self) + offset)
+    }
+}
+
+/// A buffer of values rounded to bf16, for the inputs of bf16 products: made once with a
+/// layer, written in place. Held as bf16 (`Precision.bf16`, 2 bytes a value) or as the fp32
+/// numbers they equal (`.bf16Emulated`, 4 bytes). Zeroed and 64-byte aligned.
 public final class BFloat16Buffer {
     public let count: Int
-    public let data: UnsafeMutablePointer<UInt16>
+    /// Whether the values are held as fp32 (the emulated path).
+    public let widened: Bool
+    private let storage: UnsafeMutableRawPointer
     /// Splits a large rounding over the worker pool (elementwise: the same bits however split).
-    private let rounding = Rounding()
+    private let rounding: Rounding
 
-    public init(count: Int) {
+    /// `precision`: `.bf16` or `.bf16Emulated`, the precision of the products that read it.
+    public init(count: Int, precision: Precision) {
+        guard precision.roundsToBFloat16 else { fatalError("a bf16 buffer for \(precision) products") }
         self.count = count
-        data = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 2, alignment: 64)
-            .bindMemory(to: UInt16.self, capacity: max(count, 1))
-        data.initialize(repeating: 0, count: max(count, 1))
+        widened = precision == .bf16Emulated
+        let bytes = max(count, 1) * (widened ? 4 : 2)
+        storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        storage.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        rounding = Rounding(storage, widened: widened)
         Self.made.wrappingAdd(count, ordering: .relaxed)
     }
 
@@ -22,23 +47,29 @@ public final class BFloat16Buffer {
     public static var valuesMade: Int { made.load(ordering: .relaxed) }
     private static let made = Atomic<Int>(0)
 
-    deinit { data.deallocate() }
+    deinit { storage.deallocate() }
+
+    /// The buffer's values from the start.
+    public var data: BFloat16Pointer {
+        widened ? BFloat16Pointer(widened: storage.assumingMemoryBound(to: Float.self))
+            : BFloat16Pointer(storage.assumingMemoryBound(to: UInt16.self))
+    }
 
     /// Rounds `count` floats to bf16 (nearest even; denormals to zero, as the CPU's own
     /// conversion does) into this buffer from element `offset` on; returns where they start.
     /// `onPool`: split a large rounding over the worker pool (only from the thread that owns
     /// the pool, never from a task running on it).
     @discardableResult
-    public func round(_ x: UnsafePointer<Float>, count n: Int, at offset: Int = 0, onPool: Bool = false) -> UnsafePointer<UInt16> {
+    public func round(_ x: UnsafePointer<Float>, count n: Int, at offset: Int = 0, onPool: Bool = false) -> BFloat16Pointer {
         if n < 0 || offset < 0 || offset + n > count { fatalError("\(n) values at \(offset) for a bf16 buffer of \(count)") }
         if !onPool || n < Rounding.parallelFrom {
-            sb_to_bf16(x, data + offset, n)
+            rounding.run(x, at: offset, count: n)
         } else {
             rounding.x = x
-            rounding.y = data + offset
+            rounding.offset = offset
             WorkerPool.shared.run(rounding, count: n, align: 64, minimum: Rounding.parallelFrom)
         }
-        return UnsafePointer(data + offset)
+        return data + offset
     }
 }
 
@@ -47,15 +78,40 @@ private final class Rounding: RangeTask {
     /// Below this many values one thread does it all (a weight matrix or a batch of
     /// activations is well above it).
     static let parallelFrom = 1 << 16
+    let storage: UnsafeMutableRawPointer
+    let widened: Bool
     var x: UnsafePointer<Float>?
-    var y: UnsafeMutablePointer<UInt16>?
-    func run(_ range: Range<Int>) { sb_to_bf16(x! + range.lowerBound, y! + range.lowerBound, range.count) }
+    var offset = 0
+
+    init(_ storage: UnsafeMutableRawPointer, widened: Bool) { (self.storage, self.widened) = (storage, widened) }
+
+    /// x[0..<n] rounded into the buffer from element `at` on.
+    func run(_ x: UnsafePointer<Float>, at: Int, count n: Int) {
+        if widened {
+            sb_round_bf16(x, storage.assumingMemoryBound(to: Float.self) + at, n)
+        } else {
+            sb_to_bf16(x, storage.assumingMemoryBound(to: UInt16.self) + at, n)
+        }
+    }
+
+    func run(_ range: Range<Int>) { run(x! + range.lowerBound, at: offset + range.lowerBound, count: range.count) }
 }
 
-/// `x` rounded to bf16 and back, on the portable path (`native` false) or the CPU's
-/// instruction where it has one: for tests and references.
-public func roundedToBFloat16(_ x: [Float], native: Bool = true) -> [Float] {
+/// Whether bf16 rounding runs the CPU's AVX512-BF16 instruction here: where the CPU has it and
+/// oneDNN, capped or not, runs bf16 natively.
+public var bf16RoundingIsNative: Bool { sb_bf16_native_rounding() != 0 }
+
+/// `x` rounded to bf16 and back, for tests and references: as bf16 values (`widened` false),
+/// on the portable loop (`simd` false) or the AVX512-BF16 instruction where it is used
+/// (`bf16RoundingIsNative`); or written as fp32 (`widened` true), the emulated path's
+/// rounding, on the portable loop or AVX2.
+public func roundedToBFloat16(_ x: [Float], simd: Bool = true, widened: Bool = false) -> [Float] {
+    if widened {
+        var y = [Float](repeating: 0, count: x.count)
+        sb_round_bf16_isa(x, &y, x.count, simd ? 1 : 0)
+        return y
+    }
     var y = [UInt16](repeating: 0, count: x.count)
-    sb_to_bf16_isa(x, &y, x.count, native ? 1 : 0)
+    sb_to_bf16_isa(x, &y, x.count, simd ? 1 : 0)
     return y.map { Float(bitPattern: UInt32($0) << 16) }
 }

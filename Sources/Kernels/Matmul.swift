@@ -1,13 +1,6 @@
 import CBLAS
 import CDNNL
 
-/// The number format of a model's matrix products: fp32, or bf16 inputs with fp32
-/// accumulation and output (weights, activations and output gradients rounded to bf16 just
-/// before the product; everything else stays fp32).
-public enum Precision: String, Sendable, CaseIterable {
-    case fp32, bf16
-}
-
 /// The library that runs a product.
 public enum MatmulLibrary: String, Sendable {
     case openBLAS = "OpenBLAS"
@@ -28,7 +21,8 @@ public enum MatmulLibrary: String, Sendable {
 }
 
 extension MatmulLibrary {
-    /// Which library runs which products at `precision`, and why, for the start of a run.
+    /// Which library runs which products at `precision` (as this CPU runs it: `onThisCPU`),
+    /// and why, for the start of a run.
     public static func summary(_ precision: Precision) -> String {
         let dnnl = "oneDNN \(OneDNN.version) \(OneDNN.isa)"
         let fp32Library = fp32 == .oneDNN ? dnnl : "OpenBLAS \(BLAS.coreName)"
@@ -40,6 +34,9 @@ extension MatmulLibrary {
             return "fp32 on \(fp32Library) (\(why)); experts' forward on \(experts)"
         case .bf16:
             return "bf16 on \(dnnl) (\(OneDNN.nativeBFloat16 ? "native bf16" : "bf16 emulated")); MoE routers in fp32 on \(fp32Library)"
+        case .bf16Emulated:
+            return "bf16 emulated on \(fp32Library) (inputs rounded to bf16, multiplied in fp32: \(dnnl) has no bf16 matmul); "
+                + "MoE routers in fp32 on \(fp32Library)"
         }
     }
 }
@@ -83,7 +80,9 @@ extension BLAS {
 /// (checked on every call: the bound is what the layer's buffers hold).
 ///
 /// On oneDNN it is a matmul primitive made here, never per call; on OpenBLAS a `cblas_sgemm`.
-/// bf16 products take bf16 A and B and accumulate and return fp32.
+/// bf16 products take bf16 A and B (`BFloat16Pointer`) and accumulate and return fp32: on
+/// oneDNN's bf16 matmul, or, emulated (`Precision.bf16Emulated`), as the fp32 product of the
+/// widened values on the library given.
 public final class Matmul: @unchecked Sendable {
     public enum Rows: Sendable { case m, k }
 
@@ -112,7 +111,7 @@ public final class Matmul: @unchecked Sendable {
             precision == .bf16 ? 1 : 0, ta == .transpose ? 1 : 0, tb == .transpose ? 1 : 0, m, n, k, lda, ldb, ldc,
             accumulate ? 1 : 0, rows == .m ? 0 : 1, &status)
         // Shapes and strides come from the layer's own sizes, and a bf16 job was checked
-        // against the CPU (`OneDNN.supportsBFloat16`): a refusal here is a bug, not input.
+        // against the CPU (`Precision.onThisCPU`): a refusal here is a bug, not input.
         // (`fatalError`, unlike `precondition`, stays in the -Ounchecked build.)
         if plan == nil { fatalError("oneDNN refused a \(precision) matmul \(m)×\(n)×\(k) (status \(status))") }
     }
@@ -127,7 +126,32 @@ public final class Matmul: @unchecked Sendable {
     /// An fp32 product over `rows` rows.
     @inline(__always)
     public func callAsFunction(rows: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
-        check(rows, .fp32)
+        check(rows, bf16: false)
+        fp32(rows: rows, a: a, b: b, c: c)
+    }
+
+    /// A bf16 product over `rows` rows.
+    @inline(__always)
+    public func callAsFunction(rows: Int, a: BFloat16Pointer, b: BFloat16Pointer, c: UnsafeMutablePointer<Float>) {
+        check(rows, bf16: true)
+        if precision == .bf16Emulated {
+            if !a.widened || !b.widened { fatalError("an emulated bf16 matmul \(m)×\(n)×\(k) given bf16 values, not widened ones") }
+            fp32(rows: rows, a: a.address.assumingMemoryBound(to: Float.self), b: b.address.assumingMemoryBound(to: Float.self), c: c)
+            return
+        }
+        if a.widened || b.widened { fatalError("a bf16 matmul \(m)×\(n)×\(k) given widened values, not bf16 ones") }
+        let (m, k) = rowsAre == .m ? (rows, self.k) : (self.m, rows)
+        guard m > 0 else { return }
+        guard let plan, k > 0 else {
+            // k = 0: the product is zero; C keeps its sum or becomes zero.
+            if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+            return
+        }
+        run(plan, rows, a.address, b.address, c)
+    }
+
+    @inline(__always)
+    private func fp32(rows: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
         let (m, k) = rowsAre == .m ? (rows, self.k) : (self.m, rows)
         guard let plan, m > 0, k > 0 else {
             gemm(ta, tb, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: accumulate ? 1 : 0, c: c, ldc: ldc)
@@ -136,25 +160,11 @@ public final class Matmul: @unchecked Sendable {
         run(plan, rows, UnsafeRawPointer(a), UnsafeRawPointer(b), c)
     }
 
-    /// A bf16 product over `rows` rows.
-    @inline(__always)
-    public func callAsFunction(rows: Int, a: UnsafePointer<UInt16>, b: UnsafePointer<UInt16>, c: UnsafeMutablePointer<Float>) {
-        check(rows, .bf16)
-        let (m, k) = rowsAre == .m ? (rows, self.k) : (self.m, rows)
-        guard m > 0 else { return }
-        guard let plan, k > 0 else {
-            // k = 0: the product is zero; C keeps its sum or becomes zero.
-            if !accumulate { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
-            return
-        }
-        run(plan, rows, UnsafeRawPointer(a), UnsafeRawPointer(b), c)
-    }
-
     /// The rows fit the buffers the product was prepared for, in the precision it was made for.
     @inline(__always)
-    private func check(_ rows: Int, _ wanted: Precision) {
-        if rows < 0 || rows > (rowsAre == .m ? m : k) || precision != wanted {
-            fatalError("a \(precision) matmul prepared for \(rowsAre == .m ? m : k) rows called with \(rows) \(wanted) rows")
+    private func check(_ rows: Int, bf16: Bool) {
+        if rows < 0 || rows > (rowsAre == .m ? m : k) || precision.roundsToBFloat16 != bf16 {
+            fatalError("a \(precision) matmul prepared for \(rowsAre == .m ? m : k) rows called with \(rows) \(bf16 ? "bf16" : "fp32") rows")
         }
     }
 

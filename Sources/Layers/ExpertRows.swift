@@ -21,11 +21,11 @@ final class ExpertRows {
         dh = Tensor(shape: [rows, h])
         dz1 = Tensor(shape: [rows, h1])
         dx = Tensor(shape: [rows, d])
-        let bf16 = precision == .bf16
-        x16 = bf16 ? BFloat16Buffer(count: rows * d) : nil
-        h16 = bf16 ? BFloat16Buffer(count: rows * h) : nil
-        dy16 = bf16 ? BFloat16Buffer(count: rows * d) : nil
-        dz16 = bf16 ? BFloat16Buffer(count: rows * h1) : nil
+        let bf16 = precision.roundsToBFloat16
+        x16 = bf16 ? BFloat16Buffer(count: rows * d, precision: precision) : nil
+        h16 = bf16 ? BFloat16Buffer(count: rows * h, precision: precision) : nil
+        dy16 = bf16 ? BFloat16Buffer(count: rows * d, precision: precision) : nil
+        dz16 = bf16 ? BFloat16Buffer(count: rows * h1, precision: precision) : nil
         start = .allocate(capacity: e + 1)
         start.initialize(repeating: 0, count: e + 1)
     }

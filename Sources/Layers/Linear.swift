@@ -56,10 +56,10 @@ public final class Linear: Layer {
                                        ldc: inputs, rows: .k, accumulate: true, precision: precision)
         inputGradientProduct = Matmul(.none, .none, m: maxRows, n: inputs, k: outputs, lda: outputs, ldb: inputs,
                                       ldc: inputs, rows: .m, accumulate: false, precision: precision)
-        let bf16 = precision == .bf16
-        x16 = bf16 ? BFloat16Buffer(count: maxRows * inputs) : nil
-        w16 = bf16 ? BFloat16Buffer(count: outputs * inputs) : nil
-        g16 = bf16 ? BFloat16Buffer(count: maxRows * outputs) : nil
+        let bf16 = precision.roundsToBFloat16
+        x16 = bf16 ? BFloat16Buffer(count: maxRows * inputs, precision: precision) : nil
+        w16 = bf16 ? BFloat16Buffer(count: outputs * inputs, precision: precision) : nil
+        g16 = bf16 ? BFloat16Buffer(count: maxRows * outputs, precision: precision) : nil
     }
 
     /// The input and the output of the last forward pass (for reading activations: `moefy`).

@@ -37,9 +37,9 @@ final class MoEProducts {
         dW1Add = product(.transpose, .none, h1, d, a, lda: h1, ldb: d, ldc: d, rows: .k, accumulate: true)
         dW1 = product(.transpose, .none, h1, d, a, lda: h1, ldb: d, ldc: d, rows: .k)
         dxs = product(.none, .none, a, d, h1, lda: h1, ldb: d, ldc: d, rows: .m)
-        expertForwardOnMatmul = precision == .bf16 || MatmulLibrary.expertForwardOnOneDNN
-        let bf16 = precision == .bf16
-        w1 = bf16 ? (0..<e).map { _ in BFloat16Buffer(count: h1 * d) } : []
-        w2 = bf16 ? (0..<e).map { _ in BFloat16Buffer(count: d * h) } : []
+        expertForwardOnMatmul = precision.roundsToBFloat16 || MatmulLibrary.expertForwardOnOneDNN
+        let bf16 = precision.roundsToBFloat16
+        w1 = bf16 ? (0..<e).map { _ in BFloat16Buffer(count: h1 * d, precision: precision) } : []
+        w2 = bf16 ? (0..<e).map { _ in BFloat16Buffer(count: d * h, precision: precision) } : []
     }
 }

@@ -19,7 +19,7 @@ public final class Evaluator {
         self.comm = comm
         try config.train.checkPrecision()
         model = Model(config.model, inputs: inputs, classes: config.data.classes, maxRows: maxRows, seed: config.run.seed,
-                      frozen: config.frozen, precision: config.train.precision)
+                      frozen: config.frozen, precision: config.train.products)
         let (collectives, _) = MoECollectives.attach(to: model, comm: comm, balanceExperts: config.parallel.balanceExperts)
         loop = EvaluationLoop(model: model, comm: comm, collectives: collectives, maxRows: maxRows, width: inputs)
     }

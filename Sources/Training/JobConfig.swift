@@ -83,9 +83,11 @@ public struct JobConfig: Sendable {
         /// The number format of the matrix products (`Precision`): fp32, or bf16 inputs with
         /// fp32 accumulation. Weights, optimizer state and checkpoints are fp32 either way.
         public var precision: Precision
-        /// Run bf16 on a CPU without native bf16 arithmetic (oneDNN emulates it, slowly)
+        /// Run bf16 on a CPU without native bf16 arithmetic (emulated: no faster than fp32)
         /// instead of refusing to start.
         public var bf16Emulation: Bool
+        /// How this CPU runs the products `precision` asks for (`Precision.onThisCPU`).
+        public var products: Precision { precision.onThisCPU }
         /// Rows per rank per pass: a step's gradients are summed over passes of this many rows
         /// before the sync (gradient accumulation). Nil, or at least the rank's share of the
         /// batch: one pass per step.
@@ -390,7 +392,7 @@ public struct JobConfig: Sendable {
             threads: try r.int("train", "threads", 0, min: 0, max: 1024),
             logEvery: try r.int("train", "log_every", 50, min: 1),
             maxSteps: try r.int("train", "max_steps", 0, min: 0),
-            precision: Precision(rawValue: try r.string("train", "precision", "fp32", oneOf: Precision.allCases.map(\.rawValue)))!,
+            precision: Precision(rawValue: try r.string("train", "precision", "fp32", oneOf: Precision.requestable.map(\.rawValue)))!,
             bf16Emulation: try r.bool("train", "bf16_emulation", false),
             microBatch: microBatch, moeStatistics: moeStatistics)
 
@@ -456,14 +458,10 @@ extension JobConfig.Train {
     }
 
     /// bf16 on a CPU that would only emulate it is refused unless the job accepts emulation:
-    /// emulated bf16 is several times slower than fp32, not a speed-up.
+    /// emulated bf16 (oneDNN's on AVX-512 without BF16, ours below AVX-512) is no faster than
+    /// fp32, not a speed-up.
     public func checkPrecision() throws {
-        guard precision == .bf16, !OneDNN.nativeBFloat16 else { return }
-        if !OneDNN.supportsBFloat16 {
-            throw ConfigError("[train] precision = \"bf16\": oneDNN runs \(OneDNN.isa) on this CPU and multiplies bf16 only from "
-                              + "AVX-512 on (natively with AVX512-BF16 or AMX-BF16); use precision = \"fp32\"")
-        }
-        guard !bf16Emulation else { return }
+        guard precision == .bf16, !OneDNN.nativeBFloat16, !bf16Emulation else { return }
         throw ConfigError(
             "[train] precision = \"bf16\": this CPU has no native bf16 arithmetic (oneDNN runs \(OneDNN.isa) here; "
             + "bf16 needs AVX512-BF16 or AMX-BF16); use precision = \"fp32\", or set [train] bf16_emulation = true to run it emulated")

@@ -33,7 +33,10 @@ public struct MemoryEstimate: Sendable {
         optimizer = 4 * (size.parameters - size.frozen) * (config.optimizer.kind == .adamw ? 2 : 1)
         // The batch and its logits' gradient, evaluation's own batch, the epoch's order.
         let trainer = Double(maxRows) * Double(2 * train.width + config.data.classes) + Double(train.count)
-        buffers = 4 * (size.buffers + trainer) + (config.train.precision == .bf16 ? 2 * size.bf16Values : 0)
+        // bf16 values take 2 bytes, or 4 where they are held widened (emulated bf16).
+        let bf16Bytes: Double
+        switch config.train.products { case .fp32: bf16Bytes = 0; case .bf16: bf16Bytes = 2; case .bf16Emulated: bf16Bytes = 4 }
+        buffers = 4 * (size.buffers + trainer) + bf16Bytes * size.bf16Values
         // The training set is read first, then the test set: the peak is one of the two loads.
         data = Double(max(train.heldBytes + train.loadingBytes, train.heldBytes + test.heldBytes + test.loadingBytes))
         runtime = 40e6 + 10e6 * Double(threads)

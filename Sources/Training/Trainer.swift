@@ -102,7 +102,7 @@ public final class Trainer {
         passRows = config.train.passRows(ranks: comm.size)
         accumulates = passRows < config.train.share(ranks: comm.size)
         model = Model(config.model, inputs: train.width, classes: config.data.classes,
-                      maxRows: maxRows, seed: config.run.seed, frozen: config.frozen, precision: config.train.precision)
+                      maxRows: maxRows, seed: config.run.seed, frozen: config.frozen, precision: config.train.products)
         // `JobConfig.parse` checked the names already; a config made another way is checked here.
         if let problem = model.frozenProblems.first { throw ConfigError("[model] frozen: \(problem)") }
         // Optimizer state for the trainable parameters only: the frozen ones lie after them.

@@ -102,6 +102,8 @@ struct BenchCommand: ParsableCommand {
         var config = try w.config(dataDir: data, epochs: max(epochs, 1))
         if updateAfterBackward { config.optimizer.updateInBackward = false }
         config.train.precision = precision
+        // bench measures what it is asked for: emulated bf16 too, where this CPU has no native bf16.
+        config.train.bf16Emulation = true
         if let batch {
             guard batch >= 1 else { throw ValidationError("--batch: \(batch) is not a positive integer") }
             config.train.batchSize = batch
@@ -124,7 +126,7 @@ struct BenchCommand: ParsableCommand {
         print("machine: \(Self.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
               + "(thread timeout 2^\(getenv("OPENBLAS_THREAD_TIMEOUT").map { String(cString: $0) } ?? "28") cycles); ranks \(comm.size)")
         // What decides these numbers besides the CPU, so runs on different machines compare.
-        print("products: \(MatmulLibrary.summary(precision))")
+        print("products: \(MatmulLibrary.summary(precision.onThisCPU))")
         if w == .w2 { print("MoE statistics over the \(moeStatistics == .batch ? "batch" : "micro-batch")") }
         for t in threadCounts {
             for micro in microBatches {
@@ -152,7 +154,7 @@ struct BenchCommand: ParsableCommand {
     /// Times `config`'s training steps at `threads`, with the same-run matmul rates, the peak
     /// resident memory of its steps, and `allocations` (counted apart) when there are.
     func measure(_ config: JobConfig, threads t: Int, comm: Communicator, train: Dataset, test: Dataset,
-                 allocations counted: (ours: Int, oneDNN: Int, products: Int)?) throws {
+                 allocations counted: (ours: Int, libraries: Int, products: Int)?) throws {
         BLAS.setThreads(t)
         // Peak memory from here: this trainer's buffers and steps, not an earlier run's.
         let peakReset = MachineMemory.resetPeak()
@@ -178,8 +180,8 @@ struct BenchCommand: ParsableCommand {
             rates.append(Double(samples) / seconds)
             owns.append(GEMMProbe.rate(of: shapes))
             peaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024))
-            dnnlOwns.append(GEMMProbe.rate(of: shapes, library: .oneDNN, precision: precision))
-            dnnlPeaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024, library: .oneDNN, precision: precision))
+            dnnlOwns.append(GEMMProbe.rate(of: shapes, library: .oneDNN, precision: precision.onThisCPU))
+            dnnlPeaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024, library: .oneDNN, precision: precision.onThisCPU))
         }
         let rate = median(rates), peak = median(peaks), own = median(owns)
         let dnnlPeak = median(dnnlPeaks), dnnlOwn = median(dnnlOwns)
@@ -197,15 +199,14 @@ struct BenchCommand: ParsableCommand {
         print("  \(fixed(flops / 1e6, 2)) MFLOP/sample → \(fixed(achieved, 1)) GFLOP/s")
         print("  sgemm 1024³: \(fixed(peak, 1)) GFLOP/s → fraction \(fixed(achieved / peak, 3))")
         print("  sgemm on the workload's shapes: \(fixed(own, 1)) GFLOP/s → fraction \(fixed(achieved / own, 3))")
-        print("  oneDNN \(precision) matmul 1024³: \(fixed(dnnlPeak, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlPeak, 3))")
-        print("  oneDNN \(precision) matmul on the workload's shapes: \(fixed(dnnlOwn, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlOwn, 3))")
-        // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call; oneDNN's
-        // execute builds its argument list and memory objects on the heap.
+        print("  oneDNN \(precision.onThisCPU) matmul 1024³: \(fixed(dnnlPeak, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlPeak, 3))")
+        print("  oneDNN \(precision.onThisCPU) matmul on the workload's shapes: \(fixed(dnnlOwn, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlOwn, 3))")
+        // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call, and its
+        // small-matrix kernels for AVX-512 a packing buffer; oneDNN's execute builds its
+        // argument list and memory objects on the heap. Those are counted apart.
         if let counted {
-            let gemmCalls = counted.products > 0 ? 0 : shapes.count * repeats * steps
-            print("  heap allocations in \(repeats * steps) steps (the same steps, counted in a run of their own): \(counted.ours)"
-                  + (t > 1 && gemmCalls > 0 ? " (\(gemmCalls) multi-threaded sgemm calls, one allocation each inside OpenBLAS)" : "")
-                  + (counted.products > 0 ? "; inside oneDNN's \(counted.products) products: \(counted.oneDNN)" : ""))
+            print("  heap allocations in \(repeats * steps) steps (the same steps, counted in a run of their own): \(counted.ours); "
+                  + "inside the libraries' products (\(counted.products) on oneDNN, the rest on OpenBLAS): \(counted.libraries)")
         } else {
             print("  heap allocations: not counted (\(LaunchEnvironment.allocationCounterFile) is not beside the binary; `swift build -c release` builds it)")
         }
@@ -215,9 +216,9 @@ struct BenchCommand: ParsableCommand {
     /// Heap allocations in the timed steps at each thread count, counted by a child process
     /// of this program under the allocation counter (`--count-allocations`): the counter
     /// interposes malloc, which would slow the timed runs themselves. Empty without it.
-    func allocationCounts(_ w: Workload, _ threadCounts: [Int]) throws -> [AllocationKey: (ours: Int, oneDNN: Int, products: Int)] {
+    func allocationCounts(_ w: Workload, _ threadCounts: [Int]) throws -> [AllocationKey: (ours: Int, libraries: Int, products: Int)] {
         guard LaunchEnvironment.allocationCounterLibrary != nil else { return [:] }
-        var counts: [AllocationKey: (ours: Int, oneDNN: Int, products: Int)] = [:]
+        var counts: [AllocationKey: (ours: Int, libraries: Int, products: Int)] = [:]
         for t in threadCounts {
             for micro in microBatch?.values ?? [nil] as [Int?] {
                 let child = Process()
@@ -250,7 +251,7 @@ struct BenchCommand: ParsableCommand {
         BLAS.setThreads(threads)
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
         for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
-        let inside = AllocationCounter.readOneDNN ?? { 0 }
+        let inside = AllocationCounter.readLibraries ?? { 0 }
         let before = read(), insideBefore = inside(), runsBefore = Matmul.oneDNNRuns
         for i in 0..<(repeats * steps) { _ = try trainer.trainStep(epoch: 0, batch: (warmup + i) % trainer.order.batchesPerEpoch) }
         // Read before print, whose variadic array is allocated first.
@@ -285,7 +286,14 @@ struct BenchFailure: SwitchboardError {
 }
 
 /// What `bench` runs: a workload of docs/BENCHMARKS.md, or the elementwise kernels alone.
-extension Precision: ExpressibleByArgument {}
+extension Precision: ExpressibleByArgument {
+    /// fp32 or bf16: how bf16 runs here is this CPU's choice (`onThisCPU`).
+    public init?(argument: String) {
+        guard let p = Precision(rawValue: argument), Precision.requestable.contains(p) else { return nil }
+        self = p
+    }
+    public static var allValueStrings: [String] { requestable.map(\.rawValue) }
+}
 
 enum BenchTarget: String, CaseIterable, ExpressibleByArgument {
     case w1 = "W1", w2 = "W2", w3 = "W3", w4 = "W4", w5 = "W5", w6 = "W6", input, kernels
@@ -329,9 +337,10 @@ enum GEMMProbe {
         let size = shapes.map { max($0.2 * $0.4, $0.4 * $0.3, $0.2 * $0.3) }.max()!
         let a = Tensor(shape: [size]), b = Tensor(shape: [size]), c = Tensor(shape: [size])
         for i in 0..<size { a[i] = Float(i % 7) * 0.1; b[i] = Float(i % 5) * 0.1 }
-        let a16 = BFloat16Buffer(count: size), b16 = BFloat16Buffer(count: size)
-        a16.round(a.data, count: size)
-        b16.round(b.data, count: size)
+        let a16 = precision.roundsToBFloat16 ? BFloat16Buffer(count: size, precision: precision) : nil
+        let b16 = precision.roundsToBFloat16 ? BFloat16Buffer(count: size, precision: precision) : nil
+        a16?.round(a.data, count: size)
+        b16?.round(b.data, count: size)
         let products = shapes.map { (ta, tb, m, n, k) in
             Matmul(ta, tb, m: m, n: n, k: k, lda: ta == .none ? k : m, ldb: tb == .none ? n : k, ldc: n, rows: .m,
                    accumulate: false, precision: precision, library: library)
@@ -344,7 +353,7 @@ enum GEMMProbe {
             var seconds = 0.0
             while seconds < 0.1 {
                 for (p, shape) in zip(products, shapes) {
-                    if precision == .bf16 {
+                    if let a16, let b16 {
                         p(rows: shape.2, a: a16.data, b: b16.data, c: c.data)
                     } else {
                         p(rows: shape.2, a: a.data, b: b.data, c: c.data)

@@ -27,7 +27,7 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "The split: test or train.") var split: JobConfig.Data.Split = .test
     @Option(name: .customLong("top-k"), help: "MoE models: experts per token (1 to the number of experts; default: as trained).")
     var topK: Int?
-    @Option(help: "The precision of the matrix products: fp32 or bf16 (default: as trained; checkpoints hold fp32 weights).")
+    @Option(help: "The precision of the matrix products: fp32 or bf16, emulated where the CPU has no native bf16 (default: as trained; checkpoints hold fp32 weights).")
     var precision: Precision?
     @Option(help: "BLAS threads per rank (default: the host's cores shared among its ranks).") var threads: Int?
     @Flag(help: "Print JSON instead of tables.") var json = false
@@ -37,7 +37,11 @@ struct EvaluateCommand: ParsableCommand {
         let source = "\(reader.mainPath) (its config)"
         var config = try JobConfig.parse(reader.manifest.config, source: source,
                                          overrides: data.map { ["data.dir=" + ConfigValue.string($0).toml] } ?? [])
-        if let precision { config.train.precision = precision }
+        if let precision {
+            // Asked for by name, bf16 runs emulated where it must: the numbers, not the speed, are wanted.
+            config.train.precision = precision
+            config.train.bf16Emulation = true
+        }
         if let topK {
             guard case .moe(let trunk, var spec) = config.model else {
                 throw ConfigError("--top-k applies to MoE models; the model of \(reader.folder) is not one")
@@ -83,7 +87,7 @@ struct EvaluateCommand: ParsableCommand {
         var topKText = ""
         if case .moe(_, let spec) = config.model { topKText = ", top-\(spec.topK) of \(spec.experts) experts" }
         print("checkpoint \(reader.folder): step \(m.position.step), \(evaluator.model.store.count.formatted()) parameters\(topKText); "
-              + "\(config.train.precision) products")
+              + "\(config.train.products) products")
         print("data: \(split.rawValue) split, \(e.samples) samples of \(dataset.width) features (\(config.data.file(split))); "
               + "\(comm.size) rank\(comm.size == 1 ? "" : "s"); \(Int(e.samplesPerSecond)) samples/s")
         for (l, tokens) in (e.expertTokens ?? []).enumerated() {

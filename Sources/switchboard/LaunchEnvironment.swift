@@ -67,7 +67,7 @@ enum AllocationCounter {
     typealias Count = @convention(c) () -> UInt64
     static let read: Count? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sb_thread_allocations")
         .map { unsafeBitCast($0, to: Count.self) }
-    /// Those made inside oneDNN's products, which the counter keeps apart.
-    static let readOneDNN: Count? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sb_thread_onednn_allocations")
+    /// Those made inside the libraries' products (oneDNN, OpenBLAS), which the counter keeps apart.
+    static let readLibraries: Count? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sb_thread_library_allocations")
         .map { unsafeBitCast($0, to: Count.self) }
 }

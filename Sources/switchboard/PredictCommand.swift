@@ -29,14 +29,18 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "The dataset holding the samples in an HDF5 INPUT.") var x = "x"
     @Option(help: "Samples per batch (default: the config's [train] eval_batch_size).") var batch: Int?
     @Flag(help: "FFF models: the soft mixture of every leaf, as trained, instead of hard decisions.") var soft = false
-    @Option(help: "The precision of the matrix products: fp32 or bf16 (default: as trained; checkpoints hold fp32 weights).")
+    @Option(help: "The precision of the matrix products: fp32 or bf16, emulated where the CPU has no native bf16 (default: as trained; checkpoints hold fp32 weights).")
     var precision: Precision?
     @Option(help: "BLAS threads (default: every core).") var threads: Int?
 
     func run() throws {
         let reader = try openCheckpoint(checkpoint)
         var config = try JobConfig.parse(reader.manifest.config, source: "\(reader.mainPath) (its config)")
-        if let precision { config.train.precision = precision }
+        if let precision {
+            // Asked for by name, bf16 runs emulated where it must: the numbers, not the speed, are wanted.
+            config.train.precision = precision
+            config.train.bf16Emulation = true
+        }
         if let batch, batch < 1 { throw ConfigError("--batch \(batch): must be at least 1") }
         if let threads, threads < 1 { throw ConfigError("--threads \(threads): must be at least 1") }
         let comm = try MPIWorld.start()

@@ -78,7 +78,7 @@ struct TrainCommand: ParsableCommand {
         BLAS.setThreads(threads)
         let say: (String) -> Void = { if comm.isCoordinator { print($0); fflush(nil) } }
         say("switchboard \(Switchboard.version): \(comm.size) rank\(comm.size == 1 ? "" : "s") × \(threads) BLAS thread\(threads == 1 ? "" : "s") (OpenBLAS \(BLAS.coreName))")
-        say("products: \(MatmulLibrary.summary(config.train.precision))")
+        say("products: \(MatmulLibrary.summary(config.train.products))")
 
         // The hosts the ranks run on, in rank order (the coordinator's list).
         var hosts = [Preflight.hostName]

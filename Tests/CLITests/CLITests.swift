@@ -1,4 +1,5 @@
 import Foundation
+@testable import Kernels
 import TestSupport
 import XCTest
 
@@ -67,18 +68,30 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(r.err.hasPrefix("switchboard: error: Unknown option '--no-such-flag'\nUsage: switchboard train <job>"), r.err)
     }
 
-    /// bf16 on a CPU without native bf16 (simulated by capping oneDNN at AVX-512 without BF16,
-    /// its own DNNL_MAX_CPU_ISA) stops before anything is written, naming what is missing;
-    /// a job that accepts emulation runs, and says it is emulated.
+    /// bf16 on a CPU without native bf16 stops before anything is written, naming what is
+    /// missing; a job that accepts emulation runs, and says how. Simulated by capping oneDNN
+    /// (ONEDNN_MAX_CPU_ISA, which the program reads as the CPU): at AVX-512 without BF16,
+    /// where oneDNN emulates bf16, and at AVX2, where oneDNN has no bf16 matmul and the
+    /// products run emulated on the fp32 library. A cap only lowers: on a narrower CPU (or a
+    /// suite run capped lower) each case names what oneDNN runs there.
     func testBFloat16WithoutNativeSupportIsRefusedUnlessEmulationIsAccepted() throws {
         let job = writeJob(Fixtures.job(dir: dir, settings: ["train.max_steps": "3", "train.precision": "\"bf16\""]))
-        let capped = ["DNNL_MAX_CPU_ISA": "AVX512_CORE"]
-        try assertFails(["train", job], code: 2, message: "[train] precision = \"bf16\": this CPU has no native bf16 arithmetic "
-                        + "(oneDNN runs avx512_core here; bf16 needs AVX512-BF16 or AMX-BF16); use precision = \"fp32\", "
-                        + "or set [train] bf16_emulation = true to run it emulated", environment: capped)
-        let r = try run(["train", job, "--set", "train.bf16_emulation=true"], environment: capped)
-        XCTAssertEqual(r.code, 0, r.err)
-        XCTAssertTrue(r.out.contains("products: bf16 on oneDNN 2.6.3 avx512_core (bf16 emulated)"), r.out)
+        for (cap, level) in [("avx512_core", 4), ("avx2", 3)] {
+            let lowers = level <= OneDNN.isaLevel
+            let isa = lowers ? cap : OneDNN.isa
+            let capped = lowers ? ["ONEDNN_MAX_CPU_ISA": cap.uppercased(), "OPENBLAS_CORETYPE": "Haswell"] : [:]
+            try assertFails(["train", job], code: 2, message: "[train] precision = \"bf16\": this CPU has no native bf16 arithmetic "
+                            + "(oneDNN runs \(isa) here; bf16 needs AVX512-BF16 or AMX-BF16); use precision = \"fp32\", "
+                            + "or set [train] bf16_emulation = true to run it emulated", environment: capped)
+            let r = try run(["train", job, "--set", "train.bf16_emulation=true"], environment: capped)
+            XCTAssertEqual(r.code, 0, r.err)
+            // Below AVX-512 the fp32 library: OpenBLAS where oneDNN is no wider (OpenBLAS Haswell under the cap).
+            let fp32 = lowers || MatmulLibrary.fp32 == .openBLAS ? "OpenBLAS \(lowers ? "Haswell" : BLAS.coreName)" : "oneDNN \(OneDNN.version) \(isa)"
+            let products = isa.hasPrefix("avx512") ? "bf16 on oneDNN \(OneDNN.version) \(isa) (bf16 emulated)"
+                : "bf16 emulated on \(fp32) (inputs rounded to bf16, multiplied in fp32: oneDNN \(OneDNN.version) \(isa) has no bf16 matmul)"
+            XCTAssertTrue(r.out.contains("products: \(products); MoE routers in fp32 on "), "capped at \(cap): \(r.out)")
+            try FileManager.default.removeItem(atPath: "\(dir)/runs")
+        }
     }
 
     /// `bench` takes typed arguments: the parser refuses a workload or a thread count it does

@@ -1,8 +1,9 @@
 import XCTest
 @testable import Kernels
 
-/// Prepared products (`Matmul`) on both libraries and both precisions against a Double loop,
-/// with padded row strides, rows below the bound, and accumulation.
+/// Prepared products (`Matmul`) on both libraries and every precision (fp32, bf16 on oneDNN
+/// where oneDNN has a bf16 matmul, emulated bf16 on every CPU) against a Double loop, with
+/// padded row strides, rows below the bound, and accumulation.
 final class MatmulTests: XCTestCase {
     /// op(A)[m, k] · op(B)[k, n] (+ C) in Double.
     func reference(_ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int, a: [Float], lda: Int, b: [Float], ldb: Int,
@@ -24,12 +25,13 @@ final class MatmulTests: XCTestCase {
 
     /// In fp32 the error is the fp32 summation's, k·2⁻²⁴·Σ|a·b| at worst; in bf16 the inputs
     /// are rounded first (the reference multiplies the rounded values), and a product of two
-    /// bf16 values is exact in fp32, so the bound is the same.
+    /// bf16 values is exact in fp32, so the bound is the same, native or emulated.
     func testEveryLayoutLibraryAndPrecision() {
-        XCTAssertTrue(OneDNN.supportsBFloat16, "oneDNN runs \(OneDNN.isa) here: its bf16 matmul needs AVX-512; the bf16 cases cannot run")
+        // bf16 on oneDNN from AVX-512 on (oneDNN 2.6 has no bf16 matmul below it), emulated otherwise.
+        XCTAssertEqual(Precision.bf16.onThisCPU, OneDNN.isa.hasPrefix("avx512") ? .bf16 : .bf16Emulated, "oneDNN runs \(OneDNN.isa)")
         let bound = 40, n = 19, fixed = 23
-        for precision in Precision.allCases where precision == .fp32 || OneDNN.supportsBFloat16 {
-            for library in [MatmulLibrary.openBLAS, .oneDNN] where precision == .fp32 || library == .oneDNN {
+        for precision in Precision.allCases where precision != .bf16 || OneDNN.supportsBFloat16 {
+            for library in [MatmulLibrary.openBLAS, .oneDNN] where precision != .bf16 || library == .oneDNN {
                 for ta in [Transpose.none, .transpose] {
                     for tb in [Transpose.none, .transpose] {
                         for rowsAre in [Matmul.Rows.m, .k] {
@@ -63,7 +65,15 @@ final class MatmulTests: XCTestCase {
             a = roundedToBFloat16(a)
             b = roundedToBFloat16(b)
             let a16 = a.map { UInt16($0.bitPattern >> 16) }, b16 = b.map { UInt16($0.bitPattern >> 16) }
-            p(rows: rows, a: a16, b: b16, c: &c)
+            a16.withUnsafeBufferPointer { a16 in
+                b16.withUnsafeBufferPointer { p(rows: rows, a: BFloat16Pointer(a16.baseAddress!), b: BFloat16Pointer($0.baseAddress!), c: &c) }
+            }
+        } else if p.precision == .bf16Emulated {
+            a = roundedToBFloat16(a, widened: true)
+            b = roundedToBFloat16(b, widened: true)
+            a.withUnsafeBufferPointer { a in
+                b.withUnsafeBufferPointer { p(rows: rows, a: BFloat16Pointer(widened: a.baseAddress!), b: BFloat16Pointer(widened: $0.baseAddress!), c: &c) }
+            }
         } else {
             p(rows: rows, a: a, b: b, c: &c)
         }
@@ -82,29 +92,43 @@ final class MatmulTests: XCTestCase {
         }
     }
 
+    /// Every rounding path (bf16 values on the portable loop and on AVX512-BF16 where it is
+    /// used; the emulated path's fp32 values on the portable loop and on AVX2) rounds to the
+    /// same bits.
     func testRoundingToBFloat16() {
         // Nearest, ties to even: 1 + 2⁻⁸ is halfway between 1 and 1 + 2⁻⁷ and goes to 1;
         // 1 + 3·2⁻⁸ is halfway between 1 + 2⁻⁷ and 1 + 2⁻⁶ and goes to the even 1 + 2⁻⁶.
         let x: [Float] = [1 + 0x1p-8, 1 + 3 * 0x1p-8, 1 + 0x1p-8 + 0x1p-20, -2.5, 0x1p-130, -0x1p-140, .infinity,
                           -.infinity, .greatestFiniteMagnitude, 0, -0.0]
         let want: [Float] = [1, 1 + 0x1p-6, 1 + 0x1p-7, -2.5, 0, -0.0, .infinity, -.infinity, .infinity, 0, -0.0]
-        for native in [false, true] {
-            let got = roundedToBFloat16(x, native: native)
-            for i in x.indices {
-                XCTAssertEqual(got[i].bitPattern, want[i].bitPattern, "native \(native): \(x[i]) → \(got[i]), want \(want[i])")
+        for widened in [false, true] {
+            for simd in [false, true] {
+                let got = roundedToBFloat16(x, simd: simd, widened: widened)
+                for i in x.indices {
+                    XCTAssertEqual(got[i].bitPattern, want[i].bitPattern,
+                                   "widened \(widened), simd \(simd): \(x[i]) → \(got[i]), want \(want[i])")
+                }
+                let nan = roundedToBFloat16([.nan, -.nan], simd: simd, widened: widened)
+                XCTAssertTrue(nan.allSatisfy { $0.isNaN && $0.bitPattern & 0xffff == 0 }, "widened \(widened), simd \(simd): \(nan)")
             }
-            XCTAssertTrue(roundedToBFloat16([.nan], native: native)[0].isNaN)
         }
-        // Both paths agree on every length (the vector loop's tails) and on random bits
-        // (NaNs: both NaN; their payloads are not promised).
-        XCTAssertTrue(OneDNN.nativeBFloat16, "no AVX512-BF16 here (oneDNN runs \(OneDNN.isa)): the native path was not compared")
+        // The AVX512-BF16 instruction is used exactly where oneDNN multiplies bf16 natively
+        // (a cap on oneDNN's instruction set caps it too).
+        XCTAssertEqual(bf16RoundingIsNative, OneDNN.nativeBFloat16, "oneDNN runs \(OneDNN.isa)")
+        // All paths agree on every length (the vector loops' tails) and on random bits (NaNs:
+        // all NaN; their payloads are not promised).
         let rng = Philox(seed: 11)
         let bits = (0..<1000).map { Float(bitPattern: rng.words(stream: 0, block: UInt64($0))[0]) }
-        for count in [1, 15, 16, 17, 31, 32, 33, 1000] {
-            let a = roundedToBFloat16(Array(bits.prefix(count)), native: false)
-            let b = roundedToBFloat16(Array(bits.prefix(count)), native: true)
-            for i in 0..<count where !(a[i].isNaN && b[i].isNaN) {
-                XCTAssertEqual(a[i].bitPattern, b[i].bitPattern, "length \(count), element \(i): \(bits[i])")
+        for count in [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 1000] {
+            let x = Array(bits.prefix(count))
+            let reference = roundedToBFloat16(x, simd: false)
+            for (simd, widened) in [(true, false), (false, true), (true, true)] {
+                let got = roundedToBFloat16(x, simd: simd, widened: widened)
+                for i in 0..<count where !(reference[i].isNaN && got[i].isNaN) && reference[i].bitPattern != got[i].bitPattern {
+                    XCTFail("length \(count), element \(i) (\(bits[i])): simd \(simd), widened \(widened) gave \(got[i]), "
+                            + "the portable loop \(reference[i])")
+                    break
+                }
             }
         }
     }

@@ -11,21 +11,26 @@ import Kernels
 /// one more product; cancellation there can make that larger against the largest output, so
 /// `loose`, 2⁻⁶ of the largest value (8 such half-ulps), is a margin that held with room in
 /// every case here, not a proof.
+///
+/// Every bf16 path this CPU has is compared, with the same bounds: oneDNN's bf16 matmul from
+/// AVX-512 on, and the emulated path (inputs rounded alike, multiplied by the fp32 library)
+/// everywhere.
 final class BFloat16LayerTests: XCTestCase {
     static let tight = 1e-5
     static let loose = 1.0 / 64
 
-    /// Builds the layer twice (same seed, fp32 and bf16), rounds both stores' parameters to
-    /// bf16 values, and compares forward outputs, input gradients and every parameter gradient.
+    /// The bf16 paths of this CPU.
+    static let paths: [Precision] = OneDNN.supportsBFloat16 ? [.bf16, .bf16Emulated] : [.bf16Emulated]
+
+    /// Builds the layer in fp32 and on each bf16 path (same seed), rounds every store's
+    /// parameters to bf16 values, and compares each bf16 path's forward outputs, input
+    /// gradients and parameter gradients with fp32's.
     func compare(rows: Int = 24, tolerance: Double, context: ForwardContext = .init(training: true),
                  file: StaticString = #filePath, line: UInt = #line,
                  _ build: (ParameterStore, Precision) -> any Layer) {
-        guard OneDNN.supportsBFloat16 else {
-            return XCTFail("oneDNN runs \(OneDNN.isa) here: its bf16 matmul needs AVX-512", file: file, line: line)
-        }
         var outputs: [[Float]] = [], inputGradients: [[Float]] = [], gradients: [[Float]] = []
         var names: [String] = []
-        for precision in Precision.allCases {
+        for precision in [.fp32] + Self.paths {
             let store = ParameterStore(seed: 7)
             let layer = build(store, precision)
             store.finalize()
@@ -44,20 +49,22 @@ final class BFloat16LayerTests: XCTestCase {
             gradients.append(store.parameters.filter { !$0.frozen }.flatMap { Array(UnsafeBufferPointer(start: $0.grad, count: $0.count)) })
             names = store.parameters.map(\.name)
         }
-        func check(_ what: String, _ ref: [Float], _ got: [Float]) {
+        func check(_ what: String, _ ref: [Float], _ got: [Float], _ path: Precision) {
             XCTAssertEqual(ref.count, got.count, what, file: file, line: line)
             let scale = ref.map { Double(abs($0)) }.max() ?? 0
             var worst = 0.0, at = 0
             for i in ref.indices where Double(abs(ref[i] - got[i])) > worst { worst = Double(abs(ref[i] - got[i])); at = i }
             XCTAssertLessThanOrEqual(worst, tolerance * max(scale, 1e-30),
-                                     "\(what): max |bf16 − fp32| \(worst) at \(at) (fp32 \(ref[at]), bf16 \(got[at])), "
+                                     "\(path), \(what): max |bf16 − fp32| \(worst) at \(at) (fp32 \(ref[at]), bf16 \(got[at])), "
                                      + "more than \(tolerance) × the largest \(scale); parameters \(names)",
                                      file: file, line: line)
             XCTAssertGreaterThan(scale, 0, "\(what) is all zeros: nothing was compared", file: file, line: line)
         }
-        check("forward", outputs[0], outputs[1])
-        if !inputGradients[0].isEmpty { check("input gradient", inputGradients[0], inputGradients[1]) }
-        check("parameter gradients", gradients[0], gradients[1])
+        for (i, path) in Self.paths.enumerated() {
+            check("forward", outputs[0], outputs[i + 1], path)
+            if !inputGradients[0].isEmpty { check("input gradient", inputGradients[0], inputGradients[i + 1], path) }
+            check("parameter gradients", gradients[0], gradients[i + 1], path)
+        }
     }
 
     func round(_ p: UnsafeMutablePointer<Float>, _ n: Int) {

@@ -6,9 +6,10 @@ import TestSupport
 import XCTest
 @testable import Training
 
-/// bf16 training by the real binary: bitwise repeatable and resumable at a fixed world size
-/// and thread count, close across world sizes, and its checkpoints (fp32 master weights)
-/// move between precisions.
+/// bf16 training by the real binary, on this CPU's bf16 path (oneDNN's from AVX-512 on,
+/// emulated below it): bitwise repeatable and resumable at a fixed world size and thread
+/// count, close across world sizes and across the two paths, and its checkpoints (fp32
+/// master weights) move between precisions.
 final class BFloat16TrainingTests: ToyDataTestCase {
     /// Across world sizes the ranks sum weight gradients in another order than one process
     /// does (in fp32 that alone stays under `MultiRankTests.tolerance`, 1e-5), and in bf16 a
@@ -20,7 +21,8 @@ final class BFloat16TrainingTests: ToyDataTestCase {
 
     func job(_ model: ToyModel, precision: Precision, steps: Int = 24, every: Int = 12) throws -> (path: String, config: JobConfig) {
         let text = Fixtures.job(dir: dir, model: model,
-                                settings: ["train.epochs": "4", "train.max_steps": "\(steps)", "train.precision": "\"\(precision)\""],
+                                settings: ["train.epochs": "4", "train.max_steps": "\(steps)", "train.precision": "\"\(precision)\"",
+                                           "train.bf16_emulation": "true"],
                                 extra: "[checkpoint]\nevery_steps = \(every)\nkeep_last = 0\n")
         let path = try writeJob(text)
         return (path, try JobConfig.parse(text, source: path))
@@ -40,7 +42,7 @@ final class BFloat16TrainingTests: ToyDataTestCase {
             let (path, config) = try job(model, precision: .bf16)
             let first = try train(ranks: 1, name: "\(label)a", job: path)
             let output = try String(contentsOfFile: "\(dir)/\(label)a.out", encoding: .utf8)
-            XCTAssertTrue(output.contains("products: bf16 on oneDNN"), output)
+            XCTAssertTrue(output.contains(Precision.bf16.onThisCPU == .bf16 ? "products: bf16 on oneDNN" : "products: bf16 emulated on"), output)
             _ = try train(ranks: 1, name: "\(label)b", job: path)
             let final = CheckpointFolder.name(step: 24), middle = "\(dir)/runs/\(label)a/\(CheckpointFolder.name(step: 12))"
             XCTAssertEqual(try checksums("\(dir)/runs/\(label)a/\(final)"), try checksums("\(dir)/runs/\(label)b/\(final)"),
@@ -71,6 +73,39 @@ final class BFloat16TrainingTests: ToyDataTestCase {
                                          + "(bf16 against fp32: \(precisionEffect))")
                 print("bf16 \(label), \(ranks) ranks vs 1: max relative L2 difference \(worst.0) (\(worst.1)); bf16 vs fp32 \(precisionEffect)")
             }
+        }
+    }
+
+    /// Where oneDNN multiplies bf16, a run capped to AVX2 (ONEDNN_MAX_CPU_ISA, read as the CPU)
+    /// takes the emulated path, whose products differ from oneDNN's only in the order of their
+    /// fp32 sums: it must train the model the oneDNN path trains as closely as another world
+    /// size does. Where oneDNN has no bf16 matmul there is only the emulated path: bf16 is
+    /// refused unless the job accepts emulation, and then says it is emulated.
+    func testTheEmulatedPathTrainsTheModelOfOneDNNsBFloat16() throws {
+        for (label, model) in [("residual", ToyModel.residual), ("moe", .moe("experts = 4\ntop_k = 2\nhidden = 16\nbalance_loss = 0.01"))] {
+            let (path, config) = try job(model, precision: .bf16, steps: 30, every: 30)
+            guard OneDNN.supportsBFloat16 else {
+                let refused = try mpirun(ranks: 1, name: "\(label)r", job: path, settings: ["train.bf16_emulation=false"])
+                XCTAssertEqual(refused.code, 2, refused.output)
+                XCTAssertTrue(refused.output.contains("this CPU has no native bf16 arithmetic (oneDNN runs \(OneDNN.isa) here"), refused.output)
+                _ = try train(ranks: 1, name: "\(label)e", job: path)
+                let output = try String(contentsOfFile: "\(dir)/\(label)e.out", encoding: .utf8)
+                XCTAssertTrue(output.contains("products: bf16 emulated on"), output)
+                continue
+            }
+            let oneDNN = try loadModel(try train(ranks: 1, name: "\(label)n", job: path), config)
+            let emulated = try loadModel(try train(ranks: 1, name: "\(label)e", job: path,
+                                                   environment: ["ONEDNN_MAX_CPU_ISA": "AVX2"]), config)
+            let output = try String(contentsOfFile: "\(dir)/\(label)e.out", encoding: .utf8)
+            XCTAssertTrue(output.contains("products: bf16 emulated on"), output)
+            let fp32 = try loadModel(try train(ranks: 1, name: "\(label)fp32", job: path, settings: ["train.precision=\"fp32\""]), config)
+            let precisionEffect = Self.maxRelativeDifference(fp32, oneDNN).0
+            let worst = Self.maxRelativeDifference(oneDNN, emulated)
+            XCTAssertGreaterThan(Self.maxRelativeDifference(fp32, emulated).0, 1e-6, "\(label): the emulated run is the fp32 run")
+            XCTAssertLessThanOrEqual(worst.0, min(Self.tolerance, precisionEffect / 2),
+                                     "\(label): emulated against oneDNN's bf16: max relative L2 difference \(worst.0) in \(worst.1) "
+                                     + "(bf16 against fp32: \(precisionEffect))")
+            print("bf16 \(label), emulated vs oneDNN: max relative L2 difference \(worst.0) (\(worst.1)); bf16 vs fp32 \(precisionEffect)")
         }
     }
 

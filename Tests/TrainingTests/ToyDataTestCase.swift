@@ -43,8 +43,8 @@ class ToyDataTestCase: XCTestCase {
                    + settings.flatMap { ["--set", $0] } + extraArguments, environment: environment)
     }
 
-    func train(ranks: Int, name: String, job: String, settings: [String] = []) throws -> String {
-        let r = try mpirun(ranks: ranks, name: name, job: job, settings: settings)
+    func train(ranks: Int, name: String, job: String, settings: [String] = [], environment: [String: String] = [:]) throws -> String {
+        let r = try mpirun(ranks: ranks, name: name, job: job, settings: settings, environment: environment)
         XCTAssertEqual(r.code, 0, r.output)
         XCTAssertTrue(r.output.contains("\(ranks) rank"), r.output)
         try r.output.write(toFile: "\(dir)/\(name).out", atomically: true, encoding: .utf8)

@@ -46,5 +46,14 @@ void sb_omp_set_threads(int n);
 /// the AVX512-BF16 instruction does, so every path agrees bit for bit).
 void sb_to_bf16(const float *x, uint16_t *y, size_t n);
 /// The same on a path no wider than `native` allows: 0 the portable loop, 1 AVX512-BF16 if
-/// the CPU has it (tests check both agree).
+/// the CPU has it and oneDNN runs bf16 natively here (tests check both agree).
 void sb_to_bf16_isa(const float *x, uint16_t *y, size_t n, int native);
+/// Whether `sb_to_bf16` runs the AVX512-BF16 instruction here (the CPU has it and oneDNN's
+/// instruction set, capped or not, includes it).
+int sb_bf16_native_rounding(void);
+/// y[i] = bf16(x[i]) as the fp32 number it equals (the low 16 bits zero): the same rounding
+/// as `sb_to_bf16`, bit for bit, for products that emulate bf16 with fp32 arithmetic. In place
+/// (y == x) is allowed.
+void sb_round_bf16(const float *x, float *y, size_t n);
+/// The same with AVX2 only if `avx2` is non-zero and the CPU has it (tests check both agree).
+void sb_round_bf16_isa(const float *x, float *y, size_t n, int avx2);

@@ -49,3 +49,7 @@ int sb_gemm_nt(size_t n, size_t m, size_t k, const float *x, size_t ldx, const f
 
 /// Whether this CPU runs `sb_gemm_nt` (AVX2 and FMA).
 int sb_gemm_nt_usable(void);
+
+/// Brackets a library call (1 before, 0 after) for the test suite's allocation counter, which
+/// counts the library's own heap allocations apart from ours; nothing where it is not loaded.
+void sb_inside_library(int inside);
