@@ -61,7 +61,6 @@ public final class ShardedSync {
     /// Seconds in the parameter allgather, in the last step.
     public private(set) var lastGatherSeconds = 0.0
 
-    /// - Parameter label: names the part of the arena a bucket covers (called at init only).
     /// - Parameter regions: the parts of the arena every rank holds and syncs, ascending
     ///   (nil: all of it). Experts that only their runner holds are left out.
     /// - Parameter label: names the part of the arena a bucket covers (called at init only).

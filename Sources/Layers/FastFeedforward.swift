@@ -107,7 +107,8 @@ public final class FastFeedforward: Layer {
     /// Hard inference's two parts as work for the worker pool.
     private(set) var hardPass: HardPass!
 
-    public init(_ name: String, width: Int, spec: FFFSpec, maxRows: Int, store: ParameterStore, precision: Precision = .fp32) {
+    public init(_ name: String, width: Int, spec: FFFSpec, in build: BuildContext) {
+        let store = build.store, maxRows = build.maxRows
         precondition(spec.depth >= 1 && spec.leafWidth >= 1)
         // Backward reads the leaves' activations, which a fused identity does not keep.
         precondition(spec.activation != .identity, "an FFF's leaves need an activation")
@@ -117,53 +118,50 @@ public final class FastFeedforward: Layer {
         let hidden = spec.trainingWidth
         // The reference implementation's initialization: node and first-layer parameters
         // uniform in ±1/√d, second-layer ones in ±1/√leafWidth.
-        nodes = Linear("\(name).nodes", inputs: d, outputs: n, maxRows: maxRows, store: store, precision: precision)
-        fc1 = Linear("\(name).leaves.fc1", inputs: d, outputs: hidden, activation: spec.activation,
-                     maxRows: maxRows, store: store, precision: precision)
-        fc2 = Linear("\(name).leaves.fc2", inputs: hidden, outputs: d, bias: false, maxRows: maxRows, store: store,
-                     precision: precision, initBound: 1 / Float(lw).squareRoot())
+        nodes = Linear("\(name).nodes", inputs: d, outputs: n, in: build)
+        fc1 = Linear("\(name).leaves.fc1", inputs: d, outputs: hidden, activation: spec.activation, in: build)
+        fc2 = Linear("\(name).leaves.fc2", inputs: hidden, outputs: d, bias: false, in: build, initBound: 1 / Float(lw).squareRoot())
         leafBias = store.register("\(name).leaves.fc2.bias", shape: [l, d], role: .bias,
                                   initializer: .uniform(bound: 1 / Float(lw).squareRoot()), freezable: true)
         if spec.masterLeaf {
-            master = (Linear("\(name).master.fc1", inputs: d, outputs: lw, activation: spec.activation, maxRows: maxRows, store: store,
-                             precision: precision),
-                      Linear("\(name).master.fc2", inputs: lw, outputs: d, maxRows: maxRows, store: store, precision: precision),
+            master = (Linear("\(name).master.fc1", inputs: d, outputs: lw, activation: spec.activation, in: build),
+                      Linear("\(name).master.fc2", inputs: lw, outputs: d, in: build),
                       store.register("\(name).master.mix", shape: [1], role: .coefficient, initializer: .constant(0.5), freezable: true))
         } else {
             master = nil
         }
-        sigma = Tensor(shape: [maxRows, n])
-        reach = Tensor(shape: [maxRows, 2 * l - 1])
-        gated = Tensor(shape: [maxRows, hidden])
-        tree = Tensor(shape: [spec.masterLeaf ? maxRows : 0, d])
-        y = Tensor(shape: [maxRows, d])
-        dTree = Tensor(shape: [spec.masterLeaf ? maxRows : 0, d])
-        dp = Tensor(shape: [maxRows, l])
-        dh = Tensor(shape: [maxRows, hidden])
-        da = Tensor(shape: [maxRows, n])
-        up = Tensor(shape: [2 * l - 1])
-        dx = Tensor(shape: [maxRows, d])
+        sigma = build.tensor([maxRows, n])
+        reach = build.tensor([maxRows, 2 * l - 1])
+        gated = build.tensor([maxRows, hidden])
+        tree = build.tensor([spec.masterLeaf ? maxRows : 0, d])
+        y = build.tensor([maxRows, d])
+        dTree = build.tensor([spec.masterLeaf ? maxRows : 0, d])
+        dp = build.tensor([maxRows, l])
+        dh = build.tensor([maxRows, hidden])
+        da = build.tensor([maxRows, n])
+        up = build.tensor([2 * l - 1])
+        dx = build.tensor([maxRows, d])
         statistics = [Double](repeating: 0, count: 2 * l + 1)
         stepStatistics = statistics
         leafCounts = [Int](repeating: 0, count: l + 1)
         leafOf = [Int32](repeating: 0, count: maxRows)
         grouped = [Int32](repeating: 0, count: maxRows)
         groupStart = [Int](repeating: 0, count: l + 1)
-        xs = Tensor(shape: [maxRows, d])
-        zs = Tensor(shape: [maxRows, lw])
-        hs = Tensor(shape: [maxRows, lw])
-        ys = Tensor(shape: [maxRows, d])
+        xs = build.tensor([maxRows, d])
+        zs = build.tensor([maxRows, lw])
+        hs = build.tensor([maxRows, lw])
+        ys = build.tensor([maxRows, d])
         let heap = 2 * l - 1
-        mixLeafBias = Matmul(.none, .none, m: maxRows, n: d, k: l, lda: heap, ldb: d, ldc: d, rows: .m, accumulate: true,
-                             precision: .fp32)
-        leafBiasGradient = Matmul(.transpose, .none, m: l, n: d, k: maxRows, lda: heap, ldb: d, ldc: d, rows: .k,
-                                  accumulate: true, precision: .fp32)
-        reachGradient = Matmul(.none, .transpose, m: maxRows, n: l, k: d, lda: d, ldb: d, ldc: l, rows: .m, accumulate: false,
-                               precision: .fp32)
-        leafFirst = Matmul(.none, .transpose, m: maxRows, n: lw, k: d, lda: d, ldb: d, ldc: lw, rows: .m, accumulate: false,
-                           precision: .fp32)
-        leafSecond = Matmul(.none, .transpose, m: maxRows, n: d, k: lw, lda: lw, ldb: l * lw, ldc: d, rows: .m, accumulate: false,
-                            precision: .fp32)
+        mixLeafBias = build.product(.none, .none, m: maxRows, n: d, k: l, lda: heap, ldb: d, ldc: d, rows: .m, accumulate: true,
+                                    precision: .fp32)
+        leafBiasGradient = build.product(.transpose, .none, m: l, n: d, k: maxRows, lda: heap, ldb: d, ldc: d, rows: .k,
+                                         accumulate: true, precision: .fp32)
+        reachGradient = build.product(.none, .transpose, m: maxRows, n: l, k: d, lda: d, ldb: d, ldc: l, rows: .m,
+                                      accumulate: false, precision: .fp32)
+        leafFirst = build.product(.none, .transpose, m: maxRows, n: lw, k: d, lda: d, ldb: d, ldc: lw, rows: .m,
+                                  accumulate: false, precision: .fp32)
+        leafSecond = build.product(.none, .transpose, m: maxRows, n: d, k: lw, lda: lw, ldb: l * lw, ldc: d, rows: .m,
+                                   accumulate: false, precision: .fp32)
         hardPass = HardPass(self)
     }
 

@@ -25,17 +25,18 @@ public final class LayerNorm: Layer {
     let discard: Tensor
     var x: UnsafePointer<Float>?
 
-    public init(_ name: String, width: Int, epsilon: Float = 1e-5, scale: Float = 1, maxRows: Int, store: ParameterStore) {
+    public init(_ name: String, width: Int, epsilon: Float = 1e-5, scale: Float = 1, in build: BuildContext) {
         inputWidth = width
         self.epsilon = epsilon
         self.scale = scale
+        let store = build.store, maxRows = build.maxRows
         gain = store.register("\(name).weight", shape: [width], role: .normGain, initializer: .ones, freezable: true)
         shift = store.register("\(name).bias", shape: [width], role: .normBias, initializer: .zeros, freezable: true)
-        y = Tensor(shape: [maxRows, width])
-        dx = Tensor(shape: [maxRows, width])
-        mean = Tensor(shape: [maxRows])
-        rstd = Tensor(shape: [maxRows])
-        discard = Tensor(shape: [gain.frozen || shift.frozen ? width : 0])
+        y = build.tensor([maxRows, width])
+        dx = build.tensor([maxRows, width])
+        mean = build.tensor([maxRows])
+        rstd = build.tensor([maxRows])
+        discard = build.tensor([gain.frozen || shift.frozen ? width : 0])
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
@@ -129,15 +130,16 @@ public final class RMSNorm: Layer {
     let discard: Tensor
     var x: UnsafePointer<Float>?
 
-    public init(_ name: String, width: Int, epsilon: Float = 1e-6, scale: Float = 1, maxRows: Int, store: ParameterStore) {
+    public init(_ name: String, width: Int, epsilon: Float = 1e-6, scale: Float = 1, in build: BuildContext) {
         inputWidth = width
         self.epsilon = epsilon
         self.scale = scale
+        let store = build.store, maxRows = build.maxRows
         gain = store.register("\(name).weight", shape: [width], role: .normGain, initializer: .ones, freezable: true)
-        y = Tensor(shape: [maxRows, width])
-        dx = Tensor(shape: [maxRows, width])
-        rrms = Tensor(shape: [maxRows])
-        discard = Tensor(shape: [gain.frozen ? width : 0])
+        y = build.tensor([maxRows, width])
+        dx = build.tensor([maxRows, width])
+        rrms = build.tensor([maxRows])
+        discard = build.tensor([gain.frozen ? width : 0])
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
@@ -204,10 +206,9 @@ public final class RMSNorm: Layer {
 }
 
 /// A normalization layer of the given kind, its output times `scale`.
-public func makeNorm(_ kind: NormKind, _ name: String, width: Int, scale: Float = 1, maxRows: Int,
-                     store: ParameterStore) -> any Layer {
+public func makeNorm(_ kind: NormKind, _ name: String, width: Int, scale: Float = 1, in build: BuildContext) -> any Layer {
     switch kind {
-    case .layerNorm: LayerNorm(name, width: width, scale: scale, maxRows: maxRows, store: store)
-    case .rmsNorm: RMSNorm(name, width: width, scale: scale, maxRows: maxRows, store: store)
+    case .layerNorm: LayerNorm(name, width: width, scale: scale, in: build)
+    case .rmsNorm: RMSNorm(name, width: width, scale: scale, in: build)
     }
 }

@@ -30,15 +30,15 @@ public final class Linear: Layer {
 
     /// Weights and biases uniform in ±1/√fan_in (PyTorch's default, and the benchmark workloads').
     public init(
-        _ name: String, inputs: Int, outputs: Int, bias: Bool = true,
-        activation: Activation = .identity, computesInputGradient: Bool = true,
-        maxRows: Int, store: ParameterStore, precision: Precision = .fp32, initBound: Float? = nil, biasBound: Float? = nil
+        _ name: String, inputs: Int, outputs: Int, bias: Bool = true, activation: Activation = .identity,
+        computesInputGradient: Bool = true, in build: BuildContext, initBound: Float? = nil, biasBound: Float? = nil
     ) {
         inputWidth = inputs
         outputWidth = outputs
         self.activation = activation
         self.computesInputGradient = computesInputGradient
         let bound = initBound ?? 1 / Float(inputs).squareRoot()
+        let store = build.store, maxRows = build.maxRows
         weight = store.register(
             "\(name).weight", shape: [outputs, inputs], role: .weight, initializer: .uniform(bound: bound), freezable: true)
         self.bias = bias
@@ -46,20 +46,19 @@ public final class Linear: Layer {
                              freezable: true)
             : nil
         let fused = activation != .identity
-        z = Tensor(shape: [maxRows, outputs])
-        y = Tensor(shape: [fused ? maxRows : 0, outputs])
-        dz = Tensor(shape: [fused ? maxRows : 0, outputs])
-        dx = Tensor(shape: [computesInputGradient ? maxRows : 0, inputs])
-        forwardProduct = Matmul(.none, .transpose, m: maxRows, n: outputs, k: inputs, lda: inputs, ldb: inputs,
-                                ldc: outputs, rows: .m, accumulate: false, precision: precision)
-        weightGradientProduct = Matmul(.transpose, .none, m: outputs, n: inputs, k: maxRows, lda: outputs, ldb: inputs,
-                                       ldc: inputs, rows: .k, accumulate: true, precision: precision)
-        inputGradientProduct = Matmul(.none, .none, m: maxRows, n: inputs, k: outputs, lda: outputs, ldb: inputs,
-                                      ldc: inputs, rows: .m, accumulate: false, precision: precision)
-        let bf16 = precision.roundsToBFloat16
-        x16 = bf16 ? BFloat16Buffer(count: maxRows * inputs, precision: precision) : nil
-        w16 = bf16 ? BFloat16Buffer(count: outputs * inputs, precision: precision) : nil
-        g16 = bf16 ? BFloat16Buffer(count: maxRows * outputs, precision: precision) : nil
+        z = build.tensor([maxRows, outputs])
+        y = build.tensor([fused ? maxRows : 0, outputs])
+        dz = build.tensor([fused ? maxRows : 0, outputs])
+        dx = build.tensor([computesInputGradient ? maxRows : 0, inputs])
+        forwardProduct = build.product(.none, .transpose, m: maxRows, n: outputs, k: inputs, lda: inputs, ldb: inputs,
+                                       ldc: outputs, rows: .m, accumulate: false)
+        weightGradientProduct = build.product(.transpose, .none, m: outputs, n: inputs, k: maxRows, lda: outputs, ldb: inputs,
+                                              ldc: inputs, rows: .k, accumulate: true)
+        inputGradientProduct = build.product(.none, .none, m: maxRows, n: inputs, k: outputs, lda: outputs, ldb: inputs,
+                                             ldc: inputs, rows: .m, accumulate: false)
+        x16 = build.bf16(maxRows * inputs)
+        w16 = build.bf16(outputs * inputs)
+        g16 = build.bf16(maxRows * outputs)
     }
 
     /// The input and the output of the last forward pass (for reading activations: `moefy`).

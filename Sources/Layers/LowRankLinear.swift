@@ -16,13 +16,12 @@ public final class LowRankLinear: Layer {
     /// V uniform in ±1/√in (Linear's default); U uniform in ±√(3/r), so that each entry of
     /// U·V has the variance of the dense layer's, 1/(3·in); the bias as the dense layer's.
     public init(_ name: String, inputs: Int, outputs: Int, rank: Int, bias: Bool = true, activation: Activation = .identity,
-                computesInputGradient: Bool = true, maxRows: Int, store: ParameterStore, precision: Precision = .fp32) {
+                computesInputGradient: Bool = true, in build: BuildContext) {
         precondition(rank >= 1 && rank < min(inputs, outputs), "rank \(rank) of a \(outputs) × \(inputs) matrix")
         self.rank = rank
-        v = Linear("\(name).v", inputs: inputs, outputs: rank, bias: false, computesInputGradient: computesInputGradient,
-                   maxRows: maxRows, store: store, precision: precision)
-        u = Linear("\(name).u", inputs: rank, outputs: outputs, bias: bias, activation: activation, maxRows: maxRows,
-                   store: store, precision: precision, initBound: (3 / Float(rank)).squareRoot(), biasBound: 1 / Float(inputs).squareRoot())
+        v = Linear("\(name).v", inputs: inputs, outputs: rank, bias: false, computesInputGradient: computesInputGradient, in: build)
+        u = Linear("\(name).u", inputs: rank, outputs: outputs, bias: bias, activation: activation, in: build,
+                   initBound: (3 / Float(rank)).squareRoot(), biasBound: 1 / Float(inputs).squareRoot())
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {

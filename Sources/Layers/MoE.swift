@@ -107,16 +107,16 @@ public final class MoE: Layer {
     /// This rank's rows in the pass; rows of the global batch, and of the pass, over all ranks.
     var tokens = 0, globalTokens = 1, passTokens = 1
 
-    public init(_ name: String, width d: Int, spec: MoESpec, site: Int, seed: UInt64, maxRows: Int, store: ParameterStore,
-                precision: Precision = .fp32) {
+    public init(_ name: String, width d: Int, spec: MoESpec, site: Int, in build: BuildContext) {
         precondition(spec.topK >= 1 && spec.topK <= spec.experts)
+        let store = build.store, maxRows = build.maxRows, precision = build.precision
         self.name = name
         self.precision = precision
         self.maxRows = maxRows
         inputWidth = d
         self.spec = spec
         self.site = site
-        self.seed = seed
+        seed = build.seed
         self.d = d
         e = spec.experts
         k = spec.topK
@@ -150,37 +150,34 @@ public final class MoE: Layer {
             var layers: [any Layer] = []
             switch spec.activation {
             case .pointwise(let f):
-                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: sh, bias: spec.bias, activation: f, maxRows: maxRows, store: store,
-                                     precision: precision))
+                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: sh, bias: spec.bias, activation: f, in: build))
             case .gated(let f):
-                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: 2 * sh, bias: spec.bias, maxRows: maxRows, store: store,
-                                     precision: precision))
-                layers.append(GLULayer(gate: f, hidden: sh, maxRows: maxRows))
+                layers.append(Linear("\(name).shared.fc1", inputs: d, outputs: 2 * sh, bias: spec.bias, in: build))
+                layers.append(GLULayer(gate: f, hidden: sh, in: build))
             }
-            layers.append(Linear("\(name).shared.fc2", inputs: sh, outputs: d, bias: spec.bias, maxRows: maxRows, store: store,
-                                 precision: precision))
+            layers.append(Linear("\(name).shared.fc2", inputs: sh, outputs: d, bias: spec.bias, in: build))
             shared = Sequential(layers)
         } else {
             shared = nil
         }
         outputBias = spec.outputBias ? store.register("\(name).bias", shape: [d], role: .bias, initializer: .zeros) : nil
         let a = maxRows * k
-        logits = Tensor(shape: [maxRows, e])
-        probs = Tensor(shape: [maxRows, e])
-        scores = Tensor(shape: [maxRows, e])
-        dprobs = Tensor(shape: [maxRows, e])
-        dlogits = Tensor(shape: [maxRows, e])
+        logits = build.tensor([maxRows, e])
+        probs = build.tensor([maxRows, e])
+        scores = build.tensor([maxRows, e])
+        dprobs = build.tensor([maxRows, e])
+        dlogits = build.tensor([maxRows, e])
         choice = [Int32](repeating: -1, count: a)
         position = [Int32](repeating: -1, count: a)
-        gate = Tensor(shape: [a])
-        dgate = Tensor(shape: [a])
+        gate = build.tensor([a])
+        dgate = build.tensor([a])
         rowToken = [Int32](repeating: 0, count: a)
         local = ExpertRows(rows: a, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
         products = MoEProducts(tokens: maxRows, rows: a, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
         work = local
         queue = ExpertQueue(experts: e)
-        y = Tensor(shape: [maxRows, d])
-        dx = Tensor(shape: [maxRows, d])
+        y = build.tensor([maxRows, d])
+        dx = build.tensor([maxRows, d])
         meanProb = [Double](repeating: 0, count: e)
         share = [Double](repeating: 0, count: e)
         lse = [Float](repeating: 0, count: maxRows)

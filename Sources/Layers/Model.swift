@@ -29,6 +29,7 @@ public final class Model {
         self.classes = classes
         self.maxRows = maxRows
         let store = ParameterStore(seed: seed, frozen: frozen)
+        let build = BuildContext(store: store, maxRows: maxRows, precision: precision)
         var layers: [any Layer] = []
         var moes: [MoE] = []
         var fffs: [FastFeedforward] = []
@@ -40,27 +41,23 @@ public final class Model {
         }
         /// A block matrix, dense or factored.
         func matrix(_ name: String, _ i: Int, _ o: Int, _ f: Activation = .identity, rank: Int) -> any Layer {
-            rank > 0 ? LowRankLinear(name, inputs: i, outputs: o, rank: rank, activation: f, maxRows: maxRows, store: store, precision: precision)
-                : Linear(name, inputs: i, outputs: o, activation: f, maxRows: maxRows, store: store, precision: precision)
+            rank > 0 ? LowRankLinear(name, inputs: i, outputs: o, rank: rank, activation: f, in: build)
+                : Linear(name, inputs: i, outputs: o, activation: f, in: build)
         }
         switch architecture {
         case .stack(let hidden, let activation):
             var width = inputs
             for (i, h) in hidden.enumerated() {
-                append(Linear("layers.\(i)", inputs: width, outputs: h, activation: activation,
-                                     computesInputGradient: i > 0, maxRows: maxRows, store: store, precision: precision))
+                append(Linear("layers.\(i)", inputs: width, outputs: h, activation: activation, computesInputGradient: i > 0, in: build))
                 width = h
             }
-            append(Linear("head", inputs: width, outputs: classes,
-                                 computesInputGradient: !hidden.isEmpty, maxRows: maxRows, store: store, precision: precision))
+            append(Linear("head", inputs: width, outputs: classes, computesInputGradient: !hidden.isEmpty, in: build))
         case .residual(let trunk, let ffn):
             let d = trunk.width
-            append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false,
-                                 maxRows: maxRows, store: store, precision: precision))
+            append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false, in: build))
             for i in 0..<trunk.depth {
                 let name = "blocks.\(i)"
-                var branch: [any Layer] = [makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i),
-                                                    maxRows: maxRows, store: store)]
+                var branch: [any Layer] = [makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i), in: build)]
                 switch ffn {
                 case .mlp(let m):
                     switch m.activation {
@@ -68,35 +65,33 @@ public final class Model {
                         branch.append(matrix("\(name).fc1", d, m.hidden, f, rank: m.rank))
                     case .gated(let gate):
                         branch.append(matrix("\(name).fc1", d, 2 * m.hidden, rank: m.rank))
-                        branch.append(GLULayer(gate: gate, hidden: m.hidden, maxRows: maxRows))
+                        branch.append(GLULayer(gate: gate, hidden: m.hidden, in: build))
                     }
                     if m.dropout > 0 {
-                        branch.append(Dropout(probability: m.dropout, width: m.hidden, site: i, seed: seed, maxRows: maxRows))
+                        branch.append(Dropout(probability: m.dropout, width: m.hidden, site: i, in: build))
                     }
                     branch.append(matrix("\(name).fc2", m.hidden, d, rank: m.rank))
                 case .fff(let spec):
-                    let fff = FastFeedforward("\(name).fff", width: d, spec: spec, maxRows: maxRows, store: store, precision: precision)
+                    let fff = FastFeedforward("\(name).fff", width: d, spec: spec, in: build)
                     fffs.append(fff)
                     branch.append(fff)
                 }
-                append(Residual(Sequential(branch), maxRows: maxRows))
+                append(Residual(Sequential(branch), in: build))
             }
-            append(makeNorm(trunk.norm, "norm", width: d, maxRows: maxRows, store: store))
-            append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store, precision: precision))
+            append(makeNorm(trunk.norm, "norm", width: d, in: build))
+            append(Linear("head", inputs: d, outputs: classes, in: build))
         case .moe(let trunk, let spec):
             let d = trunk.width
-            append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false,
-                          maxRows: maxRows, store: store, precision: precision))
+            append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false, in: build))
             for i in 0..<trunk.depth {
                 let name = "blocks.\(i)"
-                let moe = MoE("\(name).moe", width: d, spec: spec, site: i, seed: seed, maxRows: maxRows, store: store, precision: precision)
+                let moe = MoE("\(name).moe", width: d, spec: spec, site: i, in: build)
                 moes.append(moe)
-                append(Residual(Sequential([makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i),
-                                                     maxRows: maxRows, store: store), moe]),
-                                maxRows: maxRows))
+                append(Residual(Sequential([makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i), in: build),
+                                            moe]), in: build))
             }
-            append(makeNorm(trunk.norm, "norm", width: d, maxRows: maxRows, store: store))
-            append(Linear("head", inputs: d, outputs: classes, maxRows: maxRows, store: store, precision: precision))
+            append(makeNorm(trunk.norm, "norm", width: d, in: build))
+            append(Linear("head", inputs: d, outputs: classes, in: build))
         }
         moeLayers = moes
         fffLayers = fffs

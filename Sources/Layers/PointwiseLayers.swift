@@ -9,12 +9,13 @@ public final class ActivationLayer: Layer {
     let z: Tensor, y: Tensor, dx: Tensor
     var rows = 0
 
-    public init(_ activation: Activation, width: Int, maxRows: Int) {
+    public init(_ activation: Activation, width: Int, in build: BuildContext) {
+        let maxRows = build.maxRows
         self.activation = activation
         inputWidth = width
-        z = Tensor(shape: [maxRows, width])
-        y = Tensor(shape: [maxRows, width])
-        dx = Tensor(shape: [maxRows, width])
+        z = build.tensor([maxRows, width])
+        y = build.tensor([maxRows, width])
+        dx = build.tensor([maxRows, width])
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
@@ -37,11 +38,12 @@ public final class GLULayer: Layer {
     let h: Tensor, dab: Tensor
     var ab: UnsafePointer<Float>?
 
-    public init(gate: Activation, hidden: Int, maxRows: Int) {
+    public init(gate: Activation, hidden: Int, in build: BuildContext) {
+        let maxRows = build.maxRows
         gated = GatedActivation(gate: gate)
         inputWidth = 2 * hidden
-        h = Tensor(shape: [maxRows, hidden])
-        dab = Tensor(shape: [maxRows, 2 * hidden])
+        h = build.tensor([maxRows, hidden])
+        dab = build.tensor([maxRows, 2 * hidden])
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
@@ -70,15 +72,16 @@ public final class Dropout: Layer {
     let mask: Tensor, y: Tensor, dx: Tensor
     var active = false
 
-    public init(probability: Float, width: Int, site: Int, seed: UInt64, maxRows: Int) {
+    public init(probability: Float, width: Int, site: Int, in build: BuildContext) {
+        let maxRows = build.maxRows, seed = build.seed
         precondition(probability >= 0 && probability < 1)
         self.probability = probability
         self.site = site
         self.seed = seed
         inputWidth = width
-        mask = Tensor(shape: [maxRows, width])
-        y = Tensor(shape: [maxRows, width])
-        dx = Tensor(shape: [maxRows, width])
+        mask = build.tensor([maxRows, width])
+        y = build.tensor([maxRows, width])
+        dx = build.tensor([maxRows, width])
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {

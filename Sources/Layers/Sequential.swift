@@ -38,11 +38,12 @@ public final class Residual: Layer {
     public var outputWidth: Int { branch.outputWidth }
     let y: Tensor, dx: Tensor
 
-    public init(_ branch: Sequential, maxRows: Int) {
+    public init(_ branch: Sequential, in build: BuildContext) {
+        let maxRows = build.maxRows
         precondition(branch.inputWidth == branch.outputWidth, "a residual branch must keep the width")
         self.branch = branch
-        y = Tensor(shape: [maxRows, branch.outputWidth])
-        dx = Tensor(shape: [maxRows, branch.inputWidth])
+        y = build.tensor([maxRows, branch.outputWidth])
+        dx = build.tensor([maxRows, branch.inputWidth])
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {

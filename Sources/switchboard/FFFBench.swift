@@ -18,9 +18,10 @@ struct FFFBench {
         let spec = FFFSpec(depth: depth, leafWidth: leafWidth, activation: .relu)
         let rows = batches.max()!, hidden = spec.trainingWidth
         let store = ParameterStore(seed: 1)
-        let fff = FastFeedforward("fff", width: width, spec: spec, maxRows: rows, store: store)
-        let fc1 = Linear("fc1", inputs: width, outputs: hidden, activation: .relu, maxRows: rows, store: store)
-        let fc2 = Linear("fc2", inputs: hidden, outputs: width, maxRows: rows, store: store)
+        let build = BuildContext(store: store, maxRows: rows)
+        let fff = FastFeedforward("fff", width: width, spec: spec, in: build)
+        let fc1 = Linear("fc1", inputs: width, outputs: hidden, activation: .relu, in: build)
+        let fc2 = Linear("fc2", inputs: hidden, outputs: width, in: build)
         store.finalize()
         let x = Tensor(shape: [rows, width])
         let rng = Philox(seed: 2)

@@ -35,7 +35,7 @@ enum KernelBench {
             }
         }
         let lnStore = ParameterStore(seed: 1)
-        let ln = LayerNorm("ln", width: cols, maxRows: rows, store: lnStore)
+        let ln = LayerNorm("ln", width: cols, in: BuildContext(store: lnStore, maxRows: rows))
         lnStore.finalize()
         report("layernorm forward [256, 1024]", bytes: 8 * Double(z.count), elements: Double(z.count)) {
             _ = ln.forward(z.data, rows: rows, context: .init(training: true))

@@ -73,22 +73,22 @@ final class BFloat16LayerTests: XCTestCase {
     }
 
     func testLinearIsExactUpToSummationOrder() {
-        compare(tolerance: Self.tight) { Linear("fc", inputs: 37, outputs: 29, maxRows: 24, store: $0, precision: $1) }
-        compare(tolerance: Self.tight) { Linear("fc", inputs: 16, outputs: 8, bias: false, maxRows: 24, store: $0, precision: $1) }
+        compare(tolerance: Self.tight) { Linear("fc", inputs: 37, outputs: 29, in: BuildContext(store: $0, maxRows: 24, precision: $1)) }
+        compare(tolerance: Self.tight) { Linear("fc", inputs: 16, outputs: 8, bias: false, in: BuildContext(store: $0, maxRows: 24, precision: $1)) }
     }
 
     /// With a fused activation the output gradient the products see is dy ⊙ f'(z), rounded.
     func testLinearWithActivation() {
-        compare(tolerance: Self.loose) { Linear("fc", inputs: 37, outputs: 29, activation: .gelu, maxRows: 24, store: $0, precision: $1) }
+        compare(tolerance: Self.loose) { Linear("fc", inputs: 37, outputs: 29, activation: .gelu, in: BuildContext(store: $0, maxRows: 24, precision: $1)) }
     }
 
     func testLowRankLinear() {
-        compare(tolerance: Self.loose) { LowRankLinear("fc", inputs: 31, outputs: 23, rank: 5, maxRows: 24, store: $0, precision: $1) }
+        compare(tolerance: Self.loose) { LowRankLinear("fc", inputs: 31, outputs: 23, rank: 5, in: BuildContext(store: $0, maxRows: 24, precision: $1)) }
     }
 
     func testFastFeedforward() {
         let spec = FFFSpec(depth: 2, leafWidth: 6, activation: .gelu, masterLeaf: true)
-        compare(tolerance: Self.loose) { FastFeedforward("fff", width: 12, spec: spec, maxRows: 24, store: $0, precision: $1) }
+        compare(tolerance: Self.loose) { FastFeedforward("fff", width: 12, spec: spec, in: BuildContext(store: $0, maxRows: 24, precision: $1)) }
     }
 
     /// The router is fp32 in both, so both route alike; the experts' products are bf16.
@@ -97,7 +97,7 @@ final class BFloat16LayerTests: XCTestCase {
             MoESpec(experts: 4, topK: 2, hidden: 10, activation: .pointwise(.gelu)),
             MoESpec(experts: 3, topK: 1, hidden: 8, activation: .gated(.silu), bias: false, sharedHidden: 6),
         ] {
-            compare(tolerance: Self.loose) { MoE("moe", width: 16, spec: spec, site: 0, seed: 7, maxRows: 24, store: $0, precision: $1) }
+            compare(tolerance: Self.loose) { MoE("moe", width: 16, spec: spec, site: 0, in: BuildContext(store: $0, maxRows: 24, precision: $1)) }
         }
     }
 }

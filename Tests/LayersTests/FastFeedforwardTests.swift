@@ -11,7 +11,7 @@ final class FastFeedforwardTests: XCTestCase {
 
     func layer(_ spec: FFFSpec, width: Int = 10, seed: UInt64 = 7, maxRows: Int? = nil) -> (FastFeedforward, ParameterStore) {
         let store = ParameterStore(seed: seed)
-        let fff = FastFeedforward("fff", width: width, spec: spec, maxRows: maxRows ?? rows, store: store)
+        let fff = FastFeedforward("fff", width: width, spec: spec, in: BuildContext(store: store, maxRows: maxRows ?? rows))
         store.finalize()
         return (fff, store)
     }
@@ -115,13 +115,13 @@ final class FastFeedforwardTests: XCTestCase {
 
     func testLowRankLinearAndScaledNorms() {
         let store = ParameterStore(seed: 4)
-        let lowRank = LowRankLinear("fc", inputs: 11, outputs: 9, rank: 3, activation: .gelu, maxRows: rows, store: store)
+        let lowRank = LowRankLinear("fc", inputs: 11, outputs: 9, rank: 3, activation: .gelu, in: BuildContext(store: store, maxRows: rows))
         store.finalize()
         XCTAssertEqual(store.parameters.map(\.name), ["fc.v.weight", "fc.u.weight", "fc.u.bias"])
         GradientCheck(lowRank, store: store, rows: rows).run()
         for kind in NormKind.allCases {
             let store = ParameterStore(seed: 3)
-            let norm = makeNorm(kind, "norm", width: 13, scale: 1 / Float(3).squareRoot(), maxRows: rows, store: store)
+            let norm = makeNorm(kind, "norm", width: 13, scale: 1 / Float(3).squareRoot(), in: BuildContext(store: store, maxRows: rows))
             store.finalize()
             for p in store.parameters { for i in 0..<p.count { p.value[i] += Float(i % 5) * 0.1 - 0.2 } }
             GradientCheck(norm, store: store, rows: rows).run()
@@ -132,8 +132,8 @@ final class FastFeedforwardTests: XCTestCase {
     /// other gradients (and its input gradient) are unchanged by the freezing.
     func testFrozenLinearSkipsItsWeightGradient() {
         let free = ParameterStore(seed: 2), held = ParameterStore(seed: 2, frozen: ["fc.weight"])
-        let a = Linear("fc", inputs: 7, outputs: 5, activation: .gelu, maxRows: rows, store: free)
-        let b = Linear("fc", inputs: 7, outputs: 5, activation: .gelu, maxRows: rows, store: held)
+        let a = Linear("fc", inputs: 7, outputs: 5, activation: .gelu, in: BuildContext(store: free, maxRows: rows))
+        let b = Linear("fc", inputs: 7, outputs: 5, activation: .gelu, in: BuildContext(store: held, maxRows: rows))
         free.finalize()
         held.finalize()
         XCTAssertTrue(b.weight.frozen)

@@ -9,7 +9,7 @@ final class LayerGradientTests: XCTestCase {
     func testLinearWithEachActivation() {
         for a in Activation.allCases where a != .relu {
             let store = ParameterStore(seed: 1)
-            let layer = Linear("fc", inputs: 12, outputs: 9, activation: a, maxRows: rows, store: store)
+            let layer = Linear("fc", inputs: 12, outputs: 9, activation: a, in: BuildContext(store: store, maxRows: rows))
             store.finalize()
             GradientCheck(layer, store: store, rows: rows).run()
         }
@@ -18,7 +18,7 @@ final class LayerGradientTests: XCTestCase {
     func testLinearReLUAwayFromTheKink() {
         // Inputs and weights chosen so pre-activations stay away from 0 by more than the step.
         let store = ParameterStore(seed: 1)
-        let layer = Linear("fc", inputs: 1, outputs: 6, activation: .relu, maxRows: rows, store: store)
+        let layer = Linear("fc", inputs: 1, outputs: 6, activation: .relu, in: BuildContext(store: store, maxRows: rows))
         store.finalize()
         for j in 0..<6 { layer.weight.value[j] = j % 2 == 0 ? 1 : -1; layer.bias!.value[j] = 0 }
         GradientCheck(layer, store: store, rows: rows, input: { Float($0 + 1) * 0.5 }).run()
@@ -27,7 +27,7 @@ final class LayerGradientTests: XCTestCase {
     func testLinearWithoutBiasOrInputGradient() {
         let store = ParameterStore(seed: 2)
         let layer = Linear("fc", inputs: 10, outputs: 3, bias: false, computesInputGradient: false,
-                           maxRows: rows, store: store)
+                           in: BuildContext(store: store, maxRows: rows))
         store.finalize()
         XCTAssertNil(layer.bias)
         GradientCheck(layer, store: store, rows: rows).run()
@@ -36,7 +36,7 @@ final class LayerGradientTests: XCTestCase {
     func testNormsWithNonTrivialGain() {
         for kind in NormKind.allCases {
             let store = ParameterStore(seed: 3)
-            let layer = makeNorm(kind, "norm", width: 19, maxRows: rows, store: store)
+            let layer = makeNorm(kind, "norm", width: 19, in: BuildContext(store: store, maxRows: rows))
             store.finalize()
             // Move the gain and shift off 1 and 0 so their gradients matter in dx.
             for p in store.parameters { for i in 0..<p.count { p.value[i] += Float(i % 5) * 0.1 - 0.2 } }
@@ -47,7 +47,7 @@ final class LayerGradientTests: XCTestCase {
     func testStandalonePointwiseActivations() {
         for a in [Activation.gelu, .geluTanh, .silu, .sigmoid] {
             let store = ParameterStore(seed: 4)
-            let layer = ActivationLayer(a, width: 11, maxRows: rows)
+            let layer = ActivationLayer(a, width: 11, in: BuildContext(seed: 1, maxRows: rows))
             store.finalize()
             GradientCheck(layer, store: store, rows: rows, input: { Float($0 % 13) * 0.4 - 2.5 }).run()
         }
@@ -56,7 +56,7 @@ final class LayerGradientTests: XCTestCase {
     func testGatedLinearUnits() {
         for gate in [Activation.silu, .gelu, .sigmoid] {
             let store = ParameterStore(seed: 5)
-            let layer = GLULayer(gate: gate, hidden: 9, maxRows: rows)
+            let layer = GLULayer(gate: gate, hidden: 9, in: BuildContext(seed: 1, maxRows: rows))
             store.finalize()
             GradientCheck(layer, store: store, rows: rows, input: { Float($0 % 17) * 0.3 - 2.4 }).run()
         }
@@ -64,7 +64,7 @@ final class LayerGradientTests: XCTestCase {
 
     func testDropoutMaskIsFixedPerStepAndScaled() {
         let store = ParameterStore(seed: 6)
-        let layer = Dropout(probability: 0.3, width: 64, site: 0, seed: 6, maxRows: rows)
+        let layer = Dropout(probability: 0.3, width: 64, site: 0, in: BuildContext(seed: 6, maxRows: rows))
         store.finalize()
         GradientCheck(layer, store: store, rows: rows, context: .init(training: true, step: 3)).run()
         // Kept elements are scaled by 1/(1−p); about p of them are dropped.
@@ -81,8 +81,8 @@ final class LayerGradientTests: XCTestCase {
     }
 
     func testDropoutMaskDependsOnGlobalRowNotOnWhichProcessHoldsIt() {
-        let full = Dropout(probability: 0.5, width: 10, site: 1, seed: 9, maxRows: 4)
-        let part = Dropout(probability: 0.5, width: 10, site: 1, seed: 9, maxRows: 2)
+        let full = Dropout(probability: 0.5, width: 10, site: 1, in: BuildContext(seed: 9, maxRows: 4))
+        let part = Dropout(probability: 0.5, width: 10, site: 1, in: BuildContext(seed: 9, maxRows: 2))
         let x = Tensor(shape: [4, 10])
         x.fill(1)
         let a = full.forward(x.data, rows: 4, context: .init(training: true, step: 7, rowOffset: 0))
@@ -95,16 +95,17 @@ final class LayerGradientTests: XCTestCase {
         for mlp in [BlockActivation.pointwise(.gelu), .gated(.silu)] {
             for norm in NormKind.allCases {
                 let store = ParameterStore(seed: 7)
+                let build = BuildContext(store: store, maxRows: rows)
                 let branch = Sequential([
-                    makeNorm(norm, "b.norm", width: 8, maxRows: rows, store: store),
+                    makeNorm(norm, "b.norm", width: 8, in: build),
                     { () -> any Layer in
-                        if case .gated = mlp { return Linear("b.fc1", inputs: 8, outputs: 32, maxRows: rows, store: store) }
-                        return Linear("b.fc1", inputs: 8, outputs: 16, activation: .gelu, maxRows: rows, store: store)
+                        if case .gated = mlp { return Linear("b.fc1", inputs: 8, outputs: 32, in: build) }
+                        return Linear("b.fc1", inputs: 8, outputs: 16, activation: .gelu, in: build)
                     }(),
-                ] + (mlp == .gated(.silu) ? [GLULayer(gate: .silu, hidden: 16, maxRows: rows)] : [])
-                  + [Dropout(probability: 0.2, width: 16, site: 0, seed: 7, maxRows: rows),
-                     Linear("b.fc2", inputs: 16, outputs: 8, maxRows: rows, store: store)])
-                let block = Residual(branch, maxRows: rows)
+                ] + (mlp == .gated(.silu) ? [GLULayer(gate: .silu, hidden: 16, in: build)] : [])
+                  + [Dropout(probability: 0.2, width: 16, site: 0, in: build),
+                     Linear("b.fc2", inputs: 16, outputs: 8, in: build)])
+                let block = Residual(branch, in: build)
                 store.finalize()
                 GradientCheck(block, store: store, rows: rows).run()
             }

@@ -8,7 +8,7 @@ import Kernels
 final class MoETests: XCTestCase {
     func make(_ spec: MoESpec, rows: Int = 9, width: Int = 6) -> (MoE, ParameterStore) {
         let store = ParameterStore(seed: 3)
-        let moe = MoE("moe", width: width, spec: spec, site: 0, seed: 3, maxRows: rows, store: store)
+        let moe = MoE("moe", width: width, spec: spec, site: 0, in: BuildContext(store: store, maxRows: rows))
         store.finalize()
         return (moe, store)
     }
@@ -167,7 +167,7 @@ final class MoETelemetryTests: XCTestCase {
     func testIntervalsAndIdleExperts() {
         let store = ParameterStore(seed: 1)
         let moe = MoE("m", width: 4, spec: MoESpec(experts: 3, topK: 1, hidden: 2, activation: .pointwise(.relu)),
-                      site: 0, seed: 1, maxRows: 5, store: store)
+                      site: 0, in: BuildContext(store: store, maxRows: 5))
         store.finalize()
         // Zero router: every logit ties and the lowest index wins, so expert 0 takes all.
         moe.router.value.update(repeating: 0, count: moe.router.count)
