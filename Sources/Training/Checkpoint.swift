@@ -41,16 +41,16 @@ extension Trainer {
         var crcs = [Double](repeating: 0, count: parameters.count * perParameter)
         let mine = parameters.indices.filter { plan.writer[$0] == comm.rank }
         if !mine.isEmpty {
-            let path = "\(tmp)/\(CheckpointPlan.shardFile(rank: comm.rank))"
+            let path = "\(tmp)/\(CheckpointNames.shardFile(rank: comm.rank))"
             let file = try HDF5File.create(path)
             try file.setAttribute("checkpoint_id", saveID)
             try file.setAttribute("rank", String(comm.rank))
             for i in mine {
                 let p = parameters[i]
-                crcs[i * perParameter] = Double(try file.writeTensor(CheckpointPlan.parameterPath(p.name), shape: p.shape, p.value))
+                crcs[i * perParameter] = Double(try file.writeTensor(CheckpointNames.parameter(p.name), shape: p.shape, p.value))
                 // A frozen parameter has no optimizer state.
                 for (s, state) in states.enumerated() where !p.frozen {
-                    crcs[i * perParameter + 1 + s] = Double(try file.writeTensor(CheckpointPlan.statePath(state.name, p.name), shape: p.shape,
+                    crcs[i * perParameter + 1 + s] = Double(try file.writeTensor(CheckpointNames.state(state.name, p.name), shape: p.shape,
                                                                                  state.values.data + p.offset))
                 }
             }
@@ -63,15 +63,15 @@ extension Trainer {
 
         var tensors: [CheckpointManifest.Tensor] = []
         for (i, p) in parameters.enumerated() {
-            let file = CheckpointPlan.shardFile(rank: plan.writer[i])
-            tensors.append(.init(name: CheckpointPlan.parameterPath(p.name), file: file, shape: p.shape, checksum: UInt32(crcs[i * perParameter]),
+            let file = CheckpointNames.shardFile(rank: plan.writer[i])
+            tensors.append(.init(name: CheckpointNames.parameter(p.name), file: file, shape: p.shape, checksum: UInt32(crcs[i * perParameter]),
                                  frozen: p.frozen))
             for (s, state) in states.enumerated() where !p.frozen {
-                tensors.append(.init(name: CheckpointPlan.statePath(state.name, p.name), file: file, shape: p.shape,
+                tensors.append(.init(name: CheckpointNames.state(state.name, p.name), file: file, shape: p.shape,
                                      checksum: UInt32(crcs[i * perParameter + 1 + s])))
             }
         }
-        let files = Set(plan.writer).sorted().map { CheckpointPlan.shardFile(rank: $0) }
+        let files = Set(plan.writer).sorted().map { CheckpointNames.shardFile(rank: $0) }
         let manifest = CheckpointManifest(
             id: saveID, programVersion: Switchboard.version, created: ISO8601DateFormatter().string(from: Date()),
             position: position, rng: .init(seed: config.run.seed, dropoutStep: step, shuffleEpoch: position.epoch),
@@ -169,12 +169,12 @@ extension Trainer {
         for (i, p) in parameters.enumerated() {
             // Experts that live on their runners are read by their runners only.
             if let e = plan.expert[i], let placement, !placement.experts(on: comm.rank).contains(e) { continue }
-            try reader.read(CheckpointPlan.parameterPath(p.name), into: p.value)
+            try reader.read(CheckpointNames.parameter(p.name), into: p.value)
         }
         let mine = updateRanges
         for state in optimizer.state {
             for p in parameters where !p.frozen && mine.contains(where: { $0.overlaps(p.offset..<(p.offset + p.count)) }) {
-                try reader.read(CheckpointPlan.statePath(state.name, p.name), into: state.values.data + p.offset)
+                try reader.read(CheckpointNames.state(state.name, p.name), into: state.values.data + p.offset)
             }
         }
         step = manifest.position.step
@@ -188,9 +188,9 @@ extension Trainer {
         var problems: [String] = []
         var expected: [String: [Int]] = [:]
         for p in model.store.parameters {
-            expected[CheckpointPlan.parameterPath(p.name)] = p.shape
+            expected[CheckpointNames.parameter(p.name)] = p.shape
             if m.optimizer == optimizer.name && !p.frozen {
-                for s in optimizer.state { expected[CheckpointPlan.statePath(s.name, p.name)] = p.shape }
+                for s in optimizer.state { expected[CheckpointNames.state(s.name, p.name)] = p.shape }
             }
         }
         if m.optimizer != optimizer.name { problems.append("optimizer \(m.optimizer) in the checkpoint, \(optimizer.name) in the job") }

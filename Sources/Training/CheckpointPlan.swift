@@ -2,7 +2,7 @@ import Cluster
 import Layers
 import Storage
 
-/// Who writes which tensor of a checkpoint, and under which names. A parameter and its
+/// Who writes which tensor of a checkpoint (named as `CheckpointNames` says). A parameter and its
 /// optimizer state go to one shard file: experts that live only on their runner (E ≥ P) are
 /// written by that runner, by global expert id; every other parameter is written once, by
 /// the rank with the fewest bytes so far, so the shards come out about equal. The plan is a
@@ -41,10 +41,4 @@ struct CheckpointPlan {
         }
         self.writer = writer
     }
-
-    static func shardFile(rank: Int) -> String { "rank-" + String(format: "%05d", rank) + ".h5" }
-
-    /// The dataset path (and logical name) of a parameter and of its optimizer state.
-    static func parameterPath(_ name: String) -> String { "params/\(name)" }
-    static func statePath(_ state: String, _ name: String) -> String { "optimizer/\(state)/\(name)" }
 }

@@ -29,14 +29,14 @@ public final class Evaluator {
     public func load(_ checkpoint: CheckpointReader) throws {
         var problems: [String] = []
         for p in model.store.parameters {
-            let name = "params/\(p.name)"
+            let name = CheckpointNames.parameter(p.name)
             guard let t = checkpoint.tensors[name] else { problems.append("\(name) is missing"); continue }
             if t.shape != p.shape { problems.append("\(name) has shape \(t.shape), the model \(p.shape)") }
         }
         guard problems.isEmpty else {
             throw CheckpointError(checkpoint.mainPath, "does not fit its own config's model: " + problems.prefix(20).joined(separator: "; "))
         }
-        for p in model.store.parameters { try checkpoint.read("params/\(p.name)", into: p.value) }
+        for p in model.store.parameters { try checkpoint.read(CheckpointNames.parameter(p.name), into: p.value) }
     }
 
     /// Loss, accuracy and the confusion matrix on `data` (soft and hard for an FFF model).

@@ -38,7 +38,7 @@ public struct InitPlan {
                 fresh.append("\(p.name) (the router starts as the job says)")
                 continue
             }
-            guard let t = checkpoint.tensors["params/\(name)"] else {
+            guard let t = checkpoint.tensors[CheckpointNames.parameter(name)] else {
                 fresh.append("\(p.name) (\(name == p.name ? "" : "\(name) is ")not in the checkpoint)")
                 mismatches.append("\(name == p.name ? p.name : "\(name), for \(p.name),") is not in the checkpoint")
                 continue
@@ -49,10 +49,9 @@ public struct InitPlan {
                 mismatches.append("\(name) has shape \(t.shape) in the checkpoint, \(name == p.name ? "" : "\(p.name) ")\(p.shape) here")
                 continue
             }
-            loads.append((p, "params/\(name)"))
+            loads.append((p, CheckpointNames.parameter(name)))
         }
-        let unused = checkpoint.tensors.keys.filter { $0.hasPrefix("params/") && !used.contains(String($0.dropFirst(7))) }
-            .map { String($0.dropFirst(7)) }.sorted()
+        let unused = checkpoint.tensors.keys.compactMap(CheckpointNames.parameterName).filter { !used.contains($0) }.sorted()
         mismatches += unused.map { "\($0) is in the checkpoint but not in this model" }
         if spec.strict && !mismatches.isEmpty {
             throw ConfigError("\(source): [init] strict = true, and \(checkpoint.folder) does not fit this model: "
@@ -90,7 +89,7 @@ public struct InitPlan {
         let rng = Philox(seed: seed)
         for (p, tensor) in loads {
             try checkpoint.read(tensor, into: p.value)
-            guard upcycle, noise > 0, tensor != "params/\(p.name)" else { continue }
+            guard upcycle, noise > 0, tensor != CheckpointNames.parameter(p.name) else { continue }
             var squares = 0.0
             for i in 0..<p.count { squares += Double(p.value[i]) * Double(p.value[i]) }
             let scale = Float(noise * (squares / Double(p.count)).squareRoot())

@@ -21,8 +21,8 @@ struct InspectExperts: ParsableCommand {
         let m = reader.manifest
         // MoE layers in order, named by their router's parameter.
         let names = m.tensors.compactMap { t -> String? in
-            guard t.name.hasPrefix("params/"), t.name.hasSuffix(".router.weight") else { return nil }
-            return String(t.name.dropFirst(7).dropLast(14))
+            guard let name = CheckpointNames.parameterName(of: t.name), name.hasSuffix(".router.weight") else { return nil }
+            return String(name.dropLast(".router.weight".count))
         }
         var json: [JSONValue] = []
         if names.isEmpty && !options.json { print("no MoE layers: \(reader.folder) holds a dense model") }

@@ -26,7 +26,7 @@ struct InspectExport: ParsableCommand {
         guard format == "safetensors" else { throw ValidationError("--format: \(format) is not supported (safetensors is)") }
         let reader = try openCheckpoint(checkpoint)
         let m = reader.manifest
-        let chosen = m.tensors.filter { withOptimizer || $0.name.hasPrefix("params/") }
+        let chosen = m.tensors.filter { withOptimizer || CheckpointNames.isParameter($0.name) }
         var entries: [(String, JSONValue)] = [("__metadata__", .object([
             ("format", .string("switchboard")), ("step", .string(String(m.position.step))),
             ("switchboard_version", .string(m.programVersion)), ("optimizer", .string(m.optimizer)), ("config", .string(m.config)),
@@ -75,6 +75,6 @@ struct InspectExport: ParsableCommand {
 
     /// `params/x` → `x`; `optimizer/m/x` → `optimizer.m.x`.
     static func exportName(_ name: String) -> String {
-        name.hasPrefix("params/") ? String(name.dropFirst(7)) : name.replacingOccurrences(of: "/", with: ".")
+        CheckpointNames.parameterName(of: name) ?? name.replacingOccurrences(of: "/", with: ".")
     }
 }

@@ -14,8 +14,8 @@ struct InspectList: ParsableCommand {
 
     func run() throws {
         let m = try openCheckpoint(checkpoint).manifest
-        let parameters = m.tensors.filter { $0.name.hasPrefix("params/") }
-        let state = m.tensors.filter { !$0.name.hasPrefix("params/") }
+        let parameters = m.tensors.filter { CheckpointNames.isParameter($0.name) }
+        let state = m.tensors.filter { !CheckpointNames.isParameter($0.name) }
         let frozen = parameters.filter { $0.frozen == true }
         let totals: [(String, JSONValue)] = [
             ("parameters", .int(parameters.reduce(0) { $0 + $1.count })), ("parameter_tensors", .int(parameters.count)),
@@ -59,7 +59,7 @@ struct InspectList: ParsableCommand {
     /// Tensors grouped by pattern, shape and dtype, in the order of first appearance:
     /// parameters first, then each kind of optimizer state.
     static func groups(_ all: [CheckpointManifest.Tensor], expand: Bool) -> [[CheckpointManifest.Tensor]] {
-        let kind = { (t: CheckpointManifest.Tensor) in t.name.hasPrefix("params/") ? "" : String(t.name.split(separator: "/").prefix(2).joined(separator: "/")) }
+        let kind = { (t: CheckpointManifest.Tensor) in CheckpointNames.isParameter(t.name) ? "" : String(t.name.split(separator: "/").prefix(2).joined(separator: "/")) }
         var kinds: [String] = []
         for t in all where !kinds.contains(kind(t)) { kinds.append(kind(t)) }
         let tensors = kinds.flatMap { k in all.filter { kind($0) == k } }

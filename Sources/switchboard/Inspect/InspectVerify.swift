@@ -45,19 +45,19 @@ struct InspectVerify: ParsableCommand {
                 let parts = t.name.split(separator: "/")
                 return parts.count >= 3 && parts[0] == "optimizer" ? String(parts[1]) : nil
             })
-            let parameterTensors = m.tensors.filter { $0.name.hasPrefix("params/") }
-            let parameters = Set(parameterTensors.map { String($0.name.dropFirst(7)) })
-            let frozen = Set(parameterTensors.filter { $0.frozen == true }.map { String($0.name.dropFirst(7)) })
+            let parameterTensors = m.tensors.filter { CheckpointNames.isParameter($0.name) }
+            let parameters = Set(parameterTensors.compactMap { CheckpointNames.parameterName(of: $0.name) })
+            let frozen = Set(parameterTensors.filter { $0.frozen == true }.compactMap { CheckpointNames.parameterName(of: $0.name) })
             for s in states.sorted() {
-                for p in parameters.subtracting(frozen).sorted() where reader.tensors["optimizer/\(s)/\(p)"] == nil {
+                for p in parameters.subtracting(frozen).sorted() where reader.tensors[CheckpointNames.state(s, p)] == nil {
                     problems.append("manifest: optimizer state \(s) of \(p) is missing")
                 }
             }
-            for t in m.tensors where t.name.hasPrefix("optimizer/") {
+            for t in m.tensors where t.name.hasPrefix(CheckpointNames.statePrefix) {
                 let p = t.name.split(separator: "/").dropFirst(2).joined(separator: "/")
                 if !parameters.contains(p) { problems.append("manifest: \(t.name) has no parameter \(p)") }
                 else if frozen.contains(p) { problems.append("manifest: \(t.name) is state of a frozen parameter") }
-                else if reader.tensors["params/\(p)"]!.shape != t.shape { problems.append("manifest: \(t.name) has shape \(t.shape), its parameter \(reader.tensors["params/\(p)"]!.shape)") }
+                else if reader.tensors[CheckpointNames.parameter(p)]!.shape != t.shape { problems.append("manifest: \(t.name) has shape \(t.shape), its parameter \(reader.tensors[CheckpointNames.parameter(p)]!.shape)") }
             }
             // Every tensor read through its chunk checksums and checked against the manifest,
             // then read again by the HDF5 library through checkpoint.h5's link, as any HDF5
@@ -108,7 +108,7 @@ struct InspectVerify: ParsableCommand {
             let from = Set((0..<saved.expertsByRank.count).filter { q in
                 let s = saved.expertsByRank[q]
                 return s[0] < mine.upperBound && mine.lowerBound < s[1]
-            }.map { m.files.contains(String(format: "rank-%05d.h5", $0)) ? String(format: "rank-%05d.h5", $0) : "rank \($0)" }).sorted()
+            }.map { m.files.contains(CheckpointNames.shardFile(rank: $0)) ? CheckpointNames.shardFile(rank: $0) : "rank \($0)" }).sorted()
             let list = mine.count == 1 ? "expert \(mine.lowerBound)" : "experts \(mine.lowerBound)–\(mine.upperBound - 1)"
             let replica = saved.experts < ranks ? " (replica \(r - placement.runners(of: mine.lowerBound).lowerBound + 1) of \(placement.runners(of: mine.lowerBound).count))" : ""
             lines.append("  rank \(r): \(list)\(replica) from \(from.joined(separator: ", "))")
