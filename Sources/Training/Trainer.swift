@@ -49,12 +49,8 @@ public final class Trainer {
     /// parameters each rank updated.
     public let gradientSync: ShardedSync
 
-    /// The sample orders of two epochs, in slot epoch % 2: the current one, and the next
-    /// one once the input reads ahead into it.
-    var permutations: [[Int32]]
-    var permutationEpochs = [-1, -1]
-    let x: Tensor
-    var labels: [Int32]
+    /// This rank's rows of each pass (`BatchLoader`).
+    let loader: BatchLoader
     let dlogits: Tensor
     /// Set on the coordinator when a checkpoint is due by time; rides on the next step's
     /// reduction so every rank saves after the same step.
@@ -119,9 +115,7 @@ public final class Trainer {
         order = GlobalSampleOrder(count: train.count, batchSize: config.train.batchSize, seed: config.run.seed)
         schedule = LearningRateSchedule(base: o.lr, kind: config.schedule.kind, warmupSteps: config.schedule.warmupSteps,
                                         totalSteps: Self.totalSteps(config, order), finalFraction: config.schedule.finalFraction)
-        permutations = [[Int32](repeating: 0, count: train.count), [Int32](repeating: 0, count: train.count)]
-        x = Tensor(shape: [maxRows, train.width])
-        labels = [Int32](repeating: 0, count: maxRows)
+        loader = BatchLoader(order: order, data: train, rank: comm.rank, ranks: comm.size, passRows: passRows, maxRows: maxRows)
         dlogits = Tensor(shape: [maxRows, config.data.classes])
         (moeSums, placement) = MoECollectives.attach(to: model, comm: comm, balanceExperts: config.parallel.balanceExperts)
         evaluation = EvaluationLoop(model: model, comm: comm, collectives: moeSums, maxRows: maxRows, width: train.width)
@@ -204,73 +198,32 @@ public final class Trainer {
 
     public var totalSteps: Int { schedule.totalSteps }
 
-    /// One optimizer step on global batch `batch` of `epoch`: for each of its passes (one, or
-    /// several micro-batches), load this rank's rows, forward, loss, backward, the gradients
-    /// adding up; the last backward reduce-scatters gradient buckets as it finishes them. Then
-    /// one reduction of the step's sums, update this rank's shard, allgather the parameters.
-    /// With several passes and batch statistics that gradients depend on, a forward pre-pass
-    /// over every micro-batch gathers those statistics first.
+    /// One optimizer step on global batch `batch` of `epoch`, as ARCHITECTURE's "One training
+    /// step" tells it: the batch statistics first where a step of several passes needs them;
+    /// forward and backward of each pass (one, or several micro-batches), the gradients adding
+    /// up, the last backward reduce-scattering gradient buckets as it finishes them; one
+    /// reduction of the step's sums; then clip, update this rank's shard, allgather.
     public func trainStep(epoch: Int, batch: Int) throws -> StepResult {
         let global = order.batch(batch).count
         let passes = passes(rows: global)
         comm.watchdog.step = step
-        func context(_ rows: PassRows, _ pass: Int, _ statistics: BatchStatistics) -> ForwardContext {
-            ForwardContext(training: true, step: step, rowOffset: rows.offset, globalRows: global, microBatch: pass,
-                           passRows: rows.pass, capacityOverStep: statisticsOverBatch, statistics: statistics)
-        }
-        let gathered = passes > 1 && gathersStatistics
-        if gathered {
-            for pass in 0..<passes {
-                let rows = try loadPass(pass, epoch: epoch, batch: batch, gathering: true)
-                model.gatherStatistics(x.data, rows: rows.mine, context: context(rows, pass, .gather))
-                try moeSums.rethrow()
-            }
-        }
-        let clip = config.optimizer.clipNorm
         let logged = isLoggedStep(step + 1, every: config.train.logEvery, total: totalSteps)
         let lr = schedule.rate(step)
-        var lossSum = 0.0, correct = 0, aux = 0.0
+        let gathered = passes > 1 && gathersStatistics
+        if gathered { try gatherStatistics(epoch: epoch, batch: batch, passes: passes, global: global) }
+        var tally = PassTally()
         for pass in 0..<passes {
-            let rows = try loadPass(pass, epoch: epoch, batch: batch)
-            let logits = model.forward(x.data, rows: rows.mine, context: context(rows, pass, gathered ? .held : .pass))
-            try moeSums.rethrow()
-            routingTrace?.record(model, step: step, samples: {
-                self.permutations[epoch % 2][self.order.batch(batch).lowerBound + rows.offset + $0]
-            })
-            // Gradients of the mean over the *global* batch, so summing over passes and ranks averages.
-            let local = labels.withUnsafeBufferPointer {
-                softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows.mine, classes: model.classes,
-                                    smoothing: config.train.labelSmoothing, gradScale: 1 / Float(global), dlogits: dlogits.data)
-            }
-            lossSum += local.lossSum
-            correct += local.correct
-            aux += model.auxLoss
-            if pass < passes - 1 {
-                model.backward(dlogits.data, rows: rows.mine)
-            } else {
-                backwardUpdates?.begin(lr: Float(lr), measuring: logged)
-                gradientSync.begin()
-                try model.backward(dlogits.data, rows: rows.mine) { try gradientSync.gradientsFinal(from: $0) }
-            }
-            try moeSums.rethrow()
+            tally.add(try forwardBackward(pass, epoch: epoch, batch: batch, global: global, statistics: gathered ? .held : .pass,
+                                          last: pass == passes - 1 ? (lr, logged) : nil))
         }
         try gradientSync.finishReduceScatter()
-
-        // The global gradient norm costs a pass over this rank's shard of the gradients and
-        // rides on the step's reduction: taken when clipping needs it or the step will be
-        // logged, not otherwise.
-        var sums = StepSums(lossSum: lossSum, correct: Double(correct),
-                            squaredGradients: clip > 0 || logged ? squaredGradientNorm() : 0,
-                            saveRequests: wantsSave ? 1 : 0, stopRequests: StopRequest.isRequested ? 1 : 0)
-        try sums.reduce(over: comm, "metrics and gradient norm")
-        let norm = clip > 0 || logged ? sums.squaredGradients.squareRoot() : .nan
-        if backwardUpdates == nil { optimizer.begin(lr: Float(lr), gradScale: clip > 0 && norm > clip ? Float(clip / norm) : 1) }
-        optimizer.finish(model.store, ranges: updateRanges, skipping: backwardUpdates?.updated)
-        backwardUpdates?.endStep()
+        let clip = config.optimizer.clipNorm
+        let (sums, norm) = try reduceStep(tally, gradientNorm: clip > 0 || logged)
+        update(lr: lr, scale: clip > 0 && norm > clip ? Float(clip / norm) : 1)
         try gradientSync.gatherParameters()
         step += 1
         // The auxiliary losses are already means over the global batch (each pass's part).
-        let loss = sums.lossSum / Double(global) + aux
+        let loss = sums.lossSum / Double(global) + tally.aux
         lastLoss = loss
         return StepResult(step: step, epoch: epoch, loss: loss, correct: Int(sums.correct), rows: global, gradNorm: norm,
                           lr: lr, saveRequested: sums.saveRequests > 0, stopRequested: sums.stopRequests > 0,
@@ -278,51 +231,78 @@ public final class Trainer {
     }
 
     /// The passes a global batch of `rows` rows takes: passes of `passRows` on every rank.
-    public func passes(rows: Int) -> Int { (rows + comm.size * passRows - 1) / (comm.size * passRows) }
+    public func passes(rows: Int) -> Int { loader.passes(rows: rows) }
 
-    /// This rank's rows of one training pass: `mine` rows, the first at `offset` within the
-    /// global batch, of `pass` rows over all ranks.
-    struct PassRows {
-        var mine: Int, offset: Int, pass: Int
+    /// What a step's passes add up on this rank.
+    struct PassTally {
+        var lossSum = 0.0, correct = 0, aux = 0.0
+        mutating func add(_ other: PassTally) {
+            lossSum += other.lossSum
+            correct += other.correct
+            aux += other.aux
+        }
     }
 
-    /// Gathers this rank's rows of pass `pass` of global batch `batch` of `epoch` into `x` and
-    /// `labels`. Pass m holds rows [m·G, (m+1)·G) of the batch, G = P · `passRows`, split
-    /// among the ranks as a whole batch is: global row order runs pass by pass, then rank by
-    /// rank, the same order as one pass over the batch.
-    /// Then names the rows of the load after it to the input (`Dataset.prefetch`), which reads
-    /// them meanwhile: the next pass, the first again after a `gathering` pre-pass's last, or
-    /// the next step's first.
-    func loadPass(_ pass: Int, epoch: Int, batch: Int, gathering: Bool = false) throws -> PassRows {
-        let rows = try passSamples(pass, epoch: epoch, batch: batch) { samples in
-            try labels.withUnsafeMutableBufferPointer { y in try trainSet.gather(samples, into: x.data, labels: y.baseAddress!) }
-        }
-        guard trainSet.prefetches else { return rows }
-        var next = (pass: pass + 1, epoch: epoch, batch: batch)
-        if next.pass == passes(rows: order.batch(batch).count) {
-            next.pass = 0
-            if !gathering { next.batch += 1 }
-            if next.batch == order.batchesPerEpoch { (next.epoch, next.batch) = (epoch + 1, 0) }
-        }
-        _ = try passSamples(next.pass, epoch: next.epoch, batch: next.batch) { trainSet.prefetch($0) }
-        return rows
+    /// The forward context of pass `pass` of a step over `global` rows.
+    func context(_ rows: BatchLoader.PassRows, _ pass: Int, global: Int, _ statistics: BatchStatistics) -> ForwardContext {
+        ForwardContext(training: true, step: step, rowOffset: rows.offset, globalRows: global, microBatch: pass,
+                       passRows: rows.pass, capacityOverStep: statisticsOverBatch, statistics: statistics)
     }
 
-    /// Calls `body` with the samples this rank takes in pass `pass` of global batch `batch` of
-    /// `epoch` (as `loadPass` describes them); returns where they lie.
-    func passSamples(_ pass: Int, epoch: Int, batch: Int, _ body: (UnsafeBufferPointer<Int32>) throws -> Void) throws -> PassRows {
-        let slot = epoch % 2
-        if permutationEpochs[slot] != epoch {
-            order.permutation(epoch: epoch, into: &permutations[slot])
-            permutationEpochs[slot] = epoch
+    /// The pre-pass: a forward over every micro-batch, as far as the batch statistics that
+    /// some gradient depends on (`Model.gatherStatistics`), which the passes then hold.
+    func gatherStatistics(epoch: Int, batch: Int, passes: Int, global: Int) throws {
+        for pass in 0..<passes {
+            let rows = try loader.load(pass, epoch: epoch, batch: batch, gathering: true)
+            model.gatherStatistics(loader.x.data, rows: rows.mine, context: context(rows, pass, global: global, .gather))
+            try moeSums.rethrow()
         }
-        let positions = order.batch(batch)
-        let size = comm.size * passRows, first = pass * size
-        let rows = min(size, positions.count - first)
-        let part = GlobalSampleOrder.part(rows: rows, rank: comm.rank, ranks: comm.size)
-        let from = positions.lowerBound + first + part.lowerBound
-        try permutations[slot].withUnsafeBufferPointer { p in try body(UnsafeBufferPointer(rebasing: p[from..<(from + part.count)])) }
-        return PassRows(mine: part.count, offset: first + part.lowerBound, pass: rows)
+    }
+
+    /// One pass: load this rank's rows, forward, the loss and its gradient (of the mean over the
+    /// *global* batch, so summing over passes and ranks averages), backward adding into the
+    /// gradients. The `last` pass's backward (with the step's rate and whether it is logged)
+    /// hands finished gradients to the sync, and the experts' updates inside backward run there.
+    func forwardBackward(_ pass: Int, epoch: Int, batch: Int, global: Int, statistics: BatchStatistics,
+                         last: (lr: Double, logged: Bool)?) throws -> PassTally {
+        let rows = try loader.load(pass, epoch: epoch, batch: batch)
+        let logits = model.forward(loader.x.data, rows: rows.mine, context: context(rows, pass, global: global, statistics))
+        try moeSums.rethrow()
+        routingTrace?.record(model, step: step, samples: { self.loader.sample(epoch: epoch, batch: batch, row: rows.offset + $0) })
+        let local = loader.labels.withUnsafeBufferPointer {
+            softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows.mine, classes: model.classes,
+                                smoothing: config.train.labelSmoothing, gradScale: 1 / Float(global), dlogits: dlogits.data)
+        }
+        let tally = PassTally(lossSum: local.lossSum, correct: local.correct, aux: model.auxLoss)
+        if let last {
+            backwardUpdates?.begin(lr: Float(last.lr), measuring: last.logged)
+            gradientSync.begin()
+            try model.backward(dlogits.data, rows: rows.mine) { try gradientSync.gradientsFinal(from: $0) }
+        } else {
+            model.backward(dlogits.data, rows: rows.mine)
+        }
+        try moeSums.rethrow()
+        return tally
+    }
+
+    /// The step's one reduction over the ranks: loss, accuracy, save and stop requests, and the
+    /// global gradient norm, which costs a pass over this rank's shard of the gradients and is
+    /// taken only when clipping needs it or the step will be logged (NaN otherwise).
+    func reduceStep(_ tally: PassTally, gradientNorm: Bool) throws -> (StepSums, norm: Double) {
+        var sums = StepSums(lossSum: tally.lossSum, correct: Double(tally.correct),
+                            squaredGradients: gradientNorm ? squaredGradientNorm() : 0,
+                            saveRequests: wantsSave ? 1 : 0, stopRequests: StopRequest.isRequested ? 1 : 0)
+        try sums.reduce(over: comm, "metrics and gradient norm")
+        return (sums, gradientNorm ? sums.squaredGradients.squareRoot() : .nan)
+    }
+
+    /// Clips (`scale`: 1, or clip / norm) and updates this rank's shard of the parameters; the
+    /// experts updated inside backward are skipped (they were clipped by nothing: no clip is
+    /// set when they are).
+    func update(lr: Double, scale: Float) {
+        if backwardUpdates == nil { optimizer.begin(lr: Float(lr), gradScale: scale) }
+        optimizer.finish(model.store, ranges: updateRanges, skipping: backwardUpdates?.updated)
+        backwardUpdates?.endStep()
     }
 
     /// Σ gradient² over what this rank updates: its shard of the synced gradients, plus the
