@@ -2,9 +2,10 @@
 #include <stdint.h>
 
 /// Installs handlers for SIGSEGV, SIGBUS, SIGFPE, SIGILL and SIGABRT that write one line,
-/// "<prefix> signal SIGSEGV in step N", to stderr and then hand the signal to the handler that
-/// was there before (the Swift runtime's backtracer) or to the default action. `prefix` is
-/// copied; the handler itself only calls async-signal-safe functions.
+/// "<prefix> killed by signal SIGSEGV (invalid memory access) in training step N" (the step
+/// part once a step has been set), to stderr and then hand the signal to the handler that was
+/// installed before, if any, or to the default action. `prefix` is copied; the handler itself
+/// only calls async-signal-safe functions.
 void sb_install_fatal_signal_report(const char *prefix);
 
 /// The training step the report names; set once per step (a plain store).
