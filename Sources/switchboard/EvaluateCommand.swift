@@ -27,9 +27,8 @@ struct EvaluateCommand: ParsableCommand {
     @Option(help: "The split: test or train.") var split: JobConfig.Data.Split = .test
     @Option(name: .customLong("top-k"), help: "MoE models: experts per token (1 to the number of experts; default: as trained).")
     var topK: Int?
-    @Option(help: "The precision of the matrix products: fp32 or bf16, emulated where the CPU has no native bf16 (default: as trained; checkpoints hold fp32 weights).")
-    var precision: Precision?
-    @Option(help: "BLAS threads per rank (default: the host's cores shared among its ranks).") var threads: Int?
+    @OptionGroup var products: PrecisionOption
+    @OptionGroup var threads: ThreadsOption
     @Flag(help: "Print JSON instead of tables.") var json = false
 
     func run() throws {
@@ -37,11 +36,7 @@ struct EvaluateCommand: ParsableCommand {
         let source = "\(reader.mainPath) (its config)"
         var config = try JobConfig.parse(reader.manifest.config, source: source,
                                          overrides: data.map { ["data.dir=" + ConfigValue.string($0).toml] } ?? [])
-        if let precision {
-            // Asked for by name, bf16 runs emulated where it must: the numbers, not the speed, are wanted.
-            config.train.precision = precision
-            config.train.bf16Emulation = true
-        }
+        config = products.applied(to: config)
         if let topK {
             guard case .moe(let trunk, var spec) = config.model else {
                 throw ConfigError("--top-k applies to MoE models; the model of \(reader.folder) is not one")
@@ -52,12 +47,8 @@ struct EvaluateCommand: ParsableCommand {
             spec.topK = topK
             config.model = .moe(trunk, spec)
         }
-        if let threads, threads < 1 { throw ConfigError("--threads \(threads): must be at least 1") }
-        let comm = try MPIWorld.start()
-        FatalSignalReport.install(rank: comm.rank, ranks: comm.size)
-        LauncherWatch.start(rank: comm.rank)
-        let onHost = try comm.ranksOnThisHost()
-        BLAS.setThreads(threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / onHost))
+        let comm = try CommandStart.world("evaluate")
+        try CommandStart.threads(threads.threads, comm: comm)
 
         let dataset = try config.data.load(split)
         try checkFeatures(dataset.width, of: config.data.file(split), fit: reader)

@@ -27,7 +27,7 @@ struct MoefyCommand: ParsableCommand {
     @Option(help: "Experts per block (must divide the blocks' hidden width).") var experts: Int
     @Option(help: "The checkpoint folder to write (must not exist).") var out: String
     @Option(help: "Training samples the activations are taken on.") var samples = 4096
-    @Option(help: "BLAS threads (default: every core).") var threads: Int?
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
         // `out/` names the same folder; the partial checkpoint goes beside it.
@@ -44,15 +44,12 @@ struct MoefyCommand: ParsableCommand {
             throw ConfigError("--experts \(experts) does not divide the hidden width \(mlp.hidden) of the model of \(reader.folder)")
         }
         guard samples >= 1 else { throw ConfigError("--samples \(samples): must be at least 1") }
-        if let threads, threads < 1 { throw ConfigError("--threads \(threads): must be at least 1") }
         guard !FileManager.default.fileExists(atPath: out) else {
             throw ConfigError("\(out) exists; moefy writes a new checkpoint folder")
         }
         try checkOutputFolder(out)
-        let comm = try MPIWorld.start()
-        guard comm.size == 1 else { throw ConfigError("moefy runs on one process; start it without mpirun") }
-        FatalSignalReport.install(rank: 0, ranks: 1)
-        BLAS.setThreads(threads ?? ProcessInfo.processInfo.activeProcessorCount)
+        let comm = try CommandStart.world("moefy", alone: true)
+        let threads = try CommandStart.threads(threads.threads, comm: comm)
         let (train, test) = try config.data.load()
 
         // The dense model's blocks on a seeded sample of the training set: each block's
@@ -111,7 +108,7 @@ struct MoefyCommand: ParsableCommand {
         // A step-0 checkpoint of the MoE job, committed under OUT.
         let partial = out + ".partial"
         try DurableFiles.remove(partial)
-        guard let written = try trainer.saveCheckpoint(in: partial, keepLast: 0, threads: threads ?? ProcessInfo.processInfo.activeProcessorCount) else {
+        guard let written = try trainer.saveCheckpoint(in: partial, keepLast: 0, threads: threads) else {
             throw DiskError(out, "the checkpoint was not written")
         }
         try DurableFiles.rename(written, out)

@@ -29,24 +29,16 @@ struct PredictCommand: ParsableCommand {
     @Option(help: "The dataset holding the samples in an HDF5 INPUT.") var x = "x"
     @Option(help: "Samples per batch (default: the config's [train] eval_batch_size).") var batch: Int?
     @Flag(help: "FFF models: the soft mixture of every leaf, as trained, instead of hard decisions.") var soft = false
-    @Option(help: "The precision of the matrix products: fp32 or bf16, emulated where the CPU has no native bf16 (default: as trained; checkpoints hold fp32 weights).")
-    var precision: Precision?
-    @Option(help: "BLAS threads (default: every core).") var threads: Int?
+    @OptionGroup var products: PrecisionOption
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
         let reader = try openCheckpoint(checkpoint)
         var config = try JobConfig.parse(reader.manifest.config, source: "\(reader.mainPath) (its config)")
-        if let precision {
-            // Asked for by name, bf16 runs emulated where it must: the numbers, not the speed, are wanted.
-            config.train.precision = precision
-            config.train.bf16Emulation = true
-        }
+        config = products.applied(to: config)
         if let batch, batch < 1 { throw ConfigError("--batch \(batch): must be at least 1") }
-        if let threads, threads < 1 { throw ConfigError("--threads \(threads): must be at least 1") }
-        let comm = try MPIWorld.start()
-        guard comm.size == 1 else { throw ConfigError("predict runs on one process; start it without mpirun") }
-        FatalSignalReport.install(rank: 0, ranks: 1)
-        BLAS.setThreads(threads ?? ProcessInfo.processInfo.activeProcessorCount)
+        let comm = try CommandStart.world("predict", alone: true)
+        try CommandStart.threads(threads.threads, comm: comm)
 
         let stream = try SampleStream(input, x: x)
         try checkFeatures(stream.width, of: input, fit: reader)
