@@ -29,6 +29,11 @@ struct MoefyCommand: ParsableCommand {
     @Option(help: "Training samples the activations are taken on.") var samples = 4096
     @OptionGroup var threads: ThreadsOption
 
+    func validate() throws {
+        guard experts >= 1 else { throw ValidationError("--experts \(experts): must be at least 1") }
+        guard samples >= 1 else { throw ValidationError("--samples \(samples): must be at least 1") }
+    }
+
     func run() throws {
         // `out/` names the same folder; the partial checkpoint goes beside it.
         var out = self.out
@@ -40,10 +45,9 @@ struct MoefyCommand: ParsableCommand {
             throw ConfigError("moefy splits the dense MLP blocks of a residual model (pointwise activation, full rank); "
                               + "the model of \(reader.folder) is \(Self.describe(config.model))")
         }
-        guard experts >= 1, mlp.hidden % experts == 0 else {
+        guard mlp.hidden % experts == 0 else {
             throw ConfigError("--experts \(experts) does not divide the hidden width \(mlp.hidden) of the model of \(reader.folder)")
         }
-        guard samples >= 1 else { throw ConfigError("--samples \(samples): must be at least 1") }
         guard !FileManager.default.fileExists(atPath: out) else {
             throw ConfigError("\(out) exists; moefy writes a new checkpoint folder")
         }
@@ -52,58 +56,11 @@ struct MoefyCommand: ParsableCommand {
         let threads = try CommandStart.threads(threads.threads, comm: comm)
         let (train, test) = try config.data.load()
 
-        // The dense model's blocks on a seeded sample of the training set: each block's
-        // normalized input (the router's input) and its hidden activations.
         let dense = try Evaluator(config: config, comm: comm, inputs: train.width, maxRows: 512)
         try dense.load(reader)
-        let n = min(samples, train.count)
-        let order = Philox(seed: config.run.seed).permutation(train.count, stream: 0x4D4F_4546)
-        let blocks = dense.model.network.layers.compactMap { ($0 as? Residual)?.branch.layers[1] as? Linear }
-        let d = blocks.first?.inputWidth ?? 0, h = mlp.hidden
-        let inputs = blocks.map { _ in Tensor(shape: [n, d]) }, hidden = blocks.map { _ in Tensor(shape: [n, h]) }
-        let x = Tensor(shape: [512, train.width])
-        var labels = [Int32](repeating: 0, count: 512)
-        for start in stride(from: 0, to: n, by: 512) {
-            let rows = min(512, n - start)
-            try order.withUnsafeBufferPointer { o in
-                try labels.withUnsafeMutableBufferPointer { y in
-                    try train.gather(UnsafeBufferPointer(rebasing: o[start..<(start + rows)]), into: x.data, labels: y.baseAddress!)
-                }
-            }
-            _ = dense.model.forward(x.data, rows: rows, context: ForwardContext(training: false))
-            for (b, fc1) in blocks.enumerated() {
-                (inputs[b].data + start * d).update(from: fc1.lastInput!, count: rows * d)
-                (hidden[b].data + start * h).update(from: fc1.lastOutput, count: rows * h)
-            }
-        }
-
-        let moeText = try Moefication.moeJob(fromDense: reader.manifest.config, source: source, experts: experts,
-                                             hidden: h / experts, activation: activation.rawValue)
-        let moeConfig = try JobConfig.parse(moeText, source: "the MoE job made from \(source)")
-        let trainer = try Trainer(config: moeConfig, comm: comm, train: train, test: test)
-        let store = trainer.model.store, denseStore = dense.model.store
-        for p in store.parameters {
-            guard let q = denseStore[p.name] else { continue }
-            p.value.update(from: q.value, count: p.count)
-        }
-        for (b, moe) in trainer.model.moeLayers.enumerated() {
-            let groups = Moefication.clusters(hidden[b].data, samples: n, units: h, experts: experts, seed: config.run.seed &+ UInt64(b))
-            let w1 = denseStore["blocks.\(b).fc1.weight"]!, b1 = denseStore["blocks.\(b).fc1.bias"]!
-            let w2 = denseStore["blocks.\(b).fc2.weight"]!, b2 = denseStore["blocks.\(b).fc2.bias"]!
-            let targets = Tensor(shape: [n, experts])
-            for (e, units) in groups.enumerated() {
-                for (j, unit) in units.enumerated() {
-                    (moe.w1[e].value + j * d).update(from: w1.value + unit * d, count: d)
-                    moe.b1[e]!.value[j] = b1.value[unit]
-                    for o in 0..<d { moe.w2[e].value[o * units.count + j] = w2.value[o * h + unit] }
-                    for r in 0..<n { targets[r * experts + e] += hidden[b][r * h + unit] }
-                }
-                moe.b2[e]!.value.update(repeating: 0, count: d)
-            }
-            moe.outputBias!.value.update(from: b2.value, count: d)
-            let router = Moefication.router(inputs: inputs[b].data, samples: n, width: d, targets: targets.data, experts: experts)
-            moe.router.value.update(from: router, count: router.count)
-        }
+        let (trainer, moeConfig, n) = try Moefication.convert(dense, denseText: reader.manifest.config, source: source,
+                                                             activation: activation, experts: experts, samples: samples,
+                                                             train: train, test: test, comm: comm)
 
         // A step-0 checkpoint of the MoE job, committed under OUT.
         let partial = out + ".partial"
@@ -113,7 +70,7 @@ struct MoefyCommand: ParsableCommand {
         }
         try DurableFiles.rename(written, out)
         try DurableFiles.remove(partial)
-        print("wrote \(out): \(moeConfig.model.moeLayerCount) MoE blocks of \(experts) experts of \(h / experts) units from "
+        print("wrote \(out): \(moeConfig.model.moeLayerCount) MoE blocks of \(experts) experts of \(mlp.hidden / experts) units from "
               + "\(reader.folder), clustered on \(n) training samples; evaluate with: switchboard evaluate \(out) --top-k K")
     }
 

@@ -32,11 +32,14 @@ struct PredictCommand: ParsableCommand {
     @OptionGroup var products: PrecisionOption
     @OptionGroup var threads: ThreadsOption
 
+    func validate() throws {
+        if let batch, batch < 1 { throw ValidationError("--batch \(batch): must be at least 1") }
+    }
+
     func run() throws {
         let reader = try openCheckpoint(checkpoint)
         var config = try JobConfig.parse(reader.manifest.config, source: "\(reader.mainPath) (its config)")
         config = products.applied(to: config)
-        if let batch, batch < 1 { throw ConfigError("--batch \(batch): must be at least 1") }
         let comm = try CommandStart.world("predict", alone: true)
         try CommandStart.threads(threads.threads, comm: comm)
 
