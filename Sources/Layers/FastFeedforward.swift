@@ -50,7 +50,7 @@ public struct FFFSpec: Sendable, Equatable {
 /// Inference with `ForwardContext.hardDecisions` ("hard"): each row descends the tree
 /// (right where a_n > 0), evaluating `depth` node neurons and one leaf; rows are grouped by
 /// leaf and each leaf's rows run as one product pair.
-public final class FastFeedforward: Layer {
+public final class FastFeedforward: Layer, AuxiliaryLoss, RankStatistics, HardInference {
     public let spec: FFFSpec
     public let inputWidth: Int
     public var outputWidth: Int { inputWidth }
@@ -65,6 +65,8 @@ public final class FastFeedforward: Layer {
     public let master: (fc1: Linear, fc2: Linear, mix: Parameter)?
     /// Sums over the ranks that share a global batch, for the auxiliary losses' statistics.
     public var reduction: (any RankReduction)?
+    /// The leaf balance is over the whole batch's descents.
+    public var gradientsUseBatchStatistics: Bool { spec.balance != 0 }
     /// The auxiliary losses of the last training pass, coefficients applied.
     public private(set) var auxLoss = 0.0
     /// Whether the last pass computed auxiliary losses: a training pass with hardening or balance on.

@@ -12,6 +12,10 @@ public final class Model {
     public let moeLayers: [MoE]
     /// The fast feedforward layers, in order.
     public let fffLayers: [FastFeedforward]
+    /// The layers with an auxiliary loss, in forward order (found once: every pass reads them).
+    let auxiliaryLosses: [any AuxiliaryLoss]
+    /// Whether some layer has a hard inference mode (`HardInference`).
+    public let hasHardInference: Bool
     /// For each top-level layer, the arena offset from which every gradient is final once
     /// that layer's backward has run (trainable parameters are laid out in forward order).
     let finalFrom: [Int]
@@ -96,13 +100,14 @@ public final class Model {
         moeLayers = moes
         fffLayers = fffs
         network = Sequential(layers)
-        // Blocks are the top-level layers 1…depth, in order, after the embedding.
-        let usesStatistics = moes.map { $0.spec.balanceCoefficient != 0 || $0.spec.entropyCoefficient != 0 }
-            + fffs.map { $0.spec.balance != 0 }
-        let lastBlock = usesStatistics.lastIndex(of: true)
-        statisticsDepth = lastBlock.map { $0 + 2 } ?? 0
+        auxiliaryLosses = Self.walk(layers, (any AuxiliaryLoss).self)
+        hasHardInference = !Self.walk(layers, (any HardInference).self).isEmpty
+        // The pre-pass runs the top-level layers through the last one holding a layer whose
+        // gradients use batch statistics.
+        let last = layers.lastIndex { Self.walk([$0], (any RankStatistics).self).contains { $0.gradientsUseBatchStatistics } }
+        statisticsDepth = last.map { $0 + 1 } ?? 0
         // That layer's own output is not read in the pre-pass: an MoE layer there stops after its router.
-        if let lastBlock, lastBlock < moes.count { moes[lastBlock].routesOnlyWhenGathering = true }
+        if let last { for moe in Self.walk([layers[last]], MoE.self) { moe.routesOnlyWhenGathering = true } }
         store.finalize()
         self.store = store
         // A layer without trainable parameters finalizes nothing new: it inherits the next
@@ -129,8 +134,19 @@ public final class Model {
         for layer in network.layers[..<statisticsDepth] { h = layer.forward(h, rows: rows, context: context) }
     }
 
-    /// The MoE and FFF layers' auxiliary losses from the last forward pass (coefficients applied).
-    public var auxLoss: Double { moeLayers.reduce(0) { $0 + $1.auxLoss } + fffLayers.reduce(0) { $0 + $1.auxLoss } }
+    /// The layers' auxiliary losses from the last forward pass (coefficients applied).
+    public var auxLoss: Double { auxiliaryLosses.reduce(0) { $0 + $1.auxLoss } }
+
+    /// Every layer of the network that is a `T` (a capability, `Capabilities.swift`), depth
+    /// first in forward order, inside residual branches too.
+    public func layers<T>(_ type: T.Type) -> [T] { Self.walk(network.layers, type) }
+
+    static func walk<T>(_ layers: [any Layer], _ type: T.Type) -> [T] {
+        layers.flatMap { layer -> [T] in
+            let inner: [any Layer] = (layer as? Sequential)?.layers ?? (layer as? Residual).map { [$0.branch] } ?? []
+            return ((layer as? T).map { [$0] } ?? []) + walk(inner, type)
+        }
+    }
 
     /// Frozen patterns that name no parameter, and parameters named by one whose layer cannot
     /// keep them frozen (MoE layers): each a reason the model is not what the

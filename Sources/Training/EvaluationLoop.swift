@@ -60,10 +60,11 @@ final class EvaluationLoop {
         indices = [Int32](repeating: 0, count: maxRows)
     }
 
-    /// Soft, then (for a model with FFF layers) hard; with `confusion`, the confusion matrices too.
+    /// Soft, then (for a model with hard inference, `HardInference`) hard; with `confusion`,
+    /// the confusion matrices too.
     func run(_ data: Dataset, chunk: Int, confusion: Bool = false) throws -> Evaluation {
         var result = try pass(data, chunk: chunk, hardDecisions: false, confusion: confusion)
-        if !model.fffLayers.isEmpty {
+        if model.hasHardInference {
             let hard = try pass(data, chunk: chunk, hardDecisions: true, confusion: confusion)
             result.hard = (hard.loss, hard.accuracy, hard.samplesPerSecond)
             result.hardConfusion = hard.confusion

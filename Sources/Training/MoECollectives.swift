@@ -11,22 +11,19 @@ final class MoECollectives: RankReduction, ExpertExchange {
 
     init(_ comm: Communicator) { self.comm = comm }
 
-    /// The collectives of `model` on `comm`: on several ranks its MoE layers exchange tokens
-    /// with the experts' runners and sum their statistics, and its FFF layers sum theirs.
+    /// The collectives of `model` on `comm`: on several ranks every layer with statistics over
+    /// the ranks sums them here, and the MoE layers exchange tokens with the experts' runners.
     /// Returns them and the expert placement (nil without MoE layers).
     static func attach(to model: Model, comm: Communicator, balanceExperts: Bool) -> (MoECollectives, ExpertPlacement?) {
         let sums = MoECollectives(comm)
         let placement = model.moeLayers.first.map { ExpertPlacement(experts: $0.spec.experts, ranks: comm.size) }
         guard comm.size > 1 else { return (sums, placement) }
+        for layer in model.layers((any RankStatistics).self) { layer.reduction = sums }
         if let placement {
             sums.placement = placement
             sums.balances = balanceExperts
-            for moe in model.moeLayers {
-                moe.reduction = sums
-                moe.attach(sums)
-            }
+            for moe in model.moeLayers { moe.attach(sums) }
         }
-        for fff in model.fffLayers { fff.reduction = sums }
         return (sums, placement)
     }
 

@@ -54,7 +54,7 @@ struct PredictCommand: ParsableCommand {
         let evaluator = try Evaluator(config: config, comm: comm, inputs: stream.width, maxRows: rows)
         try evaluator.load(reader)
         let model = evaluator.model, classes = model.classes
-        let hard = !soft && !model.fffLayers.isEmpty
+        let hard = !soft && model.hasHardInference
 
         let partial = output + ".partial"
         try DurableFiles.remove(partial)
@@ -83,7 +83,7 @@ struct PredictCommand: ParsableCommand {
             try file.setAttribute("checkpoint", reader.folder)
             try file.setAttribute("step", String(reader.manifest.position.step))
             try file.setAttribute("switchboard_version", Switchboard.version)
-            if !model.fffLayers.isEmpty { try file.setAttribute("decisions", hard ? "hard" : "soft") }
+            if model.hasHardInference { try file.setAttribute("decisions", hard ? "hard" : "soft") }
             try logits.close()
             try labels.close()
             try file.close()
@@ -93,6 +93,6 @@ struct PredictCommand: ParsableCommand {
         let seconds = (ContinuousClock.now - started).seconds
         let peak = MachineMemory.peak.map { "; peak memory \(MemoryEstimate.text($0))" } ?? ""
         print("wrote \(output): logits and labels of \(stream.count) samples (\(stream.width) features, \(classes) classes)"
-              + "\(model.fffLayers.isEmpty ? "" : hard ? ", hard decisions" : ", soft"); \(Int(Double(stream.count) / max(seconds, 1e-9))) samples/s\(peak)")
+              + "\(model.hasHardInference ? (hard ? ", hard decisions" : ", soft") : ""); \(Int(Double(stream.count) / max(seconds, 1e-9))) samples/s\(peak)")
     }
 }

@@ -1,16 +1,6 @@
-// How an MoE layer reaches other ranks: the layer declares what it needs here, and a
-// multi-rank trainer provides it over MPI. Every rank makes the same calls in the same order.
-
-/// Sums over the ranks that share a global batch, for an MoE layer under data parallelism:
-/// capacity is applied in global token order and the auxiliary losses are over the global
-/// batch, so P ranks route exactly as one process would. Training passes only (evaluation
-/// is dropless and needs no statistics, so ranks may evaluate different numbers of chunks).
-public protocol RankReduction: AnyObject {
-    /// In-place sum over the ranks.
-    func sum(_ data: UnsafeMutablePointer<Double>, count: Int)
-    /// In place: the sum over the ranks below this one (zeros on rank 0).
-    func sumBelow(_ data: UnsafeMutablePointer<Double>, count: Int)
-}
+// How an MoE layer reaches other ranks: the layer declares what it needs here (and its sums,
+// `RankReduction`, in Capabilities.swift), and a multi-rank trainer provides it over MPI.
+// Every rank makes the same calls in the same order.
 
 /// Expert parallelism: each rank owns some of the experts, and a layer's tokens travel to the
 /// rank that runs their expert in this pass (its owner, or a less busy rank that the owner

@@ -9,7 +9,7 @@ import Kernels
 ///
 /// Shapes: x, y `[T, d]`; router logits and probabilities `[T, E]`; assignments `[T, k]`;
 /// the grouped rows `[A, d]` with A ≤ T·k, expert e's rows contiguous at `start[e]`.
-public final class MoE: Layer {
+public final class MoE: Layer, AuxiliaryLoss, RankStatistics {
     public let name: String
     public let inputWidth: Int
     public var outputWidth: Int { inputWidth }
@@ -41,6 +41,8 @@ public final class MoE: Layer {
     public internal(set) var accepted: [Int]
     /// Set by a multi-rank trainer; nil on one process.
     public var reduction: (any RankReduction)?
+    /// The balance and entropy losses are over the whole batch's routing.
+    public var gradientsUseBatchStatistics: Bool { spec.balanceCoefficient != 0 || spec.entropyCoefficient != 0 }
     /// [routed counts E | probability sums E | Σ lse²], summed over the ranks.
     var statistics: [Double]
     /// The same over the step's passes so far, gathered by a routing pre-pass
