@@ -6,8 +6,10 @@
 /// (`bf16`: natively with AVX512-BF16 or AMX-BF16, by oneDNN's own emulation on other AVX-512
 /// CPUs), or, below AVX-512, the emulated path (`bf16Emulated`): the inputs are rounded to bf16
 /// exactly as for oneDNN, held as the fp32 numbers they equal, and multiplied by the fp32
-/// library. A product of two bf16 values is exact in fp32 (8 + 8 significant bits), so the two
-/// differ only in the order of the fp32 sums, as two thread counts do.
+/// library. A product of two bf16 values is exact in fp32 (8 + 8 significant bits) unless it
+/// falls below fp32's normal range (2⁻¹²⁶), which the native instruction flushes to zero; so
+/// the two differ only in the order of the fp32 sums, as two thread counts do, and in such
+/// vanishing products.
 public enum Precision: String, Sendable, CaseIterable, CustomStringConvertible {
     case fp32
     case bf16

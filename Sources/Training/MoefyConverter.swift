@@ -5,14 +5,14 @@ import Storage
 
 extension Moefication {
     /// The MoE model made from a dense residual model (`dense`, its weights loaded; its job
-    /// `denseText`): each block's hidden units clustered by co-activation into `experts` equal
+    /// `denseText`, its blocks' hidden width `h`): each block's hidden units clustered by co-activation into `experts` equal
     /// groups over the first `samples` of a seeded order of the training set, each group an
     /// expert holding its slice of W1, b1 and W2, the dense W2's bias as the layer's output
     /// bias, and a least-squares router that predicts each group's summed activation from the
     /// block's normalized input. Everything outside the blocks is copied. Returns the MoE job's
     /// trainer at step 0, holding the converted weights (to be saved), its config, and the
     /// samples clustered on.
-    public static func convert(_ dense: Evaluator, denseText: String, source: String, activation: Activation, experts: Int,
+    public static func convert(_ dense: Evaluator, denseText: String, source: String, activation: Activation, hidden h: Int, experts: Int,
                                samples: Int, train: Dataset, test: Dataset, comm: Communicator)
         throws -> (trainer: Trainer, config: JobConfig, samples: Int) {
         // 1. The dense model's blocks on the sample: each block's normalized input (the
@@ -21,7 +21,7 @@ extension Moefication {
         let n = min(samples, train.count)
         let order = Philox(seed: dense.config.run.seed).permutation(train.count, stream: 0x4D4F_4546)
         let blocks = dense.model.network.layers.compactMap { ($0 as? Residual)?.branch.layers[1] as? Linear }
-        let d = blocks.first?.inputWidth ?? 0, h = blocks.first?.outputWidth ?? 0
+        let d = blocks.first?.inputWidth ?? 0
         let inputs = blocks.map { _ in Tensor(shape: [n, d]) }, hidden = blocks.map { _ in Tensor(shape: [n, h]) }
         let x = Tensor(shape: [chunk, train.width])
         var labels = [Int32](repeating: 0, count: chunk)

@@ -45,12 +45,14 @@ enum CommandStart {
         return comm
     }
 
-    /// Sets and returns the BLAS threads: `given`, or the host's cores shared among the ranks
-    /// on this host.
+    /// Sets the BLAS threads, `given` or the host's cores shared among the ranks on this host;
+    /// returns them and those ranks. Collective: every rank asks how many share its host, given
+    /// threads or not, so ranks whose settings differ still reach the preflight that names it.
     @discardableResult
-    static func threads(_ given: Int?, comm: Communicator) throws -> Int {
-        let threads = try given ?? max(1, ProcessInfo.processInfo.activeProcessorCount / comm.ranksOnThisHost())
+    static func threads(_ given: Int?, comm: Communicator) throws -> (threads: Int, ranksOnHost: Int) {
+        let onHost = try comm.ranksOnThisHost()
+        let threads = given ?? max(1, ProcessInfo.processInfo.activeProcessorCount / onHost)
         BLAS.setThreads(threads)
-        return threads
+        return (threads, onHost)
     }
 }

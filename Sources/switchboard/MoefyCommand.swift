@@ -53,13 +53,13 @@ struct MoefyCommand: ParsableCommand {
         }
         try checkOutputFolder(out)
         let comm = try CommandStart.world("moefy", alone: true)
-        let threads = try CommandStart.threads(threads.threads, comm: comm)
+        let threads = try CommandStart.threads(threads.threads, comm: comm).threads
         let (train, test) = try config.data.load()
 
         let dense = try Evaluator(config: config, comm: comm, inputs: train.width, maxRows: 512)
         try dense.load(reader)
         let (trainer, moeConfig, n) = try Moefication.convert(dense, denseText: reader.manifest.config, source: source,
-                                                             activation: activation, experts: experts, samples: samples,
+                                                             activation: activation, hidden: mlp.hidden, experts: experts, samples: samples,
                                                              train: train, test: test, comm: comm)
 
         // A step-0 checkpoint of the MoE job, committed under OUT.

@@ -70,7 +70,7 @@ struct TrainCommand: ParsableCommand {
         let started = ContinuousClock.now
         let config = try JobConfig.parse(try JobFile.read(job), source: job, overrides: overrides)
         let comm = try CommandStart.world("train")
-        let threads = try CommandStart.threads(config.train.threads > 0 ? config.train.threads : nil, comm: comm)
+        let (threads, onHost) = try CommandStart.threads(config.train.threads > 0 ? config.train.threads : nil, comm: comm)
         let say: (String) -> Void = { if comm.isCoordinator { print($0); fflush(nil) } }
         say("switchboard \(Switchboard.version): \(comm.size) rank\(comm.size == 1 ? "" : "s") × \(threads) BLAS thread\(threads == 1 ? "" : "s") (OpenBLAS \(BLAS.coreName))")
         say("products: \(MatmulLibrary.summary(config.train.products))")
@@ -97,7 +97,6 @@ struct TrainCommand: ParsableCommand {
         let memory = MemoryEstimate(config: config, train: train, test: test,
                                     maxRows: Trainer.maxRows(config, ranks: comm.size, testCount: test.count),
                                     ranks: comm.size, threads: threads)
-        let onHost = try comm.ranksOnThisHost()
         try memory.check(available: MachineMemory.available / Double(onHost), ranksOnHost: onHost, source: job)
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
         // A new run's [init] is checked (a strict job refused) before any run folder is made;
