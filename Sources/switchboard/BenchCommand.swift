@@ -126,7 +126,7 @@ struct BenchCommand: ParsableCommand {
         print("machine: \(Self.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName) "
               + "(thread timeout 2^\(getenv("OPENBLAS_THREAD_TIMEOUT").map { String(cString: $0) } ?? "28") cycles); ranks \(comm.size)")
         // What decides these numbers besides the CPU, so runs on different machines compare.
-        print("products: \(MatmulLibrary.summary(precision.onThisCPU))")
+        print("products: \(MatmulLibrary.summary(config.train.products))")
         if w == .w2 { print("MoE statistics over the \(moeStatistics == .batch ? "batch" : "micro-batch")") }
         for t in threadCounts {
             for micro in microBatches {
@@ -160,6 +160,7 @@ struct BenchCommand: ParsableCommand {
         let peakReset = MachineMemory.resetPeak()
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
         let flops = Workload.trainingFLOPs(trainer.model)
+        let products = config.train.products
         for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
         // Each repetition times the training steps, then the sgemm probes right after, so
         // both sides of the fraction see the same machine conditions; medians are reported.
@@ -180,8 +181,8 @@ struct BenchCommand: ParsableCommand {
             rates.append(Double(samples) / seconds)
             owns.append(GEMMProbe.rate(of: shapes))
             peaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024))
-            dnnlOwns.append(GEMMProbe.rate(of: shapes, library: .oneDNN, precision: precision.onThisCPU))
-            dnnlPeaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024, library: .oneDNN, precision: precision.onThisCPU))
+            dnnlOwns.append(GEMMProbe.rate(of: shapes, library: .oneDNN, precision: products))
+            dnnlPeaks.append(GEMMProbe.rate(.none, .none, m: 1024, n: 1024, k: 1024, library: .oneDNN, precision: products))
         }
         let rate = median(rates), peak = median(peaks), own = median(owns)
         let dnnlPeak = median(dnnlPeaks), dnnlOwn = median(dnnlOwns)
@@ -199,8 +200,8 @@ struct BenchCommand: ParsableCommand {
         print("  \(fixed(flops / 1e6, 2)) MFLOP/sample → \(fixed(achieved, 1)) GFLOP/s")
         print("  sgemm 1024³: \(fixed(peak, 1)) GFLOP/s → fraction \(fixed(achieved / peak, 3))")
         print("  sgemm on the workload's shapes: \(fixed(own, 1)) GFLOP/s → fraction \(fixed(achieved / own, 3))")
-        print("  oneDNN \(precision.onThisCPU) matmul 1024³: \(fixed(dnnlPeak, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlPeak, 3))")
-        print("  oneDNN \(precision.onThisCPU) matmul on the workload's shapes: \(fixed(dnnlOwn, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlOwn, 3))")
+        print("  oneDNN \(products) matmul 1024³: \(fixed(dnnlPeak, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlPeak, 3))")
+        print("  oneDNN \(products) matmul on the workload's shapes: \(fixed(dnnlOwn, 1)) GFLOP/s → fraction \(fixed(achieved / dnnlOwn, 3))")
         // OpenBLAS 0.3.21's threaded sgemm allocates its job array on every call, and its
         // small-matrix kernels for AVX-512 a packing buffer; oneDNN's execute builds its
         // argument list and memory objects on the heap. Those are counted apart.
