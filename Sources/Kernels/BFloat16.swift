@@ -27,6 +27,8 @@ public final class BFloat16Buffer {
     /// Whether the values are held as fp32 (the emulated path).
     public let widened: Bool
     private let storage: UnsafeMutableRawPointer
+    /// False for a placeholder, whose storage is not memory of its own.
+    private let owns: Bool
     /// Splits a large rounding over the worker pool (elementwise: the same bits however split).
     private let rounding: Rounding
 
@@ -39,7 +41,19 @@ public final class BFloat16Buffer {
         storage = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
         storage.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
         rounding = Rounding(storage, widened: widened)
+        owns = true
         Self.made.wrappingAdd(count, ordering: .relaxed)
+    }
+
+    /// A buffer of `count` values whose storage is the inaccessible `Placeholder` (a model
+    /// that is only counted). Not counted in `valuesMade`.
+    public init(placeholder count: Int, precision: Precision) {
+        guard precision.roundsToBFloat16 else { fatalError("a bf16 buffer for \(precision) products") }
+        self.count = count
+        widened = precision == .bf16Emulated
+        storage = Placeholder.address
+        rounding = Rounding(storage, widened: widened)
+        owns = false
     }
 
     /// Values of every bf16 buffer made so far in this process (for the test that checks
@@ -47,7 +61,7 @@ public final class BFloat16Buffer {
     public static var valuesMade: Int { made.load(ordering: .relaxed) }
     private static let made = Atomic<Int>(0)
 
-    deinit { storage.deallocate() }
+    deinit { if owns { storage.deallocate() } }
 
     /// The buffer's values from the start.
     public var data: BFloat16Pointer {

@@ -96,7 +96,7 @@ public final class Matmul: @unchecked Sendable {
 
     public init(
         _ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int,
-        rows: Rows, accumulate: Bool, precision: Precision, library: MatmulLibrary = .fp32
+        rows: Rows, accumulate: Bool, precision: Precision, library: MatmulLibrary = .fp32, prepared: Bool = true
     ) {
         self.precision = precision
         self.library = precision == .bf16 ? .oneDNN : library
@@ -105,7 +105,8 @@ public final class Matmul: @unchecked Sendable {
         (self.m, self.n, self.k, self.lda, self.ldb, self.ldc) = (m, n, k, lda, ldb, ldc)
         rowsAre = rows
         self.accumulate = accumulate
-        guard self.library == .oneDNN, m > 0, n > 0, k > 0 else { plan = nil; return }
+        // Unprepared (a model that is only counted): described, never run.
+        guard prepared, self.library == .oneDNN, m > 0, n > 0, k > 0 else { plan = nil; return }
         var status: Int32 = 0
         plan = sb_matmul_create(
             precision == .bf16 ? 1 : 0, ta == .transpose ? 1 : 0, tb == .transpose ? 1 : 0, m, n, k, lda, ldb, ldc,

@@ -12,6 +12,8 @@ public final class Tensor {
     public let shape: [Int]
     public let count: Int
     public let data: UnsafeMutablePointer<Float>
+    /// False for a placeholder, whose `data` is not memory of its own.
+    private let owns: Bool
 
     public init(shape: [Int]) {
         precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
@@ -25,11 +27,22 @@ public final class Tensor {
         #endif
         data = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         data.initialize(repeating: 0, count: max(count, 1))
+        owns = true
         Self.made.wrappingAdd(count, ordering: .relaxed)
     }
 
+    /// A tensor of `shape` whose data is the inaccessible `Placeholder` (a model that is only
+    /// counted): reading or writing it traps. Not counted in `floatsMade`.
+    public init(placeholder shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        self.shape = shape
+        count = Placeholder.count(shape)
+        data = Placeholder.address.assumingMemoryBound(to: Float.self)
+        owns = false
+    }
+
     /// Floats of every tensor made so far in this process (for tests that check a size
-    /// computed in advance, `ModelSize`, against what the tensors really hold).
+    /// counted in advance, `ModelSize`, against what the tensors really hold).
     public static var floatsMade: Int { made.load(ordering: .relaxed) }
     private static let made = Atomic<Int>(0)
 
@@ -39,7 +52,7 @@ public final class Tensor {
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: count) }
     }
 
-    deinit { data.deallocate() }
+    deinit { if owns { data.deallocate() } }
 
     /// Tensors from this size on (the parameter arenas, optimizer state, datasets) start on a
     /// 2 MiB boundary and ask Linux for transparent huge pages, which Debian gives only on

@@ -11,6 +11,16 @@ public enum Architecture: Sendable, Equatable {
     case moe(Trunk, MoESpec)
 }
 
+extension Architecture {
+    /// The largest width, hidden width, leaves' total width or batch a job may declare (2²⁴):
+    /// then every tensor and parameter of any model a job can declare, counted before it is
+    /// built (`size`), has a shape whose size fits in an `Int`.
+    public static let largestDimension = 1 << 24
+    /// The most experts a model may have over all its MoE layers (2²⁰): a counted model
+    /// registers each expert's parameters, as the built one does.
+    public static let mostExperts = 1 << 20
+}
+
 /// The residual stream of the residual and MoE families.
 public struct Trunk: Sendable, Equatable {
     public var width: Int

@@ -50,7 +50,7 @@ public struct FFFSpec: Sendable, Equatable {
 /// Inference with `ForwardContext.hardDecisions` ("hard"): each row descends the tree
 /// (right where a_n > 0), evaluating `depth` node neurons and one leaf; rows are grouped by
 /// leaf and each leaf's rows run as one product pair.
-public final class FastFeedforward: Layer, AuxiliaryLoss, RankStatistics, HardInference {
+public final class FastFeedforward: Layer, AuxiliaryLoss, RankStatistics, HardInference, ReportsTelemetry {
     public let spec: FFFSpec
     public let inputWidth: Int
     public var outputWidth: Int { inputWidth }
@@ -75,6 +75,18 @@ public final class FastFeedforward: Layer, AuxiliaryLoss, RankStatistics, HardIn
     /// when it computed its auxiliary losses (hardening or balance on); empty otherwise.
     public var leafDescents: [Int] {
         computesAuxLoss ? statistics.prefix(l).map { Int($0) } : []
+    }
+
+    public var telemetryPrefix: String { "fff" }
+
+    /// With auxiliary losses: the last pass's, and how its global batch's hard descents spread
+    /// over the leaves (balance: their entropy over log L). Nothing without them.
+    public func takeReport(rankLoad: (([Int]) -> (max: Double, mean: Double))?) -> TelemetryReport {
+        var report = TelemetryReport()
+        let counts = leafDescents
+        guard !counts.isEmpty else { return report }
+        report.fields = [("leaves", .counts(counts)), ("balance", .number(MoETelemetry.balance(counts))), ("aux", .number(auxLoss))]
+        return report
     }
 
     let d: Int, n: Int, l: Int, lw: Int
@@ -120,9 +132,15 @@ public final class FastFeedforward: Layer, AuxiliaryLoss, RankStatistics, HardIn
         let hidden = spec.trainingWidth
         // The reference implementation's initialization: node and first-layer parameters
         // uniform in ±1/√d, second-layer ones in ±1/√leafWidth.
+        // The soft tree runs in training only; inference descends (`depth` node dots, counted
+        // here) to one leaf (`leafFirst`, `leafSecond`).
+        let share = build.inferenceShare
+        build.inferenceShare = 0
         nodes = Linear("\(name).nodes", inputs: d, outputs: n, in: build)
         fc1 = Linear("\(name).leaves.fc1", inputs: d, outputs: hidden, activation: spec.activation, in: build)
         fc2 = Linear("\(name).leaves.fc2", inputs: hidden, outputs: d, bias: false, in: build, initBound: 1 / Float(lw).squareRoot())
+        build.inferenceShare = share
+        build.countFLOPs(inference: share * 2 * Double(d) * Double(spec.depth))
         leafBias = store.register("\(name).leaves.fc2.bias", shape: [l, d], role: .bias,
                                   initializer: .uniform(bound: 1 / Float(lw).squareRoot()), freezable: true)
         if spec.masterLeaf {
@@ -146,8 +164,8 @@ public final class FastFeedforward: Layer, AuxiliaryLoss, RankStatistics, HardIn
         statistics = [Double](repeating: 0, count: 2 * l + 1)
         stepStatistics = statistics
         leafCounts = [Int](repeating: 0, count: l + 1)
-        leafOf = [Int32](repeating: 0, count: maxRows)
-        grouped = [Int32](repeating: 0, count: maxRows)
+        leafOf = build.scratch(repeating: Int32(0), count: maxRows)
+        grouped = build.scratch(repeating: Int32(0), count: maxRows)
         groupStart = [Int](repeating: 0, count: l + 1)
         xs = build.tensor([maxRows, d])
         zs = build.tensor([maxRows, lw])
@@ -155,15 +173,15 @@ public final class FastFeedforward: Layer, AuxiliaryLoss, RankStatistics, HardIn
         ys = build.tensor([maxRows, d])
         let heap = 2 * l - 1
         mixLeafBias = build.product(.none, .none, m: maxRows, n: d, k: l, lda: heap, ldb: d, ldc: d, rows: .m, accumulate: true,
-                                    precision: .fp32)
+                                    precision: .fp32, work: .training)
         leafBiasGradient = build.product(.transpose, .none, m: l, n: d, k: maxRows, lda: heap, ldb: d, ldc: d, rows: .k,
-                                         accumulate: true, precision: .fp32)
+                                         accumulate: true, precision: .fp32, work: leafBias.frozen ? .uncounted : .training)
         reachGradient = build.product(.none, .transpose, m: maxRows, n: l, k: d, lda: d, ldb: d, ldc: l, rows: .m,
-                                      accumulate: false, precision: .fp32)
+                                      accumulate: false, precision: .fp32, work: .training)
         leafFirst = build.product(.none, .transpose, m: maxRows, n: lw, k: d, lda: d, ldb: d, ldc: lw, rows: .m,
-                                  accumulate: false, precision: .fp32)
+                                  accumulate: false, precision: .fp32, work: .inference)
         leafSecond = build.product(.none, .transpose, m: maxRows, n: d, k: lw, lda: lw, ldb: l * lw, ldc: d, rows: .m,
-                                   accumulate: false, precision: .fp32)
+                                   accumulate: false, precision: .fp32, work: .inference)
         hardPass = HardPass(self)
     }
 

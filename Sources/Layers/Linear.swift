@@ -51,14 +51,15 @@ public final class Linear: Layer {
         dz = build.tensor([fused ? maxRows : 0, outputs])
         dx = build.tensor([computesInputGradient ? maxRows : 0, inputs])
         forwardProduct = build.product(.none, .transpose, m: maxRows, n: outputs, k: inputs, lda: inputs, ldb: inputs,
-                                       ldc: outputs, rows: .m, accumulate: false)
+                                       ldc: outputs, rows: .m, accumulate: false, work: .forward)
         weightGradientProduct = build.product(.transpose, .none, m: outputs, n: inputs, k: maxRows, lda: outputs, ldb: inputs,
-                                              ldc: inputs, rows: .k, accumulate: true)
+                                              ldc: inputs, rows: .k, accumulate: true, work: weight.frozen ? .uncounted : .training)
         inputGradientProduct = build.product(.none, .none, m: maxRows, n: inputs, k: outputs, lda: outputs, ldb: inputs,
-                                             ldc: inputs, rows: .m, accumulate: false)
-        x16 = build.bf16(maxRows * inputs)
-        w16 = build.bf16(outputs * inputs)
-        g16 = build.bf16(maxRows * outputs)
+                                             ldc: inputs, rows: .m, accumulate: false,
+                                             work: computesInputGradient ? .training : .uncounted)
+        x16 = build.bf16([maxRows, inputs])
+        w16 = build.bf16([outputs, inputs])
+        g16 = build.bf16([maxRows, outputs])
     }
 
     /// The input and the output of the last forward pass (for reading activations: `moefy`).

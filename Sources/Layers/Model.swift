@@ -34,9 +34,38 @@ public final class Model {
         self.maxRows = maxRows
         let store = ParameterStore(seed: seed, frozen: frozen)
         let build = BuildContext(store: store, maxRows: maxRows, precision: precision)
+        let (layers, firstParameter) = Self.layers(architecture, inputs: inputs, classes: classes, in: build)
+        moeLayers = Self.walk(layers, MoE.self)
+        fffLayers = Self.walk(layers, FastFeedforward.self)
+        network = Sequential(layers)
+        auxiliaryLosses = Self.walk(layers, (any AuxiliaryLoss).self)
+        hasHardInference = !Self.walk(layers, (any HardInference).self).isEmpty
+        // The pre-pass runs the top-level layers through the last one holding a layer whose
+        // gradients use batch statistics.
+        let last = layers.lastIndex { Self.walk([$0], (any RankStatistics).self).contains { $0.gradientsUseBatchStatistics } }
+        statisticsDepth = last.map { $0 + 1 } ?? 0
+        // That layer's own output is not read in the pre-pass: an MoE layer there stops after its router.
+        if let last { for moe in Self.walk([layers[last]], MoE.self) { moe.routesOnlyWhenGathering = true } }
+        store.finalize()
+        self.store = store
+        // A layer without trainable parameters finalizes nothing new: it inherits the next
+        // one's offset.
+        var offsets = [Int](repeating: store.trainableCount, count: layers.count)
+        var next = store.trainableCount
+        for i in layers.indices.reversed() {
+            let end = i + 1 < layers.count ? firstParameter[i + 1] : store.parameters.count
+            if let first = store.parameters[firstParameter[i]..<end].first(where: { !$0.frozen }) { next = first.offset }
+            offsets[i] = next
+        }
+        finalFrom = offsets
+    }
+
+    /// The top-level layers of `architecture`, declared in `build` (allocated or counted), and
+    /// the index of the first parameter each registers.
+    static func layers(_ architecture: Architecture, inputs: Int, classes: Int,
+                       in build: BuildContext) -> (layers: [any Layer], firstParameter: [Int]) {
+        let store = build.store
         var layers: [any Layer] = []
-        var moes: [MoE] = []
-        var fffs: [FastFeedforward] = []
         // The index of the first parameter each top-level layer registers.
         var firstParameter: [Int] = []
         func append(_ layer: @autoclosure () -> any Layer) {
@@ -76,9 +105,7 @@ public final class Model {
                     }
                     branch.append(matrix("\(name).fc2", m.hidden, d, rank: m.rank))
                 case .fff(let spec):
-                    let fff = FastFeedforward("\(name).fff", width: d, spec: spec, in: build)
-                    fffs.append(fff)
-                    branch.append(fff)
+                    branch.append(FastFeedforward("\(name).fff", width: d, spec: spec, in: build))
                 }
                 append(Residual(Sequential(branch), in: build))
             }
@@ -89,37 +116,16 @@ public final class Model {
             append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false, in: build))
             for i in 0..<trunk.depth {
                 let name = "blocks.\(i)"
+                // The layer registers its parameters before its norm does (the arena's order,
+                // which checkpoints and the gradient buckets follow).
                 let moe = MoE("\(name).moe", width: d, spec: spec, site: i, in: build)
-                moes.append(moe)
                 append(Residual(Sequential([makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i), in: build),
                                             moe]), in: build))
             }
             append(makeNorm(trunk.norm, "norm", width: d, in: build))
             append(Linear("head", inputs: d, outputs: classes, in: build))
         }
-        moeLayers = moes
-        fffLayers = fffs
-        network = Sequential(layers)
-        auxiliaryLosses = Self.walk(layers, (any AuxiliaryLoss).self)
-        hasHardInference = !Self.walk(layers, (any HardInference).self).isEmpty
-        // The pre-pass runs the top-level layers through the last one holding a layer whose
-        // gradients use batch statistics.
-        let last = layers.lastIndex { Self.walk([$0], (any RankStatistics).self).contains { $0.gradientsUseBatchStatistics } }
-        statisticsDepth = last.map { $0 + 1 } ?? 0
-        // That layer's own output is not read in the pre-pass: an MoE layer there stops after its router.
-        if let last { for moe in Self.walk([layers[last]], MoE.self) { moe.routesOnlyWhenGathering = true } }
-        store.finalize()
-        self.store = store
-        // A layer without trainable parameters finalizes nothing new: it inherits the next
-        // one's offset.
-        var offsets = [Int](repeating: store.trainableCount, count: layers.count)
-        var next = store.trainableCount
-        for i in layers.indices.reversed() {
-            let end = i + 1 < layers.count ? firstParameter[i + 1] : store.parameters.count
-            if let first = store.parameters[firstParameter[i]..<end].first(where: { !$0.frozen }) { next = first.offset }
-            offsets[i] = next
-        }
-        finalFrom = offsets
+        return (layers, firstParameter)
     }
 
     /// Whether some layer's gradient depends on means over the whole batch (the MoE balance

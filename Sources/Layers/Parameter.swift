@@ -61,6 +61,8 @@ public final class Parameter {
 /// `[0, trainableCount)` only.
 public final class ParameterStore {
     public private(set) var parameters: [Parameter] = []
+    /// Their names (a model of many experts registers many).
+    private var names: Set<String> = []
     public private(set) var values: Tensor = Tensor(shape: [0])
     /// Gradients of the trainable parameters, `trainableCount` floats.
     public private(set) var grads: Tensor = Tensor(shape: [0])
@@ -98,7 +100,8 @@ public final class ParameterStore {
         _ name: String, shape: [Int], role: ParameterRole, initializer: Initializer, freezable: Bool = false
     ) -> Parameter {
         precondition(!isFinalized, "parameter \(name) registered after finalize")
-        precondition(!parameters.contains { $0.name == name }, "duplicate parameter name \(name)")
+        let (new, _) = names.insert(name)
+        precondition(new, "duplicate parameter name \(name)")
         let named = frozenPatterns.contains { Self.matches($0, name) }
         if named && !freezable { unfreezable.append(name) }
         let p = Parameter(name: name, shape: shape, role: role, initializer: initializer, frozen: named && freezable)

@@ -22,8 +22,8 @@ final class BackwardUpdates: UpdateInBackward {
     /// Whether this step needs the gradient norm (a logged step).
     var measures = false
 
-    /// Attaches itself to every MoE layer of `model`, each with a gradient buffer for each of
-    /// `threads` worker threads.
+    /// Attaches itself to every expert layer of `model`, each with a gradient buffer for each
+    /// of `threads` worker threads.
     init(optimizer: any Optimizer, model: Model, threads: Int) {
         self.optimizer = optimizer
         store = model.store
@@ -32,7 +32,7 @@ final class BackwardUpdates: UpdateInBackward {
         updated.initialize(repeating: false, count: n)
         squares = .allocate(capacity: n)
         squares.initialize(repeating: 0, count: n)
-        for moe in model.moeLayers { moe.attach(updates: self, threads: threads) }
+        for layer in model.layers((any ExpertLayer).self) { layer.attach(updates: self, threads: threads) }
     }
 
     deinit {

@@ -84,12 +84,13 @@ public final class ConfigReader {
         return s
     }
 
-    public func intArray(_ section: String, _ key: String, _ fallback: [Int], min: Int? = nil) throws -> [Int] {
+    public func intArray(_ section: String, _ key: String, _ fallback: [Int], min: Int? = nil, max: Int? = nil) throws -> [Int] {
         let v = try value(section, key, .array(fallback.map { .int($0) }))
         guard case .array(let items) = v else { throw typeError(section, key, "an array of integers", v) }
         return try items.map {
             guard case .int(let n) = $0 else { throw typeError(section, key, "an array of integers", v) }
             if let min, n < min { throw rangeError(section, key, "made of integers of at least \(min)", v) }
+            if let max, n > max { throw rangeError(section, key, "made of integers of at most \(max)", v) }
             return n
         }
     }

@@ -77,8 +77,9 @@ final class EvaluationLoop {
         let classes = model.classes
         var lossSum = 0.0, correct = 0.0
         var counts = [Double](repeating: 0, count: confusion ? classes * classes : 0)
-        let experts = model.moeLayers.first?.spec.experts ?? 0
-        var routed = [Double](repeating: 0, count: confusion ? model.moeLayers.count * experts : 0)
+        let expertLayers = model.layers((any ExpertLayer).self)
+        let experts = expertLayers.first?.experts ?? 0
+        var routed = [Double](repeating: 0, count: confusion ? expertLayers.count * experts : 0)
         var start = 0
         while start < data.count {
             let n = min(chunk, data.count - start)
@@ -104,8 +105,8 @@ final class EvaluationLoop {
                 lossSum += out.lossSum
                 correct += Double(out.correct)
                 if confusion {
-                    for (l, moe) in model.moeLayers.enumerated() {
-                        for i in 0..<experts { routed[l * experts + i] += Double(moe.routed[i]) }
+                    for (l, layer) in expertLayers.enumerated() {
+                        for i in 0..<experts { routed[l * experts + i] += Double(layer.routed[i]) }
                     }
                     for r in 0..<rows {
                         let z = logits + r * classes
@@ -130,7 +131,7 @@ final class EvaluationLoop {
                            samplesPerSecond: Double(data.count) / (ContinuousClock.now - started).seconds)
         if confusion {
             e.confusion = counts.map { Int($0) }
-            if experts > 0 { e.expertTokens = (0..<model.moeLayers.count).map { l in (0..<experts).map { Int(routed[l * experts + $0]) } } }
+            if experts > 0 { e.expertTokens = expertLayers.indices.map { l in (0..<experts).map { Int(routed[l * experts + $0]) } } }
         }
         return e
     }

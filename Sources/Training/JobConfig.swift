@@ -196,7 +196,7 @@ public struct JobConfig: Sendable {
         guard topK <= experts else {
             throw ConfigError("\(source): [moe] top_k = \(topK) is larger than experts = \(experts); a token cannot use more experts than exist")
         }
-        let hidden = try r.int("moe", "hidden", 512, min: 1)
+        let hidden = try r.int("moe", "hidden", 512, min: 1, max: Architecture.largestDimension)
         let activation = try r.string("moe", "activation", "gelu", oneOf: BlockActivation.names)
         let bias = try r.bool("moe", "bias", true)
         let routerName = try r.string("moe", "router", "softmax", oneOf: ["softmax", "sigmoid"])
@@ -208,7 +208,7 @@ public struct JobConfig: Sendable {
         // A capacity factor of 0 or less would drop every token: dropless says "no limit".
         let capacity = dropless ? 0 : try r.double("moe", "capacity_factor", 1.25, max: 1e6, above: 0)
         let expertDropout = try r.double("moe", "expert_dropout", 0, min: 0, below: 1)
-        let shared = try r.int("moe", "shared_hidden", 0, min: 0)
+        let shared = try r.int("moe", "shared_hidden", 0, min: 0, max: Architecture.largestDimension)
         let routerInit = try r.string("moe", "router_init", "uniform", oneOf: ["uniform", "zeros"])
         let initialization = try r.string("moe", "init", "per_expert", oneOf: ["per_expert", "sigma_moe"])
         let gates = try r.string("moe", "gates", "router", oneOf: ["router", "one"])
@@ -229,7 +229,7 @@ public struct JobConfig: Sendable {
         let model: Architecture
         var frozen: [String] = []
         func trunk(width fallback: Int) throws -> Trunk {
-            Trunk(width: try r.int("model", "width", fallback, min: 1),
+            Trunk(width: try r.int("model", "width", fallback, min: 1, max: Architecture.largestDimension),
                   depth: try r.int("model", "depth", 2, min: 0, max: 10_000),
                   norm: NormKind(rawValue: try r.string("model", "norm", "layernorm", oneOf: NormKind.allCases.map(\.rawValue)))!,
                   depthScaledNorm: try r.bool("model", "depth_scaled_norm", false))
@@ -237,12 +237,17 @@ public struct JobConfig: Sendable {
         var block = "mlp"
         switch kind {
         case "stack":
-            let hidden = try r.intArray("model", "hidden", [1024, 1024, 1024], min: 1)
+            let hidden = try r.intArray("model", "hidden", [1024, 1024, 1024], min: 1, max: Architecture.largestDimension)
             guard hidden.count <= 10_000 else { throw ConfigError("\(source): [model] hidden lists \(hidden.count) layers, at most 10000") }
             let activation = try r.string("model", "activation", "gelu", oneOf: ["relu", "gelu", "gelu_tanh", "silu"])
             model = .stack(hidden: hidden, activation: Activation(rawValue: activation)!)
         case "moe":
-            model = .moe(try trunk(width: 256), try moeSpec(r, source: source))
+            let (t, spec) = (try trunk(width: 256), try moeSpec(r, source: source))
+            guard t.depth * spec.experts <= Architecture.mostExperts else {
+                throw ConfigError("\(source): [model] depth = \(t.depth) blocks of [moe] experts = \(spec.experts) are "
+                                  + "\(t.depth * spec.experts) experts, more than the \(Architecture.mostExperts) a model may have")
+            }
+            model = .moe(t, spec)
         default:
             let t = try trunk(width: 512)
             block = try r.string("model", "block", "mlp", oneOf: ["mlp", "hourglass", "fff"])
@@ -252,7 +257,7 @@ public struct JobConfig: Sendable {
             case "hourglass":
                 // Wide stream, narrow bottleneck; the lift from the input may stay at its
                 // random initialization.
-                let bottleneck = try r.int("model", "bottleneck", max(1, t.width / 4), min: 1)
+                let bottleneck = try r.int("model", "bottleneck", max(1, t.width / 4), min: 1, max: Architecture.largestDimension)
                 guard bottleneck < t.width else {
                     throw ConfigError("\(source): [model] bottleneck = \(bottleneck) is not narrower than the stream (width = \(t.width)); "
                                       + "an hourglass block computes through a bottleneck narrower than its stream")
@@ -266,12 +271,15 @@ public struct JobConfig: Sendable {
                 }
                 let hidden: Int
                 if r.has("model", "hidden") {
-                    hidden = try r.int("model", "hidden", 0, min: 1)
+                    hidden = try r.int("model", "hidden", 0, min: 1, max: Architecture.largestDimension)
                 } else {
                     let expansion = try r.int("model", "expansion", 4, min: 1)
                     // Checked before multiplying: a product that overflows is not a width.
                     let (product, overflow) = expansion.multipliedReportingOverflow(by: t.width)
-                    guard !overflow else { throw ConfigError("\(source): [model] expansion = \(expansion) × width = \(t.width) overflows") }
+                    guard !overflow, product <= Architecture.largestDimension else {
+                        throw ConfigError("\(source): [model] expansion = \(expansion) × width = \(t.width) is a hidden width above "
+                                          + "\(Architecture.largestDimension), the largest a model may have")
+                    }
                     hidden = product
                 }
                 model = .residual(t, .mlp(try mlpSpec(r, hidden: hidden, width: t.width, source: source)))
@@ -314,12 +322,17 @@ public struct JobConfig: Sendable {
 
     /// The `[fff]` section.
     static func fffSpec(_ r: ConfigReader, source: String) throws -> FFFSpec {
-        FFFSpec(depth: try r.int("fff", "depth", 3, min: 1, max: 16),
-                leafWidth: try r.int("fff", "leaf_width", 32, min: 1),
-                activation: Activation(rawValue: try r.string("fff", "activation", "relu", oneOf: ["relu", "gelu", "gelu_tanh", "silu"]))!,
-                hardening: Float(try r.double("fff", "hardening", 0, min: 0)),
-                balance: Float(try r.double("fff", "load_balance", 0, min: 0)),
-                masterLeaf: try r.bool("fff", "master_leaf", false))
+        let spec = FFFSpec(depth: try r.int("fff", "depth", 3, min: 1, max: 16),
+                           leafWidth: try r.int("fff", "leaf_width", 32, min: 1, max: Architecture.largestDimension),
+                           activation: Activation(rawValue: try r.string("fff", "activation", "relu", oneOf: ["relu", "gelu", "gelu_tanh", "silu"]))!,
+                           hardening: Float(try r.double("fff", "hardening", 0, min: 0)),
+                           balance: Float(try r.double("fff", "load_balance", 0, min: 0)),
+                           masterLeaf: try r.bool("fff", "master_leaf", false))
+        guard spec.trainingWidth <= Architecture.largestDimension else {
+            throw ConfigError("\(source): [fff] depth = \(spec.depth) gives \(spec.leaves) leaves of leaf_width = \(spec.leafWidth), "
+                              + "\(spec.trainingWidth) in all, more than \(Architecture.largestDimension), the largest hidden width a model may have")
+        }
+        return spec
     }
 
     /// The `[init]` section, read only when the job has one.
@@ -376,9 +389,9 @@ public struct JobConfig: Sendable {
 
         let (model, frozen) = try modelSection(r, source: source)
 
-        let batch = try r.int("train", "batch_size", 256, min: 1)
+        let batch = try r.int("train", "batch_size", 256, min: 1, max: Architecture.largestDimension)
         // Unset means one pass per step; the resolved config then shows no key.
-        let microBatch = r.has("train", "micro_batch") ? try r.int("train", "micro_batch", 0, min: 1) : nil
+        let microBatch = r.has("train", "micro_batch") ? try r.int("train", "micro_batch", 0, min: 1, max: Architecture.largestDimension) : nil
         var moeStatistics = MoEStatistics.batch
         if case .moe = model {
             moeStatistics = MoEStatistics(rawValue: try r.string("moe", "statistics", "batch", oneOf: MoEStatistics.allCases.map(\.rawValue)))!
@@ -387,7 +400,7 @@ public struct JobConfig: Sendable {
             epochs: try r.int("train", "epochs", 10, min: 1, max: 1_000_000),
             batchSize: batch,
             // A micro-batch caps the rows a pass holds; evaluation's passes too, unless set.
-            evalBatchSize: try r.int("train", "eval_batch_size", min(1000, microBatch ?? 1000), min: 1),
+            evalBatchSize: try r.int("train", "eval_batch_size", min(1000, microBatch ?? 1000), min: 1, max: Architecture.largestDimension),
             labelSmoothing: Float(try r.double("train", "label_smoothing", 0, min: 0, below: 1)),
             threads: try r.int("train", "threads", 0, min: 0, max: 1024),
             logEvery: try r.int("train", "log_every", 50, min: 1),

@@ -26,9 +26,10 @@ public struct MemoryEstimate: Sendable {
     /// The estimate for `config` on a rank that holds `maxRows` rows per pass, with the
     /// training and test data already loaded.
     public init(config: JobConfig, train: Dataset, test: Dataset, maxRows: Int, ranks: Int, threads: Int) {
-        let size = config.model.size(inputs: train.width, classes: config.data.classes, maxRows: maxRows, ranks: ranks,
-                                     threads: threads, updatesExpertsInBackward: config.optimizer.updateInBackward,
-                                     frozen: config.frozen)
+        let size = config.model.size(inputs: train.width, classes: config.data.classes, maxRows: maxRows,
+                                     precision: config.train.products, ranks: ranks, threads: threads,
+                                     movesExperts: config.parallel.balanceExperts,
+                                     updatesExpertsInBackward: config.optimizer.updateInBackward, frozen: config.frozen)
         parameters = 4 * size.storeFloats                                     // values and gradients
         optimizer = 4 * (size.parameters - size.frozen) * (config.optimizer.kind == .adamw ? 2 : 1)
         // The batch and its logits' gradient, evaluation's own batch, the epoch's order.

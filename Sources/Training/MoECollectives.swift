@@ -16,13 +16,14 @@ final class MoECollectives: RankReduction, ExpertExchange {
     /// Returns them and the expert placement (nil without MoE layers).
     static func attach(to model: Model, comm: Communicator, balanceExperts: Bool) -> (MoECollectives, ExpertPlacement?) {
         let sums = MoECollectives(comm)
-        let placement = model.moeLayers.first.map { ExpertPlacement(experts: $0.spec.experts, ranks: comm.size) }
+        let expertLayers = model.layers((any ExpertLayer).self)
+        let placement = expertLayers.first.map { ExpertPlacement(experts: $0.experts, ranks: comm.size) }
         guard comm.size > 1 else { return (sums, placement) }
         for layer in model.layers((any RankStatistics).self) { layer.reduction = sums }
         if let placement {
             sums.placement = placement
             sums.balances = balanceExperts
-            for moe in model.moeLayers { moe.attach(sums) }
+            for layer in expertLayers { layer.attach(sums) }
         }
         return (sums, placement)
     }

@@ -136,7 +136,7 @@ public final class Trainer {
         syncedRegions = experts.synced ?? [0..<trainable]
         // With accumulation a gradient is whole only in the step's last backward.
         let wholeInBackward = (comm.size == 1 || experts.synced != nil) && !accumulates
-        backwardUpdates = o.updateInBackward && o.clipNorm == 0 && wholeInBackward && !model.moeLayers.isEmpty
+        backwardUpdates = o.updateInBackward && o.clipNorm == 0 && wholeInBackward && !model.layers((any ExpertLayer).self).isEmpty
             ? BackwardUpdates(optimizer: optimizer, model: model, threads: WorkerPool.shared.threads) : nil
         statisticsOverBatch = config.train.moeStatistics == .batch
         gathersStatistics = statisticsOverBatch && model.gradientsUseBatchStatistics
@@ -153,13 +153,9 @@ public final class Trainer {
         -> (synced: [Range<Int>]?, all: [Range<Int>], own: [Range<Int>]) {
         guard comm.size > 1, let placement, placement.experts >= comm.size else { return (nil, [], []) }
         var all: [Range<Int>] = [], own: [Range<Int>] = []
-        for moe in model.moeLayers {
-            func span(_ experts: Range<Int>) -> Range<Int> {
-                let last = moe.b2[experts.upperBound - 1] ?? moe.w2[experts.upperBound - 1]
-                return moe.w1[experts.lowerBound].offset..<(last.offset + last.count)
-            }
-            all.append(span(0..<moe.spec.experts))
-            own.append(span(placement.experts(on: comm.rank)))
+        for layer in model.layers((any ExpertLayer).self) {
+            all.append(layer.parameterSpan(0..<layer.experts))
+            own.append(layer.parameterSpan(placement.experts(on: comm.rank)))
         }
         var from = 0
         var synced: [Range<Int>] = []

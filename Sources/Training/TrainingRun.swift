@@ -18,61 +18,38 @@ public struct RunSummary: Sendable {
 }
 
 extension Trainer {
-    /// Each MoE layer's router statistics since the last logged step: one compact line per
-    /// layer, warnings for router collapse (one expert with more than half the assignments)
-    /// and for experts that received nothing for three intervals running, and metrics fields.
-    func moeTelemetry() -> (lines: [String], fields: [(String, JSONValue)]) {
+    /// What each layer that reports telemetry did since the last logged step (`ReportsTelemetry`):
+    /// its lines, and its metrics fields numbered per prefix (`moe0_tokens`, `fff1_balance`).
+    /// Expert layers on several ranks also report the most and mean rows a rank's experts took.
+    func telemetry() -> (lines: [String], fields: [(String, JSONValue)]) {
         var lines: [String] = [], fields: [(String, JSONValue)] = []
+        var numbered: [String: Int] = [:]
         lastExpertTokens = []
-        for (l, moe) in model.moeLayers.enumerated() {
-            let t = moe.takeTelemetry()
-            lastExpertTokens.append(t.routed)
-            let busiest = t.busiest
-            var perRank = ""
-            if comm.size > 1, let placement {
+        let rankLoad: (([Int]) -> (max: Double, mean: Double))? = comm.size > 1 ? placement.map { placement in
+            { accepted in
                 // Assignments each rank's experts took (a replicated expert's split evenly).
-                let load = (0..<comm.size).map { r in
-                    placement.experts(on: r).reduce(0.0) { $0 + Double(t.accepted[$1]) / Double(placement.runners(of: $1).count) }
+                let load = (0..<placement.ranks).map { r in
+                    placement.experts(on: r).reduce(0.0) { $0 + Double(accepted[$1]) / Double(placement.runners(of: $1).count) }
                 }
-                perRank = ", per rank max \(Int(load.max()!)) mean \(Int(load.reduce(0, +) / Double(load.count)))"
-                fields.append(("moe\(l)_rank_max", .double(load.max()!)))
-                if moeSums.movesExperts {
-                    perRank += " (\(fixed(t.movedPerPass, 1)) experts run off their rank per pass)"
-                    fields.append(("moe\(l)_moved", .double(t.movedPerPass)))
+                return (load.max()!, load.reduce(0, +) / Double(load.count))
+            }
+        } : nil
+        for layer in model.layers((any ReportsTelemetry).self) {
+            let report = layer.takeReport(rankLoad: rankLoad)
+            let prefix = layer.telemetryPrefix, index = numbered[prefix, default: 0]
+            numbered[prefix] = index + 1
+            if let rows = report.expertRows { lastExpertTokens.append(rows) }
+            lines += report.lines
+            for (key, value) in report.fields {
+                let json: JSONValue
+                switch value {
+                case .number(let x): json = .double(x)
+                case .counts(let c): json = .array(c.map { .int($0) })
                 }
+                fields.append(("\(prefix)\(index)_\(key)", json))
             }
-            lines.append("  \(moe.name): tokens per expert \(t.routed.min() ?? 0)–\(t.routed.max() ?? 0)\(perRank), "
-                         + "dropped \(fixed(100 * t.droppedFraction, 1))%, balance \(fixed(t.balance, 3)), aux \(fixed(t.meanAux, 4))")
-            if busiest.share > 0.5 {
-                lines.append("warning: \(moe.name): expert \(busiest.expert) took \(Int(100 * busiest.share))% of the assignments (router collapse?)")
-            }
-            let idle = moe.idleIntervals.indices.filter { moe.idleIntervals[$0] == 3 }
-            if !idle.isEmpty {
-                lines.append("warning: \(moe.name): expert\(idle.count == 1 ? "" : "s") \(idle.map(String.init).joined(separator: ", ")) "
-                             + "received no tokens for 3 logging intervals")
-            }
-            fields += [
-                ("moe\(l)_tokens", .array(t.routed.map { .int($0) })),
-                ("moe\(l)_dropped", .double(t.droppedFraction)),
-                ("moe\(l)_balance", .double(t.balance)),
-                ("moe\(l)_aux", .double(t.meanAux)),
-            ]
         }
-        return (lines, fields + fffTelemetry())
-    }
-
-    /// Each FFF layer with auxiliary losses: the last pass's, and how its global batch's hard
-    /// descents spread over the leaves (balance: their entropy over log L).
-    func fffTelemetry() -> [(String, JSONValue)] {
-        var fields: [(String, JSONValue)] = []
-        for (l, fff) in model.fffLayers.enumerated() {
-            let counts = fff.leafDescents
-            guard !counts.isEmpty else { continue }
-            fields += [("fff\(l)_leaves", .array(counts.map { .int($0) })),
-                       ("fff\(l)_balance", .double(MoETelemetry.balance(counts))),
-                       ("fff\(l)_aux", .double(fff.auxLoss))]
-        }
-        return fields
+        return (lines, fields)
     }
 
     /// Trains from the current step (0, or where a checkpoint left off) to the configured
@@ -116,16 +93,16 @@ extension Trainer {
                 trainTime += clock.now - t0
                 folder?.reached(step: r.step)
                 samples += r.rows
-                // Every rank closes the MoE telemetry interval on the same steps.
-                let moe: (lines: [String], fields: [(String, JSONValue)]) =
-                    isLoggedStep(r.step, every: config.train.logEvery, total: totalSteps) ? moeTelemetry() : ([], [])
+                // Every rank closes the telemetry interval on the same steps.
+                let telemetry: (lines: [String], fields: [(String, JSONValue)]) =
+                    isLoggedStep(r.step, every: config.train.logEvery, total: totalSteps) ? telemetry() : ([], [])
                 if let logged = progress?.step(r) {
-                    for line in moe.lines { progress?.message(line) }
+                    for line in telemetry.lines { progress?.message(line) }
                     folder?.log([
                         ("kind", .string("train")), ("step", .int(r.step)), ("epoch", .int(epoch + 1)),
                         ("loss", .double(logged.loss)), ("lr", .double(r.lr)), ("grad_norm", .double(r.gradNorm)),
                         ("samples_per_s", .double(logged.samplesPerSecond.rounded())),
-                    ] + moe.fields)
+                    ] + telemetry.fields)
                 }
                 let finished = (config.train.maxSteps > 0 && step >= config.train.maxSteps)
                     || (batch == perEpoch - 1 && epoch == config.train.epochs - 1)

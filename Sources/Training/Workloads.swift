@@ -88,33 +88,16 @@ public enum Workload: String, CaseIterable, Sendable {
             """, source: "workload \(rawValue)")
     }
 
-    /// Training FLOPs per sample: forward, weight-gradient and input-gradient products of
-    /// every matmul, except the input gradient of the first layer. An expert's matrices count
-    /// k/E times: a token goes through k of the E experts.
-    public static func trainingFLOPs(_ model: Model) -> Double {
-        let experts = Dictionary(uniqueKeysWithValues: model.moeLayers.flatMap { moe in
-            (moe.w1 + moe.w2).map { ($0.name, Double(moe.spec.topK) / Double(moe.spec.experts)) }
-        })
-        var macs = 0.0, first = 0.0
-        for p in model.store.parameters where p.role == .weight && p.shape.count == 2 {
-            let m = Double(p.shape[0] * p.shape[1]) * (experts[p.name] ?? 1)
-            if first == 0 { first = m }
-            macs += m
-        }
-        return 2 * (3 * macs - first)
-    }
-
     /// The GEMMs one training step makes, as (transA, transB, m, n, k): for every weight
     /// matrix its forward, weight-gradient and input-gradient products (no input gradient for
     /// the first). An expert's products run on its share of the batch, T·k/E rows when the
     /// router balances perfectly.
     public static func gemmShapes(_ model: Model, rows: Int) -> [(Transpose, Transpose, Int, Int, Int)] {
-        let experts = Dictionary(uniqueKeysWithValues: model.moeLayers.flatMap { moe in
-            (moe.w1 + moe.w2).map { ($0.name, max(1, rows * moe.spec.topK / moe.spec.experts)) }
-        })
+        // Each expert layer's span of the arena, and the rows an expert of it takes.
+        let experts = model.layers((any ExpertLayer).self).map { ($0.parameterSpan(0..<$0.experts), max(1, rows * $0.expertsPerRow / $0.experts)) }
         var shapes: [(Transpose, Transpose, Int, Int, Int)] = []
         for (i, p) in model.store.parameters.filter({ $0.role == .weight && $0.shape.count == 2 }).enumerated() {
-            let out = p.shape[0], inp = p.shape[1], n = experts[p.name] ?? rows
+            let out = p.shape[0], inp = p.shape[1], n = experts.first { $0.0.contains(p.offset) }?.1 ?? rows
             shapes.append((.none, .transpose, n, out, inp))        // forward
             shapes.append((.transpose, .none, out, inp, n))        // weight gradient
             if i > 0 { shapes.append((.none, .none, n, inp, out)) } // input gradient

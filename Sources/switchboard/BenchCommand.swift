@@ -3,6 +3,7 @@ import Cluster
 import Errors
 import Foundation
 import Kernels
+import Layers
 import Storage
 import Training
 
@@ -159,7 +160,8 @@ struct BenchCommand: ParsableCommand {
         // Peak memory from here: this trainer's buffers and steps, not an earlier run's.
         let peakReset = MachineMemory.resetPeak()
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
-        let flops = Workload.trainingFLOPs(trainer.model)
+        let flops = config.model.size(inputs: train.width, classes: config.data.classes, maxRows: 1,
+                                      frozen: config.frozen).trainingFlops
         let products = config.train.products
         for i in 0..<warmup { _ = try trainer.trainStep(epoch: 0, batch: i % trainer.order.batchesPerEpoch) }
         // Each repetition times the training steps, then the sgemm probes right after, so
@@ -192,7 +194,7 @@ struct BenchCommand: ParsableCommand {
         print("")
         print("threads \(t), batch \(batchSize) in \(passes) pass\(passes == 1 ? "" : "es") of \(rows) rows: \(Int(rate)) samples/s "
               + "(median of \(repeats) × \(steps) steps; runs \(runs))")
-        if !trainer.model.moeLayers.isEmpty {
+        if !trainer.model.layers((any ExpertLayer).self).isEmpty {
             print("  experts updated \(trainer.updatesExpertsInBackward ? "inside" : "after") backward")
         }
         let resident = memory.map { MemoryEstimate.text($0) } ?? "unknown (no /proc/self/clear_refs to start it over)"

@@ -27,16 +27,22 @@ struct FFFBench {
         let rng = Philox(seed: 2)
         for i in 0..<x.count { x[i] = rng.normal(stream: 0, index: UInt64(i)) }
         let context = ForwardContext(training: false, hardDecisions: true)
-        let size = Architecture.residual(Trunk(width: width, depth: 1), .fff(spec)).size(inputs: 1, classes: 1, maxRows: 1)
-        let dense = Architecture.residual(Trunk(width: width, depth: 1), .mlp(MLPSpec(hidden: hidden, activation: .pointwise(.relu))))
-            .size(inputs: 1, classes: 1, maxRows: 1)
-        // The lift and head of a one-block model are the same in both: take them out.
-        let edges = 2.0 * Double(width) * 2
-        let flopRatio = (dense.inferenceFlops - edges) / (size.inferenceFlops - edges)
+        // Each side's FLOPs, counted by declaring its layers in a counting build.
+        func inferenceFLOPs(_ declare: (BuildContext) -> Void) -> Double {
+            let counting = BuildContext(seed: 1, maxRows: 1, counting: true)
+            declare(counting)
+            return counting.count.inferenceFLOPs
+        }
+        let fffFLOPs = inferenceFLOPs { _ = FastFeedforward("fff", width: width, spec: spec, in: $0) }
+        let denseFLOPs = inferenceFLOPs {
+            _ = Linear("fc1", inputs: width, outputs: hidden, activation: .relu, in: $0)
+            _ = Linear("fc2", inputs: hidden, outputs: width, in: $0)
+        }
+        let flopRatio = denseFLOPs / fffFLOPs
         print("switchboard \(Switchboard.version) bench W6: FFF depth \(depth), leaf width \(leafWidth), width \(width) "
               + "(hard inference) against the dense FFN \(width) → \(hidden) → \(width) (ReLU), forward only")
         print("machine: \(BenchCommand.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName)")
-        print("FLOPs per sample: dense \(Int(dense.inferenceFlops - edges)), FFF \(Int(size.inferenceFlops - edges)) (ratio \(fixed(flopRatio, 1)))")
+        print("FLOPs per sample: dense \(Int(denseFLOPs)), FFF \(Int(fffFLOPs)) (ratio \(fixed(flopRatio, 1)))")
         for t in threads {
             BLAS.setThreads(t)
             for batch in batches {

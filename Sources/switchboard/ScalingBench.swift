@@ -1,6 +1,7 @@
 import Cluster
 import Foundation
 import Kernels
+import Layers
 import Storage
 import Training
 
@@ -62,7 +63,9 @@ struct ScalingBench {
         }
         timing.finish(steps: repeats * steps)
         // Moves over the warm-up and timed steps of the P-rank trainer.
-        let moved = trainer.model.moeLayers.map { $0.takeTelemetry().movedPerPass }
+        let moved = trainer.model.layers((any ExpertLayer).self).map { layer in
+            (layer as? any ReportsTelemetry)?.takeReport(rankLoad: { _ in (0, 0) }).number("moved") ?? 0
+        }
         let rate = median(timing.rates), base = world.isCoordinator ? median(alone.rates) : 0
         let buckets = trainer.gradientSync.buckets.count
         let bytes = trainer.model.store.trainableCount * 4   // the gradients the sync moves

@@ -2,6 +2,7 @@ import ArgumentParser
 import Cluster
 import Foundation
 import Kernels
+import Layers
 import Storage
 import Training
 
@@ -61,7 +62,7 @@ struct TrainCommand: ParsableCommand {
     func passes(_ trainer: Trainer) -> String {
         guard trainer.accumulates else { return "" }
         let n = trainer.passes(rows: trainer.config.train.batchSize)
-        let statistics = trainer.model.moeLayers.isEmpty ? ""
+        let statistics = trainer.model.layers((any ExpertLayer).self).isEmpty ? ""
             : trainer.config.train.moeStatistics == .batch ? ", MoE statistics over the batch" : ", MoE statistics per micro-batch"
         return " in \(n) passes of \(trainer.passRows) per rank\(statistics)"
     }

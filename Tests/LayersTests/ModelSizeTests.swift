@@ -6,29 +6,29 @@ import XCTest
 /// makes: its parameters, and every float its tensors hold (the store's values and gradients,
 /// and each layer's buffers).
 final class ModelSizeTests: XCTestCase {
-    func check(_ architecture: Architecture, ranks: Int = 1, threads: Int = 1, updates: Bool = false, frozen: [String] = [],
-               file: StaticString = #filePath, line: UInt = #line) {
+    func check(_ architecture: Architecture, ranks: Int = 1, threads: Int = 1, updates: Bool = false, moves: Bool = true,
+               frozen: [String] = [], file: StaticString = #filePath, line: UInt = #line) {
         let (inputs, classes, rows) = (12, 5, 7)
-        let size = architecture.size(inputs: inputs, classes: classes, maxRows: rows, ranks: ranks, threads: threads,
-                                     updatesExpertsInBackward: updates, frozen: frozen)
-        let before = Tensor.floatsMade
-        let model = Model(architecture, inputs: inputs, classes: classes, maxRows: rows, seed: 1, frozen: frozen)
-        if updates, let moe = model.moeLayers.first {
-            for layer in model.moeLayers { layer.attach(updates: NoUpdates(), threads: threads) }
-            _ = moe
-        }
-        let made = Tensor.floatsMade - before
-        XCTAssertEqual(size.parameters, Double(model.store.count), "parameters of \(architecture)", file: file, line: line)
-        XCTAssertEqual(size.frozen, Double(model.store.count - model.store.trainableCount), "frozen of \(architecture)",
-                       file: file, line: line)
-        XCTAssertEqual(size.storeFloats + size.buffers, Double(made), "floats made for \(architecture)", file: file, line: line)
-        // Each bf16 path this CPU has holds the same values (2 or 4 bytes each).
-        for precision in OneDNN.supportsBFloat16 ? [Precision.bf16, .bf16Emulated] : [.bf16Emulated] {
-            let bf16Before = BFloat16Buffer.valuesMade
-            let bf16 = Model(architecture, inputs: inputs, classes: classes, maxRows: rows, seed: 1, frozen: frozen, precision: precision)
-            XCTAssertEqual(size.bf16Values, Double(BFloat16Buffer.valuesMade - bf16Before), "\(precision) values made for \(architecture)",
+        // Each path this CPU has; the bf16 ones hold the same values (2 or 4 bytes each).
+        for precision in [Precision.fp32] + (OneDNN.supportsBFloat16 ? [.bf16, .bf16Emulated] : [.bf16Emulated]) {
+            let size = architecture.size(inputs: inputs, classes: classes, maxRows: rows, precision: precision, ranks: ranks,
+                                         threads: threads, movesExperts: moves, updatesExpertsInBackward: updates, frozen: frozen)
+            let (floatsBefore, bf16Before) = (Tensor.floatsMade, BFloat16Buffer.valuesMade)
+            let model = Model(architecture, inputs: inputs, classes: classes, maxRows: rows, seed: 1, frozen: frozen,
+                              precision: precision)
+            for moe in model.moeLayers {
+                if ranks > 1 { moe.attach(CountingExchange(ranks: ranks, experts: moe.spec.experts, movesExperts: moves)) }
+                if updates { moe.attach(updates: NoUpdates(), threads: threads) }
+            }
+            let made = Tensor.floatsMade - floatsBefore
+            let what = "\(architecture) in \(precision) on \(ranks) ranks"
+            XCTAssertEqual(size.parameters, Double(model.store.count), "parameters of \(what)", file: file, line: line)
+            XCTAssertEqual(size.frozen, Double(model.store.count - model.store.trainableCount), "frozen of \(what)",
                            file: file, line: line)
-            withExtendedLifetime(bf16) {}
+            XCTAssertEqual(size.storeFloats + size.buffers, Double(made), "floats made for \(what)", file: file, line: line)
+            XCTAssertEqual(size.bf16Values, Double(BFloat16Buffer.valuesMade - bf16Before), "bf16 values made for \(what)",
+                           file: file, line: line)
+            withExtendedLifetime(model) {}
         }
     }
 
@@ -43,6 +43,9 @@ final class ModelSizeTests: XCTestCase {
         check(.residual(Trunk(width: 8, depth: 1, norm: .rmsNorm), .mlp(MLPSpec(hidden: 16, activation: .gated(.silu), dropout: 0.1))))
         let moe = MoESpec(experts: 4, topK: 2, hidden: 6, activation: .pointwise(.gelu))
         check(.moe(Trunk(width: 8, depth: 2, norm: .layerNorm), moe))
+        check(.moe(Trunk(width: 8, depth: 2, norm: .layerNorm), moe), ranks: 3)
+        check(.moe(Trunk(width: 8, depth: 1, norm: .layerNorm), moe), ranks: 2, moves: false)
+        check(.moe(Trunk(width: 8, depth: 1, norm: .layerNorm), moe), ranks: 6, threads: 2, updates: true)
         var gated = MoESpec(experts: 3, topK: 1, hidden: 4, activation: .gated(.silu), bias: false)
         gated.sharedHidden = 5
         check(.moe(Trunk(width: 8, depth: 1, norm: .rmsNorm), gated), threads: 3, updates: true)
@@ -88,10 +91,22 @@ final class ModelSizeTests: XCTestCase {
         XCTAssertEqual(lowRank.inferenceFlops, 2 * 10 * 64 + factors + 2 * 64 * 10)
     }
 
-    /// Any config value gives a number, never an overflow or a long loop.
-    func testAbsurdSizesGiveNumbers() {
-        let s = Architecture.residual(Trunk(width: Int.max / 2, depth: 10_000, norm: .layerNorm), .mlp(MLPSpec(hidden: Int.max / 3, activation: .pointwise(.gelu), dropout: 0))).size(inputs: Int.max, classes: 10, maxRows: Int.max)
-        XCTAssertGreaterThan(s.parameters, 1e30)
-        XCTAssertTrue(s.parameters.isFinite && s.buffers.isFinite)
+    /// The largest model a job may declare (every dimension at `Architecture.largestDimension`,
+    /// the most blocks) is counted, in Double and in little time, never an overflow.
+    func testTheLargestDeclarableModelIsCounted() {
+        let n = Architecture.largestDimension
+        let clock = ContinuousClock(), start = clock.now
+        let s = Architecture.residual(Trunk(width: n, depth: 10_000), .mlp(MLPSpec(hidden: n)))
+            .size(inputs: n, classes: 10, maxRows: n)
+        XCTAssertEqual(s.parameters, 10_000 * (2 * Double(n) * Double(n) + Double(n) + 3 * Double(n))
+                       + Double(n) * Double(n) + Double(n) + 2 * Double(n) + 10 * Double(n) + 10)
+        XCTAssertTrue(s.buffers.isFinite && s.buffers > 1e18, "buffers \(s.buffers)")
+        var moe = MoESpec(experts: 1 << 16, topK: 1 << 16, hidden: n, activation: .gated(.silu))
+        moe.sharedHidden = n
+        let e = Architecture.moe(Trunk(width: n, depth: 2), moe).size(inputs: n, classes: 10, maxRows: n, precision: .bf16Emulated,
+                                                                   ranks: 4096, threads: 1024, updatesExpertsInBackward: true)
+        XCTAssertGreaterThan(e.buffers, 1e23)
+        XCTAssertGreaterThan(e.bf16Values, 1e23)
+        XCTAssertLessThan(clock.now - start, .seconds(30), "counting took \(clock.now - start)")
     }
 }

@@ -57,6 +57,24 @@ final class ConfigTests: XCTestCase {
                        "job.toml: [model] hidden must be an array of integers, got an array [64, \"x\"]")
     }
 
+    /// Every dimension a job declares is bounded, so the model counted before it is built
+    /// (`Architecture.size`) has shapes that fit in an Int; each refusal names the key.
+    func testModelDimensionsAreBounded() {
+        let n = Architecture.largestDimension
+        XCTAssertEqual(error("[model]\nwidth = \(n + 1)\n"), "job.toml: [model] width must be at most \(n), got \(n + 1)")
+        XCTAssertEqual(error("[train]\nbatch_size = \(n + 1)\n"), "job.toml: [train] batch_size must be at most \(n), got \(n + 1)")
+        XCTAssertEqual(error("[model]\nkind = \"stack\"\nhidden = [8, \(n + 1)]\n"),
+                       "job.toml: [model] hidden must be made of integers of at most \(n), got [8, \(n + 1)]")
+        XCTAssertEqual(error("[model]\nwidth = \(n / 2)\nexpansion = 3\n"),
+                       "job.toml: [model] expansion = 3 × width = \(n / 2) is a hidden width above \(n), the largest a model may have")
+        XCTAssertEqual(error("[model]\nblock = \"fff\"\n[fff]\ndepth = 16\nleaf_width = 512\n"),
+                       "job.toml: [fff] depth = 16 gives 65536 leaves of leaf_width = 512, 33554432 in all, more than \(n), "
+                       + "the largest hidden width a model may have")
+        XCTAssertEqual(error("[model]\nkind = \"moe\"\ndepth = 17\n[moe]\nexperts = 65536\n"),
+                       "job.toml: [model] depth = 17 blocks of [moe] experts = 65536 are 1114112 experts, more than the 1048576 a model may have")
+        XCTAssertEqual(error("[model]\nwidth = \(n)\nexpansion = 1\ndepth = 3\n"), "no error", "the largest width is allowed")
+    }
+
     func testSyntaxErrorNamesLineAndColumn() {
         XCTAssertTrue(error("[train]\nepochs = = 3\n").hasPrefix("job.toml:2:"), error("[train]\nepochs = = 3\n"))
     }

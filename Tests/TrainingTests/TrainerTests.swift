@@ -178,7 +178,7 @@ final class TrainerTests: XCTestCase {
             // The FFF layers' telemetry, taken after a step as training takes it: each of the
             // last batch's 48 rows descends to one of the 4 leaves of each of the 2 layers, and
             // the balance is their entropy over log 4.
-            let fields = t.fffTelemetry()
+            let fields = t.telemetry().fields
             XCTAssertEqual(fields.map(\.0), hasHard ? ["fff0_leaves", "fff0_balance", "fff0_aux", "fff1_leaves", "fff1_balance", "fff1_aux"] : [])
             for layer in 0..<(hasHard && fields.count == 6 ? 2 : 0) {
                 guard case .array(let leaves) = fields[3 * layer].1, case .double(let balance) = fields[3 * layer + 1].1 else {
@@ -272,7 +272,7 @@ final class TrainerTests: XCTestCase {
         let moe = t.model.moeLayers[0]
         moe.router.value.update(repeating: 0, count: moe.router.count)   // ties: expert 0 wins
         _ = try t.trainStep(epoch: 0, batch: 0)
-        let report = t.moeTelemetry()
+        let report = t.telemetry()
         XCTAssertTrue(report.lines.contains("warning: blocks.0.moe: expert 0 took 100% of the assignments (router collapse?)"),
                       report.lines.joined(separator: "\n"))
         XCTAssertTrue(report.lines[0].hasPrefix("  blocks.0.moe: tokens per expert 0–48, dropped 0.0%, balance 0.000"), report.lines[0])

@@ -44,32 +44,35 @@ final class ExchangeBuffers {
     let heldCounts: UnsafeMutablePointer<Int32>, heldOffsets: UnsafeMutablePointer<Int32>
     let visitingCounts: UnsafeMutablePointer<Int32>, visitingOffsets: UnsafeMutablePointer<Int32>
 
-    init(_ exchange: any ExpertExchange, experts e: Int, rows: Int, width d: Int, spans: [ExpertSpan]) {
+    init(_ exchange: any ExpertExchange, experts e: Int, rows: Int, width d: Int, spans: [ExpertSpan], in build: BuildContext) {
         self.exchange = exchange
         ranks = exchange.ranks
         rank = exchange.rank
         experts = e
         let p = ranks
-        staticRunner = (0..<(p * e)).map { exchange.runner(of: $0 % e, forTokensOf: $0 / e) }
-        announce = .allocate(capacity: p * e)
-        counts = .allocate(capacity: p * e)
-        sendRows = .allocate(capacity: p * e)
-        receiveRows = .allocate(capacity: p * e)
+        // The tables per rank and expert are indices, not floats: not counted, and none in a
+        // counting build (whose ranks and experts may be more than any machine holds).
+        let cells = build.counting ? 0 : p * e
+        staticRunner = (0..<cells).map { exchange.runner(of: $0 % e, forTokensOf: $0 / e) }
+        announce = .allocate(capacity: cells)
+        counts = .allocate(capacity: cells)
+        sendRows = .allocate(capacity: cells)
+        receiveRows = .allocate(capacity: cells)
         sendCounts = .allocate(capacity: p)
         sendOffsets = .allocate(capacity: p)
         receiveCounts = .allocate(capacity: p)
         receiveOffsets = .allocate(capacity: p)
-        staging = Tensor(shape: [rows, d])
+        staging = build.tensor([rows, d])
         filled = .allocate(capacity: e)
         self.spans = exchange.movesExperts ? spans : []
         runner = .allocate(capacity: e)
-        balance = ExpertBalance(ranks: p, experts: e)
-        let runners = staticRunner, moving = exchange.movesExperts
-        for i in 0..<e { runner[i] = runners[exchange.rank * e + i] }
+        balance = build.counting ? ExpertBalance(ranks: 0, experts: 0) : ExpertBalance(ranks: p, experts: e)
+        let moving = exchange.movesExperts, runners = (0..<e).map { exchange.runner(of: $0, forTokensOf: exchange.rank) }
+        for i in 0..<e { runner[i] = runners[i] }
         let heldFloats = moving ? spans.indices.filter { runners[$0] == exchange.rank }.reduce(0) { $0 + spans[$1].count } : 0
         let visitingFloats = moving ? spans.reduce(0) { $0 + $1.count } - heldFloats : 0
-        held = Tensor(shape: [heldFloats])
-        visiting = Tensor(shape: [visitingFloats])
+        held = build.tensor([heldFloats])
+        visiting = build.tensor([visitingFloats])
         heldCounts = .allocate(capacity: p)
         heldOffsets = .allocate(capacity: p)
         visitingCounts = .allocate(capacity: p)

@@ -12,20 +12,19 @@ final class ExpertRows {
     /// [E + 1] row offsets.
     let start: UnsafeMutablePointer<Int>
 
-    init(rows: Int, width d: Int, hidden h: Int, firstWidth h1: Int, experts e: Int, precision: Precision) {
-        x = Tensor(shape: [rows, d])
-        z1 = Tensor(shape: [rows, h1])
-        self.h = Tensor(shape: [rows, h])
-        y = Tensor(shape: [rows, d])
-        dy = Tensor(shape: [rows, d])
-        dh = Tensor(shape: [rows, h])
-        dz1 = Tensor(shape: [rows, h1])
-        dx = Tensor(shape: [rows, d])
-        let bf16 = precision.roundsToBFloat16
-        x16 = bf16 ? BFloat16Buffer(count: rows * d, precision: precision) : nil
-        h16 = bf16 ? BFloat16Buffer(count: rows * h, precision: precision) : nil
-        dy16 = bf16 ? BFloat16Buffer(count: rows * d, precision: precision) : nil
-        dz16 = bf16 ? BFloat16Buffer(count: rows * h1, precision: precision) : nil
+    init(rows: Int, width d: Int, hidden h: Int, firstWidth h1: Int, experts e: Int, in build: BuildContext) {
+        x = build.tensor([rows, d])
+        z1 = build.tensor([rows, h1])
+        self.h = build.tensor([rows, h])
+        y = build.tensor([rows, d])
+        dy = build.tensor([rows, d])
+        dh = build.tensor([rows, h])
+        dz1 = build.tensor([rows, h1])
+        dx = build.tensor([rows, d])
+        x16 = build.bf16([rows, d])
+        h16 = build.bf16([rows, h])
+        dy16 = build.bf16([rows, d])
+        dz16 = build.bf16([rows, h1])
         start = .allocate(capacity: e + 1)
         start.initialize(repeating: 0, count: e + 1)
     }

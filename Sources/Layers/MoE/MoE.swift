@@ -9,7 +9,7 @@ import Kernels
 ///
 /// Shapes: x, y `[T, d]`; router logits and probabilities `[T, E]`; assignments `[T, k]`;
 /// the grouped rows `[A, d]` with A ≤ T·k, expert e's rows contiguous at `start[e]`.
-public final class MoE: Layer, AuxiliaryLoss, RankStatistics {
+public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
     public let name: String
     public let inputWidth: Int
     public var outputWidth: Int { inputWidth }
@@ -70,6 +70,9 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics {
     let pointwise: Activation?
     let gated: GatedActivation?
     let precision: Precision
+    /// The build the layer was made in: `attach` sizes its buffers there (counted, in a
+    /// counting build, like the rest).
+    let build: BuildContext
     /// Rebuilt by `attach(_:)` for the rows other ranks may send.
     private(set) var products: MoEProducts
 
@@ -114,6 +117,7 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics {
         let store = build.store, maxRows = build.maxRows, precision = build.precision
         self.name = name
         self.precision = precision
+        self.build = build
         self.maxRows = maxRows
         inputWidth = d
         self.spec = spec
@@ -169,20 +173,20 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics {
         scores = build.tensor([maxRows, e])
         dprobs = build.tensor([maxRows, e])
         dlogits = build.tensor([maxRows, e])
-        choice = [Int32](repeating: -1, count: a)
-        position = [Int32](repeating: -1, count: a)
+        choice = build.scratch(repeating: Int32(-1), count: a)
+        position = build.scratch(repeating: Int32(-1), count: a)
         gate = build.tensor([a])
         dgate = build.tensor([a])
-        rowToken = [Int32](repeating: 0, count: a)
-        local = ExpertRows(rows: a, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
-        products = MoEProducts(tokens: maxRows, rows: a, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
+        rowToken = build.scratch(repeating: Int32(0), count: a)
+        local = ExpertRows(rows: a, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
+        products = MoEProducts(tokens: maxRows, rows: a, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
         work = local
         queue = ExpertQueue(experts: e)
         y = build.tensor([maxRows, d])
         dx = build.tensor([maxRows, d])
         meanProb = [Double](repeating: 0, count: e)
         share = [Double](repeating: 0, count: e)
-        lse = [Float](repeating: 0, count: maxRows)
+        lse = build.scratch(repeating: Float(0), count: maxRows)
         routed = [Int](repeating: 0, count: e)
         accepted = [Int](repeating: 0, count: e)
         telemetry = MoETelemetry(experts: e)
@@ -202,15 +206,16 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics {
     /// every token of every rank on experts run here.
     public func attach(_ exchange: any ExpertExchange) {
         let rows = exchange.ranks * maxRows * k
-        owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
-        products = MoEProducts(tokens: maxRows, rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, precision: precision)
+        owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
+        products = MoEProducts(tokens: maxRows, rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
         let spans = (0..<e).map { i in
             let parts = [w1[i], b1[i], w2[i], b2[i]].compactMap { $0 }
             let count = parts.reduce(0) { $0 + $1.count }
-            precondition(parts.last!.offset + parts.last!.count - w1[i].offset == count, "expert \(i)'s parameters are not one span")
-            return ExpertSpan(values: w1[i].value, grads: w1[i].grad, count: count)
+            precondition(build.counting || parts.last!.offset + parts.last!.count - w1[i].offset == count,
+                         "expert \(i)'s parameters are not one span")
+            return ExpertSpan(values: build.values(of: w1[i]), grads: build.grads(of: w1[i]), count: count)
         }
-        self.exchange = ExchangeBuffers(exchange, experts: e, rows: rows, width: d, spans: spans)
+        self.exchange = ExchangeBuffers(exchange, experts: e, rows: rows, width: d, spans: spans, in: build)
     }
 
     /// Updates the experts this rank owns and runs inside backward from now on, with one
@@ -218,7 +223,15 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics {
     /// out: an expert pass then uses at most `threads` of them).
     public func attach(updates: any UpdateInBackward, threads: Int) {
         updateInBackward = updates
-        gradientBuffers = (0..<max(threads, 1)).map { _ in Tensor(shape: [max(h1 * d, d * h)]) }
+        gradientBuffers = (0..<max(threads, 1)).map { _ in build.tensor([max(h1 * d, d * h)]) }
+    }
+
+    public var experts: Int { e }
+    public var expertsPerRow: Int { k }
+
+    public func parameterSpan(_ experts: Range<Int>) -> Range<Int> {
+        let last = b2[experts.upperBound - 1] ?? w2[experts.upperBound - 1]
+        return w1[experts.lowerBound].offset..<(last.offset + last.count)
     }
 
     /// The statistics of the interval that ends now; a new interval starts.

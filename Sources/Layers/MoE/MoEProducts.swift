@@ -19,27 +19,28 @@ final class MoEProducts {
     /// bf16 only: expert i's W1 `[H1, d]` and W2 `[d, H]`, rounded by its forward.
     let w1: [BFloat16Buffer], w2: [BFloat16Buffer]
 
-    init(tokens t: Int, rows a: Int, width d: Int, hidden h: Int, firstWidth h1: Int, experts e: Int, precision: Precision) {
-        logits = Matmul(.none, .transpose, m: t, n: e, k: d, lda: d, ldb: d, ldc: e, rows: .m, accumulate: false, precision: .fp32)
-        routerGradient = Matmul(.transpose, .none, m: e, n: d, k: t, lda: e, ldb: d, ldc: d, rows: .k, accumulate: true,
-                                precision: .fp32)
-        routerInputGradient = Matmul(.none, .none, m: t, n: d, k: e, lda: e, ldb: d, ldc: d, rows: .m, accumulate: true,
-                                     precision: .fp32)
+    init(tokens t: Int, rows a: Int, width d: Int, hidden h: Int, firstWidth h1: Int, experts e: Int, in build: BuildContext) {
+        // The rows of a pass are t tokens; the experts' products hold their k rows each (a = t·k).
+        logits = build.product(.none, .transpose, m: t, n: e, k: d, lda: d, ldb: d, ldc: e, rows: .m, accumulate: false,
+                               precision: .fp32, work: .forward)
+        routerGradient = build.product(.transpose, .none, m: e, n: d, k: t, lda: e, ldb: d, ldc: d, rows: .k, accumulate: true,
+                                       precision: .fp32, work: .training)
+        routerInputGradient = build.product(.none, .none, m: t, n: d, k: e, lda: e, ldb: d, ldc: d, rows: .m, accumulate: true,
+                                            precision: .fp32, work: .training)
         func product(_ ta: Transpose, _ tb: Transpose, _ m: Int, _ n: Int, _ k: Int, lda: Int, ldb: Int, ldc: Int,
-                     rows: Matmul.Rows, accumulate: Bool = false) -> Matmul {
-            Matmul(ta, tb, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, rows: rows, accumulate: accumulate, precision: precision)
+                     rows: Matmul.Rows, accumulate: Bool = false, work: BuildContext.Work) -> Matmul {
+            build.product(ta, tb, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, rows: rows, accumulate: accumulate, work: work)
         }
-        z1 = product(.none, .transpose, a, h1, d, lda: d, ldb: d, ldc: h1, rows: .m)
-        ys = product(.none, .transpose, a, d, h, lda: h, ldb: h, ldc: d, rows: .m)
-        dW2Add = product(.transpose, .none, d, h, a, lda: d, ldb: h, ldc: h, rows: .k, accumulate: true)
-        dW2 = product(.transpose, .none, d, h, a, lda: d, ldb: h, ldc: h, rows: .k)
-        dh = product(.none, .none, a, h, d, lda: d, ldb: h, ldc: h, rows: .m)
-        dW1Add = product(.transpose, .none, h1, d, a, lda: h1, ldb: d, ldc: d, rows: .k, accumulate: true)
-        dW1 = product(.transpose, .none, h1, d, a, lda: h1, ldb: d, ldc: d, rows: .k)
-        dxs = product(.none, .none, a, d, h1, lda: h1, ldb: d, ldc: d, rows: .m)
-        expertForwardOnMatmul = precision.roundsToBFloat16 || MatmulLibrary.expertForwardOnOneDNN
-        let bf16 = precision.roundsToBFloat16
-        w1 = bf16 ? (0..<e).map { _ in BFloat16Buffer(count: h1 * d, precision: precision) } : []
-        w2 = bf16 ? (0..<e).map { _ in BFloat16Buffer(count: d * h, precision: precision) } : []
+        z1 = product(.none, .transpose, a, h1, d, lda: d, ldb: d, ldc: h1, rows: .m, work: .forward)
+        ys = product(.none, .transpose, a, d, h, lda: h, ldb: h, ldc: d, rows: .m, work: .forward)
+        dW2Add = product(.transpose, .none, d, h, a, lda: d, ldb: h, ldc: h, rows: .k, accumulate: true, work: .training)
+        dW2 = product(.transpose, .none, d, h, a, lda: d, ldb: h, ldc: h, rows: .k, work: .uncounted)
+        dh = product(.none, .none, a, h, d, lda: d, ldb: h, ldc: h, rows: .m, work: .training)
+        dW1Add = product(.transpose, .none, h1, d, a, lda: h1, ldb: d, ldc: d, rows: .k, accumulate: true, work: .training)
+        dW1 = product(.transpose, .none, h1, d, a, lda: h1, ldb: d, ldc: d, rows: .k, work: .uncounted)
+        dxs = product(.none, .none, a, d, h1, lda: h1, ldb: d, ldc: d, rows: .m, work: .training)
+        expertForwardOnMatmul = build.precision.roundsToBFloat16 || MatmulLibrary.expertForwardOnOneDNN
+        w1 = build.precision.roundsToBFloat16 ? (0..<e).map { _ in build.bf16([h1, d])! } : []
+        w2 = build.precision.roundsToBFloat16 ? (0..<e).map { _ in build.bf16([d, h])! } : []
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 
 /// What one MoE layer's router did over a logging interval (training passes only).
 public struct MoETelemetry: Sendable {
@@ -49,3 +50,42 @@ public struct MoETelemetry: Sendable {
         return (i, Double(routed.isEmpty ? 0 : routed[i]) / Double(a))
     }
 }
+
+extension MoE: ReportsTelemetry {
+    public var telemetryPrefix: String { "moe" }
+
+    /// The router's interval: one compact line, warnings for router collapse (one expert with
+    /// more than half the assignments) and for experts that received nothing for three
+    /// intervals running, and the metrics fields.
+    public func takeReport(rankLoad: (([Int]) -> (max: Double, mean: Double))?) -> TelemetryReport {
+        let t = takeTelemetry()
+        var report = TelemetryReport()
+        report.expertRows = t.routed
+        var perRank = ""
+        if let load = rankLoad?(t.accepted) {
+            perRank = ", per rank max \(Int(load.max)) mean \(Int(load.mean))"
+            report.fields.append(("rank_max", .number(load.max)))
+            if exchange?.movesExperts == true {
+                perRank += " (\(fixed(t.movedPerPass, 1)) experts run off their rank per pass)"
+                report.fields.append(("moved", .number(t.movedPerPass)))
+            }
+        }
+        report.lines.append("  \(name): tokens per expert \(t.routed.min() ?? 0)–\(t.routed.max() ?? 0)\(perRank), "
+                            + "dropped \(fixed(100 * t.droppedFraction, 1))%, balance \(fixed(t.balance, 3)), "
+                            + "aux \(fixed(t.meanAux, 4))")
+        let busiest = t.busiest
+        if busiest.share > 0.5 {
+            report.lines.append("warning: \(name): expert \(busiest.expert) took \(Int(100 * busiest.share))% of the assignments (router collapse?)")
+        }
+        let idle = idleIntervals.indices.filter { idleIntervals[$0] == 3 }
+        if !idle.isEmpty {
+            report.lines.append("warning: \(name): expert\(idle.count == 1 ? "" : "s") \(idle.map(String.init).joined(separator: ", ")) "
+                                + "received no tokens for 3 logging intervals")
+        }
+        report.fields += [("tokens", .counts(t.routed)), ("dropped", .number(t.droppedFraction)),
+                          ("balance", .number(t.balance)), ("aux", .number(t.meanAux))]
+        return report
+    }
+}
+
+private func fixed(_ v: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", v) }
