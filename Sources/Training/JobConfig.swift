@@ -223,7 +223,8 @@ public struct JobConfig: Sendable {
                        sigmaInit: initialization == "sigma_moe", unitGates: gates == "one", outputBias: outputBias)
     }
 
-    /// The `[model]` section (with `[moe]` or `[fff]`): the architecture, and what is frozen.
+    /// The `[model]` section (with `[moe]`, or a block kind's section: `BlockKinds`): the
+    /// architecture, and what is frozen.
     static func modelSection(_ r: ConfigReader, source: String) throws -> (Architecture, [String]) {
         let kind = try r.string("model", "kind", "residual", oneOf: ["residual", "stack", "moe"])
         let model: Architecture
@@ -250,46 +251,19 @@ public struct JobConfig: Sendable {
             model = .moe(t, spec)
         default:
             let t = try trunk(width: 512)
-            block = try r.string("model", "block", "mlp", oneOf: ["mlp", "hourglass", "fff"])
-            switch block {
-            case "fff":
-                model = .residual(t, .fff(try fffSpec(r, source: source)))
-            case "hourglass":
-                // Wide stream, narrow bottleneck; the lift from the input may stay at its
-                // random initialization.
-                let bottleneck = try r.int("model", "bottleneck", max(1, t.width / 4), min: 1, max: Architecture.largestDimension)
-                guard bottleneck < t.width else {
-                    throw ConfigError("\(source): [model] bottleneck = \(bottleneck) is not narrower than the stream (width = \(t.width)); "
-                                      + "an hourglass block computes through a bottleneck narrower than its stream")
-                }
-                let m = try mlpSpec(r, hidden: bottleneck, width: t.width, source: source)
-                if try r.string("model", "lift", "frozen", oneOf: ["frozen", "trained"]) == "frozen" { frozen.append("embed") }
-                model = .residual(t, .mlp(m))
-            default:
-                if r.has("model", "hidden") && r.has("model", "expansion") {
-                    throw ConfigError("\(source): [model] sets both hidden and expansion; give the hidden width one way")
-                }
-                let hidden: Int
-                if r.has("model", "hidden") {
-                    hidden = try r.int("model", "hidden", 0, min: 1, max: Architecture.largestDimension)
-                } else {
-                    let expansion = try r.int("model", "expansion", 4, min: 1)
-                    // Checked before multiplying: a product that overflows is not a width.
-                    let (product, overflow) = expansion.multipliedReportingOverflow(by: t.width)
-                    guard !overflow, product <= Architecture.largestDimension else {
-                        throw ConfigError("\(source): [model] expansion = \(expansion) × width = \(t.width) is a hidden width above "
-                                          + "\(Architecture.largestDimension), the largest a model may have")
-                    }
-                    hidden = product
-                }
-                model = .residual(t, .mlp(try mlpSpec(r, hidden: hidden, width: t.width, source: source)))
-            }
+            block = try r.string("model", "block", "mlp", oneOf: BlockKinds.names)
+            let (ffn, freezes) = try BlockKinds.named(block).read(r, trunk: t, source: source)
+            frozen += freezes
+            model = .residual(t, ffn)
         }
         if kind != "moe", r.hasSection("moe") {
             throw ConfigError("\(source): [moe] applies to [model] kind = \"moe\", not \"\(kind)\"")
         }
-        if block != "fff", r.hasSection("fff") {
-            throw ConfigError("\(source): [fff] applies to [model] block = \"fff\", not \(kind == "residual" ? "block = \"\(block)\"" : "kind = \"\(kind)\"")")
+        // A block kind's own section applies to that kind only.
+        for other in BlockKinds.all where other.name != block || kind != "residual" {
+            guard let section = other.section, r.hasSection(section) else { continue }
+            throw ConfigError("\(source): [\(section)] applies to [model] block = \"\(other.name)\", not "
+                              + (kind == "residual" ? "block = \"\(block)\"" : "kind = \"\(kind)\""))
         }
         let listed = try r.stringArray("model", "frozen", [])
         frozen += listed
@@ -303,36 +277,6 @@ public struct JobConfig: Sendable {
             throw ConfigError("\(source): [model] frozen lists \"\(f)\", which names MoE parameters; an MoE layer cannot be frozen")
         }
         return (model, frozen)
-    }
-
-    /// The MLP block keys of a residual model: activation, dropout and the factorization rank.
-    static func mlpSpec(_ r: ConfigReader, hidden: Int, width: Int, source: String) throws -> MLPSpec {
-        let activation = try r.string("model", "activation", "gelu", oneOf: BlockActivation.names)
-        let dropout = try r.double("model", "dropout", 0, min: 0, below: 1)
-        let rank = try r.int("model", "rank", 0, min: 0)
-        // Each block matrix is hidden × width (or 2·hidden × width for a GLU): a factorization
-        // of rank ≥ the smaller side saves nothing.
-        let side = min(width, hidden)
-        guard rank < side else {
-            throw ConfigError("\(source): [model] rank = \(rank) is not below the block matrices' smaller side (\(side) = min(width \(width), "
-                              + "hidden \(hidden))); a factorization U·V of that rank has at least the dense matrix's parameters")
-        }
-        return MLPSpec(hidden: hidden, activation: BlockActivation(name: activation)!, dropout: Float(dropout), rank: rank)
-    }
-
-    /// The `[fff]` section.
-    static func fffSpec(_ r: ConfigReader, source: String) throws -> FFFSpec {
-        let spec = FFFSpec(depth: try r.int("fff", "depth", 3, min: 1, max: 16),
-                           leafWidth: try r.int("fff", "leaf_width", 32, min: 1, max: Architecture.largestDimension),
-                           activation: Activation(rawValue: try r.string("fff", "activation", "relu", oneOf: ["relu", "gelu", "gelu_tanh", "silu"]))!,
-                           hardening: Float(try r.double("fff", "hardening", 0, min: 0)),
-                           balance: Float(try r.double("fff", "load_balance", 0, min: 0)),
-                           masterLeaf: try r.bool("fff", "master_leaf", false))
-        guard spec.trainingWidth <= Architecture.largestDimension else {
-            throw ConfigError("\(source): [fff] depth = \(spec.depth) gives \(spec.leaves) leaves of leaf_width = \(spec.leafWidth), "
-                              + "\(spec.trainingWidth) in all, more than \(Architecture.largestDimension), the largest hidden width a model may have")
-        }
-        return spec
     }
 
     /// The `[init]` section, read only when the job has one.

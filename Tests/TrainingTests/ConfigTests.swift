@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 import Layers
 @testable import Training
@@ -73,6 +74,18 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(error("[model]\nkind = \"moe\"\ndepth = 17\n[moe]\nexperts = 65536\n"),
                        "job.toml: [model] depth = 17 blocks of [moe] experts = 65536 are 1114112 experts, more than the 1048576 a model may have")
         XCTAssertEqual(error("[model]\nwidth = \(n)\nexpansion = 1\ndepth = 3\n"), "no error", "the largest width is allowed")
+    }
+
+    /// The README's key table is the block kinds' list: the `block` choices, each kind's keys
+    /// in the `[model]` row or its own section's row.
+    func testTheREADMEKeyTableFollowsTheBlockKinds() throws {
+        let readme = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../README.md")
+        let text = try String(contentsOf: readme, encoding: .utf8)
+        let model = text.split(separator: "\n").first { $0.hasPrefix("| `[model]` |") }.map(String.init) ?? ""
+        XCTAssertTrue(model.contains("residual: \(BlockKinds.choices);"), "the [model] row lists the block kinds: \(BlockKinds.choices)")
+        for (kind, entry) in zip(BlockKinds.all, BlockKinds.readmeEntries) {
+            XCTAssertTrue((kind.section == nil ? model : text).contains(entry), "README lacks block \(kind.name)'s keys: \(entry)")
+        }
     }
 
     func testSyntaxErrorNamesLineAndColumn() {
