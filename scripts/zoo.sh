@@ -10,7 +10,7 @@ scripts/setup.sh
 swift build -c release --product switchboard 2>&1 | grep -E "error:|Build complete" || true
 jobs=("$@")
 if [ ${#jobs[@]} -eq 0 ]; then
-    jobs=(fashion-mlp fashion-moe fff fff-dense hourglass hourglass-conventional lowrank sigma-moe sigma-moe-dense switch deep deep-unscaled)
+    jobs=(fashion-mlp fashion-moe fff fff-dense hourglass hourglass-conventional lowrank sigma-moe sigma-moe-dense topk switch deep deep-unscaled)
 fi
 for name in "${jobs[@]}"; do
     job="cluster/$name.toml"

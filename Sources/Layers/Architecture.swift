@@ -60,12 +60,16 @@ public struct MLPSpec: Sendable, Equatable {
     public var dropout: Float
     /// With r > 0, W1 and W2 are each factored as U·V of rank r (`LowRankLinear`).
     public var rank: Int
+    /// With k > 0, only the k largest hidden activations of each row are kept
+    /// (`TopKActivation`, σ-MoE's dense baseline); 0 keeps them all.
+    public var keep: Int
 
-    public init(hidden: Int, activation: BlockActivation = .pointwise(.gelu), dropout: Float = 0, rank: Int = 0) {
+    public init(hidden: Int, activation: BlockActivation = .pointwise(.gelu), dropout: Float = 0, rank: Int = 0, keep: Int = 0) {
         self.hidden = hidden
         self.activation = activation
         self.dropout = dropout
         self.rank = rank
+        self.keep = keep
     }
 }
 

@@ -100,6 +100,7 @@ public final class Model {
                         branch.append(matrix("\(name).fc1", d, 2 * m.hidden, rank: m.rank))
                         branch.append(GLULayer(gate: gate, hidden: m.hidden, in: build))
                     }
+                    if m.keep > 0 { branch.append(TopKActivation(width: m.hidden, keep: m.keep, in: build)) }
                     if m.dropout > 0 {
                         branch.append(Dropout(probability: m.dropout, width: m.hidden, site: i, in: build))
                     }

@@ -62,6 +62,31 @@ final class LayerGradientTests: XCTestCase {
         }
     }
 
+    /// The top-k activation keeps exactly k units of each row, the largest (of equal values
+    /// the first), and its gradient flows through them only. Each row's values are 0.1 apart,
+    /// so the finite differences do not change which are kept.
+    func testTopKActivationKeepsTheLargestAndPassesTheirGradient() {
+        let width = 23, k = 5
+        let store = ParameterStore(seed: 7)
+        let layer = TopKActivation(width: width, keep: k, in: BuildContext(seed: 1, maxRows: rows))
+        store.finalize()
+        let input: (Int) -> Float = { i in Float((i * 7 + i / width * 5) % width) * 0.1 - 1.1 }
+        GradientCheck(layer, store: store, rows: rows, input: input).run()
+        let x = Tensor(shape: [rows, width])
+        for i in 0..<x.count { x[i] = input(i) }
+        // The last row: all equal but one above them; the first k − 1 of the equal ones stay.
+        for j in 0..<width { x[(rows - 1) * width + j] = j == 9 ? 2 : 0.5 }
+        let y = layer.forward(x.data, rows: rows, context: .init(training: false))
+        for r in 0..<rows {
+            let row = (0..<width).map { x[r * width + $0] }
+            let expected = Set(row.indices.sorted { row[$0] != row[$1] ? row[$0] > row[$1] : $0 < $1 }.prefix(k))
+            let kept = Set((0..<width).filter { layer.mask[r * width + $0] == 1 })
+            XCTAssertEqual(kept, expected, "row \(r): kept \(kept.sorted()) of \(row)")
+            for j in 0..<width { XCTAssertEqual(y[r * width + j], kept.contains(j) ? row[j] : 0, "row \(r), unit \(j)") }
+        }
+        XCTAssertEqual(Set((0..<width).filter { layer.mask[(rows - 1) * width + $0] == 1 }), [0, 1, 2, 3, 9])
+    }
+
     func testDropoutMaskIsFixedPerStepAndScaled() {
         let store = ParameterStore(seed: 6)
         let layer = Dropout(probability: 0.3, width: 64, site: 0, in: BuildContext(seed: 6, maxRows: rows))

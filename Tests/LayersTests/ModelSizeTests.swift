@@ -56,6 +56,7 @@ final class ModelSizeTests: XCTestCase {
         check(.residual(Trunk(width: 8, depth: 2), .mlp(MLPSpec(hidden: 6, activation: .gated(.gelu), rank: 3))))
         check(.residual(Trunk(width: 8, depth: 2), .mlp(MLPSpec(hidden: 4))), frozen: ["embed", "blocks.1.norm.bias"])
         check(.residual(Trunk(width: 8, depth: 1), .fff(FFFSpec(depth: 3, leafWidth: 2))))
+        check(.residual(Trunk(width: 8, depth: 2), .mlp(MLPSpec(hidden: 16, activation: .pointwise(.relu), dropout: 0.1, keep: 4))))
         check(.residual(Trunk(width: 8, depth: 2, norm: .rmsNorm), .fff(FFFSpec(depth: 2, leafWidth: 3, masterLeaf: true))),
               frozen: ["blocks.0.fff.nodes", "blocks.1.norm"])
     }

@@ -88,6 +88,18 @@ final class ConfigTests: XCTestCase {
         }
     }
 
+    /// `block = "topk"` is an mlp block that keeps k of its hidden units: k is needed, at most
+    /// the hidden width, and `[topk]` belongs to that block only.
+    func testTopKBlock() throws {
+        let c = try parse("[model]\nblock = \"topk\"\nwidth = 16\nexpansion = 4\nactivation = \"relu\"\n[topk]\nk = 8\n")
+        XCTAssertEqual(c.model, .residual(Trunk(width: 16, depth: 2), .mlp(MLPSpec(hidden: 64, activation: .pointwise(.relu), keep: 8))))
+        XCTAssertEqual(error("[model]\nblock = \"topk\"\nwidth = 16\n"),
+                       "job.toml: [topk] k is missing: block = \"topk\" keeps the k largest of the 64 hidden units")
+        XCTAssertEqual(error("[model]\nblock = \"topk\"\nwidth = 16\n[topk]\nk = 65\n"), "job.toml: [topk] k must be at most 64, got 65")
+        XCTAssertEqual(error("[model]\nwidth = 16\n[topk]\nk = 8\n"), "job.toml: [topk] applies to [model] block = \"topk\", not block = \"mlp\"")
+        XCTAssertEqual(error("[model]\nkind = \"moe\"\n[topk]\nk = 8\n"), "job.toml: [topk] applies to [model] block = \"topk\", not kind = \"moe\"")
+    }
+
     func testSyntaxErrorNamesLineAndColumn() {
         XCTAssertTrue(error("[train]\nepochs = = 3\n").hasPrefix("job.toml:2:"), error("[train]\nepochs = = 3\n"))
     }

@@ -20,7 +20,7 @@ protocol BlockKind {
 
 enum BlockKinds {
     /// Every kind, the default first.
-    static let all: [any BlockKind.Type] = [MLPBlock.self, HourglassBlock.self, FFFBlock.self]
+    static let all: [any BlockKind.Type] = [MLPBlock.self, HourglassBlock.self, FFFBlock.self, TopKBlock.self]
 
     static var names: [String] { all.map { $0.name } }
 
