@@ -94,13 +94,20 @@ final class CLITests: XCTestCase {
         }
     }
 
-    /// `bench` takes typed arguments: the parser refuses a workload or a thread count it does
-    /// not know, listing the choices.
-    func testBenchRefusesUnknownWorkloadsAndThreadCounts() throws {
+    /// `bench` has a subcommand per workload, each with only its options: the parser refuses
+    /// a workload, an option or a thread count it does not know, and the help lists them.
+    func testBenchRefusesUnknownWorkloadsOptionsAndThreadCounts() throws {
         var r = try run(["bench", "W9"])
         XCTAssertEqual(r.code, 2, r.err)
-        XCTAssertTrue(r.err.hasPrefix("switchboard: error: The value 'W9' is invalid for '<workload>'. Please provide one of the following:\n"
-                                      + "  - W1\n  - W2\n  - W3\n  - W4\n  - W5\n  - W6\n  - input\n  - kernels\n"), r.err)
+        XCTAssertTrue(r.err.hasPrefix("switchboard: error: Unexpected argument 'W9'\nUsage: switchboard bench <subcommand>\n"), r.err)
+        r = try run(["bench", "--help"])
+        let listed = r.out.split(separator: "\n").compactMap { $0.split(separator: " ", omittingEmptySubsequences: true).first }
+        for workload in ["W1,", "W2,", "W3,", "W4,", "W5,", "W6,", "input", "kernels"] {
+            XCTAssertTrue(listed.contains(Substring(workload)), "bench --help lists \(workload): \(r.out)")
+        }
+        r = try run(["bench", "W5", "--threads", "2"])
+        XCTAssertEqual(r.code, 2, r.err)
+        XCTAssertTrue(r.err.hasPrefix("switchboard: error: Unknown option '--threads'\nUsage: switchboard bench W5 [--repeats <repeats>]"), r.err)
         r = try run(["bench", "w1", "--threads", "1,0"])
         XCTAssertEqual(r.code, 2, r.err)
         XCTAssertTrue(r.err.hasPrefix("switchboard: error: The value '1,0' is invalid for '--threads <threads>'\n"), r.err)

@@ -41,7 +41,7 @@ struct FFFBench {
         let flopRatio = denseFLOPs / fffFLOPs
         print("switchboard \(Switchboard.version) bench W6: FFF depth \(depth), leaf width \(leafWidth), width \(width) "
               + "(hard inference) against the dense FFN \(width) → \(hidden) → \(width) (ReLU), forward only")
-        print("machine: \(BenchCommand.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName)")
+        print("machine: \(cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; OpenBLAS \(BLAS.coreName)")
         print("FLOPs per sample: dense \(Int(denseFLOPs)), FFF \(Int(fffFLOPs)) (ratio \(fixed(flopRatio, 1)))")
         for t in threads {
             BLAS.setThreads(t)

@@ -18,18 +18,20 @@ import Training
 struct ScalingBench {
     /// W3 (W1 on P ranks) or W4 (W2 on P ranks, experts spread over them).
     let workload: Workload
-    let data: String
-    let warmup: Int
-    let steps: Int
-    let repeats: Int
-    /// Bucket size for the training run; nil takes the config default.
-    let bucketKiB: Int?
-    /// Bucket sizes for the sync-alone table.
-    let sweepKiB: [Int]
+    let options: ScalingOptions
     /// W4: every expert runs on its owner (no `ExpertBalance`).
     let fixedExperts: Bool
     /// W4 and its one-rank baseline: every parameter updated after backward.
     let updateAfterBackward: Bool
+
+    var data: String { options.data.data }
+    var warmup: Int { options.timing.warmup }
+    var steps: Int { options.timing.steps }
+    var repeats: Int { options.timing.repeats }
+    /// Bucket size for the training run; nil takes the config default.
+    var bucketKiB: Int? { options.bucketKiB }
+    /// Bucket sizes for the sync-alone table.
+    var sweepKiB: [Int] { options.sweepKiB.values }
 
     func run() throws {
         let world = try MPIWorld.start()
@@ -46,7 +48,7 @@ struct ScalingBench {
         if fixedExperts { all.parallel.balanceExperts = false }
         let (train, test) = try one.data.load()
          say("switchboard \(Switchboard.version) bench \(workload.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
-        say("machine: \(BenchCommand.cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; "
+        say("machine: \(cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; "
             + "ranks \(world.size) × 1 BLAS thread; OpenBLAS \(BLAS.coreName)")
 
         // 1 and 2, alternating: one rank alone (the others asleep in a barrier), then all.
