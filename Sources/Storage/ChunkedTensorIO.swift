@@ -11,9 +11,10 @@ import Kernels
 /// speed. The datasets are ordinary chunked float32 datasets with the `fletcher32` filter, so
 /// h5py, `h5dump` and `HDF5File.readFloats` read them and verify every chunk as usual. This
 /// program computes the Fletcher32 sums itself (`Fletcher32`, on the worker threads) and
-/// hands HDF5 finished chunks (`H5Dwrite_chunk`); it reads by asking HDF5 where each chunk
-/// lies (`H5Dget_chunk_info`, every address and size checked against the file) and `pread`s
-/// the chunks on the worker threads straight into the tensor, verifying each sum. HDF5's own
+/// hands HDF5 finished chunks (`H5Dwrite_chunk`); it reads through `DirectChunks`, as sample
+/// input does: HDF5 says where each chunk lies (every address and size checked against the
+/// file), and the chunks are `pread` on the worker threads straight into the tensor, each
+/// sum verified. HDF5's own
 /// pipeline checksums on one thread, well below the disk's read rate (`bench W5`).
 ///
 /// A tensor's checksum, recorded in the manifest, is the CRC-32 of its chunks' Fletcher32
@@ -58,34 +59,24 @@ extension HDF5File {
             H5Eclear2(sb_h5e_default())
             throw fail("its datatype is not little-endian float32 (\(HDF5File.describe(type: type.id))): other HDF5 readers would convert the bytes")
         }
-        guard let chunkRows = try HDF5File.wholeRowChunks(dataset.id, shape: shape, path: path, name: name) else {
+        guard let chunks = try DirectChunks(path: path, dataset: dataset.id, name: name, shape: shape, elementBytes: 4) else {
             throw fail("not stored as checkpoint tensors are (chunks of whole rows with the fletcher32 filter alone)")
         }
-        let layout = ChunkLayout(shape: shape, chunkRows: chunkRows)
+        let layout = ChunkLayout(shape: shape, chunkRows: chunks.chunkRows)
         let space = H5Handle(try HDF5Library.check(H5Dget_space(dataset.id), path, "the shape of \(name)"), close: H5Sclose)
         var count: hsize_t = 0
         try HDF5Library.check(H5Dget_num_chunks(dataset.id, space.id, &count), path, "counting the chunks of \(name)")
         guard Int(count) == layout.chunks else { throw fail("\(count) chunks stored, \(layout.chunks) expected") }
-
-        let fd = Glibc.open(path, O_RDONLY)
-        guard fd >= 0 else { throw fail("cannot open the file (\(systemMessage()))") }
-        defer { Glibc.close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else { throw fail("cannot stat the file") }
-        let reader = ChunkReader(fd: fd, data: UnsafeMutableRawPointer(data), layout: layout)
-        var offset = [hsize_t](repeating: 0, count: shape.count)
+        let reader = ChunkReader(chunks: chunks, data: UnsafeMutableRawPointer(data), layout: layout)
         for i in 0..<layout.chunks {
-            var mask: UInt32 = 0, address: haddr_t = 0, size: hsize_t = 0
-            try HDF5Library.check(H5Dget_chunk_info(dataset.id, space.id, hsize_t(i), &offset, &mask, &address, &size),
-                                  path, "locating chunk \(i) of \(name)")
-            let c = Int(offset[0]) / layout.chunkRows
-            guard Int(offset[0]) % layout.chunkRows == 0, c < layout.chunks, offset.dropFirst().allSatisfy({ $0 == 0 }),
-                  reader.addresses[c] < 0 else { throw fail("chunk \(i) has offset \(offset)") }
-            guard mask == 0, Int(size) == layout.chunkBytes + 4 else { throw fail("chunk \(c) holds \(size) bytes, expected \(layout.chunkBytes + 4)") }
-            guard address < haddr_t(info.st_size), Int(address) + Int(size) <= Int(info.st_size) else {
-                throw fail("chunk \(c) lies at bytes \(address)..<\(Int(address) + Int(size)) of a \(info.st_size)-byte file (truncated?)")
+            let chunk = try chunks.info(entry: i, space: space.id, "locating chunk \(i) of \(name)")
+            guard let c = chunk.chunk, reader.addresses[c] < 0 else { throw fail("chunk \(i) of the index is not a chunk of whole rows, or a second one") }
+            guard chunk.address >= 0 else { throw fail("chunk \(c) of \(layout.chunks) is not stored") }
+            guard chunk.mask == 0, chunk.size == layout.chunkBytes + 4 else { throw fail("chunk \(c) holds \(chunk.size) bytes, expected \(layout.chunkBytes + 4)") }
+            guard chunks.readable((chunk.mask, chunk.address, chunk.size)) else {
+                throw fail("chunk \(c) lies at bytes \(chunk.address)..<\(chunk.address + chunk.size) of a \(chunks.fileBytes)-byte file (truncated?)")
             }
-            reader.addresses[c] = Int(address)
+            reader.addresses[c] = chunk.address
         }
         // No read-ahead hint: WILLNEED and SEQUENTIAL on the tensor's extent both made loads
         // slower in `bench W5` (docs/BENCHMARKS.md).
@@ -158,16 +149,16 @@ final class ChunkSums: RangeTask, @unchecked Sendable {
     }
 }
 
-/// Reads chunks with `pread` on the worker threads, straight into the tensor, and checks each
-/// one's stored Fletcher32.
+/// Reads chunks on the worker threads (`DirectChunks`), straight into the tensor, each one's
+/// stored Fletcher32 checked.
 final class ChunkReader: RangeTask, @unchecked Sendable {
-    let fd: Int32, data: UnsafeMutableRawPointer, layout: ChunkLayout
+    let chunks: DirectChunks, data: UnsafeMutableRawPointer, layout: ChunkLayout
     var addresses: [Int]
     let sums: ChunkSums
     /// Per chunk: 0 good, 1 short read, 2 checksum mismatch.
     let status: UnsafeMutablePointer<Int8>
-    init(fd: Int32, data: UnsafeMutableRawPointer, layout: ChunkLayout) {
-        self.fd = fd
+    init(chunks: DirectChunks, data: UnsafeMutableRawPointer, layout: ChunkLayout) {
+        self.chunks = chunks
         self.data = data
         self.layout = layout
         addresses = [Int](repeating: -1, count: layout.chunks)
@@ -189,25 +180,12 @@ final class ChunkReader: RangeTask, @unchecked Sendable {
         let edge = valid < layout.chunkBytes
         let target = edge ? UnsafeMutableRawPointer.allocate(byteCount: layout.chunkBytes, alignment: 64) : data + c * layout.chunkBytes
         defer { if edge { target.deallocate() } }
-        var stored: UInt32 = 0
         let address = addresses.withUnsafeBufferPointer { $0[c] }
-        guard readFully(target, layout.chunkBytes, at: address),
-              withUnsafeMutableBytes(of: &stored, { readFully($0.baseAddress!, 4, at: address + layout.chunkBytes) })
-        else { status[c] = 1; return }
-        let sum = Fletcher32.checksum(target, bytes: layout.chunkBytes)
-        sums.results[c] = sum
-        if sum != UInt32(littleEndian: stored) { status[c] = 2 }
-        if edge { (data + c * layout.chunkBytes).copyMemory(from: target, byteCount: valid) }
-    }
-
-    func readFully(_ buffer: UnsafeMutableRawPointer, _ count: Int, at offset: Int) -> Bool {
-        var done = 0
-        while done < count {
-            let n = pread(fd, buffer + done, count - done, off_t(offset + done))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
-            done += n
+        switch chunks.read(at: address, into: target, checksumAfter: false) {
+        case .good(let sum): sums.results[c] = sum
+        case .short: status[c] = 1; return
+        case .damaged: status[c] = 2
         }
-        return true
+        if edge { (data + c * layout.chunkBytes).copyMemory(from: target, byteCount: valid) }
     }
 }
