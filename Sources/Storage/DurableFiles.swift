@@ -35,6 +35,24 @@ public enum DurableFiles {
         }
     }
 
+    /// Removes a stale file left at `path` by an earlier write that did not finish (a file
+    /// written there first and renamed when complete, such as predict's `OUT.partial`). Only
+    /// a plain file is removed: a folder, a link or anything else of that name is someone
+    /// else's, and is refused, naming it.
+    public static func removeStale(_ path: String) throws {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        let kind: String
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return try remove(path)
+        case S_IFDIR: kind = "a folder"
+        case S_IFLNK: kind = "a symbolic link"
+        default: kind = "not a plain file"
+        }
+        throw DiskError(path, "is in the way: this output is written there first, and it is \(kind), not a file left by an "
+                        + "earlier write; move it away")
+    }
+
     /// Makes a folder (and its parents); an existing one is fine.
     public static func makeFolder(_ path: String) throws {
         do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {

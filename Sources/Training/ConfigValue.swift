@@ -35,8 +35,9 @@ public indirect enum ConfigValue: Equatable, Sendable {
         }
     }
 
-    /// Parses a TOML document into a table.
+    /// Parses a TOML document into a table (its nesting bounded first: `TOMLDepth`).
     static func parse(_ text: String, source: String) throws -> [String: ConfigValue] {
+        try TOMLDepth.check(text, source: source)
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)

@@ -57,7 +57,7 @@ struct PredictCommand: ParsableCommand {
         let hard = !soft && model.hasHardInference
 
         let partial = output + ".partial"
-        try DurableFiles.remove(partial)
+        try DurableFiles.removeStale(partial)
         let started = ContinuousClock.now
         do {
             let file = try HDF5File.create(partial)

@@ -100,6 +100,23 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(error("[model]\nkind = \"moe\"\n[topk]\nk = 8\n"), "job.toml: [topk] applies to [model] block = \"topk\", not kind = \"moe\"")
     }
 
+    /// Nesting deeper than `TOMLDepth.limit` (dotted keys, table headers, inline tables and
+    /// arrays) is refused naming its line, before TOMLKit builds the tree: 40,000 levels used
+    /// to overflow the stack. Dots in strings and comments, and floats, are not levels.
+    func testDeepNestingIsRefusedByLine() {
+        func deep(_ n: Int) -> String { Array(repeating: "a", count: n).joined(separator: ".") }
+        func message(_ line: Int) -> String {
+            "job.toml:\(line): nested more than 64 levels deep (dotted keys, table headers, inline tables and arrays together); "
+                + "no setting is nested deeper than section.key"
+        }
+        XCTAssertEqual(error("[run]\n\(deep(40_000)) = 1\n"), message(2))
+        XCTAssertEqual(error("# \(deep(100))\n\"\"\"x\ny\"\"\"\n[\(deep(50_000))]\n"), message(4), "comments and strings are skipped, lines counted")
+        XCTAssertEqual(error("[run]\nx = " + String(repeating: "{ a = ", count: 70) + "1" + String(repeating: " }", count: 70) + "\n"), message(2))
+        XCTAssertEqual(error("[train]\nx = " + String(repeating: "[", count: 70) + String(repeating: "]", count: 70) + "\n"), message(2))
+        XCTAssertEqual(error("[optimizer]\nlr = 0.001 # \(deep(100))\n[run]\nname = \"\(deep(100))\"\n"), "no error")
+        XCTAssertEqual(error("\(deep(63)) = 1\n").prefix(31), "job.toml: unknown section [a] (", "63 levels are read")
+    }
+
     func testSyntaxErrorNamesLineAndColumn() {
         XCTAssertTrue(error("[train]\nepochs = = 3\n").hasPrefix("job.toml:2:"), error("[train]\nepochs = = 3\n"))
     }

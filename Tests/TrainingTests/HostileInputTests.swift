@@ -73,6 +73,72 @@ final class HostileInputTests: ToyDataTestCase {
                       prefix: true)
     }
 
+    /// A key nested tens of thousands of levels deep, in a job file (a dotted key, a table
+    /// header), a run folder's `config.toml`, or a checkpoint's stored config: one line naming
+    /// the line and the limit, or a note in the report, never a crash (it overflowed the
+    /// stack, exit 139); `inspect verify` reads the stored config as a resume would.
+    func testADeeplyNestedKeyIsRefusedByEveryReader() throws {
+        func deep(_ n: Int) -> String { Array(repeating: "a", count: n).joined(separator: ".") }
+        func tooDeep(_ source: String, _ line: Int) -> String {
+            "\(source):\(line): nested more than 64 levels deep (dotted keys, table headers, inline tables and arrays together); "
+                + "no setting is nested deeper than section.key"
+        }
+        let key = "\(dir)/deep-key.toml", header = "\(dir)/deep-header.toml"
+        try "[run]\n\(deep(40_000)) = 1\n".write(toFile: key, atomically: true, encoding: .utf8)
+        try "[run]\nname = \"x\"\n[\(deep(50_000))]\n".write(toFile: header, atomically: true, encoding: .utf8)
+        assertOneLine(try switchboard(["train", key]), code: 2, tooDeep(key, 2))
+        assertOneLine(try switchboard(["train", header]), code: 2, tooDeep(header, 3))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/runs"), "a refused job makes no run folder")
+
+        let run = try finishedRun("deep")
+        let config = "\(run)/config.toml"
+        try (try String(contentsOfFile: config, encoding: .utf8) + "[\(deep(50_000))]\n").write(toFile: config, atomically: true, encoding: .utf8)
+        let report = try switchboard(["report", run, "--out", "\(dir)/report.html"])
+        XCTAssertFalse(report.signaled, report.err)
+        XCTAssertEqual(report.code, 0, report.err)
+        let html = try String(contentsOfFile: "\(dir)/report.html", encoding: .utf8)
+        XCTAssertTrue(html.contains("config.toml does not parse (config.toml:"), "the report says why the config is not compared")
+
+        let ck = "\(run)/step-000006"
+        var headerLine = 0
+        try editManifest(ck) { m in
+            headerLine = m.config.filter { $0 == "\n" }.count + 2
+            m.config += "\n[\(deep(50_000))]\n"
+        }
+        let stored = "\(ck)/\(CheckpointManifest.mainFile) (its config)"
+        for arguments in [["evaluate", ck], ["predict", ck, "\(dir)/test-images", "\(dir)/out.h5"], ["moefy", ck, "--experts", "2", "--out", "\(dir)/moe"]] {
+            let r = try switchboard(arguments)
+            XCTAssertFalse(r.signaled, "\(arguments[0]): \(r.err)")
+            XCTAssertEqual(r.code, 2, "\(arguments[0]): \(r.err)")
+            XCTAssertEqual(r.err.filter { $0 == "\n" }.count, 1, "\(arguments[0]): one line: \(r.err)")
+            XCTAssertTrue(r.err.contains(": nested more than 64 levels deep ("), "\(arguments[0]): \(r.err)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/out.h5") || FileManager.default.fileExists(atPath: "\(dir)/moe"))
+        let verify = try switchboard(["inspect", "verify", ck])
+        XCTAssertEqual(verify.code, 1, verify.out + verify.err)
+        XCTAssertTrue(verify.out.contains("problem: " + tooDeep(stored, headerLine)), verify.out)
+    }
+
+    /// predict writes `OUT.partial` first: a stale file of that name (a killed predict's) is
+    /// replaced, but a folder of that name is somebody's: refused, naming it, and left as it
+    /// was (predict used to delete it, contents and all, and exit 0).
+    func testPredictNeverRemovesAFolderInTheWayOfItsPartialFile() throws {
+        let ck = "\(try finishedRun("partial"))/step-000006", out = "\(dir)/out.h5", partial = "\(dir)/out.h5.partial"
+        try FileManager.default.createDirectory(atPath: partial, withIntermediateDirectories: false)
+        try "precious".write(toFile: "\(partial)/notes.txt", atomically: true, encoding: .utf8)
+        let r = try switchboard(["predict", ck, "\(dir)/test-images", out])
+        assertOneLine(r, code: 1, "\(partial): is in the way: this output is written there first, and it is a folder, "
+                      + "not a file left by an earlier write; move it away")
+        XCTAssertEqual(try String(contentsOfFile: "\(partial)/notes.txt", encoding: .utf8), "precious")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+        try FileManager.default.removeItem(atPath: partial)
+        try "stale".write(toFile: partial, atomically: true, encoding: .utf8)
+        let again = try switchboard(["predict", ck, "\(dir)/test-images", out])
+        XCTAssertEqual(again.code, 0, again.err)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: partial), "the stale file is gone, the new one renamed")
+    }
+
     /// `--set model.width=` a few million: the job is refused before the model is built, with
     /// what it needs and what the machine has.
     func testAModelTooLargeForTheMachineIsRefused() throws {

@@ -30,6 +30,10 @@ struct InspectVerify: ParsableCommand {
         var plan: [String] = []
         if let reader {
             let m = reader.manifest
+            // The stored config, read as a resume, evaluate or predict reads it.
+            do { _ = try JobConfig.parse(m.config, source: "\(reader.mainPath) (its config)") } catch let e as ConfigError {
+                problems.append(e.message)
+            }
             // Each shard once: present, opens, and belongs to this save.
             var broken = Set<String>()
             for file in m.files {
