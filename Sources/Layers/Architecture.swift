@@ -13,8 +13,9 @@ public enum Architecture: Sendable, Equatable {
 
 extension Architecture {
     /// The largest width, hidden width, leaves' total width or batch a job may declare (2²⁴):
-    /// then every tensor and parameter of any model a job can declare, counted before it is
-    /// built (`size`), has a shape whose size fits in an `Int`.
+    /// then every parameter of any model a job can declare has a size that fits in an `Int`,
+    /// and so does every dimension the layers multiply; the counting build (`size`) adds the
+    /// buffers' sizes up in `Double` (a placeholder's own count saturates).
     public static let largestDimension = 1 << 24
     /// The most experts a model may have over all its MoE layers (2²⁰): a counted model
     /// registers each expert's parameters, as the built one does.

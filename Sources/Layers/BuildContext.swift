@@ -25,6 +25,10 @@ public final class BuildContext {
     /// takes another path than training sets it around what it builds: an FFF's soft tree
     /// is replaced by a descent, and counts that path itself).
     public var inferenceShare = 1.0
+    /// Whether the parameters registered now may be frozen (`ParameterStore.register`): a
+    /// layer whose parameters cannot stay fixed (an MoE layer, its shared expert included)
+    /// turns it off around what it builds.
+    public var freezable = true
 
     public init(store: ParameterStore, maxRows: Int, precision: Precision = .fp32, counting: Bool = false) {
         self.store = store
@@ -42,6 +46,13 @@ public final class BuildContext {
     public func tensor(_ shape: [Int]) -> Tensor {
         count.buffers += Self.elements(shape)
         return counting ? Tensor(placeholder: shape) : Tensor(shape: shape)
+    }
+
+    /// A flat buffer of `elements` floats, a sum that a counted model may carry past `Int`
+    /// (every expert's parameters over many ranks): counted in `Double`; a built model's fits.
+    public func tensor(elements: Double) -> Tensor {
+        count.buffers += elements
+        return counting ? Tensor(placeholder: [Int(min(elements, Double(Int.max / 2)))]) : Tensor(shape: [Int(elements)])
     }
 
     /// Per-row scratch that is not a buffer of floats (indices, row sums): small beside the

@@ -142,11 +142,11 @@ public final class FastFeedforward: Layer, AuxiliaryLoss, RankStatistics, HardIn
         build.inferenceShare = share
         build.countFLOPs(inference: share * 2 * Double(d) * Double(spec.depth))
         leafBias = store.register("\(name).leaves.fc2.bias", shape: [l, d], role: .bias,
-                                  initializer: .uniform(bound: 1 / Float(lw).squareRoot()), freezable: true)
+                                  initializer: .uniform(bound: 1 / Float(lw).squareRoot()), freezable: build.freezable)
         if spec.masterLeaf {
             master = (Linear("\(name).master.fc1", inputs: d, outputs: lw, activation: spec.activation, in: build),
                       Linear("\(name).master.fc2", inputs: lw, outputs: d, in: build),
-                      store.register("\(name).master.mix", shape: [1], role: .coefficient, initializer: .constant(0.5), freezable: true))
+                      store.register("\(name).master.mix", shape: [1], role: .coefficient, initializer: .constant(0.5), freezable: build.freezable))
         } else {
             master = nil
         }

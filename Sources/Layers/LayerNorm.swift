@@ -30,8 +30,8 @@ public final class LayerNorm: Layer {
         self.epsilon = epsilon
         self.scale = scale
         let store = build.store, maxRows = build.maxRows
-        gain = store.register("\(name).weight", shape: [width], role: .normGain, initializer: .ones, freezable: true)
-        shift = store.register("\(name).bias", shape: [width], role: .normBias, initializer: .zeros, freezable: true)
+        gain = store.register("\(name).weight", shape: [width], role: .normGain, initializer: .ones, freezable: build.freezable)
+        shift = store.register("\(name).bias", shape: [width], role: .normBias, initializer: .zeros, freezable: build.freezable)
         y = build.tensor([maxRows, width])
         dx = build.tensor([maxRows, width])
         mean = build.tensor([maxRows])
@@ -135,7 +135,7 @@ public final class RMSNorm: Layer {
         self.epsilon = epsilon
         self.scale = scale
         let store = build.store, maxRows = build.maxRows
-        gain = store.register("\(name).weight", shape: [width], role: .normGain, initializer: .ones, freezable: true)
+        gain = store.register("\(name).weight", shape: [width], role: .normGain, initializer: .ones, freezable: build.freezable)
         y = build.tensor([maxRows, width])
         dx = build.tensor([maxRows, width])
         rrms = build.tensor([maxRows])

@@ -40,10 +40,10 @@ public final class Linear: Layer {
         let bound = initBound ?? 1 / Float(inputs).squareRoot()
         let store = build.store, maxRows = build.maxRows
         weight = store.register(
-            "\(name).weight", shape: [outputs, inputs], role: .weight, initializer: .uniform(bound: bound), freezable: true)
+            "\(name).weight", shape: [outputs, inputs], role: .weight, initializer: .uniform(bound: bound), freezable: build.freezable)
         self.bias = bias
             ? store.register("\(name).bias", shape: [outputs], role: .bias, initializer: .uniform(bound: biasBound ?? bound),
-                             freezable: true)
+                             freezable: build.freezable)
             : nil
         let fused = activation != .identity
         z = build.tensor([maxRows, outputs])

@@ -59,7 +59,11 @@ extension HDF5File {
             H5Eclear2(sb_h5e_default())
             throw fail("its datatype is not little-endian float32 (\(HDF5File.describe(type: type.id))): other HDF5 readers would convert the bytes")
         }
-        guard let chunks = try DirectChunks(path: path, dataset: dataset.id, name: name, shape: shape, elementBytes: 4) else {
+        let direct: DirectChunks?
+        do { direct = try DirectChunks(path: path, dataset: dataset.id, name: name, shape: shape, elementBytes: 4) } catch let e as DataError {
+            throw fail(e.problem)
+        }
+        guard let chunks = direct else {
             throw fail("not stored as checkpoint tensors are (chunks of whole rows with the fletcher32 filter alone)")
         }
         let layout = ChunkLayout(shape: shape, chunkRows: chunks.chunkRows)
@@ -74,7 +78,7 @@ extension HDF5File {
             guard chunk.address >= 0 else { throw fail("chunk \(c) of \(layout.chunks) is not stored") }
             guard chunk.mask == 0, chunk.size == layout.chunkBytes + 4 else { throw fail("chunk \(c) holds \(chunk.size) bytes, expected \(layout.chunkBytes + 4)") }
             guard chunks.readable((chunk.mask, chunk.address, chunk.size)) else {
-                throw fail("chunk \(c) lies at bytes \(chunk.address)..<\(chunk.address + chunk.size) of a \(chunks.fileBytes)-byte file (truncated?)")
+                throw fail("chunk \(c) of \(chunk.size) bytes lies at byte \(chunk.address) of a \(chunks.fileBytes)-byte file (truncated?)")
             }
             reader.addresses[c] = chunk.address
         }

@@ -67,7 +67,8 @@ final class DirectChunks: @unchecked Sendable {
     /// Whether a chunk of that index entry is one this reader can read: unfiltered but for
     /// its checksum, of the expected size, and inside the file.
     func readable(_ chunk: (mask: UInt32, address: Int, size: Int)) -> Bool {
-        chunk.mask == 0 && chunk.size == chunkBytes + 4 && chunk.address >= 0 && chunk.address + chunk.size <= fileBytes
+        chunk.mask == 0 && chunk.size == chunkBytes + 4 && chunk.address >= 0 && chunk.address <= fileBytes
+            && chunk.size <= fileBytes - chunk.address
     }
 
     /// How a chunk read ended.

@@ -20,6 +20,9 @@ final class GzipReader {
 
     deinit { gzclose(file) }
 
+    /// Whether the file is read as it is, not gzip (known once something has been read).
+    var isPlain: Bool { gzdirect(file) != 0 }
+
     /// Reads up to `count` bytes; returns how many were read (fewer only at the end).
     func read(into buffer: UnsafeMutableRawPointer, count: Int) throws -> Int {
         var done = 0

@@ -29,7 +29,12 @@ enum HDF5Library {
             _ = H5Ewalk2(sb_h5e_default(), H5E_WALK_DOWNWARD, { _, err, data in
                 guard let err, let data else { return 0 }
                 let lines = data.assumingMemoryBound(to: [String].self)
-                if let desc = err.pointee.desc { lines.pointee.append(String(cString: desc)) }
+                // One line whatever HDF5 embeds: its open failures carry ctime()'s text,
+                // newline included ("time = Mon Dec  7 15:38:04 2026\n, name = …").
+                if let desc = err.pointee.desc {
+                    let parts = String(cString: desc).split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+                    lines.pointee.append(parts.joined(separator: " ").replacingOccurrences(of: " ,", with: ","))
+                }
                 return 0
             }, box)
         }

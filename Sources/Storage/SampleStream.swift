@@ -38,6 +38,17 @@ public final class SampleStream {
             hdf5 = nil
             count = shape[0]
             width = shape[1] * shape[2]
+            // A plain file's size says now whether it holds what its header declares, before
+            // anything is predicted or written.
+            var info = stat()
+            if reader.isPlain, stat(path, &info) == 0 {
+                let header = 16, data = Int(info.st_size) - header
+                if data < count * width {
+                    throw DataError(path, "truncated: its header declares \(count) images of \(width) bytes (\(count * width) bytes), "
+                                    + "the file holds \(data)")
+                }
+                if data > count * width { throw DataError(path, "unexpected bytes after the \(count) images") }
+            }
         }
     }
 
@@ -49,7 +60,8 @@ public final class SampleStream {
         if let idx {
             if bytes.count < n * width { bytes = [UInt8](repeating: 0, count: n * width) }
             try bytes.withUnsafeMutableBytes {
-                try idx.readExactly(n * width, into: $0.baseAddress!, what: "\(count) images of \(width) bytes (at image \(next))")
+                try idx.readExactly(n * width, into: $0.baseAddress!,
+                                    what: "images \(next)…\(next + n - 1) (\(width) bytes each, of the \(count) its header declares)")
             }
             for i in 0..<(n * width) { out[i] = Float(bytes[i]) * (1 / 255) }
             if next + n == count, try !idx.atEnd() {

@@ -1,3 +1,4 @@
+import Cluster
 import Errors
 import Foundation
 
@@ -15,10 +16,13 @@ public struct InjectedFault: SwitchboardError, CustomStringConvertible {
 /// `crash` writes through a bad pointer (a real SIGSEGV); `kill-in-save` acts later, inside the
 /// checkpoint of step S, after this rank has written and synced its shard and before the
 /// commit: it sends itself SIGKILL, a death in the middle of a save; `kill-in-predict` acts in
-/// `switchboard predict` after batch S is written, before the output is committed. Unset, it
-/// costs one compare per step.
+/// `switchboard predict` after batch S is written, before the output is committed;
+/// `term-in-predict` there sends SIGTERM instead, as a user's Ctrl-C or a scheduler would.
+/// Unset, it costs one compare per step.
 public enum FaultInjection {
-    public enum Kind: String, Sendable { case `throw`, stop, crash, killInSave = "kill-in-save", killInPredict = "kill-in-predict" }
+    public enum Kind: String, Sendable {
+        case `throw`, stop, crash, killInSave = "kill-in-save", killInPredict = "kill-in-predict", termInPredict = "term-in-predict"
+    }
 
     static let plan: (rank: Int, step: Int, kind: Kind)? = {
         guard let raw = getenv("SWITCHBOARD_FAULT") else { return nil }
@@ -41,9 +45,9 @@ public enum FaultInjection {
 
     public static func check(rank: Int, step: Int) throws {
         if let stepPause { usleep(stepPause) }
-        guard let plan, plan.rank == rank, plan.step == step, plan.kind != .killInSave, plan.kind != .killInPredict else { return }
+        guard let plan, plan.rank == rank, plan.step == step, ![.killInSave, .killInPredict, .termInPredict].contains(plan.kind) else { return }
         switch plan.kind {
-        case .killInSave, .killInPredict: break
+        case .killInSave, .killInPredict, .termInPredict: break
         case .throw: throw InjectedFault(step: step)
         case .stop: raise(SIGSTOP)
         case .crash: UnsafeMutablePointer<Int>(bitPattern: 16)!.pointee = step
@@ -62,7 +66,10 @@ extension FaultInjection {
 extension FaultInjection {
     /// Called by `switchboard predict` once batch `batch` (from 0) is written.
     public static func checkInPredict(batch: Int) {
-        guard let plan, plan.kind == .killInPredict, plan.step == batch else { return }
-        kill(getpid(), SIGKILL)
+        guard let plan, plan.kind == .killInPredict || plan.kind == .termInPredict, plan.step == batch else { return }
+        kill(getpid(), plan.kind == .killInPredict ? SIGKILL : SIGTERM)
+        // The signal thread takes it: wait until it has (at most a second), so the next batch
+        // sees the request.
+        for _ in 0..<1000 where !StopRequest.isRequested { usleep(1000) }
     }
 }

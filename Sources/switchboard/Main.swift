@@ -21,7 +21,8 @@ struct SwitchboardCommand: ParsableCommand {
         // while it is still starting (a preemption, a launcher ending the step) then stops
         // after its first step with a checkpoint, or ends with its own error, rather than
         // dying killed before anything is saved.
-        if CommandLine.arguments.dropFirst().first == "train" { StopRequest.install() }
+        // `predict` takes them too: it stops between batches and removes its partial output.
+        if ["train", "predict"].contains(CommandLine.arguments.dropFirst().first) { StopRequest.install() }
         let code: Int32
         do {
             var command = try parseAsRoot()

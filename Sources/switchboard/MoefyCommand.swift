@@ -41,8 +41,8 @@ struct MoefyCommand: ParsableCommand {
         let reader = try openCheckpoint(checkpoint)
         let source = "\(reader.mainPath) (its config)"
         let config = try JobConfig.parse(reader.manifest.config, source: source)
-        guard case .residual(_, .mlp(let mlp)) = config.model, case .pointwise(let activation) = mlp.activation, mlp.rank == 0 else {
-            throw ConfigError("moefy splits the dense MLP blocks of a residual model (pointwise activation, full rank); "
+        guard case .residual(_, .mlp(let mlp)) = config.model, case .pointwise(let activation) = mlp.activation, mlp.rank == 0, mlp.keep == 0 else {
+            throw ConfigError("moefy splits the dense MLP blocks of a residual model (pointwise activation, full rank, every unit kept); "
                               + "the model of \(reader.folder) is \(Self.describe(config.model))")
         }
         guard mlp.hidden % experts == 0 else {
@@ -79,7 +79,7 @@ struct MoefyCommand: ParsableCommand {
         case .stack: "a stack"
         case .moe: "already a mixture of experts"
         case .residual(_, .fff): "a fast feedforward model"
-        case .residual(_, .mlp(let m)): m.rank > 0 ? "a low-rank MLP" : "an MLP with a gated activation"
+        case .residual(_, .mlp(let m)): m.rank > 0 ? "a low-rank MLP" : m.keep > 0 ? "a top-k activation MLP" : "an MLP with a gated activation"
         }
     }
 }

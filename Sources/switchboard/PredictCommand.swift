@@ -67,6 +67,7 @@ struct PredictCommand: ParsableCommand {
             var predicted = [Int32](repeating: 0, count: rows)
             var done = 0, batchIndex = 0
             while done < stream.count {
+                if StopRequest.isRequested { throw StoppedBySignal(signal: StopRequest.signal) }
                 let n = try stream.read(rows, into: xs.data)
                 let z = model.forward(xs.data, rows: n, context: ForwardContext(training: false, hardDecisions: hard))
                 for r in 0..<n {
@@ -87,6 +88,13 @@ struct PredictCommand: ParsableCommand {
             try logits.close()
             try labels.close()
             try file.close()
+        } catch {
+            // Nothing half-written stays: the partial file goes, whatever ended the writing.
+            try? DurableFiles.remove(partial)
+            if let stop = error as? StoppedBySignal {
+                print("stopped by \(stop.signal == SIGINT ? "SIGINT" : "SIGTERM"); removed \(partial), \(output) not written")
+            }
+            throw error
         }
         try DurableFiles.sync(partial)
         try DurableFiles.rename(partial, output)

@@ -69,6 +69,13 @@ final class ModelSizeTests: XCTestCase {
         XCTAssertEqual(s.frozenMatched, ["embed", "blocks.0.moe.router", "blocks", "blocks.0.moe.experts.1.w2"],
                        "expert 9 of 2 names nothing")
         XCTAssertEqual(s.unfreezable, ["blocks.0.moe.router", "blocks", "blocks.0.moe.experts.1.w2"])
+        // A shared expert is part of its MoE layer: not freezable either.
+        var shared = MoESpec(experts: 2, topK: 1, hidden: 4, activation: .pointwise(.relu))
+        shared.sharedHidden = 3
+        let withShared = Architecture.moe(Trunk(width: 8, depth: 1), shared)
+            .size(inputs: 3, classes: 2, maxRows: 1, frozen: ["blocks.0.moe.shared", "blocks.0.moe.shared.fc2.weight"])
+        XCTAssertEqual(withShared.unfreezable, ["blocks.0.moe.shared", "blocks.0.moe.shared.fc2.weight"])
+        XCTAssertEqual(withShared.frozen, 0)
         let model = Model(moe, inputs: 3, classes: 2, maxRows: 1, seed: 1, frozen: ["blocks.0.moe.router", "nothing"])
         XCTAssertEqual(model.frozenProblems, ["\"nothing\" names no parameter of this model",
                                               "blocks.0.moe.router.weight is an MoE parameter, which cannot be frozen"])

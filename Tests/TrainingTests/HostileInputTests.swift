@@ -139,6 +139,56 @@ final class HostileInputTests: ToyDataTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: partial), "the stale file is gone, the new one renamed")
     }
 
+    /// HDF5's messages are made one line where they all pass: its open failures embed
+    /// ctime()'s text with its newline, which split predict's error line in two (here the
+    /// partial file's name is too long for the file system).
+    func testAnHDF5FailureIsOneLine() throws {
+        let ck = "\(try finishedRun("long"))/step-000006", out = "\(dir)/\(String(repeating: "x", count: 250)).h5"
+        let r = try switchboard(["predict", ck, "\(dir)/test-images", out])
+        assertOneLine(r, code: 1, "\(out).partial: creating the file failed (unable to create file; unable to open file: time = ", prefix: true)
+        XCTAssertTrue(r.err.contains(" 20") && r.err.contains(", name = '\(out).partial'"), r.err)
+    }
+
+    /// predict leaves nothing half-written: stopped by SIGTERM between batches it removes
+    /// `OUT.partial` and says so (it died of the signal and left the file); an IDX file whose
+    /// header declares more than the file holds is refused before anything is written (the
+    /// message's arithmetic was wrong, and the partial file stayed); a gzip file that ends
+    /// early fails mid-way, and the partial file goes too.
+    func testPredictLeavesNothingHalfWritten() throws {
+        let ck = "\(try finishedRun("stopped"))/step-000006", out = "\(dir)/out.h5", partial = "\(dir)/out.h5.partial"
+        func nothingWritten(_ what: String) {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out), "\(what): no output")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: partial), "\(what): no partial file")
+        }
+        let stopped = try Launcher.runApart(binary, ["predict", ck, "\(dir)/test-images", out, "--batch", "10"],
+                                            environment: ["SWITCHBOARD_FAULT": "rank=0,step=2,kind=term-in-predict"], directory: dir)
+        XCTAssertFalse(stopped.signaled, stopped.err)
+        XCTAssertEqual(stopped.code, 143, stopped.err)
+        XCTAssertEqual(stopped.err, "")
+        XCTAssertEqual(stopped.out, "stopped by SIGTERM; removed \(partial), \(out) not written\n")
+        nothingWritten("SIGTERM")
+
+        // 1,000,000 images declared, 100 present (8×8 pixels each).
+        let images = "\(dir)/short-images"
+        Fixtures.write(Array(Fixtures.idx([100, 8, 8], [UInt8](repeating: 7, count: 6400)).prefix(4)) + [0, 0x0f, 0x42, 0x40, 0, 0, 0, 8, 0, 0, 0, 8]
+                       + [UInt8](repeating: 7, count: 6400), to: images)
+        assertOneLine(try switchboard(["predict", ck, images, out, "--batch", "10"]), code: 1,
+                      "\(images): truncated: its header declares 1000000 images of 64 bytes (64000000 bytes), the file holds 6400")
+        nothingWritten("a short IDX file")
+
+        // The same, gzipped: its length is known only at its end.
+        let gz = Process()
+        gz.executableURL = URL(fileURLWithPath: "/bin/gzip")
+        gz.arguments = ["-f", images]
+        try gz.run()
+        gz.waitUntilExit()
+        XCTAssertEqual(gz.terminationStatus, 0, "gzip")
+        assertOneLine(try switchboard(["predict", ck, images + ".gz", out, "--batch", "10"]), code: 1,
+                      "\(images).gz: truncated: images 100…109 (64 bytes each, of the 1000000 its header declares) needs 640 bytes, "
+                      + "the file ends after 0")
+        nothingWritten("a short gzip file")
+    }
+
     /// `--set model.width=` a few million: the job is refused before the model is built, with
     /// what it needs and what the machine has.
     func testAModelTooLargeForTheMachineIsRefused() throws {

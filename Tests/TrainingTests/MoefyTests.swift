@@ -56,14 +56,17 @@ final class MoefyTests: ToyDataTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir)/a"))
         try fails([dense, "--experts", "4", "--out", "\(dir)/no/such/b"], code: 1, "\(dir)/no/such/b: cannot write: the folder \(dir)/no/such does not exist")
         try fails([dense, "--experts", "4", "--out", dir], code: 2, "\(dir) exists; moefy writes a new checkpoint folder")
-        // An MoE checkpoint, and an FFF one.
+        // An MoE checkpoint, an FFF one, and a top-k one (keeping 8 of its 32 units).
         for (label, model, what) in [("moe", ToyModel.moe("experts = 4\nhidden = 8"), "already a mixture of experts"),
-                                     ("fff", .fff, "a fast feedforward model")] {
+                                     ("fff", .fff, "a fast feedforward model"),
+                                     ("topk", .custom("kind = \"residual\"\nwidth = 16\nblock = \"topk\"\nexpansion = 2\n[topk]\nk = 8"),
+                                      "a top-k activation MLP")] {
             let path = try writeJob(Fixtures.job(dir: dir, model: model, settings: ["train.max_steps": "3"]))
             _ = try train(ranks: 1, name: label, job: path)
             let checkpoint = "\(dir)/runs/\(label)/\(CheckpointFolder.name(step: 3))"
             try fails([checkpoint, "--experts", "2", "--out", "\(dir)/c"], code: 2,
-                      "moefy splits the dense MLP blocks of a residual model (pointwise activation, full rank); the model of \(checkpoint) is \(what)")
+                      "moefy splits the dense MLP blocks of a residual model (pointwise activation, full rank, every unit kept); "
+                      + "the model of \(checkpoint) is \(what)")
         }
     }
 }

@@ -69,10 +69,11 @@ final class ExchangeBuffers {
         balance = build.counting ? ExpertBalance(ranks: 0, experts: 0) : ExpertBalance(ranks: p, experts: e)
         let moving = exchange.movesExperts, runners = (0..<e).map { exchange.runner(of: $0, forTokensOf: exchange.rank) }
         for i in 0..<e { runner[i] = runners[i] }
-        let heldFloats = moving ? spans.indices.filter { runners[$0] == exchange.rank }.reduce(0) { $0 + spans[$1].count } : 0
-        let visitingFloats = moving ? spans.reduce(0) { $0 + $1.count } - heldFloats : 0
-        held = build.tensor([heldFloats])
-        visiting = build.tensor([visitingFloats])
+        // Summed in Double: a counted model's experts may hold more than an Int counts.
+        let heldFloats = moving ? spans.indices.filter { runners[$0] == exchange.rank }.reduce(0.0) { $0 + Double(spans[$1].count) } : 0
+        let visitingFloats = moving ? spans.reduce(0.0) { $0 + Double($1.count) } - heldFloats : 0
+        held = build.tensor(elements: heldFloats)
+        visiting = build.tensor(elements: visitingFloats)
         heldCounts = .allocate(capacity: p)
         heldOffsets = .allocate(capacity: p)
         visitingCounts = .allocate(capacity: p)

@@ -152,6 +152,10 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
         self.w2 = w2
         self.b2 = b2
         if spec.sharedHidden > 0 {
+            // The shared expert is part of the layer: as frozen as the rest can be (not at all).
+            let freezable = build.freezable
+            build.freezable = false
+            defer { build.freezable = freezable }
             let sh = spec.sharedHidden
             var layers: [any Layer] = []
             switch spec.activation {
@@ -207,7 +211,7 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
     public func attach(_ exchange: any ExpertExchange) {
         let rows = exchange.ranks * maxRows * k
         owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
-        products = MoEProducts(tokens: maxRows, rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
+        products = MoEProducts(tokens: maxRows, rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build, reusing: products)
         let spans = (0..<e).map { i in
             let parts = [w1[i], b1[i], w2[i], b2[i]].compactMap { $0 }
             let count = parts.reduce(0) { $0 + $1.count }

@@ -35,7 +35,7 @@ enum BlockKinds {
         }
     }
 
-    /// The `block` key as the README's key table gives it: `block` ("mlp", "hourglass" or "fff").
+    /// The `block` key as the README's key table gives it: `block` ("mlp", "hourglass", … or "topk").
     static var choices: String {
         let quoted = names.map { "\"\($0)\"" }
         return "`block` (" + (quoted.count == 1 ? quoted[0] : quoted.dropLast().joined(separator: ", ") + " or " + quoted.last!) + ")"
