@@ -8,7 +8,9 @@ import Storage
 ///
 /// Each `write` is one `write(2)` of whole records, so a run killed mid-write leaves a file
 /// whose last record is cut short: TensorBoard reads up to the last whole one. A resumed run
-/// starts a new file in the same folder; TensorBoard joins the files of a folder by step.
+/// starts a new file in the same folder; TensorBoard joins the files of a folder by step, and
+/// the new file's first event (`restart`) tells it to drop what the run logged past its
+/// checkpoint before it was stopped, as the resumed run logs those steps again.
 public final class EventFile {
     public let path: String
     private let fd: Int32
@@ -54,6 +56,18 @@ public final class EventFile {
         event.double(1, wallTime)
         event.varint(2, UInt64(bitPattern: Int64(step)))
         event.message(5, summary)
+        try append(event.bytes)
+    }
+
+    /// Marks a restart (a `SessionLog` START event at `step`): TensorBoard drops every event
+    /// of the folder's earlier files from `step` on.
+    public func restart(at step: Int) throws {
+        var start = Protobuf()
+        start.varint(1, 1)                   // SessionLog.status = START
+        var event = Protobuf()
+        event.double(1, Date().timeIntervalSince1970)
+        event.varint(2, UInt64(bitPattern: Int64(step)))
+        event.message(7, start)              // Event.session_log
         try append(event.bytes)
     }
 

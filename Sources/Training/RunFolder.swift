@@ -186,6 +186,12 @@ public final class RunFolder {
         Glibc.close(lock)
     }
 
+    /// A run continued from the checkpoint of `step`: TensorBoard is told to drop what the
+    /// run logged after it before it stopped (the steps it now trains again).
+    public func restartCurves(after step: Int) {
+        try? events?.restart(at: step + 1)
+    }
+
     /// Appends one JSON object (built from ordered fields) as a line and flushes it.
     public func log(_ fields: [(String, JSONValue)]) {
         guard let metrics else { return }

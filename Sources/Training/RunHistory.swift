@@ -84,6 +84,12 @@ public struct RunHistory: Sendable {
                 }
                 continue
             }
+            // A run continued from its checkpoint at `step` logs the steps after it again: the
+            // later values win, as TensorBoard's restart marks make them win there.
+            if kind == "resume" {
+                for key in series.keys { series[key]!.removeAll { $0.step > step } }
+                for layer in expertTokens.indices { expertTokens[layer].removeAll { $0.0 > step } }
+            }
             for (key, value) in object where !EventFile.positionKeys.contains(key) {
                 if let v = Self.number(value), v.isFinite, abs(v) < 1e300 {
                     series["\(kind)/\(key)", default: []].append(Point(step: step, value: v))

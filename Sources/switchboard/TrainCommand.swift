@@ -158,11 +158,13 @@ struct TrainCommand: ParsableCommand {
                 + "on \(m.worldSize) rank\(m.worldSize == 1 ? "" : "s") × \(m.threads) thread\(m.threads == 1 ? "" : "s"))")
             for line in Self.reshardLines(m, trainer: trainer, threads: threads) { say(line) }
             say(continuationLine(hosts: hosts, ranks: comm.size, from: p.step, reached: folder?.previousStep))
+            folder?.restartCurves(after: p.step)
             folder?.log([("kind", .string("resume")), ("step", .int(p.step)), ("saved_on_ranks", .int(m.worldSize)),
                          ("checkpoint_id", .string(m.id)), ("ranks", .int(comm.size)), ("hosts", .array(hosts.map { .string($0) }))]
                         + (folder?.previousStep.map { [("steps_lost", .int(max(0, $0 - p.step)))] } ?? []))
         } else if resume != nil {
             say("no checkpoint in \(runPath); starting at step 0")
+            folder?.restartCurves(after: 0)
             if let reached = folder?.previousStep { say(continuationLine(hosts: hosts, ranks: comm.size, from: 0, reached: reached)) }
         }
         if let initPlan {

@@ -55,6 +55,8 @@ final class ReportTests: ToyDataTestCase {
                     for (i, item) in items.enumerated() { add("\(tag)/\(i)", item) }
                 }
             }
+            // A resume from the checkpoint at `step`: what was logged after it is logged again.
+            if kind == "resume" { for tag in out.keys { out[tag]!.removeAll { $0[0] > Double(step) } } }
             for (key, value) in object where !EventFile.positionKeys.contains(key) { add("\(kind)/\(key)", value) }
         }
         return out
@@ -101,6 +103,27 @@ final class ReportTests: ToyDataTestCase {
         let steps = (both["train/loss"] ?? []).map { Int($0[0]) }
         XCTAssertEqual(steps, steps.sorted(), "one continuous curve")
         XCTAssertEqual(steps.last, 24)
+    }
+
+    /// A run that logged steps past its last checkpoint before it failed, then resumed: each
+    /// step appears once in TensorBoard (the resumed file starts with a restart mark) and in
+    /// the report's curves, with the resumed run's value; before, TensorBoard had steps 5–6
+    /// twice and the curves went back.
+    func testAResumeAfterLostStepsShowsEachStepOnce() throws {
+        let job = try moeJob(steps: 10, extra: "[checkpoint]\nevery_steps = 4\n")
+        let failed = try mpirun(ranks: 1, name: "lost", job: job, settings: ["train.log_every=1"],
+                                environment: ["SWITCHBOARD_FAULT": "rank=0,step=7"])
+        XCTAssertEqual(failed.code, 1, failed.output)
+        let run = "\(dir)/runs/lost"
+        XCTAssertTrue(try String(contentsOfFile: "\(run)/metrics.jsonl", encoding: .utf8).contains("\"step\":6,"), "steps 5 and 6 were logged")
+        Thread.sleep(forTimeInterval: 1.1)   // a new second: the resumed run's file sorts after
+        let resumed = try mpirun(ranks: 1, name: "lost", job: job, settings: ["train.log_every=1"], extraArguments: ["--resume", "auto"])
+        XCTAssertEqual(resumed.code, 0, resumed.output)
+        let scalars = try tensorBoardScalars(run)
+        assertSame(scalars, try expectedScalars("\(run)/metrics.jsonl"), "after a resume that lost steps 5 and 6")
+        XCTAssertEqual((scalars["train/loss"] ?? []).map { Int($0[0]) }, Array(1...10), "each step once, in order")
+        let history = try RunHistory.load(run)
+        XCTAssertEqual((history.series["train/loss"] ?? []).map(\.step), Array(1...10), "the report's curve: each step once")
     }
 
     /// A file cut inside its last record (a run killed mid-write) reads up to the record before.
