@@ -6,7 +6,8 @@ import Training
 
 /// `--threads`, for the commands that compute on a checkpoint's model.
 struct ThreadsOption: ParsableArguments {
-    @Option(help: "BLAS threads per rank (default: the host's cores shared among its ranks).") var threads: Int?
+    // A negative number is taken as the value (and refused by `validate`), not as an option.
+    @Option(parsing: .unconditional, help: "BLAS threads per rank (default: the host's cores shared among its ranks).") var threads: Int?
 
     func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads \(threads): must be at least 1") }

@@ -25,7 +25,7 @@ struct ConvertCommand: ParsableCommand {
     @Argument(help: "The HDF5 file to write (replaced if it exists).") var output: String
     @Option(name: .customLong("x-name"), help: "Name of the features dataset.") var xName = "x"
     @Option(name: .customLong("y-name"), help: "Name of the labels dataset.") var yName = "y"
-    @Option(help: "Split the samples over this many files of (nearly) equal size.") var files: Int?
+    @Option(parsing: .unconditional, help: "Split the samples over this many files of (nearly) equal size.") var files: Int?
     @Option(name: .customLong("samples-per-file"), help: "Split the samples over files of this many samples (the last may hold fewer).")
     var samplesPerFile: Int?
 

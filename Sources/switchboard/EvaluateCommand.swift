@@ -25,7 +25,8 @@ struct EvaluateCommand: ParsableCommand {
     @Argument(help: "The checkpoint: a step-NNNNNN folder or its checkpoint.h5.") var checkpoint: String
     @Option(help: "A data folder to use instead of the config's [data] dir (same file names and format).") var data: String?
     @Option(help: "The split: test or train.") var split: JobConfig.Data.Split = .test
-    @Option(name: .customLong("top-k"), help: "MoE models: experts per token (1 to the number of experts; default: as trained).")
+    @Option(name: .customLong("top-k"), parsing: .unconditional,
+            help: "MoE models: experts per token (1 to the number of experts; default: as trained).")
     var topK: Int?
     @OptionGroup var products: PrecisionOption
     @OptionGroup var threads: ThreadsOption

@@ -24,9 +24,9 @@ struct MoefyCommand: ParsableCommand {
             """)
 
     @Argument(help: "A checkpoint of a dense residual MLP model.") var checkpoint: String
-    @Option(help: "Experts per block (must divide the blocks' hidden width).") var experts: Int
+    @Option(parsing: .unconditional, help: "Experts per block (must divide the blocks' hidden width).") var experts: Int
     @Option(help: "The checkpoint folder to write (must not exist).") var out: String
-    @Option(help: "Training samples the activations are taken on.") var samples = 4096
+    @Option(parsing: .unconditional, help: "Training samples the activations are taken on.") var samples = 4096
     @OptionGroup var threads: ThreadsOption
 
     func validate() throws {

@@ -27,7 +27,7 @@ struct PredictCommand: ParsableCommand {
     @Argument(help: "The samples: an IDX image file or an HDF5 file with x.") var input: String
     @Argument(help: "The HDF5 file to write.") var output: String
     @Option(help: "The dataset holding the samples in an HDF5 INPUT.") var x = "x"
-    @Option(help: "Samples per batch (default: the config's [train] eval_batch_size).") var batch: Int?
+    @Option(parsing: .unconditional, help: "Samples per batch (default: the config's [train] eval_batch_size).") var batch: Int?
     @Flag(help: "FFF models: the soft mixture of every leaf, as trained, instead of hard decisions.") var soft = false
     @OptionGroup var products: PrecisionOption
     @OptionGroup var threads: ThreadsOption

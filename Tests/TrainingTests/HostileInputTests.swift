@@ -189,6 +189,23 @@ final class HostileInputTests: ToyDataTestCase {
         nothingWritten("a short gzip file")
     }
 
+    /// A negative number given to a numeric option is that option's value, refused by its
+    /// check with the number, not taken for an option of its own ("missing value").
+    func testNegativeNumbersAreRefusedAsValues() throws {
+        let ck = "\(try finishedRun("negative"))/step-000006"
+        for (arguments, message) in [
+            (["evaluate", ck, "--threads", "-1"], "--threads -1: must be at least 1"),
+            (["moefy", ck, "--experts", "-4", "--out", "\(dir)/m"], "--experts -4: must be at least 1"),
+            (["predict", ck, "\(dir)/test-images", "\(dir)/p.h5", "--batch", "-2"], "--batch -2: must be at least 1"),
+            (["inspect", "diff", ck, ck, "--atol", "-1"], "--atol -1.0, --rtol 0.0: tolerances are finite and at least 0"),
+        ] {
+            let r = try switchboard(arguments)
+            XCTAssertFalse(r.signaled, r.err)
+            XCTAssertEqual(r.code, 2, "\(arguments): \(r.err)")
+            XCTAssertTrue(r.err.hasPrefix("switchboard: error: \(message)\n"), "\(arguments): \(r.err)")
+        }
+    }
+
     /// `--set model.width=` a few million: the job is refused before the model is built, with
     /// what it needs and what the machine has.
     func testAModelTooLargeForTheMachineIsRefused() throws {

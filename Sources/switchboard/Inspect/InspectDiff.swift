@@ -11,9 +11,15 @@ struct InspectDiff: ParsableCommand {
 
     @Argument(help: "The first checkpoint.") var a: String
     @Argument(help: "The second checkpoint.") var b: String
-    @Option(help: "Absolute tolerance: elements equal when |a − b| ≤ atol + rtol·|b|.") var atol = 0.0
-    @Option(help: "Relative tolerance.") var rtol = 0.0
+    @Option(parsing: .unconditional, help: "Absolute tolerance: elements equal when |a − b| ≤ atol + rtol·|b|.") var atol = 0.0
+    @Option(parsing: .unconditional, help: "Relative tolerance.") var rtol = 0.0
     @OptionGroup var options: InspectOptions
+
+    func validate() throws {
+        guard atol >= 0, rtol >= 0, atol.isFinite, rtol.isFinite else {
+            throw ValidationError("--atol \(atol), --rtol \(rtol): tolerances are finite and at least 0")
+        }
+    }
 
     func run() throws {
         let ra = try openCheckpoint(a), rb = try openCheckpoint(b)

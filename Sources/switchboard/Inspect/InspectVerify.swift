@@ -10,7 +10,7 @@ struct InspectVerify: ParsableCommand {
         commandName: "verify", abstract: "Check every file and checksum of a checkpoint (exit 0 healthy, 1 not).")
 
     @Argument(help: "The checkpoint.") var checkpoint: String
-    @Option(help: "Also say how the checkpoint would load on this many ranks.") var ranks: Int?
+    @Option(parsing: .unconditional, help: "Also say how the checkpoint would load on this many ranks.") var ranks: Int?
     @OptionGroup var options: InspectOptions
 
     func run() throws {
