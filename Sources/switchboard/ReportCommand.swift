@@ -22,6 +22,10 @@ struct ReportCommand: ParsableCommand {
 
     func run() throws {
         guard !runs.isEmpty else { throw ValidationError("name at least one run folder") }
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: out, isDirectory: &isFolder), isFolder.boolValue {
+            throw ValidationError("--out \(out): it is a folder; name the HTML file to write")
+        }
         let histories = try runs.map(RunHistory.load)
         let page = ReportHTML.page(histories)
         try RunFolder.write(page, to: out)

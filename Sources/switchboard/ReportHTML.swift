@@ -82,31 +82,68 @@ enum ReportHTML {
         func py(_ value: Double) -> Double { top + (1 - (y(value) - y0) / (y1 - y0)) * plotH }
         var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" class=\"chart\">\n"
         svg += "<rect x=\"\(left)\" y=\"\(top)\" width=\"\(plotW)\" height=\"\(plotH)\" fill=\"none\" stroke=\"#999\"/>\n"
-        for t in 0...4 {
-            let fx = Double(t) / 4
-            let step = x0 + fx * (x1 - x0), gx = left + fx * plotW
+        // Ticks at round values: whole steps across, 1–2–5 steps of the value up the side (on a
+        // log scale, the round values inside the range, placed by their logarithm).
+        for step in roundTicks(x0, x1).filter({ $0 == $0.rounded() }) {
+            let gx = left + (step - x0) / (x1 - x0) * plotW
             svg += "<line x1=\"\(f(gx))\" y1=\"\(f(top + plotH))\" x2=\"\(f(gx))\" y2=\"\(f(top + plotH + 4))\" stroke=\"#999\"/>"
-            svg += "<text x=\"\(f(gx))\" y=\"\(f(top + plotH + 16))\" text-anchor=\"middle\">\(Int(step.rounded()))</text>\n"
-            let level = y0 + fx * (y1 - y0), gy = top + (1 - fx) * plotH
+            svg += "<text x=\"\(f(gx))\" y=\"\(f(top + plotH + 16))\" text-anchor=\"middle\">\(Int(step))</text>\n"
+        }
+        for value in logY ? logTicks(pow(10, y0), pow(10, y1)) : roundTicks(y0, y1) {
+            let gy = top + (1 - (y(value) - y0) / (y1 - y0)) * plotH
             svg += "<line x1=\"\(f(left - 4))\" y1=\"\(f(gy))\" x2=\"\(f(left + plotW))\" y2=\"\(f(gy))\" stroke=\"#eee\"/>"
-            svg += "<text x=\"\(f(left - 6))\" y=\"\(f(gy + 4))\" text-anchor=\"end\">\(tick(logY ? pow(10, level) : level))</text>\n"
+            svg += "<text x=\"\(f(left - 6))\" y=\"\(f(gy + 4))\" text-anchor=\"end\">\(tick(value))</text>\n"
         }
         svg += "<text class=\"axis\" x=\"\(f(left + plotW / 2))\" y=\"\(f(height - 6))\" text-anchor=\"middle\">step</text>\n"
         svg += "<text class=\"axis\" transform=\"translate(14 \(f(top + plotH / 2))) rotate(-90)\" text-anchor=\"middle\">\(escape(yLabel))</text>\n"
         for (name, color, points) in shown where !points.isEmpty {
             let d = points.enumerated().map { i, p in "\(i == 0 ? "M" : "L")\(f(px(p.step))) \(f(py(p.value)))" }.joined(separator: " ")
             svg += "<path class=\"series\" data-run=\"\(escape(name))\" d=\"\(d)\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.5\"/>\n"
+            // A series of few points (one evaluation per epoch) is also drawn as its points: a
+            // path of one point has no ink.
+            if points.count <= Self.markedUpTo {
+                for p in points {
+                    svg += "<circle class=\"point\" data-run=\"\(escape(name))\" cx=\"\(f(px(p.step)))\" cy=\"\(f(py(p.value)))\" r=\"3\" fill=\"\(color)\"/>"
+                }
+                svg += "\n"
+            }
         }
         return svg + "</svg>"
     }
 
+    /// Series of at most this many points are marked point by point.
+    static let markedUpTo = 40
+
+    /// Round values in [lo, hi], 1, 2 or 5 times a power of ten apart, about five of them.
+    static func roundTicks(_ lo: Double, _ hi: Double) -> [Double] {
+        guard hi > lo, lo.isFinite, hi.isFinite else { return [lo] }
+        let raw = (hi - lo) / 5, power = pow(10, floor(log10(raw)))
+        let spacing = [1.0, 2, 5, 10].map { $0 * power }.first { $0 >= raw } ?? 10 * power
+        var ticks: [Double] = []
+        var v = (lo / spacing).rounded(.up) * spacing
+        while v <= hi + spacing * 1e-9 && ticks.count < 12 {
+            ticks.append(abs(v) < spacing * 1e-9 ? 0 : v)
+            v += spacing
+        }
+        return ticks
+    }
+
+    /// Round values in [lo, hi] (both > 0) for a log scale: 1, 2 and 5 times the powers of
+    /// ten over a range of a decade or more (only the powers when those are many), else as
+    /// on a linear scale.
+    static func logTicks(_ lo: Double, _ hi: Double) -> [Double] {
+        guard lo > 0, hi / lo >= 10 else { return roundTicks(lo, hi).filter { $0 > 0 } }
+        let decades = Int(floor(log10(lo)))...Int(ceil(log10(hi)))
+        let mantissas: [Double] = decades.count > 4 ? [1] : [1, 2, 5]
+        return decades.flatMap { k in mantissas.map { $0 * pow(10, Double(k)) } }.filter { $0 >= lo && $0 <= hi }
+    }
+
     static func f(_ v: Double) -> String { fixed(v, 1) }
 
-    /// A tick label: whole numbers from 1000 on, 4 significant digits between, an exponent
-    /// for the very small and very large.
+    /// A tick label: whole numbers from 1000 to 10⁷, else 4 significant digits, with an
+    /// exponent only where that format needs one (below 10⁻⁴, from 10⁷ on).
     static func tick(_ v: Double) -> String {
-        if v != 0 && (abs(v) < 1e-3 || abs(v) >= 1e7) { return scientific(v) }
-        if abs(v) >= 1000 { return fixed(v, 0) }
+        if abs(v) >= 1000 && abs(v) < 1e7 { return fixed(v, 0) }
         return String(format: "%.4g", v)
     }
 
@@ -121,7 +158,8 @@ enum ReportHTML {
         let experts = history.map(\.tokens.count).max()!
         let cellW = max(2.0, min(24.0, (width - left - right) / Double(history.count)))
         let cellH = max(4.0, min(18.0, 360.0 / Double(experts)))
-        let w = left + cellW * Double(history.count) + right, h = top + cellH * Double(experts) + bottom
+        // At least as wide as its caption and its two step labels.
+        let w = max(left + cellW * Double(history.count) + right, left + 300), h = top + cellH * Double(experts) + bottom
         var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" class=\"heatmap\">\n"
         for (c, entry) in history.enumerated() {
             let total = max(entry.tokens.reduce(0.0) { $0 + Double($1) }, 1)
@@ -134,8 +172,9 @@ enum ReportHTML {
         }
         svg += "<text x=\"\(f(left - 6))\" y=\"\(f(top + cellH * 0.8))\" text-anchor=\"end\">expert 0</text>\n"
         svg += "<text x=\"\(f(left - 6))\" y=\"\(f(top + cellH * (Double(experts) - 0.2)))\" text-anchor=\"end\">\(experts - 1)</text>\n"
-        svg += "<text x=\"\(f(left))\" y=\"\(f(h - 22))\">step \(history.first!.step)</text>"
-        svg += "<text x=\"\(f(w - right))\" y=\"\(f(h - 22))\" text-anchor=\"end\">\(history.last!.step)</text>\n"
+        // One label for the steps: two at the ends of a narrow map would overlap.
+        let steps = history.count == 1 ? "step \(history[0].step)" : "steps \(history.first!.step)–\(history.last!.step)"
+        svg += "<text x=\"\(f(left))\" y=\"\(f(h - 22))\">\(steps)</text>\n"
         svg += "<text class=\"axis\" x=\"\(f(w / 2))\" y=\"\(f(h - 6))\" text-anchor=\"middle\">logged step (darker: more tokens)</text>\n"
         return svg + "</svg>"
     }

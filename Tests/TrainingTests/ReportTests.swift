@@ -192,6 +192,59 @@ final class ReportTests: ToyDataTestCase {
         XCTAssertGreaterThan(inked, 0.02, "\(inked) of the screenshot is not white")
     }
 
+    /// A run of one epoch has one evaluation: its test charts mark the point (a path of one
+    /// point drew nothing), which headless Chromium shows in the run's colour; every chart's
+    /// ticks are round values, 1, 2 or 5 times a power of ten apart; and `--out` naming a
+    /// folder is refused.
+    func testAOneEpochRunsTestChartsHaveInkAndRoundTicks() throws {
+        _ = try train(ranks: 1, name: "short", job: try writeJob(Fixtures.job(dir: dir, settings: ["train.epochs": "1", "train.max_steps": nil])))
+        let out = "\(dir)/short.html"
+        let r = try Launcher.run(binary, ["report", "\(dir)/runs/short", "--out", out])
+        XCTAssertEqual(r.code, 0, r.output)
+        let html = try String(contentsOfFile: out, encoding: .utf8)
+        func chart(_ title: String) -> String {
+            guard let start = html.range(of: "<h2>\(title)</h2>"), let end = html.range(of: "</svg>", range: start.upperBound..<html.endIndex)
+            else { return "" }
+            return String(html[start.upperBound..<end.upperBound])
+        }
+        for title in ["Training loss", "Test loss", "Test accuracy", "Learning rate", "Throughput"] {
+            let svg = chart(title)
+            XCTAssertFalse(svg.isEmpty, "no \(title) chart")
+            // The y ticks: right-aligned labels; equally spaced, a 1–2–5 spacing, on its multiples.
+            let labels = svg.components(separatedBy: "text-anchor=\"end\">").dropFirst().compactMap { Double($0.prefix { $0 != "<" }) }
+            XCTAssertGreaterThanOrEqual(labels.count, 2, "\(title): \(labels)")
+            if title.hasSuffix("loss") { continue }   // log scale: checked by eye, 1–2–5 within a decade
+            let gaps = zip(labels.dropFirst(), labels).map { $0 - $1 }
+            let spacing = gaps.first ?? 1, mantissa = spacing / pow(10, floor(log10(spacing)))
+            XCTAssertTrue(gaps.allSatisfy { abs($0 - spacing) <= 1e-6 * spacing }, "\(title): ticks \(labels)")
+            XCTAssertTrue([1.0, 2, 5].contains { abs(mantissa - $0) < 1e-6 }, "\(title): spacing \(spacing)")
+            XCTAssertTrue(labels.allSatisfy { abs($0 / spacing - ($0 / spacing).rounded()) < 1e-3 }, "\(title): ticks \(labels)")
+        }
+        let accuracy = chart("Test accuracy")
+        XCTAssertEqual(accuracy.components(separatedBy: "<circle class=\"point\"").count - 1, 1, "one evaluation, one point")
+
+        let page = "\(dir)/chart.html", png = "\(dir)/chart.png"
+        try "<!DOCTYPE html><html><body style=\"margin:0\">\(accuracy)</body></html>".write(toFile: page, atomically: true, encoding: .utf8)
+        let chromium = try XCTUnwrap(Fixtures.tool("chromium"), "chromium is not on PATH (Debian: chromium; scripts/setup.sh --tests installs it)")
+        let shot = try Launcher.run(chromium, ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                                               "--window-size=760,320", "--screenshot=\(png)", "file://\(page)"], deadline: 120)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: png), "no screenshot: \(shot.output)")
+        let check = """
+            import sys
+            from PIL import Image
+            px = list(Image.open(sys.argv[1]).convert("RGB").getdata())
+            print(sum(1 for p in px if abs(p[0] - 31) + abs(p[1] - 119) + abs(p[2] - 180) < 30))
+            """
+        let c = try Launcher.run(try python(), ["-c", check, png], deadline: 60)
+        XCTAssertEqual(c.code, 0, c.output)
+        let inked = Int(c.output.split(separator: "\n").last ?? "") ?? 0
+        XCTAssertGreaterThan(inked, 10, "the test accuracy chart of a one-epoch run shows its point: \(inked) pixels of the run's colour")
+
+        let folder = try Launcher.runApart(binary, ["report", "\(dir)/runs/short", "--out", dir])
+        XCTAssertEqual(folder.code, 2, folder.err)
+        XCTAssertTrue(folder.err.hasPrefix("switchboard: error: --out \(dir): it is a folder; name the HTML file to write\n"), folder.err)
+    }
+
     /// Bad input: not a folder, not a run folder (usage errors, one line, exit 2); a run with
     /// no metrics yet, or a metrics file cut short or damaged: a report that says so.
     func testBadInputIsNamedNeverACrash() throws {
