@@ -177,6 +177,7 @@ extension Trainer {
                 try reader.read(CheckpointNames.state(state.name, p.name), into: state.values.data + p.offset)
             }
         }
+        if comm.isCoordinator { resumeWarning = reader.firstUnreachableLink() }
         step = manifest.position.step
         optimizer.steps = manifest.optimizerSteps
         lastLoss = manifest.metrics.lastLoss

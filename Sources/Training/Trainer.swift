@@ -61,6 +61,9 @@ public final class Trainer {
     var lastLoss: Double?
     var lastEvaluation: Evaluation?
     var lastExpertTokens: [[Int]] = []
+    /// Coordinator, after a resume: what the HDF5 library could not reach in the checkpoint
+    /// read (its values came from the shards, verified; the checkpoint is not healthy).
+    public internal(set) var resumeWarning: String?
     /// The MoE layers' collectives inside forward and backward.
     let moeSums: MoECollectives
     /// The test hook `SWITCHBOARD_ROUTING_TRACE` (`RoutingTrace`), nil when unset.

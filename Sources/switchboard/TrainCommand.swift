@@ -156,6 +156,10 @@ struct TrainCommand: ParsableCommand {
             say("resumed from \(Trainer.folder(of: resume == "auto" ? runPath + "/" + CheckpointFolder.name(step: p.step) : resume)): "
                 + "step \(p.step), epoch \(p.epoch + 1) at sample \(p.sampleCursor) of its order (saved by \(m.programVersion) "
                 + "on \(m.worldSize) rank\(m.worldSize == 1 ? "" : "s") × \(m.threads) thread\(m.threads == 1 ? "" : "s"))")
+            if let problem = trainer.resumeWarning {
+                say("warning: \(problem); its values were read from the shards, every chunk's checksum verified, but HDF5 "
+                    + "tools cannot read the checkpoint as it stands (inspect verify calls it unhealthy)")
+            }
             for line in Self.reshardLines(m, trainer: trainer, threads: threads) { say(line) }
             say(continuationLine(hosts: hosts, ranks: comm.size, from: p.step, reached: folder?.previousStep))
             folder?.restartCurves(after: p.step)

@@ -334,6 +334,12 @@ final class HostileInputTests: ToyDataTestCase {
         Fixtures.write(mainBytes, to: main)
         r = try switchboard(["inspect", "verify", "\(other)/step-000006"])
         XCTAssertEqual(r.code, 1, "a damaged link must not verify healthy:\n\(r.out)")
+        // A resume from it reads the shards (verified) and says what HDF5 cannot reach.
+        r = try switchboard(["train", job, "--quiet", "--resume", "\(other)/step-000006", "--set", "run.name=\"fromrelinked\"",
+                             "--set", "train.max_steps=8"])
+        XCTAssertEqual(r.code, 0, r.err)
+        XCTAssertTrue(r.out.contains("warning: \(main): tensor ") && r.out.contains(" through its link: ")
+                      && r.out.contains("(inspect verify calls it unhealthy)"), r.out)
     }
 
     /// `inspect verify` on a path that is not a checkpoint answers as every subcommand does:
