@@ -5,16 +5,18 @@ import TestSupport
 import XCTest
 @testable import Training
 
-/// Mutates valid inputs — job files (bytes and values), IDX headers and bodies, the manifest
-/// inside `checkpoint.h5` (through the HDF5 API), shard files and `checkpoint.h5` (bytes,
-/// HDF5 metadata included) — and runs every reader on each: `train` start-up, `--resume`,
-/// every `inspect` subcommand, `convert`. Every outcome must be exit 0, or exit 1 or 2 with
+/// Mutates valid inputs — job files (bytes, values, nesting depth and length), IDX headers
+/// and bodies, the manifest inside `checkpoint.h5` (through the HDF5 API; its stored config by
+/// depth and length too), shard files and `checkpoint.h5` (bytes, HDF5 metadata included), a
+/// run folder's `config.toml` and `metrics.jsonl` — and runs every reader on each: `train`
+/// start-up, `--resume`, every `inspect` subcommand, `evaluate`, `predict`, `moefy`,
+/// `convert`, `report`. Every outcome must be exit 0, or exit 1 or 2 with
 /// one line on standard error; never a signal, a hang past the deadline, or an allocation
 /// larger than the input justifies (each run has a 1 GiB heap limit); and where `inspect
 /// verify` says healthy, the HDF5 library itself reads the values the pristine checkpoint holds.
 ///
 /// Seeded (a failure repeats); `SWITCHBOARD_FUZZ_ROUNDS` (default 24) sets the length, and
-/// `SWITCHBOARD_FUZZ_SEED` the seed. Each round runs one mutation of each of the six kinds.
+/// `SWITCHBOARD_FUZZ_SEED` the seed. Each round runs one mutation of each of the eight kinds.
 final class FuzzTests: ToyDataTestCase {
     /// The heap a run of the program may take (`ulimit -d`): inputs of a few kilobytes and a
     /// toy model justify far less, so an allocation sized from a damaged input fails, and
@@ -107,7 +109,12 @@ final class FuzzTests: ToyDataTestCase {
             try edited.joined(separator: "\n").write(toFile: bytesJob, atomically: true, encoding: .utf8)
             try check(["train", bytesJob, "--quiet"] + contained, what: "job value \(edited[line]), round \(round)")
 
-            // 3. IDX headers (most often) and bodies, read by train and by convert.
+            // 3. Job file nesting and length.
+            let (deep, how) = mutateDepthOrLength(jobText)
+            try deep.write(toFile: bytesJob, atomically: true, encoding: .utf8)
+            try check(["train", bytesJob, "--quiet"] + contained, what: "job with \(how), round \(round)")
+
+            // 4. IDX headers (most often) and bodies, read by train and by convert.
             let idx = "\(dir)/idx"
             try? FileManager.default.removeItem(atPath: idx)
             try FileManager.default.createDirectory(atPath: idx, withIntermediateDirectories: true)
@@ -122,7 +129,7 @@ final class FuzzTests: ToyDataTestCase {
             try check(["convert", "\(idx)/\(split)-images", "\(idx)/\(split)-labels", "\(sandbox)-\(split).h5"],
                       what: "convert of \(victim), round \(round)")
 
-            // 4–6. The checkpoint: its manifest through the HDF5 API, the bytes of a shard, the
+            // 5–7. The checkpoint: its manifest through the HDF5 API, the bytes of a shard, the
             // bytes of checkpoint.h5.
             for kind in 0..<3 {
                 let copy = "\(dir)/mutant"
@@ -157,7 +164,18 @@ final class FuzzTests: ToyDataTestCase {
                 try readEveryWay(copy, pristine: pristine, values: values, job: job, contained: contained,
                                  what: "\(what), round \(round)")
             }
-            mutations += 6
+            // 8. A run folder: its config.toml by nesting and length, or by bytes, and its metrics.
+            let run = "\(dir)/mutant-run"
+            try? FileManager.default.removeItem(atPath: run)
+            try FileManager.default.copyItem(atPath: "\(dir)/runs/pristine", toPath: run)
+            let configText = try String(contentsOfFile: "\(run)/config.toml", encoding: .utf8)
+            let config = random(2) == 0 ? mutateDepthOrLength(configText).0 : String(decoding: mutateBytes(Array(configText.utf8)), as: UTF8.self)
+            try config.write(toFile: "\(run)/config.toml", atomically: true, encoding: .utf8)
+            let metrics = [UInt8](try Data(contentsOf: URL(fileURLWithPath: "\(run)/metrics.jsonl")))
+            Fixtures.write(mutateBytes(metrics), to: "\(run)/metrics.jsonl")
+            try check(["report", run, "--out", "\(sandbox)-report.html"], what: "run folder, round \(round)")
+
+            mutations += 8
             try? FileManager.default.removeItem(atPath: sandbox)
         }
         let seen = messages.sorted { $0.value > $1.value }
@@ -175,6 +193,11 @@ final class FuzzTests: ToyDataTestCase {
             try check(["inspect", sub[0], path] + sub.dropFirst() + extra, what: what)
         }
         try check(["train", job, "--quiet", "--resume", path, "--set", "train.max_steps=8"] + contained, what: "resume from \(what)")
+        // The commands after training, on the same checkpoint; what they write goes away after.
+        try check(["evaluate", path], what: "evaluate \(what)")
+        try check(["predict", path, "\(dir)/test-images", "\(dir)/sandbox-predict.h5"], what: "predict \(what)")
+        try check(["moefy", path, "--experts", "2", "--samples", "64", "--out", "\(dir)/sandbox-moefy"], what: "moefy \(what)")
+        for written in ["\(dir)/sandbox-predict.h5", "\(dir)/sandbox-moefy"] { try? FileManager.default.removeItem(atPath: written) }
         guard verify.code == 0 else { return }
         // Healthy: what any HDF5 reader sees through the links is the pristine checkpoint.
         let main = try HDF5File.open("\(path)/\(CheckpointManifest.mainFile)")
@@ -192,11 +215,30 @@ final class FuzzTests: ToyDataTestCase {
         }
     }
 
-    /// One change to the manifest's values, shapes or names; says which.
+    /// One change to a TOML text's nesting or length, at the end of it: a key nested around
+    /// and far past the depth readers allow (dotted, or as a table header), nested inline
+    /// tables or arrays, or a huge key; says which.
+    func mutateDepthOrLength(_ text: String) -> (String, String) {
+        let n = [8, 63, 64, 65, 1000, 40_000][random(6)]
+        let path = Array(repeating: "a", count: n).joined(separator: ".")
+        switch random(5) {
+        case 0: return (text + "\n\(path) = 1\n", "a key \(n) levels deep")
+        case 1: return (text + "\n[\(path)]\n", "a table header \(n) levels deep")
+        case 2:
+            let m = min(n, 5000)
+            return (text + "\n[zz]\nx = " + String(repeating: "{ a = ", count: m) + "1" + String(repeating: " }", count: m) + "\n", "\(m) inline tables")
+        case 3:
+            let m = min(n, 5000)
+            return (text + "\n[zz]\nx = " + String(repeating: "[", count: m) + String(repeating: "]", count: m) + "\n", "\(m) nested arrays")
+        default: return (text + "\n[zz]\n" + String(repeating: "k", count: 25 * n) + " = 1\n", "a key of \(25 * n) characters")
+        }
+    }
+
+    /// One change to the manifest's values, shapes, names or stored config; says which.
     func mutateManifest(_ m: inout CheckpointManifest) -> String {
         let t = random(m.tensors.count)
         let huge = [0, -1, 1, 3, 1 << 20, 1 << 40, Int.max, Int.min][random(8)]
-        switch random(12) {
+        switch random(13) {
         case 0: m.tensors[t].shape = [huge]; return "shape [\(huge)] of \(m.tensors[t].name)"
         case 1: m.tensors[t].shape = m.tensors[t].shape.reversed() + [huge]; return "a dimension \(huge) added to \(m.tensors[t].name)"
         case 2: m.tensors[t].shape = []; return "an empty shape for \(m.tensors[t].name)"
@@ -208,6 +250,10 @@ final class FuzzTests: ToyDataTestCase {
         case 8: m.worldSize = huge; return "the world size \(huge)"
         case 9: m.tensors.remove(at: t); return "a tensor removed"
         case 10: m.files = [["", "x/y", String(repeating: "a", count: 300)][random(3)]]; return "the file list"
+        case 11:
+            let (config, how) = mutateDepthOrLength(m.config)
+            m.config = config
+            return "the stored config, \(how)"
         default: m.placement = .init(experts: huge, ranks: 2, expertsByRank: [[0, huge], [huge, 0]]); return "a placement"
         }
     }
