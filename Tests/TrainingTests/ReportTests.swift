@@ -167,6 +167,16 @@ final class ReportTests: ToyDataTestCase {
             XCTAssertTrue(html.contains(text), "the report lacks \(text)")
         }
         XCTAssertFalse(html.contains("Tokens per expert: dense"))
+        // A heatmap of few logged steps is still as wide as its caption (it was cut to "gged
+        // step (darker: more token"), and names its steps in one label (two overlapped).
+        let heatmaps = html.components(separatedBy: "<svg ").filter { $0.prefix { $0 != ">" }.contains("class=\"heatmap\"") }
+        XCTAssertEqual(heatmaps.count, 2, "one heatmap per MoE layer")
+        for map in heatmaps {
+            let tag = map.prefix { $0 != ">" }
+            let width = Double(tag.components(separatedBy: "width=\"").last?.prefix { $0 != "\"" } ?? "") ?? 0
+            XCTAssertGreaterThanOrEqual(width, 380, "the heatmap is as wide as its caption: \(tag)")
+            XCTAssertTrue(map.contains(">steps 5–22</text>") && !map.contains(">step 5</text>"), "one label for the steps")
+        }
         XCTAssertFalse(html.contains("<script"), "no script")
         XCTAssertFalse(html.replacingOccurrences(of: "http://www.w3.org/2000/svg", with: "").contains("http://")
                        || html.contains("https://"), "nothing fetched from a network")
