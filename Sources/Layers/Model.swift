@@ -72,11 +72,6 @@ public final class Model {
             firstParameter.append(store.parameters.count)
             layers.append(layer())
         }
-        /// A block matrix, dense or factored.
-        func matrix(_ name: String, _ i: Int, _ o: Int, _ f: Activation = .identity, rank: Int) -> any Layer {
-            rank > 0 ? LowRankLinear(name, inputs: i, outputs: o, rank: rank, activation: f, in: build)
-                : Linear(name, inputs: i, outputs: o, activation: f, in: build)
-        }
         switch architecture {
         case .stack(let hidden, let activation):
             var width = inputs
@@ -90,25 +85,8 @@ public final class Model {
             append(Linear("embed", inputs: inputs, outputs: d, computesInputGradient: false, in: build))
             for i in 0..<trunk.depth {
                 let name = "blocks.\(i)"
-                var branch: [any Layer] = [makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i), in: build)]
-                switch ffn {
-                case .mlp(let m):
-                    switch m.activation {
-                    case .pointwise(let f):
-                        branch.append(matrix("\(name).fc1", d, m.hidden, f, rank: m.rank))
-                    case .gated(let gate):
-                        branch.append(matrix("\(name).fc1", d, 2 * m.hidden, rank: m.rank))
-                        branch.append(GLULayer(gate: gate, hidden: m.hidden, in: build))
-                    }
-                    if m.keep > 0 { branch.append(TopKActivation(width: m.hidden, keep: m.keep, in: build)) }
-                    if m.dropout > 0 {
-                        branch.append(Dropout(probability: m.dropout, width: m.hidden, site: i, in: build))
-                    }
-                    branch.append(matrix("\(name).fc2", m.hidden, d, rank: m.rank))
-                case .fff(let spec):
-                    branch.append(FastFeedforward("\(name).fff", width: d, spec: spec, in: build))
-                }
-                append(Residual(Sequential(branch), in: build))
+                let norm = makeNorm(trunk.norm, "\(name).norm", width: d, scale: trunk.normScale(block: i), in: build)
+                append(Residual(Sequential([norm] + ffn.layers(name, width: d, site: i, in: build)), in: build))
             }
             append(makeNorm(trunk.norm, "norm", width: d, in: build))
             append(Linear("head", inputs: d, outputs: classes, in: build))
@@ -183,6 +161,35 @@ public final class Model {
             guard let gi = g else { preconditionFailure("a layer before the first returned no input gradient") }
             g = layers[i].backward(gi, rows: rows)
             try gradientsFinal(finalFrom[i])
+        }
+    }
+}
+
+extension FeedForward {
+    /// The layers of one block of this kind on a stream of `width` (its norm and residual
+    /// aside), declared in `build` under `name`; `site` tells the block's dropout apart.
+    public func layers(_ name: String, width d: Int, site: Int, in build: BuildContext) -> [any Layer] {
+        /// A block matrix, dense or factored.
+        func matrix(_ name: String, _ i: Int, _ o: Int, _ f: Activation = .identity, rank: Int) -> any Layer {
+            rank > 0 ? LowRankLinear(name, inputs: i, outputs: o, rank: rank, activation: f, in: build)
+                : Linear(name, inputs: i, outputs: o, activation: f, in: build)
+        }
+        switch self {
+        case .mlp(let m):
+            var layers: [any Layer] = []
+            switch m.activation {
+            case .pointwise(let f):
+                layers.append(matrix("\(name).fc1", d, m.hidden, f, rank: m.rank))
+            case .gated(let gate):
+                layers.append(matrix("\(name).fc1", d, 2 * m.hidden, rank: m.rank))
+                layers.append(GLULayer(gate: gate, hidden: m.hidden, in: build))
+            }
+            if m.keep > 0 { layers.append(TopKActivation(width: m.hidden, keep: m.keep, in: build)) }
+            if m.dropout > 0 { layers.append(Dropout(probability: m.dropout, width: m.hidden, site: site, in: build)) }
+            layers.append(matrix("\(name).fc2", m.hidden, d, rank: m.rank))
+            return layers
+        case .fff(let spec):
+            return [FastFeedforward("\(name).fff", width: d, spec: spec, in: build)]
         }
     }
 }

@@ -17,11 +17,12 @@ struct FFFBench {
     func run() {
         let spec = FFFSpec(depth: depth, leafWidth: leafWidth, activation: .relu)
         let rows = batches.max()!, hidden = spec.trainingWidth
+        // The two blocks as a model makes them (their norms and residuals aside).
+        let fffBlock = FeedForward.fff(spec), denseBlock = FeedForward.mlp(MLPSpec(hidden: hidden, activation: .pointwise(.relu)))
         let store = ParameterStore(seed: 1)
         let build = BuildContext(store: store, maxRows: rows)
-        let fff = FastFeedforward("fff", width: width, spec: spec, in: build)
-        let fc1 = Linear("fc1", inputs: width, outputs: hidden, activation: .relu, in: build)
-        let fc2 = Linear("fc2", inputs: hidden, outputs: width, in: build)
+        let fff = fffBlock.layers("fff", width: width, site: 0, in: build)
+        let dense = denseBlock.layers("dense", width: width, site: 0, in: build)
         store.finalize()
         let x = Tensor(shape: [rows, width])
         let rng = Philox(seed: 2)
@@ -33,11 +34,8 @@ struct FFFBench {
             declare(counting)
             return counting.count.inferenceFLOPs
         }
-        let fffFLOPs = inferenceFLOPs { _ = FastFeedforward("fff", width: width, spec: spec, in: $0) }
-        let denseFLOPs = inferenceFLOPs {
-            _ = Linear("fc1", inputs: width, outputs: hidden, activation: .relu, in: $0)
-            _ = Linear("fc2", inputs: hidden, outputs: width, in: $0)
-        }
+        let fffFLOPs = inferenceFLOPs { _ = fffBlock.layers("fff", width: width, site: 0, in: $0) }
+        let denseFLOPs = inferenceFLOPs { _ = denseBlock.layers("dense", width: width, site: 0, in: $0) }
         let flopRatio = denseFLOPs / fffFLOPs
         print("switchboard \(Switchboard.version) bench W6: FFF depth \(depth), leaf width \(leafWidth), width \(width) "
               + "(hard inference) against the dense FFN \(width) → \(hidden) → \(width) (ReLU), forward only")
@@ -47,10 +45,14 @@ struct FFFBench {
             BLAS.setThreads(t)
             for batch in batches {
                 let calls = rows / batch
-                func fffPass() { for c in 0..<calls { _ = fff.forward(x.data + c * batch * width, rows: batch, context: context) } }
-                func densePass() {
-                    for c in 0..<calls { _ = fc2.forward(fc1.forward(x.data + c * batch * width, rows: batch, context: context), rows: batch, context: context) }
+                func pass(_ layers: [any Layer]) {
+                    for c in 0..<calls {
+                        var h = UnsafePointer(x.data + c * batch * width)
+                        for layer in layers { h = layer.forward(h, rows: batch, context: context) }
+                    }
                 }
+                func fffPass() { pass(fff) }
+                func densePass() { pass(dense) }
                 fffPass()
                 densePass()
                 var fffRates: [Double] = [], denseRates: [Double] = []
