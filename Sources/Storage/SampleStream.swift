@@ -39,9 +39,9 @@ public final class SampleStream {
             count = shape[0]
             width = shape[1] * shape[2]
             // A plain file's size says now whether it holds what its header declares, before
-            // anything is predicted or written.
+            // anything is predicted or written (a pipe's is read as it comes).
             var info = stat()
-            if reader.isPlain, stat(path, &info) == 0 {
+            if reader.isPlain, stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG {
                 let header = 16, data = Int(info.st_size) - header
                 if data < count * width {
                     throw DataError(path, "truncated: its header declares \(count) images of \(width) bytes (\(count * width) bytes), "

@@ -73,7 +73,12 @@ public struct RunHistory: Sendable {
     mutating func read(metrics data: Data) {
         let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
         var bad: [Int] = []
-        for (i, line) in lines.enumerated() where !line.isEmpty {
+        // Read from the end: a run continued from its checkpoint at step S logs the steps after
+        // S again, so a record before a resume record of step S counts only up to S (the later
+        // values win, as TensorBoard's restart marks make them win there). One pass, however
+        // many resumes.
+        var cutoff = Int.max
+        for (i, line) in lines.enumerated().reversed() where !line.isEmpty {
             guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
                   let kind = object["kind"] as? String, let step = Self.integer(object["step"]), step >= 0 else {
                 // The last line of a run killed mid-write, or damage anywhere.
@@ -84,12 +89,8 @@ public struct RunHistory: Sendable {
                 }
                 continue
             }
-            // A run continued from its checkpoint at `step` logs the steps after it again: the
-            // later values win, as TensorBoard's restart marks make them win there.
-            if kind == "resume" {
-                for key in series.keys { series[key]!.removeAll { $0.step > step } }
-                for layer in expertTokens.indices { expertTokens[layer].removeAll { $0.0 > step } }
-            }
+            guard step <= cutoff else { continue }
+            defer { if kind == "resume" { cutoff = min(cutoff, step) } }
             for (key, value) in object where !EventFile.positionKeys.contains(key) {
                 if let v = Self.number(value), v.isFinite, abs(v) < 1e300 {
                     series["\(kind)/\(key)", default: []].append(Point(step: step, value: v))
@@ -104,6 +105,8 @@ public struct RunHistory: Sendable {
                 }
             }
         }
+        bad.reverse()
+        for layer in expertTokens.indices { expertTokens[layer].reverse() }
         if !bad.isEmpty {
             notes.append("metrics.jsonl: \(bad.count) line\(bad.count == 1 ? " is" : "s are") not a metrics record (line\(bad.count == 1 ? "" : "s") "
                          + "\(bad.prefix(5).map(String.init).joined(separator: ", "))\(bad.count > 5 ? ", …" : "")); skipped")

@@ -96,8 +96,13 @@ struct PredictCommand: ParsableCommand {
             }
             throw error
         }
-        try DurableFiles.sync(partial)
-        try DurableFiles.rename(partial, output)
+        do {
+            try DurableFiles.sync(partial)
+            try DurableFiles.rename(partial, output)
+        } catch {
+            try? DurableFiles.remove(partial)
+            throw error
+        }
         let seconds = (ContinuousClock.now - started).seconds
         let peak = MachineMemory.peak.map { "; peak memory \(MemoryEstimate.text($0))" } ?? ""
         print("wrote \(output): logits and labels of \(stream.count) samples (\(stream.width) features, \(classes) classes)"

@@ -89,10 +89,13 @@ enum ReportHTML {
             svg += "<line x1=\"\(f(gx))\" y1=\"\(f(top + plotH))\" x2=\"\(f(gx))\" y2=\"\(f(top + plotH + 4))\" stroke=\"#999\"/>"
             svg += "<text x=\"\(f(gx))\" y=\"\(f(top + plotH + 16))\" text-anchor=\"middle\">\(Int(step))</text>\n"
         }
-        for value in logY ? logTicks(pow(10, y0), pow(10, y1)) : roundTicks(y0, y1) {
+        let yTicks = logY ? logTicks(y0, y1) : roundTicks(y0, y1)
+        // Whole numbers need decimals when the ticks are closer than 1 (a flat throughput).
+        let spacing = logY || yTicks.count < 2 ? 1 : yTicks[1] - yTicks[0]
+        for value in yTicks {
             let gy = top + (1 - (y(value) - y0) / (y1 - y0)) * plotH
             svg += "<line x1=\"\(f(left - 4))\" y1=\"\(f(gy))\" x2=\"\(f(left + plotW))\" y2=\"\(f(gy))\" stroke=\"#eee\"/>"
-            svg += "<text x=\"\(f(left - 6))\" y=\"\(f(gy + 4))\" text-anchor=\"end\">\(tick(value))</text>\n"
+            svg += "<text x=\"\(f(left - 6))\" y=\"\(f(gy + 4))\" text-anchor=\"end\">\(tick(value, spacing: spacing))</text>\n"
         }
         svg += "<text class=\"axis\" x=\"\(f(left + plotW / 2))\" y=\"\(f(height - 6))\" text-anchor=\"middle\">step</text>\n"
         svg += "<text class=\"axis\" transform=\"translate(14 \(f(top + plotH / 2))) rotate(-90)\" text-anchor=\"middle\">\(escape(yLabel))</text>\n"
@@ -114,36 +117,46 @@ enum ReportHTML {
     /// Series of at most this many points are marked point by point.
     static let markedUpTo = 40
 
-    /// Round values in [lo, hi], 1, 2 or 5 times a power of ten apart, about five of them.
+    /// Round values in [lo, hi], 1, 2 or 5 times a power of ten apart, about five of them,
+    /// each an integer multiple of the spacing (not a sum, which drifts).
     static func roundTicks(_ lo: Double, _ hi: Double) -> [Double] {
-        guard hi > lo, lo.isFinite, hi.isFinite else { return [lo] }
+        guard hi > lo, lo.isFinite, hi.isFinite else { return lo.isFinite ? [lo] : [] }
         let raw = (hi - lo) / 5, power = pow(10, floor(log10(raw)))
         let spacing = [1.0, 2, 5, 10].map { $0 * power }.first { $0 >= raw } ?? 10 * power
+        let first = (lo / spacing).rounded(.up), last = (hi / spacing).rounded(.down)
+        guard spacing > 0, first.isFinite, last.isFinite, last - first < 12 else { return [lo, hi] }
+        return stride(from: first, through: last, by: 1).map { $0 * spacing }
+    }
+
+    /// Round values for a log scale over log10 values [y0, y1]: the round values inside the
+    /// range when it is less than a decade, else 1, 2 and 5 times the powers of ten (only
+    /// every k-th power when those are many). Worked out on the logarithms: the values may be
+    /// beyond a Double's range.
+    static func logTicks(_ y0: Double, _ y1: Double) -> [Double] {
+        guard y0.isFinite, y1.isFinite, y1 > y0 else { return [] }
+        let lo = pow(10, y0), hi = pow(10, y1)
+        if y1 - y0 < 1, lo > 0, hi.isFinite { return roundTicks(lo, hi).filter { $0 > 0 } }
+        let first = ceil(y0 - log10(5)), last = floor(y1)
+        let decades = last - first + 1
+        let every = max(1, (decades / 6).rounded(.up))
+        let mantissas: [Double] = decades > 4 ? [1] : [1, 2, 5]
         var ticks: [Double] = []
-        var v = (lo / spacing).rounded(.up) * spacing
-        while v <= hi + spacing * 1e-9 && ticks.count < 12 {
-            ticks.append(abs(v) < spacing * 1e-9 ? 0 : v)
-            v += spacing
+        for k in stride(from: first, through: last, by: every) {
+            for m in mantissas where k + log10(m) >= y0 && k + log10(m) <= y1 {
+                let value = m * pow(10, k)
+                if value.isFinite && value > 0 { ticks.append(value) }
+            }
         }
         return ticks
     }
 
-    /// Round values in [lo, hi] (both > 0) for a log scale: 1, 2 and 5 times the powers of
-    /// ten over a range of a decade or more (only the powers when those are many), else as
-    /// on a linear scale.
-    static func logTicks(_ lo: Double, _ hi: Double) -> [Double] {
-        guard lo > 0, hi / lo >= 10 else { return roundTicks(lo, hi).filter { $0 > 0 } }
-        let decades = Int(floor(log10(lo)))...Int(ceil(log10(hi)))
-        let mantissas: [Double] = decades.count > 4 ? [1] : [1, 2, 5]
-        return decades.flatMap { k in mantissas.map { $0 * pow(10, Double(k)) } }.filter { $0 >= lo && $0 <= hi }
-    }
-
     static func f(_ v: Double) -> String { fixed(v, 1) }
 
-    /// A tick label: whole numbers from 1000 to 10⁷, else 4 significant digits, with an
-    /// exponent only where that format needs one (below 10⁻⁴, from 10⁷ on).
-    static func tick(_ v: Double) -> String {
-        if abs(v) >= 1000 && abs(v) < 1e7 { return fixed(v, 0) }
+    /// A tick label: from 1000 to 10⁷ with as many decimals as ticks `spacing` apart need
+    /// (none from a spacing of 1 on), else 4 significant digits, with an exponent only where
+    /// that format needs one (below 10⁻⁴, from 10⁷ on).
+    static func tick(_ v: Double, spacing: Double = 1) -> String {
+        if abs(v) >= 1000 && abs(v) < 1e7 { return fixed(v, spacing >= 1 ? 0 : min(6, Int(ceil(-log10(spacing))))) }
         return String(format: "%.4g", v)
     }
 

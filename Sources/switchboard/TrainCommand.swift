@@ -168,8 +168,13 @@ struct TrainCommand: ParsableCommand {
                         + (folder?.previousStep.map { [("steps_lost", .int(max(0, $0 - p.step)))] } ?? []))
         } else if resume != nil {
             say("no checkpoint in \(runPath); starting at step 0")
-            folder?.restartCurves(after: 0)
-            if let reached = folder?.previousStep { say(continuationLine(hosts: hosts, ranks: comm.size, from: 0, reached: reached)) }
+            if let reached = folder?.previousStep {
+                say(continuationLine(hosts: hosts, ranks: comm.size, from: 0, reached: reached))
+                // What the folder's earlier attempt logged is trained again: the curves restart.
+                folder?.restartCurves(after: 0)
+                folder?.log([("kind", .string("resume")), ("step", .int(0)), ("ranks", .int(comm.size)),
+                             ("hosts", .array(hosts.map { .string($0) })), ("steps_lost", .int(reached))])
+            }
         }
         if let initPlan {
             say(initPlan.summary)

@@ -115,6 +115,12 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(error("[train]\nx = " + String(repeating: "[", count: 70) + String(repeating: "]", count: 70) + "\n"), message(2))
         XCTAssertEqual(error("[optimizer]\nlr = 0.001 # \(deep(100))\n[run]\nname = \"\(deep(100))\"\n"), "no error")
         XCTAssertEqual(error("\(deep(63)) = 1\n").prefix(31), "job.toml: unknown section [a] (", "63 levels are read")
+        // Levels add up: a header's parts with its keys', and the keys that open inline tables.
+        XCTAssertEqual(error("[\(deep(40))]\n\(deep(30)) = 1\n"), message(2))
+        XCTAssertEqual(error("[run]\nx = " + String(repeating: "{ \(deep(10)) = ", count: 7) + "1" + String(repeating: " }", count: 7) + "\n"),
+                       message(2))
+        XCTAssertFalse(error("[[\(deep(40))]]\n[run]\n\(deep(30)) = 1\n").contains("nested more than"),
+                       "a new header replaces the last one's parts")
     }
 
     func testSyntaxErrorNamesLineAndColumn() {

@@ -124,6 +124,18 @@ final class ReportTests: ToyDataTestCase {
         XCTAssertEqual((scalars["train/loss"] ?? []).map { Int($0[0]) }, Array(1...10), "each step once, in order")
         let history = try RunHistory.load(run)
         XCTAssertEqual((history.series["train/loss"] ?? []).map(\.step), Array(1...10), "the report's curve: each step once")
+
+        // Failed before its first checkpoint: the continued run starts at step 0, and the
+        // earlier attempt's steps are dropped the same way.
+        let early = try mpirun(ranks: 1, name: "early", job: job, settings: ["train.log_every=1"],
+                               environment: ["SWITCHBOARD_FAULT": "rank=0,step=3"])
+        XCTAssertEqual(early.code, 1, early.output)
+        Thread.sleep(forTimeInterval: 1.1)
+        let again = try mpirun(ranks: 1, name: "early", job: job, settings: ["train.log_every=1"], extraArguments: ["--resume", "auto"])
+        XCTAssertEqual(again.code, 0, again.output)
+        let earlyRun = "\(dir)/runs/early"
+        XCTAssertEqual((try tensorBoardScalars(earlyRun)["train/loss"] ?? []).map { Int($0[0]) }, Array(1...10))
+        XCTAssertEqual((try RunHistory.load(earlyRun).series["train/loss"] ?? []).map(\.step), Array(1...10))
     }
 
     /// A file cut inside its last record (a run killed mid-write) reads up to the record before.
@@ -253,6 +265,25 @@ final class ReportTests: ToyDataTestCase {
         let folder = try Launcher.runApart(binary, ["report", "\(dir)/runs/short", "--out", dir])
         XCTAssertEqual(folder.code, 2, folder.err)
         XCTAssertTrue(folder.err.hasPrefix("switchboard: error: --out \(dir): it is a folder; name the HTML file to write\n"), folder.err)
+    }
+
+    /// Values at the ends of what a metrics file may hold (a loss from 1e-299 to 1e299 on a
+    /// log scale, which used to trap) draw a report; a nearly flat curve of large values gets
+    /// distinct tick labels.
+    func testExtremeValuesDrawAReport() throws {
+        let run = "\(dir)/extreme"
+        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
+        try ("{\"kind\":\"train\",\"step\":1,\"loss\":1e-299,\"samples_per_s\":12345.0}\n"
+             + "{\"kind\":\"train\",\"step\":2,\"loss\":1e299,\"samples_per_s\":12345.4}\n")
+            .write(toFile: "\(run)/metrics.jsonl", atomically: true, encoding: .utf8)
+        let r = try Launcher.runApart(binary, ["report", run, "--out", "\(dir)/extreme.html"])
+        XCTAssertFalse(r.signaled, r.err)
+        XCTAssertEqual(r.code, 0, r.err)
+        let html = try String(contentsOfFile: "\(dir)/extreme.html", encoding: .utf8)
+        let throughput = html.components(separatedBy: "<h2>Throughput</h2>").last?.components(separatedBy: "</svg>").first ?? ""
+        let labels = throughput.components(separatedBy: "text-anchor=\"end\">").dropFirst().map { $0.prefix { $0 != "<" } }
+        XCTAssertGreaterThanOrEqual(labels.count, 2, throughput)
+        XCTAssertEqual(Set(labels).count, labels.count, "distinct labels: \(labels)")
     }
 
     /// Bad input: not a folder, not a run folder (usage errors, one line, exit 2); a run with
