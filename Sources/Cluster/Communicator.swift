@@ -165,6 +165,46 @@ public struct Communicator: @unchecked Sendable {
         try complete(&request, "MPI_Ialltoallv of \(bytes) bytes")
     }
 
+    /// Float runs to one rank (point to point, under the watchdog): every rank but `root`
+    /// sends its `runs` in order, one message each; `root` receives, from each other rank q in
+    /// order, runs into `places(q)`, which lists them as q sends them. Every rank makes the call;
+    /// a rank with nothing to send passes no runs.
+    public func gatherRuns(_ runs: [(UnsafePointer<Float>, Int)], root: Int,
+                           places: (Int) -> [(UnsafeMutablePointer<Float>, Int)], _ phase: StaticString,
+                           _ detail: String = "") throws {
+        guard size > 1 else { return }
+        let tag: Int32 = 31
+        var requests: [MPI_Request?] = []
+        var bytes = 0
+        if rank == root {
+            for q in 0..<size where q != root {
+                for (at, n) in places(q) where n > 0 {
+                    var request: MPI_Request? = sb_request_null()
+                    try check(MPI_Irecv(at, Int32(n), sb_type_float(), Int32(q), tag, handle.raw, &request), "MPI_Irecv of \(n) floats")
+                    requests.append(request)
+                    bytes += 4 * n
+                }
+            }
+        } else {
+            for (at, n) in runs where n > 0 {
+                var request: MPI_Request? = sb_request_null()
+                try check(MPI_Isend(at, Int32(n), sb_type_float(), Int32(root), tag, handle.raw, &request), "MPI_Isend of \(n) floats")
+                requests.append(request)
+                bytes += 4 * n
+            }
+        }
+        // Every rank counts the call, whether it moves anything or not.
+        watchdog.begin(phase, detail, bytes: bytes)
+        guard !requests.isEmpty else { return }
+        try requests.withUnsafeMutableBufferPointer { all in
+            try watchdog.wait {
+                var done: Int32 = 0
+                try check(MPI_Testall(Int32(all.count), all.baseAddress, &done, sb_statuses_ignore()), "MPI_Testall of \(all.count) runs")
+                return done != 0
+            }
+        }
+    }
+
     /// A plain blocking `MPI_Allreduce`, without tag or watchdog: the reference rate that
     /// `bench W3` compares the bucketed gradient sync with.
     public func referenceAllreduceSum(_ data: UnsafeMutablePointer<Float>, count: Int) throws {

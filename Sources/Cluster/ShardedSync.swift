@@ -85,11 +85,8 @@ public final class ShardedSync {
         }
         buckets = ranges
         labels = ranges.enumerated().map { "bucket \($0.offset + 1)/\(ranges.count) (\(label($0.element)))" }
-        let p = comm.size, r = comm.rank
-        ownedRanges = p == 1 ? (regions ?? [0..<count]) : ranges.map { b in
-            let c = Self.chunk((r + 1) % p, of: b.count, ranks: p)
-            return (b.lowerBound + c.offset)..<(b.lowerBound + c.offset + c.count)
-        }
+        let p = comm.size
+        ownedRanges = Self.owned(by: comm.rank, of: p, buckets: ranges, regions: regions ?? [0..<count])
         scratch = .allocate(capacity: max((per + p - 1) / p, 1))
         requests = .allocate(capacity: 2)
         requests.initialize(repeating: sb_request_null(), count: 2)
@@ -100,6 +97,20 @@ public final class ShardedSync {
     deinit {
         scratch.deallocate()
         requests.deallocate()
+    }
+
+    /// The arena ranges rank `r` of `p` sums and updates: one chunk of each bucket, or every
+    /// region in a world of one.
+    static func owned(by r: Int, of p: Int, buckets: [Range<Int>], regions: [Range<Int>]) -> [Range<Int>] {
+        p == 1 ? regions : buckets.map { b in
+            let c = Self.chunk((r + 1) % p, of: b.count, ranks: p)
+            return (b.lowerBound + c.offset)..<(b.lowerBound + c.offset + c.count)
+        }
+    }
+
+    /// What rank `r` owns (`ownedRanges` on that rank).
+    public func ownedRanges(of r: Int) -> [Range<Int>] {
+        r == comm.rank ? ownedRanges : Self.owned(by: r, of: comm.size, buckets: buckets, regions: buckets)
     }
 
     /// Chunk `i` of a bucket of `n` floats split over `ranks`: the first `n % ranks` chunks

@@ -28,6 +28,14 @@ public struct ModelSize: Sendable, Equatable {
     public var frozenMatched: Set<String> = []
     public var unfreezable: [String] = []
 
+    /// Trainable parameters the busiest rank updates, and so holds optimizer state for (ZeRO-1):
+    /// its share of the synced parameters and, with one owner per expert (E ≥ P), the experts
+    /// it owns. All of them on one rank.
+    public var updatedPerRank: Double = 0
+    /// The largest trainable parameter the ranks hold the optimizer state of in shards, which
+    /// a checkpoint gathers on its writer (and a load reads whole); 0 on one rank.
+    public var largestShardedParameter: Double = 0
+
     /// Floats the parameter store allocates: every value and the trainable gradients.
     public var storeFloats: Double { 2 * parameters - frozen }
 }
@@ -52,6 +60,23 @@ extension Architecture {
         for p in store.parameters {
             s.parameters += Double(p.count)
             if p.frozen { s.frozen += Double(p.count) }
+        }
+        // With E ≥ P every expert has one owner, which alone updates it; the owners' blocks of
+        // experts differ by at most one.
+        var ownerOnly: Set<ObjectIdentifier> = []
+        var experts = 0.0, ownedMost = 0.0
+        for moe in Model.walk(layers, MoE.self) where ranks > 1 && moe.spec.experts >= ranks {
+            let all = (moe.w1 + moe.w2 + moe.b1.compactMap { $0 } + moe.b2.compactMap { $0 })
+            for p in all { ownerOnly.insert(ObjectIdentifier(p)) }
+            let floats = all.reduce(0.0) { $0 + Double($1.count) }
+            experts += floats
+            ownedMost += floats / Double(moe.spec.experts) * (Double(moe.spec.experts) / Double(ranks)).rounded(.up)
+        }
+        s.updatedPerRank = ((s.parameters - s.frozen - experts) / Double(ranks)).rounded(.up) + ownedMost
+        if ranks > 1 {
+            for p in store.parameters where !p.frozen && !ownerOnly.contains(ObjectIdentifier(p)) {
+                s.largestShardedParameter = max(s.largestShardedParameter, Double(p.count))
+            }
         }
         s.buffers = build.count.buffers
         s.bf16Values = build.count.bf16Values

@@ -27,8 +27,7 @@ extension HDF5File {
         let layout = ChunkLayout(shape: shape, chunkRows: chunkRows)
         let sums = ChunkSums(data: UnsafeRawPointer(data), layout: layout)
         WorkerPool.shared.run(sums, count: layout.fullChunks, align: 1, minimum: 2)
-        let staging = UnsafeMutableRawPointer.allocate(byteCount: layout.chunkBytes + 4, alignment: 64)
-        defer { staging.deallocate() }
+        let staging = stagingBuffer(layout.chunkBytes + 4)
         var offset = [hsize_t](repeating: 0, count: shape.count)
         for c in 0..<layout.chunks {
             let valid = layout.validBytes(c)

@@ -72,6 +72,23 @@ final class H5Handle {
 public final class HDF5File {
     public let path: String
     let handle: H5Handle
+    /// The chunk `writeTensor` hands HDF5, one for the file's life: a buffer made per tensor
+    /// was left behind in the heap by the metadata HDF5 allocates for the next dataset, so a
+    /// checkpoint of many tensors grew the process by about its own size.
+    private(set) var staging: UnsafeMutableRawPointer?
+    private var stagingBytes = 0
+
+    /// `staging`, at least `bytes` long.
+    func stagingBuffer(_ bytes: Int) -> UnsafeMutableRawPointer {
+        if bytes > stagingBytes {
+            staging?.deallocate()
+            staging = .allocate(byteCount: bytes, alignment: 64)
+            stagingBytes = bytes
+        }
+        return staging!
+    }
+
+    deinit { staging?.deallocate() }
 
     /// Creates `path`, replacing a file of that name, in the file format of HDF5 1.10: its
     /// superblock, object headers and chunk indexes carry checksums, so a flipped bit in the

@@ -9,13 +9,21 @@ extension Trainer {
     /// Experts whose parameters and state only their runner holds (E ≥ P on several ranks).
     var expertsLocal: Bool { !expertSpans.isEmpty }
 
+    /// The arena ranges rank `q` updates and holds optimizer state for (its `updateRanges`):
+    /// its chunks of the sync's buckets and the experts it owns.
+    func heldRanges(of q: Int) -> [Range<Int>] {
+        guard expertsLocal, let placement else { return gradientSync.ownedRanges(of: q) }
+        return gradientSync.ownedRanges(of: q) + model.layers((any ExpertLayer).self).map { $0.parameterSpan(placement.experts(on: q)) }
+    }
+
     /// Saves the current state as `<run>/step-NNNNNN/` and applies retention; returns the
     /// checkpoint's path on the coordinator, nil elsewhere.
     ///
     /// 1. The coordinator makes `step-NNNNNN.tmp/` and sends every rank the save's id.
-    /// 2. The dense optimizer state, sharded over the ranks, is gathered by global name.
-    /// 3. Each rank writes its tensors (`CheckpointPlan`) to `rank-RRRRR.h5`, closes and
-    ///    fsyncs it. A rank that fails throws, which aborts every rank before any commit.
+    /// 2. Each rank writes its tensors (`CheckpointPlan`) to `rank-RRRRR.h5`, closes and
+    ///    fsyncs it. A parameter's optimizer state, which the ranks hold in shards (ZeRO-1),
+    ///    first travels to its writer (`gatherState`). A rank that fails throws, which aborts
+    ///    every rank before any commit.
     /// 4. The tensors' checksums reach the coordinator in one sum (each is non-zero on its
     ///    writer only), which doubles as "every rank has written and synced".
     /// 5. The coordinator writes the main file (manifest, external links), fsyncs it, and
@@ -31,7 +39,6 @@ extension Trainer {
         }
         try comm.broadcastBytes(&id, "checkpoint start")
         let saveID = String(decoding: id, as: UTF8.self)
-        try gatherOptimizerState()
 
         let parameters = model.store.parameters
         let states = optimizer.state
@@ -39,21 +46,30 @@ extension Trainer {
                                   stateCount: states.count)
         let perParameter = 1 + states.count
         var crcs = [Double](repeating: 0, count: parameters.count * perParameter)
-        let mine = parameters.indices.filter { plan.writer[$0] == comm.rank }
-        if !mine.isEmpty {
-            let path = "\(tmp)/\(CheckpointNames.shardFile(rank: comm.rank))"
-            let file = try HDF5File.create(path)
-            try file.setAttribute("checkpoint_id", saveID)
-            try file.setAttribute("rank", String(comm.rank))
-            for i in mine {
-                let p = parameters[i]
-                crcs[i * perParameter] = Double(try file.writeTensor(CheckpointNames.parameter(p.name), shape: p.shape, p.value))
-                // A frozen parameter has no optimizer state.
-                for (s, state) in states.enumerated() where !p.frozen {
-                    crcs[i * perParameter + 1 + s] = Double(try file.writeTensor(CheckpointNames.state(state.name, p.name), shape: p.shape,
-                                                                                 state.values.data + p.offset))
+        let path = "\(tmp)/\(CheckpointNames.shardFile(rank: comm.rank))"
+        var file: HDF5File?
+        if plan.writer.contains(comm.rank) {
+            file = try HDF5File.create(path)
+            try file!.setAttribute("checkpoint_id", saveID)
+            try file!.setAttribute("rank", String(comm.rank))
+        }
+        let gather = StateGather(self)
+        // Every rank goes through every parameter in store order: the gathers are collective.
+        for (i, p) in parameters.enumerated() {
+            let writes = plan.writer[i] == comm.rank
+            if writes {
+                crcs[i * perParameter] = Double(try file!.writeTensor(CheckpointNames.parameter(p.name), shape: p.shape, p.value))
+            }
+            // A frozen parameter has no optimizer state.
+            for (s, state) in states.enumerated() where !p.frozen {
+                let values = try gather.state(state.values, of: p, to: plan.writer[i])
+                if writes {
+                    crcs[i * perParameter + 1 + s] = Double(try file!.writeTensor(CheckpointNames.state(state.name, p.name), shape: p.shape,
+                                                                                  values!))
                 }
             }
+        }
+        if let file {
             try file.close()
             try DurableFiles.sync(path)
         }
@@ -99,26 +115,6 @@ extension Trainer {
         let perEpoch = order.batchesPerEpoch
         return .init(step: step, epoch: step / perEpoch, batch: step % perEpoch,
                      sampleCursor: (step % perEpoch) * config.train.batchSize)
-    }
-
-    /// Gives every rank the whole dense optimizer state: each rank updates only its shard
-    /// (`ShardedSync.ownedRanges`), so the rest is zeroed and the state summed over ranks
-    /// (adding zeros is exact). Experts on their runners are written by the runner as is.
-    func gatherOptimizerState() throws {
-        guard comm.size > 1 else { return }
-        let owned = gradientSync.ownedRanges.sorted { $0.lowerBound < $1.lowerBound }
-        for state in optimizer.state {
-            let data = state.values.data
-            for region in syncedRegions {
-                var cursor = region.lowerBound
-                for o in owned where o.overlaps(region) {
-                    (data + cursor).update(repeating: 0, count: o.lowerBound - cursor)
-                    cursor = o.upperBound
-                }
-                (data + cursor).update(repeating: 0, count: region.upperBound - cursor)
-                try comm.allreduceSum(data + region.lowerBound, count: region.count, "checkpoint: optimizer state")
-            }
-        }
     }
 
     /// Loads the checkpoint at `path` (its folder or main file) on every rank: all ranks
@@ -171,10 +167,23 @@ extension Trainer {
             if let e = plan.expert[i], let placement, !placement.experts(on: comm.rank).contains(e) { continue }
             try reader.read(CheckpointNames.parameter(p.name), into: p.value)
         }
-        let mine = updateRanges
+        // The optimizer state of what this rank updates: a parameter it holds whole is read in
+        // place, one it holds part of through a scratch tensor of its size.
+        let layout = optimizer.layout
+        var scratch: Tensor?
         for state in optimizer.state {
-            for p in parameters where !p.frozen && mine.contains(where: { $0.overlaps(p.offset..<(p.offset + p.count)) }) {
-                try reader.read(CheckpointNames.state(state.name, p.name), into: state.values.data + p.offset)
+            for p in parameters where !p.frozen {
+                let span = p.offset..<(p.offset + p.count)
+                let pieces = layout.pieces(of: span)
+                if pieces.count == 1 && pieces[0].arena == span {
+                    try reader.read(CheckpointNames.state(state.name, p.name), into: state.values.data + pieces[0].at)
+                } else if !pieces.isEmpty {
+                    if (scratch?.count ?? 0) < p.count { scratch = Tensor(shape: [p.count]) }
+                    try reader.read(CheckpointNames.state(state.name, p.name), into: scratch!.data)
+                    for (arena, at) in pieces {
+                        (state.values.data + at).update(from: scratch!.data + arena.lowerBound - p.offset, count: arena.count)
+                    }
+                }
             }
         }
         if comm.isCoordinator { resumeWarning = reader.firstUnreachableLink() }

@@ -31,7 +31,9 @@ public struct MemoryEstimate: Sendable {
                                      movesExperts: config.parallel.balanceExperts,
                                      updatesExpertsInBackward: config.optimizer.updateInBackward, frozen: config.frozen)
         parameters = 4 * size.storeFloats                                     // values and gradients
-        optimizer = 4 * (size.parameters - size.frozen) * (config.optimizer.kind == .adamw ? 2 : 1)
+        // State for what this rank updates (ZeRO-1), and the scratch a checkpoint's save or
+        // load gathers one sharded parameter's state in.
+        optimizer = 4 * size.updatedPerRank * (config.optimizer.kind == .adamw ? 2 : 1) + 4 * size.largestShardedParameter
         // The batch and its logits' gradient, evaluation's own batch, the epoch's order.
         let trainer = Double(maxRows) * Double(2 * train.width + config.data.classes) + Double(train.count)
         // bf16 values take 2 bytes, or 4 where they are held widened (emulated bf16).

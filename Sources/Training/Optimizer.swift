@@ -6,23 +6,27 @@ import Foundation
 /// same pass, so the next backward can accumulate). An update is `begin`, then `update` for
 /// parameters whose gradients were kept out of the store (`UpdateInBackward`), then `finish`
 /// for the rest; `step` is the whole of it.
+///
+/// An optimizer updates the arena ranges of its `layout` (this rank's shard and its experts;
+/// the whole arena on one process) and holds state for those alone.
 public protocol Optimizer: AnyObject {
     /// Starts update `steps + 1` at learning rate `lr`; `gradScale` multiplies every gradient
     /// first (global-norm clipping).
     func begin(lr: Float, gradScale: Float)
-    /// This update of `p` from `grads`: `p.count` floats outside the store, overwritten.
-    /// Thread-safe for different parameters.
+    /// This update of `p` from `grads`: `p.count` floats outside the store, overwritten; `p`
+    /// lies in one range of the layout. Thread-safe for different parameters.
     func update(_ p: Parameter, in store: ParameterStore, from grads: UnsafeMutablePointer<Float>)
-    /// This update of the flat arena ranges `ranges` (this rank's shard; the whole arena on one
-    /// process) from the store's gradients, except the parameters whose `skipping[index]` is
-    /// true (updated already).
-    func finish(_ store: ParameterStore, ranges: [Range<Int>], skipping: UnsafePointer<Bool>?)
+    /// This update of the layout's ranges from the store's gradients, except the parameters
+    /// whose `skipping[index]` is true (updated already).
+    func finish(_ store: ParameterStore, skipping: UnsafePointer<Bool>?)
+    /// The arena ranges this optimizer updates, and where their state lies.
+    var layout: StateLayout { get }
     /// Updates taken so far (restored from a checkpoint).
     var steps: Int { get set }
     /// The name checkpoints record ("adamw", "sgd").
     var name: String { get }
-    /// Per-parameter state laid out like the parameter arena, by the name checkpoints give it
-    /// (`m`, `v`; `momentum`).
+    /// Per-parameter state laid out as `layout` says, by the name checkpoints give it (`m`,
+    /// `v`; `momentum`).
     var state: [(name: String, values: Tensor)] { get }
 }
 
@@ -33,20 +37,30 @@ func decays(_ p: Parameter, _ biasesAndNorms: Bool) -> Bool {
 }
 
 extension Optimizer {
-    /// One whole update of `ranges` from the store's gradients.
-    public func step(_ store: ParameterStore, ranges: [Range<Int>], lr: Float, gradScale: Float) {
+    /// One whole update of the layout's ranges from the store's gradients.
+    public func step(_ store: ParameterStore, lr: Float, gradScale: Float) {
         begin(lr: lr, gradScale: gradScale)
-        finish(store, ranges: ranges, skipping: nil)
+        finish(store, skipping: nil)
     }
 
-    /// Calls `body(p, lo, hi)` for each part `[lo, hi)` of `range` inside one parameter `p`
-    /// not marked in `skipping`.
-    func forEachParameter(in range: Range<Int>, of store: ParameterStore, skipping: UnsafePointer<Bool>?,
-                          _ body: (Parameter, Int, Int) -> Void) {
-        for p in store.parameters where skipping?[p.index] != true {
-            let lo = max(range.lowerBound, p.offset), hi = min(range.upperBound, p.offset + p.count)
-            if lo < hi { body(p, lo, hi) }
+    /// Calls `body(p, lo, hi, at)` for each part `[lo, hi)` of a layout range inside one
+    /// parameter `p` not marked in `skipping`; its state starts at `at`.
+    func forEachPiece(of store: ParameterStore, skipping: UnsafePointer<Bool>?, _ body: (Parameter, Int, Int, Int) -> Void) {
+        for (range, start) in zip(layout.ranges, layout.starts) {
+            for p in store.parameters where skipping?[p.index] != true {
+                let lo = max(range.lowerBound, p.offset), hi = min(range.upperBound, p.offset + p.count)
+                if lo < hi { body(p, lo, hi, start + lo - range.lowerBound) }
+            }
         }
+    }
+
+    /// Where `p`'s state starts: it lies in one range of the layout (an expert updated inside
+    /// backward).
+    func stateIndex(of p: Parameter) -> Int {
+        guard let at = layout.index(of: p.offset), layout.index(of: p.offset + p.count - 1) == at + p.count - 1 else {
+            preconditionFailure("\(p.name) is not whole in this rank's optimizer state")
+        }
+        return at
     }
 }
 
@@ -59,18 +73,26 @@ public final class AdamW: Optimizer, RangeTask {
     public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
     public let decayBiasesAndNorms: Bool
     public var steps = 0
+    public let layout: StateLayout
     public let m: Tensor, v: Tensor
     public var name: String { "adamw" }
     public var state: [(name: String, values: Tensor)] { [("m", m), ("v", v)] }
 
-    public init(count: Int, beta1: Float, beta2: Float, eps: Float, weightDecay: Float, decayBiasesAndNorms: Bool) {
+    public init(layout: StateLayout, beta1: Float, beta2: Float, eps: Float, weightDecay: Float, decayBiasesAndNorms: Bool) {
         self.beta1 = beta1
         self.beta2 = beta2
         self.eps = eps
         self.weightDecay = weightDecay
         self.decayBiasesAndNorms = decayBiasesAndNorms
-        m = Tensor(shape: [count])
-        v = Tensor(shape: [count])
+        self.layout = layout
+        m = Tensor(shape: [layout.count])
+        v = Tensor(shape: [layout.count])
+    }
+
+    /// AdamW over a whole arena of `count` floats.
+    public convenience init(count: Int, beta1: Float, beta2: Float, eps: Float, weightDecay: Float, decayBiasesAndNorms: Bool) {
+        self.init(layout: StateLayout(whole: count), beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay,
+                  decayBiasesAndNorms: decayBiasesAndNorms)
     }
 
     // The update's constants, set by `begin` and read by `run` and `update` on the pool's
@@ -80,9 +102,10 @@ public final class AdamW: Optimizer, RangeTask {
     /// constants, so the kernel divides once (`AdamWStep`).
     private var stepSize: Float = 0, epsHat: Float = 0
     private var store: ParameterStore?
-    /// What `finish` updates, parameter by parameter, end to end: the pool splits this work
-    /// (not the arena, where skipped parameters would leave one thread most of it).
-    private var pieces: [(parameter: Parameter, range: Range<Int>)] = []
+    /// What `finish` updates, parameter by parameter, end to end, with where each piece's
+    /// state starts: the pool splits this work (not the arena, where skipped parameters would
+    /// leave one thread most of it).
+    private var pieces: [(parameter: Parameter, range: Range<Int>, state: Int)] = []
 
     public func begin(lr: Float, gradScale: Float) {
         steps += 1
@@ -95,20 +118,18 @@ public final class AdamW: Optimizer, RangeTask {
     }
 
     public func update(_ p: Parameter, in store: ParameterStore, from grads: UnsafeMutablePointer<Float>) {
-        let at = p.offset
-        update(store.values.data + at, grads, m.data + at, v.data + at, p.count, shrink: shrink(p))
+        let at = stateIndex(of: p)
+        update(store.values.data + p.offset, grads, m.data + at, v.data + at, p.count, shrink: shrink(p))
     }
 
-    public func finish(_ store: ParameterStore, ranges: [Range<Int>], skipping: UnsafePointer<Bool>?) {
+    public func finish(_ store: ParameterStore, skipping: UnsafePointer<Bool>?) {
         self.store = store
         pieces.removeAll(keepingCapacity: true)
-        pieces.reserveCapacity(store.parameters.count + ranges.count)
+        pieces.reserveCapacity(store.parameters.count + layout.ranges.count)
         var total = 0
-        for r in ranges {
-            forEachParameter(in: r, of: store, skipping: skipping) { p, lo, hi in
-                pieces.append((p, lo..<hi))
-                total += hi - lo
-            }
+        forEachPiece(of: store, skipping: skipping) { p, lo, hi, at in
+            pieces.append((p, lo..<hi, at))
+            total += hi - lo
         }
         // Elementwise, so the result does not depend on the split.
         WorkerPool.shared.run(self, count: total)
@@ -118,12 +139,12 @@ public final class AdamW: Optimizer, RangeTask {
     public func run(_ part: Range<Int>) {
         guard let store else { return }
         var at = 0
-        for (p, r) in pieces {
+        for (p, r, state) in pieces {
             let lo = max(part.lowerBound - at, 0), hi = min(part.upperBound - at, r.count)
             at += r.count
             guard lo < hi else { continue }
-            let i = r.lowerBound + lo
-            update(store.values.data + i, store.grads.data + i, m.data + i, v.data + i, hi - lo,
+            let i = r.lowerBound + lo, j = state + lo
+            update(store.values.data + i, store.grads.data + i, m.data + j, v.data + j, hi - lo,
                    shrink: shrink(p))
         }
     }
@@ -145,16 +166,24 @@ public final class AdamW: Optimizer, RangeTask {
 public final class SGD: Optimizer {
     public let momentum: Float, nesterov: Bool, weightDecay: Float, decayBiasesAndNorms: Bool
     public var steps = 0
+    public let layout: StateLayout
     public let buffer: Tensor
     public var name: String { "sgd" }
     public var state: [(name: String, values: Tensor)] { [("momentum", buffer)] }
 
-    public init(count: Int, momentum: Float, nesterov: Bool, weightDecay: Float, decayBiasesAndNorms: Bool) {
+    public init(layout: StateLayout, momentum: Float, nesterov: Bool, weightDecay: Float, decayBiasesAndNorms: Bool) {
         self.momentum = momentum
         self.nesterov = nesterov
         self.weightDecay = weightDecay
         self.decayBiasesAndNorms = decayBiasesAndNorms
-        buffer = Tensor(shape: [count])
+        self.layout = layout
+        buffer = Tensor(shape: [layout.count])
+    }
+
+    /// SGD over a whole arena of `count` floats.
+    public convenience init(count: Int, momentum: Float, nesterov: Bool, weightDecay: Float, decayBiasesAndNorms: Bool) {
+        self.init(layout: StateLayout(whole: count), momentum: momentum, nesterov: nesterov, weightDecay: weightDecay,
+                  decayBiasesAndNorms: decayBiasesAndNorms)
     }
 
     private var lr: Float = 0, gradScale: Float = 1
@@ -166,14 +195,12 @@ public final class SGD: Optimizer {
     }
 
     public func update(_ p: Parameter, in store: ParameterStore, from grads: UnsafeMutablePointer<Float>) {
-        update(p, store.values.data + p.offset, grads, buffer.data + p.offset, p.count)
+        update(p, store.values.data + p.offset, grads, buffer.data + stateIndex(of: p), p.count)
     }
 
-    public func finish(_ store: ParameterStore, ranges: [Range<Int>], skipping: UnsafePointer<Bool>?) {
-        for range in ranges {
-            forEachParameter(in: range, of: store, skipping: skipping) { p, lo, hi in
-                update(p, store.values.data + lo, store.grads.data + lo, buffer.data + lo, hi - lo)
-            }
+    public func finish(_ store: ParameterStore, skipping: UnsafePointer<Bool>?) {
+        forEachPiece(of: store, skipping: skipping) { p, lo, hi, at in
+            update(p, store.values.data + lo, store.grads.data + lo, buffer.data + at, hi - lo)
         }
     }
 

@@ -74,8 +74,9 @@ public final class Trainer {
     public let placement: ExpertPlacement?
     /// Whether a busy rank's experts may run on another rank for a pass (`ExpertBalance`).
     public var movesExperts: Bool { moeSums.movesExperts }
-    /// What this rank's optimizer updates: its shard of the synced parameters, and the
-    /// experts it alone owns (wherever they ran).
+    /// What this rank's optimizer updates (and holds state for, `StateLayout`): its shard of
+    /// the synced parameters, and the experts it alone owns (wherever they ran); in the sync's
+    /// order, which the gradient norm sums in.
     let updateRanges: [Range<Int>]
     /// Per MoE layer, all of its experts' parameters and those this rank runs (when experts
     /// live on their runners only).
@@ -104,17 +105,8 @@ public final class Trainer {
                       maxRows: maxRows, seed: config.run.seed, frozen: config.frozen, precision: config.train.products)
         // `JobConfig.parse` checked the names already; a config made another way is checked here.
         if let problem = model.frozenProblems.first { throw ConfigError("[model] frozen: \(problem)") }
-        // Optimizer state for the trainable parameters only: the frozen ones lie after them.
         let trainable = model.store.trainableCount
         let o = config.optimizer
-        switch o.kind {
-        case .adamw:
-            optimizer = AdamW(count: trainable, beta1: Float(o.beta1), beta2: Float(o.beta2), eps: Float(o.eps),
-                              weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
-        case .sgd:
-            optimizer = SGD(count: trainable, momentum: Float(o.momentum), nesterov: o.nesterov,
-                            weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
-        }
         order = GlobalSampleOrder(count: train.count, batchSize: config.train.batchSize, seed: config.run.seed)
         schedule = LearningRateSchedule(base: o.lr, kind: config.schedule.kind, warmupSteps: config.schedule.warmupSteps,
                                         totalSteps: Self.totalSteps(config, order), finalFraction: config.schedule.finalFraction)
@@ -134,6 +126,17 @@ public final class Trainer {
                 return inside.count == 1 ? inside[0].name : "\(inside.first!.name) … \(inside.last!.name)"
             })
         updateRanges = gradientSync.ownedRanges + experts.own
+        // Optimizer state for what this rank updates only (ZeRO-1): the frozen parameters lie
+        // after the trainable ones and have none.
+        let layout = StateLayout(updateRanges)
+        switch o.kind {
+        case .adamw:
+            optimizer = AdamW(layout: layout, beta1: Float(o.beta1), beta2: Float(o.beta2), eps: Float(o.eps),
+                              weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
+        case .sgd:
+            optimizer = SGD(layout: layout, momentum: Float(o.momentum), nesterov: o.nesterov,
+                            weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
+        }
         expertSpans = experts.all
         ownExpertSpans = experts.own
         syncedRegions = experts.synced ?? [0..<trainable]
@@ -300,7 +303,7 @@ public final class Trainer {
     /// set when they are).
     func update(lr: Double, scale: Float) {
         if backwardUpdates == nil { optimizer.begin(lr: Float(lr), gradScale: scale) }
-        optimizer.finish(model.store, ranges: updateRanges, skipping: backwardUpdates?.updated)
+        optimizer.finish(model.store, skipping: backwardUpdates?.updated)
         backwardUpdates?.endStep()
     }
 

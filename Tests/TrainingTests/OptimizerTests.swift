@@ -29,7 +29,7 @@ final class OptimizerTests: XCTestCase {
                           SGD(count: store.count, momentum: 0, nesterov: false, weightDecay: 0.1, decayBiasesAndNorms: true)] as [any Optimizer] {
             store.initialize()
             store.zeroGrads()
-            optimizer.step(store, ranges: [0..<store.count], lr: 0.1, gradScale: 1)
+            optimizer.step(store, lr: 0.1, gradScale: 1)
             XCTAssertLessThan(w.value[0], 1, "\(optimizer.name): weights decay")
             XCTAssertLessThan(b.value[0], 1, "\(optimizer.name): biases decay when asked")
             XCTAssertEqual(k.value[0], 0.5, "\(optimizer.name): a coefficient never decays")
@@ -45,7 +45,7 @@ final class OptimizerTests: XCTestCase {
         var m = [Double](repeating: 0, count: p.count), v = m
         for t in 1...5 {
             for i in 0..<store.count { store.grads[i] = gradient(t, i) }
-            opt.step(store, ranges: [0..<store.count], lr: Float(lr), gradScale: 0.5)
+            opt.step(store, lr: Float(lr), gradScale: 0.5)
             for i in 0..<p.count {
                 let g = Double(gradient(t, i)) * 0.5
                 m[i] = b1 * m[i] + (1 - b1) * g
@@ -101,7 +101,7 @@ final class OptimizerTests: XCTestCase {
             var buf = [Double](repeating: 0, count: p.count)
             for t in 1...4 {
                 for i in 0..<store.count { store.grads[i] = gradient(t, i) }
-                opt.step(store, ranges: [0..<store.count], lr: Float(lr), gradScale: 1)
+                opt.step(store, lr: Float(lr), gradScale: 1)
                 for i in 0..<p.count {
                     let g = Double(gradient(t, i)) + wd * p[i]
                     buf[i] = t == 1 ? g : mu * buf[i] + g
@@ -122,7 +122,7 @@ final class OptimizerTests: XCTestCase {
             let opt = AdamW(count: store.count, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, decayBiasesAndNorms: true)
             for t in 1...3 {
                 for i in 0..<store.count { store.grads[i] = gradient(t, i) }
-                opt.step(store, ranges: [0..<store.count], lr: 1e-3, gradScale: 1)
+                opt.step(store, lr: 1e-3, gradScale: 1)
             }
             results.append(store.values.array)
         }
@@ -131,25 +131,44 @@ final class OptimizerTests: XCTestCase {
         XCTAssertEqual(results[0], results[2])
     }
 
-    /// A rank updates only its shard of the arena (ranges that may cut through parameters):
-    /// updating the shards one by one equals one update of the whole arena, bit for bit.
-    func testUpdatingShardsEqualsUpdatingTheWholeArena() {
-        func train(_ ranges: [Range<Int>], sgd: Bool) -> [Float] {
+    /// A rank updates only its shard of the arena (ranges that may cut through parameters) and
+    /// holds optimizer state for that shard alone (ZeRO-1): optimizers over the shards of a
+    /// partition, each with its own state, give the bits of one optimizer over the whole arena.
+    func testOptimizersOverShardsEqualOneOverTheWholeArena() {
+        // 42 floats: w is [0, 37), b is [37, 42); the shards cut through both, one shard is two
+        // ranges (a rank's chunks of two buckets), given in the sync's order (the arena's end first).
+        let shards: [[Range<Int>]] = [[30..<42], [20..<30, 0..<7], [7..<20]]
+        func train(_ shards: [[Range<Int>]], sgd: Bool) -> [Float] {
             let (store, _, _) = makeStore(37)
-            let opt: any Optimizer = sgd
-                ? SGD(count: store.count, momentum: 0.9, nesterov: true, weightDecay: 0.01, decayBiasesAndNorms: false)
-                : AdamW(count: store.count, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, decayBiasesAndNorms: false)
+            let optimizers: [any Optimizer] = shards.map { ranges -> any Optimizer in
+                sgd ? SGD(layout: StateLayout(ranges), momentum: 0.9, nesterov: true, weightDecay: 0.01, decayBiasesAndNorms: false) as any Optimizer
+                    : AdamW(layout: StateLayout(ranges), beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, decayBiasesAndNorms: false)
+            }
+            for (ranges, o) in zip(shards, optimizers) {
+                XCTAssertEqual(o.state[0].values.count, ranges.reduce(0) { $0 + $1.count }, "state for the shard only")
+            }
             for t in 1...3 {
                 for i in 0..<store.count { store.grads[i] = gradient(t, i) }
-                opt.step(store, ranges: ranges, lr: 0.01, gradScale: 0.7)
+                for o in optimizers { o.step(store, lr: 0.01, gradScale: 0.7) }
                 XCTAssertTrue(store.grads.array.allSatisfy { $0 == 0 })
             }
             return store.values.array
         }
-        // 42 floats: w is [0, 37), b is [37, 42); the shards cut through both and come in
-        // the sync's order (the end of the arena first).
         for sgd in [false, true] {
-            XCTAssertEqual(train([30..<42, 13..<30, 0..<13], sgd: sgd), train([0..<42], sgd: sgd), sgd ? "SGD" : "AdamW")
+            XCTAssertEqual(train(shards, sgd: sgd), train([[0..<42]], sgd: sgd), sgd ? "SGD" : "AdamW")
         }
+    }
+
+    /// A layout finds every offset it holds at its place in the state, laid end to end in
+    /// arena order, and nothing it does not hold.
+    func testStateLayoutPlacesRangesEndToEnd() {
+        let layout = StateLayout([40..<50, 0..<5, 20..<20, 10..<12])
+        XCTAssertEqual(layout.ranges, [0..<5, 10..<12, 40..<50])
+        XCTAssertEqual(layout.count, 17)
+        let expected: [Int: Int] = [0: 0, 4: 4, 10: 5, 11: 6, 40: 7, 49: 16]
+        for offset in -1..<52 { XCTAssertEqual(layout.index(of: offset), expected[offset] ?? (offset > 40 && offset < 49 ? offset - 33 : (offset > 0 && offset < 4 ? offset : nil)), "offset \(offset)") }
+        XCTAssertEqual(layout.pieces(of: 3..<45).map(\.arena), [3..<5, 10..<12, 40..<45])
+        XCTAssertEqual(layout.pieces(of: 3..<45).map(\.at), [3, 5, 7])
+        XCTAssertTrue(layout.pieces(of: 5..<10).isEmpty)
     }
 }

@@ -16,7 +16,7 @@ enum KernelBench {
         for t in [1, 2] {
             BLAS.setThreads(t)
             report("AdamW step (p, g, m, v), \(t) thread\(t == 1 ? "" : "s")", bytes: 32 * Double(n), elements: Double(n)) {
-                adam.step(store, ranges: [0..<store.count], lr: 1e-3, gradScale: 1)
+                adam.step(store, lr: 1e-3, gradScale: 1)
             }
         }
         BLAS.setThreads(1)

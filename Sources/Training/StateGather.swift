@@ -1,0 +1,47 @@
+import Cluster
+import Kernels
+import Layers
+
+/// A parameter's optimizer state, whole, on the rank that writes it to a checkpoint. Each
+/// rank holds the state of what it updates (`StateLayout`): a parameter its writer holds
+/// whole is written from there, and one cut into the ranks' shards is gathered first, each
+/// rank sending its part (one run of its state) straight into place in the writer's scratch.
+/// Every rank can work out every rank's layout (the sync's chunks, the expert placement), so
+/// the writer knows where each part goes without being told. Collective: every rank asks for
+/// every parameter, in the same order.
+final class StateGather {
+    let comm: Communicator
+    /// This rank's layout, and every rank's.
+    let mine: StateLayout
+    let layouts: [StateLayout]
+    /// The writer's room for one gathered parameter, as large as the largest so far.
+    private var scratch: Tensor?
+
+    init(_ trainer: Trainer) {
+        comm = trainer.comm
+        mine = trainer.optimizer.layout
+        layouts = (0..<trainer.comm.size).map { StateLayout(trainer.heldRanges(of: $0)) }
+    }
+
+    /// `state` (laid out as this rank's layout) of `p`, whole, on `writer`; nil on the others.
+    func state(_ state: Tensor, of p: Parameter, to writer: Int) throws -> UnsafePointer<Float>? {
+        let span = p.offset..<(p.offset + p.count)
+        let held = layouts[writer].pieces(of: span)
+        if held.count == 1 && held[0].arena == span {
+            return writer == comm.rank ? UnsafePointer(state.data + held[0].at) : nil
+        }
+        let pieces = mine.pieces(of: span)
+        guard writer == comm.rank else {
+            try comm.gatherRuns(pieces.map { (UnsafePointer(state.data + $0.at), $0.arena.count) }, root: writer,
+                                places: { _ in [] }, "checkpoint: optimizer state", p.name)
+            return nil
+        }
+        if (scratch?.count ?? 0) < p.count { scratch = Tensor(shape: [p.count]) }
+        let whole = scratch!.data
+        for (arena, at) in pieces { (whole + arena.lowerBound - p.offset).update(from: state.data + at, count: arena.count) }
+        try comm.gatherRuns([], root: writer, places: { q in
+            self.layouts[q].pieces(of: span).map { (whole + $0.arena.lowerBound - p.offset, $0.arena.count) }
+        }, "checkpoint: optimizer state", p.name)
+        return UnsafePointer(whole)
+    }
+}
