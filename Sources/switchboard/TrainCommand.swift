@@ -198,7 +198,14 @@ struct TrainCommand: ParsableCommand {
         }
         let e = summary.finalEvaluation
         let wall = (ContinuousClock.now - started).seconds
-        let peak = MachineMemory.peak.map { "; peak memory \(MemoryEstimate.text($0))" } ?? ""
+        // Every rank's peak, so the line names the largest and its rank.
+        var peaks = [Double](repeating: 0, count: comm.size)
+        peaks[comm.rank] = MachineMemory.peak ?? 0
+        try peaks.withUnsafeMutableBufferPointer { try comm.allreduceSum($0.baseAddress!, count: $0.count, "peak memory") }
+        let busiest = peaks.indices.max { peaks[$0] < peaks[$1] }!
+        let peak = peaks[busiest] > 0
+            ? "; peak memory \(MemoryEstimate.text(peaks[busiest]))" + (comm.size > 1 ? " on rank \(busiest) (the most of \(comm.size) ranks)" : "")
+            : ""
         if complete {
             say("done: the run was complete at step \(summary.steps); test accuracy \(e.accuracyText), "
                 + "test loss \(fixed(e.loss, 4)) (the final model)\(peak)")
@@ -226,6 +233,7 @@ struct TrainCommand: ParsableCommand {
                 ("wall_seconds", .double((wall * 1000).rounded() / 1000)),
                 ("samples_per_s", .double(complete ? .nan : summary.samplesPerSecond.rounded())),
                 ("ranks", .int(comm.size)), ("threads", .int(threads)),
+                ("peak_memory_bytes", .array(peaks.map { .double($0) })),
             ])
         }
         say("wrote \(folder.path)/")

@@ -94,6 +94,13 @@ final class MultiRankTests: ToyDataTestCase {
         XCTAssertTrue(preflight.contains("4 ranks × BLAS threads = 4 threads on \(ProcessInfo.processInfo.activeProcessorCount) cores (oversubscribed")
                       || ProcessInfo.processInfo.activeProcessorCount >= 4, preflight)
 
+        // The done: line names the rank with the largest peak; summary.json keeps every rank's.
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(dir)/runs/p4/summary.json")))
+        let peaks = try XCTUnwrap((summary as? [String: Any])?["peak_memory_bytes"] as? [Double], "summary.json: peak_memory_bytes")
+        XCTAssertEqual(peaks.count, 4)
+        XCTAssertTrue(peaks.allSatisfy { $0 > 10e6 }, "\(peaks)")
+        let busiest = peaks.indices.max { peaks[$0] < peaks[$1] }!
+        XCTAssertTrue(preflight.contains("on rank \(busiest) (the most of 4 ranks)"), preflight)
         assertBitwiseEqual(two.store.values, twoAgain.store.values, "2 ranks twice: the same world size must give the same bits")
         assertBitwiseEqual(twoSmallBuckets.store.values, twoOneBucket.store.values, "2 ranks: the bucket size must not change a bit")
         for (label, other) in [("2 ranks", two), ("4 ranks", four)] {
