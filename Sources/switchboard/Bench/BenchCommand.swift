@@ -19,7 +19,7 @@ struct BenchCommand: ParsableCommand {
             options: switchboard bench help W1 (or W2, …).
             """,
         subcommands: [W1Bench.self, W2Bench.self, W3Bench.self, W4Bench.self, W5Bench.self, W6Bench.self,
-                      InputBenchCommand.self, KernelsBench.self])
+                      InputBenchCommand.self, KernelsBench.self, MemoryBenchCommand.self])
 }
 
 // MARK: - Options shared by several workloads
@@ -142,6 +142,29 @@ struct W4Bench: ParsableCommand {
     func run() throws {
         try ScalingBench(workload: .w4, options: options, fixedExperts: fixedExperts, updateAfterBackward: updateAfterBackward).run()
     }
+}
+
+/// `bench memory`'s options.
+struct MemoryBenchOptions: ParsableArguments {
+    @OptionGroup var data: BenchData
+
+    @Option(help: "The folder of the job files the two models come from.")
+    var jobs = "cluster"
+
+    @Option(help: "Training steps per model (at least 2: the first is not timed).")
+    var steps = 4
+
+    func validate() throws {
+        guard steps >= 2 else { throw ValidationError("--steps must be at least 2") }
+    }
+}
+
+struct MemoryBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "memory", abstract: "Each rank's peak memory for an expert-heavy and a dense-heavy model, under mpirun -np P.")
+    @OptionGroup var options: MemoryBenchOptions
+
+    func run() throws { try MemoryBench(options: options).run() }
 }
 
 struct W5Bench: ParsableCommand {
