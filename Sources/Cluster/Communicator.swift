@@ -168,33 +168,29 @@ public struct Communicator: @unchecked Sendable {
     /// Float runs to one rank (point to point, under the watchdog): every rank but `root`
     /// sends its `runs` in order, one message each; `root` receives, from each other rank q in
     /// order, runs into `places(q)`, which lists them as q sends them. Every rank makes the call;
-    /// a rank with nothing to send passes no runs.
+    /// a rank with nothing to send passes no runs. A run is at most a bucket's chunk (a bucket
+    /// is at most 1 GiB), so its count fits MPI's `Int32`.
     public func gatherRuns(_ runs: [(UnsafePointer<Float>, Int)], root: Int,
                            places: (Int) -> [(UnsafeMutablePointer<Float>, Int)], _ phase: StaticString,
                            _ detail: String = "") throws {
         guard size > 1 else { return }
         let tag: Int32 = 31
-        var requests: [MPI_Request?] = []
-        var bytes = 0
-        if rank == root {
-            for q in 0..<size where q != root {
-                for (at, n) in places(q) where n > 0 {
-                    var request: MPI_Request? = sb_request_null()
-                    try check(MPI_Irecv(at, Int32(n), sb_type_float(), Int32(q), tag, handle.raw, &request), "MPI_Irecv of \(n) floats")
-                    requests.append(request)
-                    bytes += 4 * n
-                }
-            }
-        } else {
-            for (at, n) in runs where n > 0 {
-                var request: MPI_Request? = sb_request_null()
-                try check(MPI_Isend(at, Int32(n), sb_type_float(), Int32(root), tag, handle.raw, &request), "MPI_Isend of \(n) floats")
-                requests.append(request)
-                bytes += 4 * n
-            }
-        }
+        // (where, floats, peer), received on the root, sent elsewhere.
+        let transfers: [(UnsafeMutablePointer<Float>, Int, Int)] = rank == root
+            ? (0..<size).filter { $0 != root }.flatMap { q in places(q).map { ($0.0, $0.1, q) } }
+            : runs.map { (UnsafeMutablePointer(mutating: $0.0), $0.1, root) }
         // Every rank counts the call, whether it moves anything or not.
-        watchdog.begin(phase, detail, bytes: bytes)
+        watchdog.begin(phase, detail, bytes: 4 * transfers.reduce(0) { $0 + $1.1 })
+        var requests: [MPI_Request?] = []
+        for (at, n, peer) in transfers where n > 0 {
+            var request: MPI_Request? = sb_request_null()
+            if rank == root {
+                try check(MPI_Irecv(at, Int32(n), sb_type_float(), Int32(peer), tag, handle.raw, &request), "MPI_Irecv of \(n) floats")
+            } else {
+                try check(MPI_Isend(at, Int32(n), sb_type_float(), Int32(peer), tag, handle.raw, &request), "MPI_Isend of \(n) floats")
+            }
+            requests.append(request)
+        }
         guard !requests.isEmpty else { return }
         try requests.withUnsafeMutableBufferPointer { all in
             try watchdog.wait {

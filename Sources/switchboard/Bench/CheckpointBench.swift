@@ -27,8 +27,10 @@ struct CheckpointBench {
         let trainer = try Trainer(config: config, comm: comm, train: data, test: data)
         let store = trainer.model.store
         let states = trainer.optimizer.state
-        // Its sizes below are the arena's: W5 has no frozen parameters.
+        // Its sizes below are the arena's: W5 has no frozen parameters, and on one process the
+        // optimizer state covers the whole arena (on several, a rank holds its shard only).
         precondition(store.count == store.trainableCount, "W5's model has no frozen parameters")
+        guard comm.size == 1 else { throw ConfigError("bench W5 runs on one process, not under mpirun -np \(comm.size)") }
         // Optimizer state as big and as incompressible as real state.
         for s in states { s.values.data.update(from: store.values.data, count: store.count) }
         let floats = store.count * (1 + states.count)

@@ -5,9 +5,9 @@ import Training
 
 /// `bench memory` (docs/BENCHMARKS.md), under `mpirun -np P`: each rank's peak resident memory
 /// while training (a) the expert-heavy model of 256 experts and (b) a dense-heavy residual MLP
-/// of about the same size, beside the ideal, a rank's 1/P of the model state (values,
-/// gradients, optimizer state) plus the activations and what the process held before the
-/// model (libraries, the data), and the step's samples/s. Run it at several P: per-rank memory
+/// of about the same size, beside the ideal of a model whose state is sharded whole (a rank's
+/// 1/P of the values, gradients and optimizer state, plus the layers' buffers and what the
+/// process held before the model: libraries, the data), and the step's samples/s. Run it at several P: per-rank memory
 /// should fall as P grows.
 struct MemoryBench {
     let options: MemoryBenchOptions
@@ -56,7 +56,7 @@ struct MemoryBench {
             }
             let most = peaks.max()!
             say("  largest \(MemoryEstimate.text(most)); ideal \(MemoryEstimate.text(ideal)) (before the model "
-                + "\(MemoryEstimate.text(before)) + model state / \(world.size) + activations); estimate (model: line) "
+                + "\(MemoryEstimate.text(before)) + all model state / \(world.size) + buffers); estimate (model: line) "
                 + "\(MemoryEstimate.text(estimate.total)); \(Int(rate)) samples/s")
         }
     }
