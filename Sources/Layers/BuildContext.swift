@@ -29,18 +29,35 @@ public final class BuildContext {
     /// layer whose parameters cannot stay fixed (an MoE layer, its shared expert included)
     /// turns it off around what it builds.
     public var freezable = true
+    /// The ranks the model is built for and this process's place among them: what it holds.
+    /// With one owner per expert (E ≥ P on several ranks) an expert lives on its owner alone
+    /// (`ExpertPlacement`); everything else lives on every rank.
+    public let ranks: Int, rank: Int
 
-    public init(store: ParameterStore, maxRows: Int, precision: Precision = .fp32, counting: Bool = false) {
+    public init(store: ParameterStore, maxRows: Int, precision: Precision = .fp32, counting: Bool = false,
+                ranks: Int = 1, rank: Int = 0) {
+        precondition(ranks >= 1 && rank >= 0 && rank < ranks)
         self.store = store
         self.maxRows = maxRows
         self.precision = precision
         self.counting = counting
+        self.ranks = ranks
+        self.rank = rank
     }
 
     /// A build with a store of its own (for layers without parameters, and tests).
     public convenience init(seed: UInt64, maxRows: Int, precision: Precision = .fp32, counting: Bool = false) {
         self.init(store: ParameterStore(seed: seed), maxRows: maxRows, precision: precision, counting: counting)
     }
+
+    /// Whether expert `i` of a layer of `experts` lives in this process: each has one owner
+    /// (E ≥ P on several ranks), or every rank holds every expert (one rank; replicas, E < P).
+    public func holdsExpert(_ i: Int, of experts: Int) -> Bool {
+        !Self.expertsOwnerOnly(experts: experts, ranks: ranks) || ExpertPlacement(experts: experts, ranks: ranks).experts(on: rank).contains(i)
+    }
+
+    /// Whether an expert of a layer of `experts` on `ranks` ranks lives on its owner alone.
+    public static func expertsOwnerOnly(experts: Int, ranks: Int) -> Bool { ranks > 1 && experts >= ranks }
 
     /// A buffer of the layer's own (zeroed; see `Tensor`).
     public func tensor(_ shape: [Int]) -> Tensor {

@@ -36,8 +36,23 @@ public struct ModelSize: Sendable, Equatable {
     /// a checkpoint gathers on its writer (and a load reads whole); 0 on one rank.
     public var largestShardedParameter: Double = 0
 
-    /// Floats the parameter store allocates: every value and the trainable gradients.
-    public var storeFloats: Double { 2 * parameters - frozen }
+    /// Of the parameters, those the rank counted holds (every one but the experts other ranks
+    /// own), and of those the frozen ones.
+    public var held: Double = 0
+    public var heldFrozen: Double = 0
+
+    /// Floats the rank's parameter store allocates: every value it holds and the trainable
+    /// gradients.
+    public var storeFloats: Double { 2 * held - heldFrozen }
+}
+
+extension Architecture {
+    /// The rank that owns the most experts on `ranks` ranks (all own the same without MoE).
+    func busiestRank(ranks: Int) -> Int {
+        guard case .moe(_, let spec) = self, spec.experts >= ranks else { return 0 }
+        let placement = ExpertPlacement(experts: spec.experts, ranks: ranks)
+        return (0..<ranks).max { placement.experts(on: $0).count < placement.experts(on: $1).count }!
+    }
 }
 
 extension Architecture {
@@ -48,31 +63,37 @@ extension Architecture {
     /// FLOPs are those of the model alone, whatever the ranks.
     public func size(inputs: Int, classes: Int, maxRows: Int, precision: Precision = .fp32, ranks: Int = 1, threads: Int = 1,
                      movesExperts: Bool = true, updatesExpertsInBackward: Bool = false, frozen: [String] = []) -> ModelSize {
+        // The rank counted is the one that owns the most experts: with E ≥ P every expert has
+        // one owner, the only rank that holds it, and the owners' blocks differ by at most one.
         let store = ParameterStore(seed: 0, frozen: frozen)
-        let build = BuildContext(store: store, maxRows: maxRows, precision: precision, counting: true)
+        let build = BuildContext(store: store, maxRows: maxRows, precision: precision, counting: true, ranks: ranks,
+                                 rank: busiestRank(ranks: ranks))
         let (layers, _) = Model.layers(self, inputs: inputs, classes: classes, in: build)
         let flops = build.count
         for moe in Model.walk(layers, MoE.self) {
-            if ranks > 1 { moe.attach(CountingExchange(ranks: ranks, experts: moe.spec.experts, movesExperts: movesExperts)) }
+            if ranks > 1 {
+                moe.attach(CountingExchange(ranks: ranks, rank: build.rank, experts: moe.spec.experts, movesExperts: movesExperts))
+            }
             if updatesExpertsInBackward { moe.attach(updates: NoUpdates(), threads: threads) }
         }
         var s = ModelSize()
+        var ownExperts = 0.0, ownerOnly: Set<ObjectIdentifier> = []
+        for moe in Model.walk(layers, MoE.self) where BuildContext.expertsOwnerOnly(experts: moe.spec.experts, ranks: ranks) {
+            for i in 0..<moe.spec.experts {
+                for p in moe.expertParameters(i) {
+                    ownerOnly.insert(ObjectIdentifier(p))
+                    if p.resident { ownExperts += Double(p.count) }
+                }
+            }
+        }
         for p in store.parameters {
             s.parameters += Double(p.count)
             if p.frozen { s.frozen += Double(p.count) }
+            if p.resident { s.held += Double(p.count); if p.frozen { s.heldFrozen += Double(p.count) } }
         }
-        // With E ≥ P every expert has one owner, which alone updates it; the owners' blocks of
-        // experts differ by at most one.
-        var ownerOnly: Set<ObjectIdentifier> = []
-        var experts = 0.0, ownedMost = 0.0
-        for moe in Model.walk(layers, MoE.self) where ranks > 1 && moe.spec.experts >= ranks {
-            let all = (moe.w1 + moe.w2 + moe.b1.compactMap { $0 } + moe.b2.compactMap { $0 })
-            for p in all { ownerOnly.insert(ObjectIdentifier(p)) }
-            let floats = all.reduce(0.0) { $0 + Double($1.count) }
-            experts += floats
-            ownedMost += floats / Double(moe.spec.experts) * (Double(moe.spec.experts) / Double(ranks)).rounded(.up)
-        }
-        s.updatedPerRank = ((s.parameters - s.frozen - experts) / Double(ranks)).rounded(.up) + ownedMost
+        // The rest of the trainable parameters are synced, each rank updating 1/P of them.
+        let synced = s.held - s.heldFrozen - ownExperts
+        s.updatedPerRank = (synced / Double(ranks)).rounded(.up) + ownExperts
         if ranks > 1 {
             for p in store.parameters where !p.frozen && !ownerOnly.contains(ObjectIdentifier(p)) {
                 s.largestShardedParameter = max(s.largestShardedParameter, Double(p.count))

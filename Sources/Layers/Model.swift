@@ -26,14 +26,16 @@ public final class Model {
     /// `frozen`: parameters to keep at their initial (or loaded) values, by name or prefix
     /// (`ParameterStore.frozenPatterns`).
     /// `precision`: the number format of the matrix products (`Matmul`); parameters are fp32 either way.
+    /// `ranks`, `rank`: the ranks the model trains on and this one, which decide what this
+    /// process holds (`BuildContext.holdsExpert`).
     public init(_ architecture: Architecture, inputs: Int, classes: Int, maxRows: Int, seed: UInt64, frozen: [String] = [],
-                precision: Precision = .fp32) {
+                precision: Precision = .fp32, ranks: Int = 1, rank: Int = 0) {
         self.precision = precision
         self.inputs = inputs
         self.classes = classes
         self.maxRows = maxRows
         let store = ParameterStore(seed: seed, frozen: frozen)
-        let build = BuildContext(store: store, maxRows: maxRows, precision: precision)
+        let build = BuildContext(store: store, maxRows: maxRows, precision: precision, ranks: ranks, rank: rank)
         let (layers, firstParameter) = Self.layers(architecture, inputs: inputs, classes: classes, in: build)
         moeLayers = Self.walk(layers, MoE.self)
         fffLayers = Self.walk(layers, FastFeedforward.self)
@@ -54,7 +56,7 @@ public final class Model {
         var next = store.trainableCount
         for i in layers.indices.reversed() {
             let end = i + 1 < layers.count ? firstParameter[i + 1] : store.parameters.count
-            if let first = store.parameters[firstParameter[i]..<end].first(where: { !$0.frozen }) { next = first.offset }
+            if let first = store.parameters[firstParameter[i]..<end].first(where: { !$0.frozen && $0.resident }) { next = first.offset }
             offsets[i] = next
         }
         finalFrom = offsets

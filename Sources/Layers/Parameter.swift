@@ -33,6 +33,10 @@ public final class Parameter {
     /// Kept at its initial value (or the value loaded into it): no gradient (its layer skips
     /// the product that would make one, and `grad` is nil), no optimizer state, no sync.
     public let frozen: Bool
+    /// Held by this process: false for an expert that lives on another rank (`BuildContext`
+    /// ownership), which is registered (its name, shape and place in the model are known to
+    /// every rank) but has no value, gradient or offset here.
+    public let resident: Bool
     /// Position in the store's `parameters` (registration order).
     public fileprivate(set) var index = 0
     /// Offset of this parameter in the store's flat buffers.
@@ -40,13 +44,14 @@ public final class Parameter {
     public fileprivate(set) var value: UnsafeMutablePointer<Float>!
     public fileprivate(set) var grad: UnsafeMutablePointer<Float>!
 
-    init(name: String, shape: [Int], role: ParameterRole, initializer: Initializer, frozen: Bool) {
+    init(name: String, shape: [Int], role: ParameterRole, initializer: Initializer, frozen: Bool, resident: Bool) {
         self.name = name
         self.shape = shape
         self.count = shape.reduce(1, *)
         self.role = role
         self.initializer = initializer
         self.frozen = frozen
+        self.resident = resident
     }
 }
 
@@ -58,7 +63,8 @@ public final class Parameter {
 ///
 /// Frozen parameters (named by `frozen` patterns) are laid out after all the others, in
 /// `[trainableCount, count)`: the gradient arena, the optimizer state and the sync cover
-/// `[0, trainableCount)` only.
+/// `[0, trainableCount)` only. Parameters that are not `resident` (experts owned by another
+/// rank) take no room at all: the arena holds what this process holds.
 public final class ParameterStore {
     public private(set) var parameters: [Parameter] = []
     /// Their names (a model of many experts registers many).
@@ -79,8 +85,10 @@ public final class ParameterStore {
         frozenPatterns = frozen
     }
 
-    /// All parameters, trainable and frozen.
+    /// All parameters this process holds, trainable and frozen (the arena).
     public var count: Int { values.count }
+    /// Every parameter of the model, held here or not.
+    public private(set) var declaredCount = 0
     /// The trainable parameters come first: `[0, trainableCount)` of the arena.
     public private(set) var trainableCount = 0
 
@@ -97,14 +105,17 @@ public final class ParameterStore {
     /// Registers a parameter. `freezable`: its layer honours `Parameter.frozen` (skips its
     /// gradient); a frozen pattern naming any other parameter is recorded in `unfreezable`.
     public func register(
-        _ name: String, shape: [Int], role: ParameterRole, initializer: Initializer, freezable: Bool = false
+        _ name: String, shape: [Int], role: ParameterRole, initializer: Initializer, freezable: Bool = false,
+        resident: Bool = true
     ) -> Parameter {
         precondition(!isFinalized, "parameter \(name) registered after finalize")
         let (new, _) = names.insert(name)
         precondition(new, "duplicate parameter name \(name)")
         let named = frozenPatterns.contains { Self.matches($0, name) }
         if named && !freezable { unfreezable.append(name) }
-        let p = Parameter(name: name, shape: shape, role: role, initializer: initializer, frozen: named && freezable)
+        let p = Parameter(name: name, shape: shape, role: role, initializer: initializer, frozen: named && freezable,
+                          resident: resident)
+        declaredCount += p.count
         p.index = parameters.count
         parameters.append(p)
         return p
@@ -113,18 +124,20 @@ public final class ParameterStore {
     public func finalize() {
         precondition(!isFinalized)
         isFinalized = true
-        let total = parameters.reduce(0) { $0 + $1.count }
-        trainableCount = parameters.reduce(0) { $0 + ($1.frozen ? 0 : $1.count) }
+        let held = parameters.filter(\.resident)
+        let total = held.reduce(0) { $0 + $1.count }
+        trainableCount = held.reduce(0) { $0 + ($1.frozen ? 0 : $1.count) }
         values = Tensor(shape: [total])
         grads = Tensor(shape: [trainableCount])
         var offset = 0
-        for p in parameters where !p.frozen {
+        for p in parameters where !p.resident { p.offset = -1 }
+        for p in held where !p.frozen {
             p.offset = offset
             p.value = values.data + offset
             p.grad = grads.data + offset
             offset += p.count
         }
-        for p in parameters where p.frozen {
+        for p in held where p.frozen {
             p.offset = offset
             p.value = values.data + offset
             offset += p.count
@@ -135,7 +148,7 @@ public final class ParameterStore {
     /// Sets every parameter to its initial value (a pure function of seed and name).
     public func initialize() {
         let rng = Philox(seed: seed)
-        for p in parameters {
+        for p in parameters where p.resident {
             switch p.initializer {
             case .zeros: p.value.update(repeating: 0, count: p.count)
             case .ones: p.value.update(repeating: 1, count: p.count)

@@ -6,14 +6,14 @@ import Storage
 
 /// Saving and loading checkpoints (docs/ARCHITECTURE.md, "Checkpoints"). Both are collective.
 extension Trainer {
-    /// Experts whose parameters and state only their runner holds (E ≥ P on several ranks).
-    var expertsLocal: Bool { !expertSpans.isEmpty }
+    /// Experts that only their owner holds (E ≥ P on several ranks).
+    var expertsLocal: Bool { !ownExpertSpans.isEmpty }
 
-    /// The arena ranges rank `q` updates and holds optimizer state for (its `updateRanges`):
-    /// its chunks of the sync's buckets and the experts it owns.
+    /// The ranges of this rank's arena that rank `q` updates and holds optimizer state for:
+    /// its chunks of the sync's buckets (which lie alike in every rank's arena), and for this
+    /// rank also the experts it owns (another rank's experts are not in this arena).
     func heldRanges(of q: Int) -> [Range<Int>] {
-        guard expertsLocal, let placement else { return gradientSync.ownedRanges(of: q) }
-        return gradientSync.ownedRanges(of: q) + model.layers((any ExpertLayer).self).map { $0.parameterSpan(placement.experts(on: q)) }
+        q == comm.rank ? updateRanges : gradientSync.ownedRanges(of: q)
     }
 
     /// Saves the current state as `<run>/step-NNNNNN/` and applies retention; returns the
@@ -57,6 +57,7 @@ extension Trainer {
         // Every rank goes through every parameter in store order: the gathers are collective.
         for (i, p) in parameters.enumerated() {
             let writes = plan.writer[i] == comm.rank
+            precondition(!writes || p.resident, "\(p.name) is written by a rank that does not hold it")
             if writes {
                 crcs[i * perParameter] = Double(try file!.writeTensor(CheckpointNames.parameter(p.name), shape: p.shape, p.value))
             }
@@ -109,6 +110,31 @@ extension Trainer {
         return final
     }
 
+    /// Writes the trained parameters as `model.h5` (`ModelFile`) at `path` on the coordinator
+    /// (nil on the other ranks). Collective: an expert only its owner holds travels from there
+    /// to the coordinator, one parameter at a time, so no rank ever holds them all.
+    public func writeModel(to path: String?, step: Int) throws {
+        let parameters = model.store.parameters
+        let plan = CheckpointPlan(model: model, placement: placement, ranks: comm.size, expertsLocal: expertsLocal, stateCount: 0)
+        let index = Dictionary(uniqueKeysWithValues: parameters.enumerated().map { (ObjectIdentifier($1), $0) })
+        var scratch: Tensor?
+        try ModelFile.write(parameters, to: path, step: step, configTOML: config.resolvedTOML) { p in
+            let i = index[ObjectIdentifier(p)]!
+            // The owner of an owner-only expert is its checkpoint writer; every rank holds the rest.
+            let holder = plan.expert[i] == nil ? 0 : plan.writer[i]
+            if holder == 0 { return comm.isCoordinator ? UnsafePointer(p.value) : nil }
+            guard comm.isCoordinator else {
+                try comm.gatherRuns(holder == comm.rank ? [(UnsafePointer(p.value), p.count)] : [], root: 0,
+                                    places: { _ in [] }, "model.h5: experts", p.name)
+                return nil
+            }
+            if (scratch?.count ?? 0) < p.count { scratch = Tensor(shape: [p.count]) }
+            let into = scratch!.data
+            try comm.gatherRuns([], root: 0, places: { $0 == holder ? [(into, p.count)] : [] }, "model.h5: experts", p.name)
+            return UnsafePointer(into)
+        }
+    }
+
     /// Where training stands: the next batch is `batch` of `epoch` (every epoch has the same
     /// number of batches, so the step count says it).
     var position: CheckpointManifest.Position {
@@ -159,12 +185,9 @@ extension Trainer {
         let reader = try CheckpointReader(path)
         let manifest = reader.manifest
         try checkFits(manifest, reader.tensors, source: reader.mainPath)
-        let plan = CheckpointPlan(model: model, placement: placement, ranks: comm.size, expertsLocal: expertsLocal,
-                                  stateCount: optimizer.state.count)
         let parameters = model.store.parameters
-        for (i, p) in parameters.enumerated() {
-            // Experts that live on their runners are read by their runners only.
-            if let e = plan.expert[i], let placement, !placement.experts(on: comm.rank).contains(e) { continue }
+        // Experts that live on their owners are read by their owners only.
+        for p in parameters where p.resident {
             try reader.read(CheckpointNames.parameter(p.name), into: p.value)
         }
         // The optimizer state of what this rank updates: a parameter it holds whole is read in
@@ -172,7 +195,7 @@ extension Trainer {
         let layout = optimizer.layout
         var scratch: Tensor?
         for state in optimizer.state {
-            for p in parameters where !p.frozen {
+            for p in parameters where !p.frozen && p.resident {
                 let span = p.offset..<(p.offset + p.count)
                 let pieces = layout.pieces(of: span)
                 if pieces.count == 1 && pieces[0].arena == span {

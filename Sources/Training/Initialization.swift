@@ -87,7 +87,8 @@ public struct InitPlan {
     /// from `seed`.
     public func apply(seed: UInt64) throws {
         let rng = Philox(seed: seed)
-        for (p, tensor) in loads {
+        // An expert another rank owns is loaded there.
+        for (p, tensor) in loads where p.resident {
             try checkpoint.read(tensor, into: p.value)
             guard upcycle, noise > 0, tensor != CheckpointNames.parameter(p.name) else { continue }
             var squares = 0.0

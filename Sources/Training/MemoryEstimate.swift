@@ -66,11 +66,14 @@ public struct MemoryEstimate: Sendable {
 
 /// The memory of this machine, as Linux reports it.
 public enum MachineMemory {
-    /// Bytes this process can still allocate: `MemAvailable`, or less where a control group
-    /// (a container, a Slurm or systemd job) or a resource limit on the process says so.
-    public static var available: Double {
-        var bytes = meminfo("MemAvailable") ?? Double.infinity
-        for (limit, used) in cgroupLimits() { bytes = min(bytes, max(limit - used, 0)) }
+    /// Bytes this process can still allocate when `ranks` processes share this host:
+    /// its share of `MemAvailable`, or less where a control group (a container, a Slurm or
+    /// systemd job: shared by the ranks too) or a resource limit on the process itself
+    /// (`ulimit -d`, `-v`: this process's alone) says so.
+    public static func available(sharedBy ranks: Int) -> Double {
+        var shared = meminfo("MemAvailable") ?? Double.infinity
+        for (limit, used) in cgroupLimits() { shared = min(shared, max(limit - used, 0)) }
+        var bytes = shared / Double(max(ranks, 1))
         let resident = status("VmRSS") ?? 0
         for resource in [RLIMIT_DATA, RLIMIT_AS] {
             var limit = rlimit()

@@ -10,10 +10,25 @@ import Storage
 public enum ModelFile {
     /// Writes to `<path>.tmp`, flushes, then renames, so `path` is either absent or whole.
     public static func write(_ model: Model, to path: String, step: Int, configTOML: String) throws {
+        try write(model.store.parameters, to: path, step: step, configTOML: configTOML) { UnsafePointer($0.value) }
+    }
+
+    /// Writes `parameters` as `write(_:to:…)` does, each from where `values` says, one after
+    /// another; with `path` nil only `values` is called, for each parameter in the same order
+    /// (a rank that sends its experts to the one that writes).
+    public static func write(_ parameters: [Parameter], to path: String?, step: Int, configTOML: String,
+                             values: (Parameter) throws -> UnsafePointer<Float>?) throws {
+        guard let path else {
+            for p in parameters { _ = try values(p) }
+            return
+        }
         let tmp = path + ".tmp"
         do {
             let file = try HDF5File.create(tmp)
-            for p in model.store.parameters { try file.writeFloats(p.name, shape: p.shape, p.value) }
+            for p in parameters {
+                guard let v = try values(p) else { preconditionFailure("no values for \(p.name) where model.h5 is written") }
+                try file.writeFloats(p.name, shape: p.shape, v)
+            }
             try file.setAttribute("switchboard_version", Switchboard.version)
             try file.setAttribute("step", String(step))
             try file.setAttribute("config", configTOML)

@@ -47,7 +47,7 @@ extension Optimizer {
     /// parameter `p` not marked in `skipping`; its state starts at `at`.
     func forEachPiece(of store: ParameterStore, skipping: UnsafePointer<Bool>?, _ body: (Parameter, Int, Int, Int) -> Void) {
         for (range, start) in zip(layout.ranges, layout.starts) {
-            for p in store.parameters where skipping?[p.index] != true {
+            for p in store.parameters where p.resident && skipping?[p.index] != true {
                 let lo = max(range.lowerBound, p.offset), hi = min(range.upperBound, p.offset + p.count)
                 if lo < hi { body(p, lo, hi, start + lo - range.lowerBound) }
             }

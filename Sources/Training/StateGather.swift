@@ -21,10 +21,13 @@ final class StateGather {
         comm = trainer.comm
         mine = trainer.optimizer.layout
         layouts = (0..<trainer.comm.size).map { StateLayout(trainer.heldRanges(of: $0)) }
+        precondition(layouts[trainer.comm.rank] == mine, "this rank's optimizer state is not laid out as its updates")
     }
 
     /// `state` (laid out as this rank's layout) of `p`, whole, on `writer`; nil on the others.
     func state(_ state: Tensor, of p: Parameter, to writer: Int) throws -> UnsafePointer<Float>? {
+        // An expert another rank owns: its owner, the writer, holds all of it.
+        guard p.resident else { return nil }
         let span = p.offset..<(p.offset + p.count)
         let held = layouts[writer].pieces(of: span)
         if held.count == 1 && held[0].arena == span {

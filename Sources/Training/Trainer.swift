@@ -78,9 +78,9 @@ public final class Trainer {
     /// the synced parameters, and the experts it alone owns (wherever they ran); in the sync's
     /// order, which the gradient norm sums in.
     let updateRanges: [Range<Int>]
-    /// Per MoE layer, all of its experts' parameters and those this rank runs (when experts
-    /// live on their runners only).
-    let expertSpans: [Range<Int>], ownExpertSpans: [Range<Int>]
+    /// Per MoE layer, the span of the experts this rank owns, when each expert lives on its
+    /// owner alone (E ≥ P on several ranks); empty otherwise.
+    let ownExpertSpans: [Range<Int>]
     /// The parts of the arena every rank holds and the gradient sync covers.
     let syncedRegions: [Range<Int>]
     /// The experts' update inside backward, when their gradients are whole there: no clip
@@ -101,8 +101,10 @@ public final class Trainer {
         try config.train.checkMicroBatch(ranks: comm.size)
         passRows = config.train.passRows(ranks: comm.size)
         accumulates = passRows < config.train.share(ranks: comm.size)
+        // Each rank holds the experts it owns only (E ≥ P on several ranks).
         model = Model(config.model, inputs: train.width, classes: config.data.classes,
-                      maxRows: maxRows, seed: config.run.seed, frozen: config.frozen, precision: config.train.products)
+                      maxRows: maxRows, seed: config.run.seed, frozen: config.frozen, precision: config.train.products,
+                      ranks: comm.size, rank: comm.rank)
         // `JobConfig.parse` checked the names already; a config made another way is checked here.
         if let problem = model.frozenProblems.first { throw ConfigError("[model] frozen: \(problem)") }
         let trainable = model.store.trainableCount
@@ -122,7 +124,7 @@ public final class Trainer {
             bucketBytes: config.parallel.bucketBytes, regions: experts.synced,
             label: { range in
                 // The parameters a bucket touches, by global name.
-                let inside = parameters.filter { $0.offset < range.upperBound && $0.offset + $0.count > range.lowerBound }
+                let inside = parameters.filter { $0.resident && $0.offset < range.upperBound && $0.offset + $0.count > range.lowerBound }
                 return inside.count == 1 ? inside[0].name : "\(inside.first!.name) … \(inside.last!.name)"
             })
         updateRanges = gradientSync.ownedRanges + experts.own
@@ -137,7 +139,6 @@ public final class Trainer {
             optimizer = SGD(layout: layout, momentum: Float(o.momentum), nesterov: o.nesterov,
                             weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
         }
-        expertSpans = experts.all
         ownExpertSpans = experts.own
         syncedRegions = experts.synced ?? [0..<trainable]
         // With accumulation a gradient is whole only in the step's last backward.
@@ -150,40 +151,23 @@ public final class Trainer {
         train.preparePrefetch(rows: passRows)
     }
 
-    /// With one runner per expert (E ≥ P), an expert's gradient and update live on its runner
-    /// alone: experts stay out of the sync (`synced` is the rest of the arena) and each rank
-    /// updates its own (`own`, per MoE layer; `all` is each layer's whole expert span).
-    /// Replicated experts (E < P) are summed by the sync like dense parameters (zero where
-    /// not run): then `synced` is nil and the lists are empty.
+    /// With one owner per expert (E ≥ P), an expert lives on its owner alone (the model holds
+    /// no other), which updates it: experts stay out of the sync (`synced` is the rest of this
+    /// rank's arena) and each rank updates its own (`own`, per MoE layer). Replicated experts
+    /// (E < P) are summed by the sync like dense parameters (zero where not run): then
+    /// `synced` is nil and `own` empty.
     static func expertSpans(_ model: Model, placement: ExpertPlacement?, comm: Communicator)
-        -> (synced: [Range<Int>]?, all: [Range<Int>], own: [Range<Int>]) {
-        guard comm.size > 1, let placement, placement.experts >= comm.size else { return (nil, [], []) }
-        var all: [Range<Int>] = [], own: [Range<Int>] = []
-        for layer in model.layers((any ExpertLayer).self) {
-            all.append(layer.parameterSpan(0..<layer.experts))
-            own.append(layer.parameterSpan(placement.experts(on: comm.rank)))
-        }
+        -> (synced: [Range<Int>]?, own: [Range<Int>]) {
+        guard comm.size > 1, let placement, placement.experts >= comm.size else { return (nil, []) }
+        let own = model.layers((any ExpertLayer).self).map { $0.parameterSpan(placement.experts(on: comm.rank)) }
         var from = 0
         var synced: [Range<Int>] = []
-        for x in all.sorted(by: { $0.lowerBound < $1.lowerBound }) {
+        for x in own.sorted(by: { $0.lowerBound < $1.lowerBound }) {
             if x.lowerBound > from { synced.append(from..<x.lowerBound) }
             from = x.upperBound
         }
         if from < model.store.trainableCount { synced.append(from..<model.store.trainableCount) }
-        return (synced, all, own)
-    }
-
-    /// Copies every expert's parameters from the rank that runs it to every rank, so that the
-    /// whole model can be written or evaluated anywhere (each rank otherwise holds current
-    /// values only for its own experts). Collective; nothing to do when experts are synced.
-    public func collectExperts() throws {
-        for (span, own) in zip(expertSpans, ownExpertSpans) {
-            let values = model.store.values.data
-            // Zero the experts run elsewhere; the sum over ranks is then the runners' values.
-            (values + span.lowerBound).update(repeating: 0, count: own.lowerBound - span.lowerBound)
-            (values + own.upperBound).update(repeating: 0, count: span.upperBound - own.upperBound)
-            try comm.allreduceSum(values + span.lowerBound, count: span.count, "expert collection")
-        }
+        return (synced, own)
     }
 
     /// The most rows a rank holds in one pass: ⌈B/P⌉ of a training batch or the micro-batch,

@@ -128,7 +128,6 @@ extension Trainer {
             }
         }
         progress?.finish()
-        try collectExperts()
         let seconds = trainTime.seconds
         return RunSummary(steps: step, epochs: min(config.train.epochs, (step + perEpoch - 1) / perEpoch), finalEvaluation: last,
                           trainSeconds: seconds, samplesPerSecond: Double(samples) / max(seconds, 1e-9), stopped: stopped,

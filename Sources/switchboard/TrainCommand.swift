@@ -98,7 +98,7 @@ struct TrainCommand: ParsableCommand {
         let memory = MemoryEstimate(config: config, train: train, test: test,
                                     maxRows: Trainer.maxRows(config, ranks: comm.size, testCount: test.count),
                                     ranks: comm.size, threads: threads)
-        try memory.check(available: MachineMemory.available / Double(onHost), ranksOnHost: onHost, source: job)
+        try memory.check(available: MachineMemory.available(sharedBy: onHost), ranksOnHost: onHost, source: job)
         let trainer = try Trainer(config: config, comm: comm, train: train, test: test)
         // A new run's [init] is checked (a strict job refused) before any run folder is made;
         // a resumed run has its own weights and does not need the source checkpoint.
@@ -106,8 +106,8 @@ struct TrainCommand: ParsableCommand {
         say("data: \(train.count) training and \(test.count) test samples of \(train.width) features, \(config.data.classes) classes")
         let store = trainer.model.store, size = config.model.size(inputs: train.width, classes: config.data.classes, maxRows: 1,
                                                                    frozen: config.frozen)
-        let frozen = store.count - store.trainableCount
-        say("model: \(store.count.formatted()) parameters\(frozen > 0 ? " (\(frozen.formatted()) frozen)" : ""); "
+        let frozen = store.parameters.reduce(0) { $0 + ($1.frozen ? $1.count : 0) }
+        say("model: \(store.declaredCount.formatted()) parameters\(frozen > 0 ? " (\(frozen.formatted()) frozen)" : ""); "
             + "\(fixed(size.trainingFlops / 1e6, 2)) MFLOP per training sample, \(fixed(size.inferenceFlops / 1e6, 2)) per inference; "
             + "\(trainer.totalSteps) steps of \(config.train.batchSize) samples\(passes(trainer)); "
             + "memory ≈ \(MemoryEstimate.text(memory.total)) per rank")
@@ -216,8 +216,9 @@ struct TrainCommand: ParsableCommand {
         }
         say("inference (the final evaluation, forward passes of \(config.train.evalBatchSize) samples): "
             + "\(Int(e.samplesPerSecond)) samples/s" + (e.hard.map { "; hard decisions \(Int($0.samplesPerSecond)) samples/s" } ?? ""))
+        // Every rank takes part: experts travel from their owners to the coordinator.
+        try trainer.writeModel(to: folder.map { "\($0.path)/model.h5" }, step: summary.steps)
         guard let folder else { return }
-        try ModelFile.write(trainer.model, to: "\(folder.path)/model.h5", step: summary.steps, configTOML: config.resolvedTOML)
         if complete && folder.isFinished {
             say("kept \(folder.path)/summary.json, written when the run finished")
         } else {

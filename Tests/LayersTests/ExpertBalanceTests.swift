@@ -31,8 +31,8 @@ final class ExpertBalanceTests: XCTestCase {
         return all
     }
 
-    func plan(_ rows: [Int32], ranks p: Int, experts e: Int) -> (runner: [Int], moved: Int) {
-        var balance = ExpertBalance(ranks: p, experts: e)
+    func plan(_ rows: [Int32], ranks p: Int, experts e: Int, maxVisiting: Int = .max) -> (runner: [Int], moved: Int) {
+        var balance = ExpertBalance(ranks: p, experts: e, maxVisiting: maxVisiting)
         var runner = [Int](repeating: -1, count: e)
         let moved = rows.withUnsafeBufferPointer { r in
             runner.withUnsafeMutableBufferPointer { balance.plan(rows: r.baseAddress!, owner: { self.owner($0, experts: e, ranks: p) }, runner: $0.baseAddress!) }
@@ -47,9 +47,11 @@ final class ExpertBalanceTests: XCTestCase {
         XCTAssertEqual(runner, (0..<8).map { owner($0, experts: 8, ranks: 4) })
     }
 
-    /// Random routings, many with empty experts and skew toward low ids: the plan's largest
-    /// load is the least any contiguous cut achieves, its moves the fewest among those cuts,
-    /// its runners ascend with the expert id, and an expert without rows stays home.
+    /// Random routings, many with empty experts and skew toward low ids, and a random cap on
+    /// the experts a rank runs for others (none, or up to what a rank owns): the plan keeps
+    /// every rank within the cap, its largest load is the least any contiguous cut within the
+    /// cap achieves, its moves the fewest among those cuts, its runners ascend with the
+    /// expert id, and an expert without rows stays home.
     func testThePlanIsTheBestContiguousCut() {
         // Philox, keyed: a failing trial repeats.
         let rng = Philox(seed: 7)
@@ -69,7 +71,11 @@ final class ExpertBalanceTests: XCTestCase {
             }
             let own = { (i: Int) in self.owner(i, experts: e, ranks: p) }
             let total = (0..<e).map { i in (0..<p).reduce(0) { $0 + Int(rows[$1 * e + i]) } }
-            let (runner, moved) = plan(rows, ranks: p, experts: e)
+            let cap = draw(0...3) == 0 ? Int.max : draw(0...((e + p - 1) / p))
+            let (runner, moved) = plan(rows, ranks: p, experts: e, maxVisiting: cap)
+            func visitors(_ runner: [Int]) -> [Int] {
+                (0..<p).map { r in (0..<e).filter { runner[$0] == r && own($0) != r }.count }
+            }
 
             var bestWorst = Int.max, bestMoves = Int.max
             for ends in cuts(experts: e, ranks: p) {
@@ -78,11 +84,13 @@ final class ExpertBalanceTests: XCTestCase {
                     while i >= ends[r] { r += 1 }
                     return total[i] > 0 ? r : own(i)
                 }
+                guard visitors(candidate).max()! <= cap else { continue }
                 let worst = loads(candidate, total, ranks: p, owner: own).max()!
                 let moves = (0..<e).filter { candidate[$0] != own($0) }.count
                 if worst < bestWorst || (worst == bestWorst && moves < bestMoves) { (bestWorst, bestMoves) = (worst, moves) }
             }
-            let label = "trial \(trial): P \(p), E \(e), rows \(rows), runners \(runner)"
+            let label = "trial \(trial): P \(p), E \(e), cap \(cap), rows \(rows), runners \(runner)"
+            XCTAssertLessThanOrEqual(visitors(runner).max()!, cap, label)
             XCTAssertEqual(loads(runner, total, ranks: p, owner: own).max()!, bestWorst, label)
             XCTAssertEqual(moved, bestMoves, label)
             XCTAssertEqual(moved, (0..<e).filter { runner[$0] != own($0) }.count, label)
@@ -104,6 +112,20 @@ final class ExpertBalanceTests: XCTestCase {
         let (runner, moved) = plan(rows, ranks: 2, experts: 8)
         XCTAssertEqual(runner, [0, 0, 1, 1, 1, 1, 1, 1])
         XCTAssertEqual(moved, 2)
+    }
+
+    /// A skewed routing on 4 ranks, experts 0–1 | 2–3 | 4–5 | 6–7, rank 0's taking most rows:
+    /// uncapped, some rank runs two experts of others; capped at one, none runs more (the
+    /// random trials above check the capped plan's load is still the best within the cap).
+    func testARankRunsNoMoreExpertsForOthersThanTheCap() {
+        let rows: [Int32] = [400, 300, 200, 100, 60, 40, 20, 10, /* rank 1 */ 400, 300, 200, 100, 60, 40, 20, 10]
+        func visitors(_ runner: [Int]) -> [Int] {
+            (0..<4).map { r in (0..<8).filter { runner[$0] == r && owner($0, experts: 8, ranks: 4) != r }.count }
+        }
+        let free = plan(rows + rows, ranks: 4, experts: 8)
+        let capped = plan(rows + rows, ranks: 4, experts: 8, maxVisiting: 1)
+        XCTAssertGreaterThan(visitors(free.runner).max()!, 1, "the routing must be skewed enough to need the cap: \(free.runner)")
+        XCTAssertLessThanOrEqual(visitors(capped.runner).max()!, 1, "\(capped.runner)")
     }
 }
 

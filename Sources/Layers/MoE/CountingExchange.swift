@@ -3,24 +3,22 @@
 /// would hold on `ranks` ranks; it never moves anything.
 final class CountingExchange: ExpertExchange {
     let ranks: Int
-    let rank = 0
+    let rank: Int
     let experts: Int
     let movesExperts: Bool
+    let placement: ExpertPlacement
 
     /// `movesExperts`: the job lets experts move (`ExpertBalance`), which they do only with one
-    /// owner each (E ≥ P).
-    init(ranks: Int, experts: Int, movesExperts: Bool) {
+    /// owner each (E ≥ P). `rank`: the rank counted.
+    init(ranks: Int, rank: Int, experts: Int, movesExperts: Bool) {
         self.ranks = ranks
+        self.rank = rank
         self.experts = experts
         self.movesExperts = movesExperts && experts >= ranks
+        placement = ExpertPlacement(experts: experts, ranks: ranks)
     }
 
-    /// Contiguous blocks of experts per rank (E ≥ P), or a replica per rank (E < P). Which rank
-    /// runs which expert does not change what rank 0 holds: the experts that may move are all
-    /// either held or visiting.
-    func runner(of expert: Int, forTokensOf q: Int) -> Int {
-        experts >= ranks ? expert * ranks / experts : q
-    }
+    func runner(of expert: Int, forTokensOf q: Int) -> Int { placement.runner(of: expert, forTokensOf: q) }
 
     func allToAll(_ send: UnsafePointer<Int32>, _ receive: UnsafeMutablePointer<Int32>, perRank: Int) {
         fatalError("a counted model exchanged token counts")

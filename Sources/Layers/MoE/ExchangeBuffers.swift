@@ -31,20 +31,34 @@ final class ExchangeBuffers {
     /// [E] rows placed so far per expert while regrouping.
     let filled: UnsafeMutablePointer<Int>
 
-    /// Moving experts (`exchange.movesExperts`): each expert's parameters, the runner of each
-    /// expert in this pass (`ExpertBalance`), and the plan's scratch.
-    let spans: [ExpertSpan]
+    /// Moving experts (`exchange.movesExperts`): the parameters of each expert held here (nil
+    /// for those another rank owns), the runner of each expert in this pass (`ExpertBalance`),
+    /// and the plan's scratch.
+    let spans: [ExpertSpan?]
     let runner: UnsafeMutablePointer<Int>
     var balance: ExpertBalance
     /// Experts moved in the last pass.
     private(set) var moved = 0
     /// Parameters (forward) or gradients (backward) of moved experts: `held` the experts this
-    /// rank owns, `visiting` those it runs for others; float counts and offsets per rank.
-    let held: Tensor, visiting: Tensor
+    /// rank owns, on their way out and their gradients on the way back; float counts and
+    /// offsets per rank.
+    let held: Tensor
     let heldCounts: UnsafeMutablePointer<Int32>, heldOffsets: UnsafeMutablePointer<Int32>
+    /// The experts this rank runs for their owners in this pass: their parameters, as they
+    /// arrive, and their gradients, which backward adds to from zero and which go home after
+    /// it; room for `maxVisiting` experts (the plan moves no more here).
+    let visiting: Tensor, visitingGrads: Tensor
     let visitingCounts: UnsafeMutablePointer<Int32>, visitingOffsets: UnsafeMutablePointer<Int32>
+    /// [E] where a visiting expert's span starts in `visiting` in this pass; −1 for the others.
+    let visitingAt: UnsafeMutablePointer<Int>
+    /// The most experts a rank runs for their owners in one pass: as many as the most a rank
+    /// owns, so a rank never holds more than twice its own experts.
+    let maxVisiting: Int
+    /// Floats of one expert's parameters.
+    let expertFloats: Int
 
-    init(_ exchange: any ExpertExchange, experts e: Int, rows: Int, width d: Int, spans: [ExpertSpan], in build: BuildContext) {
+    init(_ exchange: any ExpertExchange, experts e: Int, rows: Int, width d: Int, spans: [ExpertSpan?], expertFloats: Int,
+         in build: BuildContext) {
         self.exchange = exchange
         ranks = exchange.ranks
         rank = exchange.rank
@@ -64,16 +78,22 @@ final class ExchangeBuffers {
         receiveOffsets = .allocate(capacity: p)
         staging = build.tensor([rows, d])
         filled = .allocate(capacity: e)
-        self.spans = exchange.movesExperts ? spans : []
+        let moving = exchange.movesExperts
+        self.spans = moving ? spans : []
+        self.expertFloats = expertFloats
         runner = .allocate(capacity: e)
-        balance = build.counting ? ExpertBalance(ranks: 0, experts: 0) : ExpertBalance(ranks: p, experts: e)
-        let moving = exchange.movesExperts, runners = (0..<e).map { exchange.runner(of: $0, forTokensOf: exchange.rank) }
+        maxVisiting = moving ? (e + p - 1) / p : 0
+        balance = build.counting ? ExpertBalance(ranks: 0, experts: 0) : ExpertBalance(ranks: p, experts: e, maxVisiting: maxVisiting)
+        let runners = (0..<e).map { exchange.runner(of: $0, forTokensOf: exchange.rank) }
         for i in 0..<e { runner[i] = runners[i] }
         // Summed in Double: a counted model's experts may hold more than an Int counts.
-        let heldFloats = moving ? spans.indices.filter { runners[$0] == exchange.rank }.reduce(0.0) { $0 + Double(spans[$1].count) } : 0
-        let visitingFloats = moving ? spans.reduce(0.0) { $0 + Double($1.count) } - heldFloats : 0
+        let heldFloats = moving ? Double(runners.filter { $0 == exchange.rank }.count) * Double(expertFloats) : 0
+        let visitingFloats = Double(maxVisiting) * Double(expertFloats)
         held = build.tensor(elements: heldFloats)
         visiting = build.tensor(elements: visitingFloats)
+        visitingGrads = build.tensor(elements: visitingFloats)
+        visitingAt = .allocate(capacity: e)
+        visitingAt.initialize(repeating: -1, count: e)
         heldCounts = .allocate(capacity: p)
         heldOffsets = .allocate(capacity: p)
         visitingCounts = .allocate(capacity: p)
@@ -83,7 +103,7 @@ final class ExchangeBuffers {
     deinit {
         for b in [announce, counts, sendRows, receiveRows, sendCounts, sendOffsets, receiveCounts, receiveOffsets,
                   heldCounts, heldOffsets, visitingCounts, visitingOffsets] { b.deallocate() }
-        for b in [filled, runner] { b.deallocate() }
+        for b in [filled, runner, visitingAt] { b.deallocate() }
     }
 
     var movesExperts: Bool { !spans.isEmpty }
@@ -163,28 +183,39 @@ final class ExchangeBuffers {
         }
     }
 
-    /// Forward: the owners of moved experts send their parameters to the runners, which put
-    /// them in place in their own store. Every rank makes this call whether or not anything
-    /// moves (then every segment is empty).
+    /// Forward: the owners of moved experts send their parameters to the runners, which keep
+    /// them in their visiting slots for the pass. Every rank makes this call whether or not
+    /// anything moves (then every segment is empty).
     func sendParameters() {
         layOut(.held, heldCounts, heldOffsets)
         layOut(.visiting, visitingCounts, visitingOffsets)
-        forEachMoved(.held, held, heldOffsets) { span, at in at.update(from: span.values, count: span.count) }
+        forEachMoved(.held, heldOffsets) { i, at in (held.data + at).update(from: spans[i]!.values, count: expertFloats) }
         exchange.allToAll(held.data, heldCounts, heldOffsets, visiting.data, visitingCounts, visitingOffsets)
-        forEachMoved(.visiting, visiting, visitingOffsets) { span, at in span.values.update(from: at, count: span.count) }
+        for i in 0..<experts { visitingAt[i] = -1 }
+        forEachMoved(.visiting, visitingOffsets) { i, at in
+            precondition(at + expertFloats <= visiting.count, "more experts visit than the slots hold")
+            visitingAt[i] = at
+        }
+    }
+
+    /// Where visiting expert i's parameters and gradients are in this pass.
+    func visiting(_ i: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
+        let at = visitingAt[i]
+        precondition(at >= 0, "expert \(i) is neither held nor visiting here")
+        return (visiting.data + at, visitingGrads.data + at)
     }
 
     /// After backward: the runners return the moved experts' weight gradients to their owners
-    /// (zeroing their own copies, which no optimizer touches), and each owner adds them to its
-    /// gradient, which held nothing for that expert: the same bits the owner would have made.
+    /// (zeroing their slots for the next pass), and each owner adds them to its gradient, which
+    /// held nothing for that expert: the same bits the owner would have made.
     func returnGradients() {
-        forEachMoved(.visiting, visiting, visitingOffsets) { span, at in
-            at.update(from: span.grads, count: span.count)
-            span.grads.update(repeating: 0, count: span.count)
-        }
-        exchange.allToAll(visiting.data, visitingCounts, visitingOffsets, held.data, heldCounts, heldOffsets)
-        forEachMoved(.held, held, heldOffsets) { span, at in
-            add(UnsafePointer(span.grads), UnsafePointer(at), into: span.grads, count: span.count)
+        exchange.allToAll(visitingGrads.data, visitingCounts, visitingOffsets, held.data, heldCounts, heldOffsets)
+        var used = 0
+        for q in 0..<ranks { used = max(used, Int(visitingOffsets[q]) + Int(visitingCounts[q])) }
+        visitingGrads.data.update(repeating: 0, count: used)
+        forEachMoved(.held, heldOffsets) { i, at in
+            let grads = spans[i]!.grads
+            add(UnsafePointer(grads), UnsafePointer(held.data + at), into: grads, count: expertFloats)
         }
     }
 
@@ -207,19 +238,18 @@ final class ExchangeBuffers {
         var at = 0
         for q in 0..<ranks {
             offsets[q] = Int32(at)
-            for i in 0..<experts where peer(i, side) == q { at += spans[i].count }
+            for i in 0..<experts where peer(i, side) == q { at += expertFloats }
             counts[q] = Int32(at) - offsets[q]
         }
     }
 
-    /// Each moved expert on `side`, with its place in `buffer`, in the order `layOut` gives.
-    private func forEachMoved(_ side: Side, _ buffer: Tensor, _ offsets: UnsafeMutablePointer<Int32>,
-                              _ body: (ExpertSpan, UnsafeMutablePointer<Float>) -> Void) {
+    /// Each moved expert on `side`, with where it lies in its buffer, in the order `layOut` gives.
+    private func forEachMoved(_ side: Side, _ offsets: UnsafeMutablePointer<Int32>, _ body: (Int, Int) -> Void) {
         for q in 0..<ranks {
             var at = Int(offsets[q])
             for i in 0..<experts where peer(i, side) == q {
-                body(spans[i], buffer.data + at)
-                at += spans[i].count
+                body(i, at)
+                at += expertFloats
             }
         }
     }

@@ -141,11 +141,12 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
         let biasInit1: Initializer = spec.sigmaInit ? .zeros : i1, biasInit2: Initializer = spec.sigmaInit ? .zeros : i2
         var w1: [Parameter] = [], b1: [Parameter?] = [], w2: [Parameter] = [], b2: [Parameter?] = []
         for i in 0..<e {
-            let p = "\(name).experts.\(i)"
-            w1.append(store.register("\(p).w1", shape: [h1, d], role: .weight, initializer: i1))
-            b1.append(spec.bias ? store.register("\(p).b1", shape: [h1], role: .bias, initializer: biasInit1) : nil)
-            w2.append(store.register("\(p).w2", shape: [d, h], role: .weight, initializer: i2))
-            b2.append(spec.bias ? store.register("\(p).b2", shape: [d], role: .bias, initializer: biasInit2) : nil)
+            // An expert another rank owns is declared here but not held.
+            let p = "\(name).experts.\(i)", held = build.holdsExpert(i, of: e)
+            w1.append(store.register("\(p).w1", shape: [h1, d], role: .weight, initializer: i1, resident: held))
+            b1.append(spec.bias ? store.register("\(p).b1", shape: [h1], role: .bias, initializer: biasInit1, resident: held) : nil)
+            w2.append(store.register("\(p).w2", shape: [d, h], role: .weight, initializer: i2, resident: held))
+            b2.append(spec.bias ? store.register("\(p).b2", shape: [d], role: .bias, initializer: biasInit2, resident: held) : nil)
         }
         self.w1 = w1
         self.b1 = b1
@@ -212,14 +213,14 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
         let rows = exchange.ranks * maxRows * k
         owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
         products = MoEProducts(tokens: maxRows, rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build, reusing: products)
-        let spans = (0..<e).map { i in
-            let parts = [w1[i], b1[i], w2[i], b2[i]].compactMap { $0 }
-            let count = parts.reduce(0) { $0 + $1.count }
-            precondition(build.counting || parts.last!.offset + parts.last!.count - w1[i].offset == count,
+        // The experts held here, each one span of values and one of gradients.
+        let spans = (0..<e).map { i -> ExpertSpan? in
+            guard w1[i].resident else { return nil }
+            precondition(build.counting || expertParameters(i).last!.offset + expertParameters(i).last!.count - w1[i].offset == expertFloats,
                          "expert \(i)'s parameters are not one span")
-            return ExpertSpan(values: build.values(of: w1[i]), grads: build.grads(of: w1[i]), count: count)
+            return ExpertSpan(values: build.values(of: w1[i]), grads: build.grads(of: w1[i]), count: expertFloats)
         }
-        self.exchange = ExchangeBuffers(exchange, experts: e, rows: rows, width: d, spans: spans, in: build)
+        self.exchange = ExchangeBuffers(exchange, experts: e, rows: rows, width: d, spans: spans, expertFloats: expertFloats, in: build)
     }
 
     /// Updates the experts this rank owns and runs inside backward from now on, with one
@@ -233,7 +234,14 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
     public var experts: Int { e }
     public var expertsPerRow: Int { k }
 
+    /// Expert i's parameters in the order they are registered (one span in the store).
+    func expertParameters(_ i: Int) -> [Parameter] { [w1[i], b1[i], w2[i], b2[i]].compactMap { $0 } }
+
+    /// The floats of one expert's parameters (every expert the same).
+    var expertFloats: Int { h1 * d + d * h + (spec.bias ? h1 + d : 0) }
+
     public func parameterSpan(_ experts: Range<Int>) -> Range<Int> {
+        precondition(experts.allSatisfy { w1[$0].resident }, "\(name): experts \(experts) are not all held here")
         let last = b2[experts.upperBound - 1] ?? w2[experts.upperBound - 1]
         return w1[experts.lowerBound].offset..<(last.offset + last.count)
     }

@@ -23,6 +23,24 @@ extension MoE {
         BLAS.singleThreaded { WorkerPool.shared.run(backwardPass, count: parts, align: 1, minimum: 2) }
     }
 
+    // MARK: - Where an expert's parameters are
+
+    /// Expert i's parameters and their gradients in this pass, laid out as registered (W1, b1,
+    /// W2, b2 in one span): in the store for an expert held here, in the exchange's visiting
+    /// slot for one that runs here for its owner (`ExchangeBuffers.sendParameters`).
+    struct ExpertPointers {
+        let w1, w2, gw1, gw2: UnsafeMutablePointer<Float>
+        let b1, b2, gb1, gb2: UnsafeMutablePointer<Float>?
+    }
+
+    func pointers(_ i: Int) -> ExpertPointers {
+        let (v, g) = w1[i].resident ? (w1[i].value!, w1[i].grad!) : exchange!.visiting(i)
+        let ob1 = h1 * d, ow2 = ob1 + (b1[i] == nil ? 0 : h1), ob2 = ow2 + d * h
+        let bias = b1[i] != nil
+        return ExpertPointers(w1: v, w2: v + ow2, gw1: g, gw2: g + ow2,
+                              b1: bias ? v + ob1 : nil, b2: bias ? v + ob2 : nil, gb1: bias ? g + ob1 : nil, gb2: bias ? g + ob2 : nil)
+    }
+
     // MARK: - Forward
 
     /// Expert i: h = f(xs·W1ᵀ + b1), ys = h·W2ᵀ + b2, over its contiguous rows. In bf16 the
@@ -32,30 +50,30 @@ extension MoE {
         guard n > 0 else { return }
         let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
         let yr = w.y.data + o * d
-        let p = products
+        let p = products, at = pointers(i)
         if let x16 = w.x16 {
             let xs = x16.round(xr, count: n * d, at: o * d)
-            p.z1(rows: n, a: xs, b: p.w1[i].round(w1[i].value, count: h1 * d), c: zr)
+            p.z1(rows: n, a: xs, b: p.w1[i].round(at.w1, count: h1 * d), c: zr)
         } else if p.expertForwardOnMatmul {
-            p.z1(rows: n, a: xr, b: w1[i].value, c: zr)
+            p.z1(rows: n, a: xr, b: at.w1, c: zr)
         } else {
-            gemmExpert(m: n, n: h1, k: d, a: xr, lda: d, b: w1[i].value, ldb: d, c: zr, ldc: h1)
+            gemmExpert(m: n, n: h1, k: d, a: xr, lda: d, b: at.w1, ldb: d, c: zr, ldc: h1)
         }
         if let pointwise {
-            pointwise.forward(z: zr, bias: b1[i]?.value, y: hr, rows: n, cols: h)
+            pointwise.forward(z: zr, bias: at.b1, y: hr, rows: n, cols: h)
         } else {
-            if let b = b1[i] { Activation.identity.forward(z: zr, bias: b.value, y: zr, rows: n, cols: h1) }
+            if let b = at.b1 { Activation.identity.forward(z: zr, bias: b, y: zr, rows: n, cols: h1) }
             gated!.forward(ab: zr, h: hr, rows: n, hidden: h)
         }
         if let h16 = w.h16 {
             let hs = h16.round(hr, count: n * h, at: o * h)
-            p.ys(rows: n, a: hs, b: p.w2[i].round(w2[i].value, count: d * h), c: yr)
+            p.ys(rows: n, a: hs, b: p.w2[i].round(at.w2, count: d * h), c: yr)
         } else if p.expertForwardOnMatmul {
-            p.ys(rows: n, a: hr, b: w2[i].value, c: yr)
+            p.ys(rows: n, a: hr, b: at.w2, c: yr)
         } else {
-            gemmExpert(m: n, n: d, k: h, a: hr, lda: h, b: w2[i].value, ldb: h, c: yr, ldc: d)
+            gemmExpert(m: n, n: d, k: h, a: hr, lda: h, b: at.w2, ldb: h, c: yr, ldc: d)
         }
-        if let b = b2[i] { Activation.identity.forward(z: yr, bias: b.value, y: yr, rows: n, cols: d) }
+        if let b = at.b2 { Activation.identity.forward(z: yr, bias: b, y: yr, rows: n, cols: d) }
     }
 
     // MARK: - Backward
@@ -87,31 +105,33 @@ extension MoE {
         let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
         let dyr = w.dy.data + o * d, dhr = w.dh.data + o * h, dzr = w.dz1.data + o * h1, dxr = w.dx.data + o * d
         // Where a gradient goes, and whether its product adds to it: the buffer is
-        // overwritten (biases are sums, so theirs starts at zero), the store's added to.
-        func weightGradient(_ p: Parameter) -> (UnsafeMutablePointer<Float>, add: Bool) { (buffer ?? p.grad, buffer == nil) }
-        func biasGradient(_ p: Parameter) -> UnsafeMutablePointer<Float> {
-            guard let buffer else { return p.grad }
-            buffer.update(repeating: 0, count: p.count)
+        // overwritten (biases are sums, so theirs starts at zero), the gradient (the store's,
+        // or the visiting slot's) added to.
+        let at = pointers(i)
+        func weightGradient(_ g: UnsafeMutablePointer<Float>) -> (UnsafeMutablePointer<Float>, add: Bool) { (buffer ?? g, buffer == nil) }
+        func biasGradient(_ g: UnsafeMutablePointer<Float>, count: Int) -> UnsafeMutablePointer<Float> {
+            guard let buffer else { return g }
+            buffer.update(repeating: 0, count: count)
             return buffer
         }
         let p = products
-        if let b = b2[i] {
-            let g = biasGradient(b)
+        if let b = b2[i], let gb = at.gb2 {
+            let g = biasGradient(gb, count: d)
             addColumnSums(dyr, rows: n, cols: d, into: g)
             updater?.update(b, from: g)
         }
         // dW2[d, H] += dysᵀ · h;  dh = dys · W2
-        let (g2, add2) = weightGradient(w2[i])
+        let (g2, add2) = weightGradient(at.gw2)
         if let dy16 = w.dy16, let h16 = w.h16 {
             let dys = dy16.round(dyr, count: n * d, at: o * d)
             (add2 ? p.dW2Add : p.dW2)(rows: n, a: dys, b: h16.data + o * h, c: g2)
             p.dh(rows: n, a: dys, b: p.w2[i].data, c: dhr)
         } else {
             (add2 ? p.dW2Add : p.dW2)(rows: n, a: dyr, b: hr, c: g2)
-            p.dh(rows: n, a: dyr, b: w2[i].value, c: dhr)
+            p.dh(rows: n, a: dyr, b: at.w2, c: dhr)
         }
         updater?.update(w2[i], from: g2)
-        let gb1 = b1[i].map(biasGradient)
+        let gb1 = at.gb1.map { biasGradient($0, count: h1) }
         if let pointwise {
             pointwise.backward(z: zr, dy: dhr, dz: dzr, dbias: gb1, rows: n, cols: h)
         } else {
@@ -120,14 +140,14 @@ extension MoE {
         }
         if let b = b1[i], let gb1 { updater?.update(b, from: gb1) }
         // dW1[H1, d] += dz1ᵀ · xs;  dxs = dz1 · W1
-        let (g1, add1) = weightGradient(w1[i])
+        let (g1, add1) = weightGradient(at.gw1)
         if let dz16 = w.dz16, let x16 = w.x16 {
             let dzs = dz16.round(dzr, count: n * h1, at: o * h1)
             (add1 ? p.dW1Add : p.dW1)(rows: n, a: dzs, b: x16.data + o * d, c: g1)
             p.dxs(rows: n, a: dzs, b: p.w1[i].data, c: dxr)
         } else {
             (add1 ? p.dW1Add : p.dW1)(rows: n, a: dzr, b: xr, c: g1)
-            p.dxs(rows: n, a: dzr, b: w1[i].value, c: dxr)
+            p.dxs(rows: n, a: dzr, b: at.w1, c: dxr)
         }
         updater?.update(w1[i], from: g1)
     }

@@ -46,11 +46,11 @@ struct MemoryBench {
             peaks[world.rank] = MachineMemory.peak ?? 0
             try peaks.withUnsafeMutableBufferPointer { try world.allreduceSum($0.baseAddress!, count: $0.count, "bench: peak memory") }
             let store = trainer.model.store
-            let stateFloats = Double(store.trainableCount) * Double(1 + trainer.optimizer.state.count)
-            let ideal = before + 4 * (Double(store.count) + stateFloats) / Double(world.size) + estimate.buffers
+            let stateFloats = Double(store.declaredCount) * Double(2 + trainer.optimizer.state.count)
+            let ideal = before + 4 * stateFloats / Double(world.size) + estimate.buffers
             say("")
             say("\(model.name): \(path) --set \(model.settings.joined(separator: " --set ")) "
-                + "(\(store.count.formatted()) parameters, batch \(config.train.batchSize))")
+                + "(\(store.declaredCount.formatted()) parameters, batch \(config.train.batchSize))")
             for (r, peak) in peaks.enumerated() {
                 say("  rank \(r): peak \(MemoryEstimate.text(peak))")
             }
