@@ -74,11 +74,13 @@ public enum MachineMemory {
         var shared = meminfo("MemAvailable") ?? Double.infinity
         for (limit, used) in cgroupLimits() { shared = min(shared, max(limit - used, 0)) }
         var bytes = shared / Double(max(ranks, 1))
-        let resident = status("VmRSS") ?? 0
-        for resource in [RLIMIT_DATA, RLIMIT_AS] {
+        // A limit counts what the kernel counts against it: the data segment and the private
+        // writable mappings (`VmData`) for `ulimit -d`, every mapping (`VmSize`) for `-v`,
+        // both of which run well ahead of what is resident.
+        for (resource, used) in [(RLIMIT_DATA, "VmData"), (RLIMIT_AS, "VmSize")] {
             var limit = rlimit()
             if getrlimit(__rlimit_resource_t(resource.rawValue), &limit) == 0 && limit.rlim_cur != rlim_t.max {
-                bytes = min(bytes, max(Double(limit.rlim_cur) - resident, 0))
+                bytes = min(bytes, max(Double(limit.rlim_cur) - (status(used) ?? 0), 0))
             }
         }
         return bytes
