@@ -18,8 +18,9 @@ public final class Evaluator {
         self.config = config
         self.comm = comm
         try config.train.checkPrecision()
+        // Each rank holds the experts it owns only, as in training.
         model = Model(config.model, inputs: inputs, classes: config.data.classes, maxRows: maxRows, seed: config.run.seed,
-                      frozen: config.frozen, precision: config.train.products)
+                      frozen: config.frozen, precision: config.train.products, ranks: comm.size, rank: comm.rank)
         let (collectives, _) = MoECollectives.attach(to: model, comm: comm, balanceExperts: config.parallel.balanceExperts)
         loop = EvaluationLoop(model: model, comm: comm, collectives: collectives, maxRows: maxRows, width: inputs)
     }
@@ -36,7 +37,7 @@ public final class Evaluator {
         guard problems.isEmpty else {
             throw CheckpointError(checkpoint.mainPath, "does not fit its own config's model: " + problems.prefix(20).joined(separator: "; "))
         }
-        for p in model.store.parameters { try checkpoint.read(CheckpointNames.parameter(p.name), into: p.value) }
+        for p in model.store.parameters where p.resident { try checkpoint.read(CheckpointNames.parameter(p.name), into: p.value) }
     }
 
     /// Loss, accuracy and the confusion matrix on `data` (soft and hard for an FFF model).

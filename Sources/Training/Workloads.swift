@@ -93,11 +93,16 @@ public enum Workload: String, CaseIterable, Sendable {
     /// the first). An expert's products run on its share of the batch, T·k/E rows when the
     /// router balances perfectly.
     public static func gemmShapes(_ model: Model, rows: Int) -> [(Transpose, Transpose, Int, Int, Int)] {
-        // Each expert layer's span of the arena, and the rows an expert of it takes.
-        let experts = model.layers((any ExpertLayer).self).map { ($0.parameterSpan(0..<$0.experts), max(1, rows * $0.expertsPerRow / $0.experts)) }
+        // The rows an expert takes, by its parameters.
+        var expertRows: [ObjectIdentifier: Int] = [:]
+        for moe in model.moeLayers {
+            for i in 0..<moe.experts {
+                for p in moe.expertParameters(i) { expertRows[ObjectIdentifier(p)] = max(1, rows * moe.expertsPerRow / moe.experts) }
+            }
+        }
         var shapes: [(Transpose, Transpose, Int, Int, Int)] = []
         for (i, p) in model.store.parameters.filter({ $0.role == .weight && $0.shape.count == 2 }).enumerated() {
-            let out = p.shape[0], inp = p.shape[1], n = experts.first { $0.0.contains(p.offset) }?.1 ?? rows
+            let out = p.shape[0], inp = p.shape[1], n = expertRows[ObjectIdentifier(p)] ?? rows
             shapes.append((.none, .transpose, n, out, inp))        // forward
             shapes.append((.transpose, .none, out, inp, n))        // weight gradient
             if i > 0 { shapes.append((.none, .none, n, inp, out)) } // input gradient

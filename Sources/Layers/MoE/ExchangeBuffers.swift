@@ -189,13 +189,12 @@ final class ExchangeBuffers {
     func sendParameters() {
         layOut(.held, heldCounts, heldOffsets)
         layOut(.visiting, visitingCounts, visitingOffsets)
+        precondition(Int(visitingOffsets[ranks - 1]) + Int(visitingCounts[ranks - 1]) <= visiting.count,
+                     "more experts visit than the slots hold")
         forEachMoved(.held, heldOffsets) { i, at in (held.data + at).update(from: spans[i]!.values, count: expertFloats) }
         exchange.allToAll(held.data, heldCounts, heldOffsets, visiting.data, visitingCounts, visitingOffsets)
         for i in 0..<experts { visitingAt[i] = -1 }
-        forEachMoved(.visiting, visitingOffsets) { i, at in
-            precondition(at + expertFloats <= visiting.count, "more experts visit than the slots hold")
-            visitingAt[i] = at
-        }
+        forEachMoved(.visiting, visitingOffsets) { i, at in visitingAt[i] = at }
     }
 
     /// Where visiting expert i's parameters and gradients are in this pass.

@@ -235,7 +235,7 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
     public var expertsPerRow: Int { k }
 
     /// Expert i's parameters in the order they are registered (one span in the store).
-    func expertParameters(_ i: Int) -> [Parameter] { [w1[i], b1[i], w2[i], b2[i]].compactMap { $0 } }
+    public func expertParameters(_ i: Int) -> [Parameter] { [w1[i], b1[i], w2[i], b2[i]].compactMap { $0 } }
 
     /// The floats of one expert's parameters (every expert the same).
     var expertFloats: Int { h1 * d + d * h + (spec.bias ? h1 + d : 0) }

@@ -70,7 +70,9 @@ struct ScalingBench {
         }
         let rate = median(timing.rates), base = world.isCoordinator ? median(alone.rates) : 0
         let buckets = trainer.gradientSync.buckets.count
-        let bytes = trainer.model.store.trainableCount * 4   // the gradients the sync moves
+        // The model's gradients, the same on every rank (a rank's arena holds its own experts only).
+        let trainable = trainer.model.store.parameters.reduce(0) { $0 + ($1.frozen ? 0 : $1.count) }
+        let bytes = trainable * 4
         say("")
         say("1 rank alone, batch \(per): \(Int(base)) samples/s (median of \(repeats) × \(steps) steps; runs \(list(alone.rates)))")
         if let placement = trainer.placement, world.size > 1 {
@@ -96,7 +98,7 @@ struct ScalingBench {
         say("")
         say("sync alone, \(fixed(Double(bytes) / 1e6, 2)) MB (reduce-scatter + allgather; best of 5 × 10; GB/s = gradient bytes / time):")
         say("  bucket KiB  buckets  bucketed sync  MPI_Allreduce in bucket-size calls  MPI_Allreduce whole  sync ÷ whole")
-        let buffer = Tensor(shape: [trainer.model.store.trainableCount]), values = Tensor(shape: [buffer.count])
+        let buffer = Tensor(shape: [trainable]), values = Tensor(shape: [buffer.count])
         let whole = try bandwidth(buffer, world) { try world.referenceAllreduceSum(buffer.data, count: buffer.count) }
         for kib in sweepKiB {
             let sync = try ShardedSync(comm: world, grads: buffer.data, values: values.data, count: buffer.count, bucketBytes: kib * 1024)
