@@ -39,14 +39,15 @@ final class ExchangeBuffers {
     var balance: ExpertBalance
     /// Experts moved in the last pass.
     private(set) var moved = 0
-    /// Parameters (forward) or gradients (backward) of moved experts: `held` the experts this
-    /// rank owns, on their way out and their gradients on the way back; float counts and
-    /// offsets per rank.
-    let held: Tensor
+    /// Float counts and offsets per rank of the experts this rank owns that run elsewhere in
+    /// this pass ("held"): their parameters on the way out, their gradients on the way back.
     let heldCounts: UnsafeMutablePointer<Int32>, heldOffsets: UnsafeMutablePointer<Int32>
     /// The experts this rank runs for their owners in this pass: their parameters, as they
     /// arrive, and their gradients, which backward adds to from zero and which go home after
-    /// it; room for `maxVisiting` experts (the plan moves no more here).
+    /// it; room for `maxVisiting` experts (the plan moves no more here). A rank lends at most
+    /// as many experts as it owns, no more than that room, so the same two buffers carry the
+    /// held experts too: their parameters leave from `visitingGrads` (idle in forward, zeroed
+    /// again after), their gradients arrive in `visiting` (idle once backward is done).
     let visiting: Tensor, visitingGrads: Tensor
     let visitingCounts: UnsafeMutablePointer<Int32>, visitingOffsets: UnsafeMutablePointer<Int32>
     /// [E] where a visiting expert's span starts in `visiting` in this pass; −1 for the others.
@@ -87,9 +88,7 @@ final class ExchangeBuffers {
         let runners = (0..<e).map { exchange.runner(of: $0, forTokensOf: exchange.rank) }
         for i in 0..<e { runner[i] = runners[i] }
         // Summed in Double: a counted model's experts may hold more than an Int counts.
-        let heldFloats = moving ? Double(runners.filter { $0 == exchange.rank }.count) * Double(expertFloats) : 0
         let visitingFloats = Double(maxVisiting) * Double(expertFloats)
-        held = build.tensor(elements: heldFloats)
         visiting = build.tensor(elements: visitingFloats)
         visitingGrads = build.tensor(elements: visitingFloats)
         visitingAt = .allocate(capacity: e)
@@ -189,10 +188,13 @@ final class ExchangeBuffers {
     func sendParameters() {
         layOut(.held, heldCounts, heldOffsets)
         layOut(.visiting, visitingCounts, visitingOffsets)
-        precondition(Int(visitingOffsets[ranks - 1]) + Int(visitingCounts[ranks - 1]) <= visiting.count,
-                     "more experts visit than the slots hold")
-        forEachMoved(.held, heldOffsets) { i, at in (held.data + at).update(from: spans[i]!.values, count: expertFloats) }
-        exchange.allToAll(held.data, heldCounts, heldOffsets, visiting.data, visitingCounts, visitingOffsets)
+        precondition(Int(visitingOffsets[ranks - 1]) + Int(visitingCounts[ranks - 1]) <= visiting.count
+                     && Int(heldOffsets[ranks - 1]) + Int(heldCounts[ranks - 1]) <= visiting.count,
+                     "more experts move than the slots hold")
+        let out = visitingGrads.data
+        forEachMoved(.held, heldOffsets) { i, at in (out + at).update(from: spans[i]!.values, count: expertFloats) }
+        exchange.allToAll(out, heldCounts, heldOffsets, visiting.data, visitingCounts, visitingOffsets)
+        out.update(repeating: 0, count: Int(heldOffsets[ranks - 1]) + Int(heldCounts[ranks - 1]))
         for i in 0..<experts { visitingAt[i] = -1 }
         forEachMoved(.visiting, visitingOffsets) { i, at in visitingAt[i] = at }
     }
@@ -208,13 +210,12 @@ final class ExchangeBuffers {
     /// (zeroing their slots for the next pass), and each owner adds them to its gradient, which
     /// held nothing for that expert: the same bits the owner would have made.
     func returnGradients() {
-        exchange.allToAll(visitingGrads.data, visitingCounts, visitingOffsets, held.data, heldCounts, heldOffsets)
-        var used = 0
-        for q in 0..<ranks { used = max(used, Int(visitingOffsets[q]) + Int(visitingCounts[q])) }
-        visitingGrads.data.update(repeating: 0, count: used)
+        let back = visiting.data
+        exchange.allToAll(visitingGrads.data, visitingCounts, visitingOffsets, back, heldCounts, heldOffsets)
+        visitingGrads.data.update(repeating: 0, count: Int(visitingOffsets[ranks - 1]) + Int(visitingCounts[ranks - 1]))
         forEachMoved(.held, heldOffsets) { i, at in
             let grads = spans[i]!.grads
-            add(UnsafePointer(grads), UnsafePointer(held.data + at), into: grads, count: expertFloats)
+            add(UnsafePointer(grads), UnsafePointer(back + at), into: grads, count: expertFloats)
         }
     }
 
