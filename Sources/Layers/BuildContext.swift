@@ -33,12 +33,16 @@ public final class BuildContext {
     /// With one owner per expert (E ≥ P on several ranks) an expert lives on its owner alone
     /// (`ExpertPlacement`); everything else lives on every rank.
     public let ranks: Int, rank: Int
+    /// The most rows a training pass holds (at most `maxRows`, which evaluation's chunks may
+    /// set higher): what a buffer only backward uses needs room for.
+    public let trainingRows: Int
 
     public init(store: ParameterStore, maxRows: Int, precision: Precision = .fp32, counting: Bool = false,
-                ranks: Int = 1, rank: Int = 0) {
+                ranks: Int = 1, rank: Int = 0, trainingRows: Int? = nil) {
         precondition(ranks >= 1 && rank >= 0 && rank < ranks)
         self.store = store
         self.maxRows = maxRows
+        self.trainingRows = min(trainingRows ?? maxRows, maxRows)
         self.precision = precision
         self.counting = counting
         self.ranks = ranks

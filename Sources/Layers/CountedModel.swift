@@ -62,12 +62,13 @@ extension Architecture {
     /// `updatesExpertsInBackward`, to the updates inside backward, as the trainer does.
     /// FLOPs are those of the model alone, whatever the ranks.
     public func size(inputs: Int, classes: Int, maxRows: Int, precision: Precision = .fp32, ranks: Int = 1, threads: Int = 1,
-                     movesExperts: Bool = true, updatesExpertsInBackward: Bool = false, frozen: [String] = []) -> ModelSize {
+                     movesExperts: Bool = true, updatesExpertsInBackward: Bool = false, frozen: [String] = [],
+                     trainingRows: Int? = nil) -> ModelSize {
         // The rank counted is the one that owns the most experts: with E ≥ P every expert has
         // one owner, the only rank that holds it, and the owners' blocks differ by at most one.
         let store = ParameterStore(seed: 0, frozen: frozen)
         let build = BuildContext(store: store, maxRows: maxRows, precision: precision, counting: true, ranks: ranks,
-                                 rank: busiestRank(ranks: ranks))
+                                 rank: busiestRank(ranks: ranks), trainingRows: trainingRows)
         let (layers, _) = Model.layers(self, inputs: inputs, classes: classes, in: build)
         let flops = build.count
         for moe in Model.walk(layers, MoE.self) {

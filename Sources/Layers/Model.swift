@@ -27,15 +27,17 @@ public final class Model {
     /// (`ParameterStore.frozenPatterns`).
     /// `precision`: the number format of the matrix products (`Matmul`); parameters are fp32 either way.
     /// `ranks`, `rank`: the ranks the model trains on and this one, which decide what this
-    /// process holds (`BuildContext.holdsExpert`).
+    /// process holds (`BuildContext.holdsExpert`). `trainingRows`: the most rows a training
+    /// pass holds, where evaluation's chunks make `maxRows` larger (nil: `maxRows`).
     public init(_ architecture: Architecture, inputs: Int, classes: Int, maxRows: Int, seed: UInt64, frozen: [String] = [],
-                precision: Precision = .fp32, ranks: Int = 1, rank: Int = 0) {
+                precision: Precision = .fp32, ranks: Int = 1, rank: Int = 0, trainingRows: Int? = nil) {
         self.precision = precision
         self.inputs = inputs
         self.classes = classes
         self.maxRows = maxRows
         let store = ParameterStore(seed: seed, frozen: frozen)
-        let build = BuildContext(store: store, maxRows: maxRows, precision: precision, ranks: ranks, rank: rank)
+        let build = BuildContext(store: store, maxRows: maxRows, precision: precision, ranks: ranks, rank: rank,
+                                 trainingRows: trainingRows)
         let (layers, firstParameter) = Self.layers(architecture, inputs: inputs, classes: classes, in: build)
         moeLayers = Self.walk(layers, MoE.self)
         fffLayers = Self.walk(layers, FastFeedforward.self)

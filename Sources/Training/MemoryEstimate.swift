@@ -29,7 +29,8 @@ public struct MemoryEstimate: Sendable {
         let size = config.model.size(inputs: train.width, classes: config.data.classes, maxRows: maxRows,
                                      precision: config.train.products, ranks: ranks, threads: threads,
                                      movesExperts: config.parallel.balanceExperts,
-                                     updatesExpertsInBackward: config.optimizer.updateInBackward, frozen: config.frozen)
+                                     updatesExpertsInBackward: config.optimizer.updateInBackward, frozen: config.frozen,
+                                     trainingRows: config.train.passRows(ranks: ranks))
         parameters = 4 * size.storeFloats                                     // values and gradients
         // State for what this rank updates (ZeRO-1), and the scratch a checkpoint's save or
         // load gathers one sharded parameter's state in.

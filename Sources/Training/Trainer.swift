@@ -104,7 +104,7 @@ public final class Trainer {
         // Each rank holds the experts it owns only (E ≥ P on several ranks).
         model = Model(config.model, inputs: train.width, classes: config.data.classes,
                       maxRows: maxRows, seed: config.run.seed, frozen: config.frozen, precision: config.train.products,
-                      ranks: comm.size, rank: comm.rank)
+                      ranks: comm.size, rank: comm.rank, trainingRows: passRows)
         // `JobConfig.parse` checked the names already; a config made another way is checked here.
         if let problem = model.frozenProblems.first { throw ConfigError("[model] frozen: \(problem)") }
         let trainable = model.store.trainableCount

@@ -7,17 +7,18 @@ import XCTest
 /// and each layer's buffers).
 final class ModelSizeTests: XCTestCase {
     func check(_ architecture: Architecture, ranks: Int = 1, threads: Int = 1, updates: Bool = false, moves: Bool = true,
-               frozen: [String] = [], file: StaticString = #filePath, line: UInt = #line) {
+               frozen: [String] = [], trainingRows: Int? = nil, file: StaticString = #filePath, line: UInt = #line) {
         let (inputs, classes, rows) = (12, 5, 7)
         // Each path this CPU has; the bf16 ones hold the same values (2 or 4 bytes each).
         for precision in [Precision.fp32] + (OneDNN.supportsBFloat16 ? [.bf16, .bf16Emulated] : [.bf16Emulated]) {
             let size = architecture.size(inputs: inputs, classes: classes, maxRows: rows, precision: precision, ranks: ranks,
-                                         threads: threads, movesExperts: moves, updatesExpertsInBackward: updates, frozen: frozen)
+                                         threads: threads, movesExperts: moves, updatesExpertsInBackward: updates, frozen: frozen,
+                                         trainingRows: trainingRows)
             let (floatsBefore, bf16Before) = (Tensor.floatsMade, BFloat16Buffer.valuesMade)
             // The rank the count is for: the one that owns the most experts.
             let rank = architecture.busiestRank(ranks: ranks)
             let model = Model(architecture, inputs: inputs, classes: classes, maxRows: rows, seed: 1, frozen: frozen,
-                              precision: precision, ranks: ranks, rank: rank)
+                              precision: precision, ranks: ranks, rank: rank, trainingRows: trainingRows)
             for moe in model.moeLayers {
                 if ranks > 1 { moe.attach(CountingExchange(ranks: ranks, rank: rank, experts: moe.spec.experts, movesExperts: moves)) }
                 if updates { moe.attach(updates: NoUpdates(), threads: threads) }
@@ -47,6 +48,8 @@ final class ModelSizeTests: XCTestCase {
         let moe = MoESpec(experts: 4, topK: 2, hidden: 6, activation: .pointwise(.gelu))
         check(.moe(Trunk(width: 8, depth: 2, norm: .layerNorm), moe))
         check(.moe(Trunk(width: 8, depth: 2, norm: .layerNorm), moe), ranks: 3)
+        // Evaluation's chunks larger than a training pass: backward's rows are the pass's.
+        check(.moe(Trunk(width: 8, depth: 2, norm: .layerNorm), moe), ranks: 4, trainingRows: 3)
         check(.moe(Trunk(width: 8, depth: 1, norm: .layerNorm), moe), ranks: 2, moves: false)
         check(.moe(Trunk(width: 8, depth: 1, norm: .layerNorm), moe), ranks: 6, threads: 2, updates: true)
         var gated = MoESpec(experts: 3, topK: 1, hidden: 4, activation: .gated(.silu), bias: false)

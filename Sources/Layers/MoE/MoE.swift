@@ -183,7 +183,7 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
         gate = build.tensor([a])
         dgate = build.tensor([a])
         rowToken = build.scratch(repeating: Int32(0), count: a)
-        local = ExpertRows(rows: a, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
+        local = ExpertRows(rows: a, backwardRows: build.trainingRows * k, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
         products = MoEProducts(tokens: maxRows, rows: a, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
         work = local
         queue = ExpertQueue(experts: e)
@@ -211,7 +211,8 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
     /// every token of every rank on experts run here.
     public func attach(_ exchange: any ExpertExchange) {
         let rows = exchange.ranks * maxRows * k
-        owner = ExpertRows(rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
+        owner = ExpertRows(rows: rows, backwardRows: exchange.ranks * build.trainingRows * k, width: d, hidden: h, firstWidth: h1,
+                           experts: e, in: build)
         products = MoEProducts(tokens: maxRows, rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build, reusing: products)
         // The experts held here, each one span of values and one of gradients.
         let spans = (0..<e).map { i -> ExpertSpan? in
