@@ -43,11 +43,11 @@ final class ExchangeBuffers {
     /// this pass ("held"): their parameters on the way out, their gradients on the way back.
     let heldCounts: UnsafeMutablePointer<Int32>, heldOffsets: UnsafeMutablePointer<Int32>
     /// The experts this rank runs for their owners in this pass: their parameters, as they
-    /// arrive, and their gradients, which backward adds to from zero and which go home after
-    /// it; room for `maxVisiting` experts (the plan moves no more here). A rank lends at most
-    /// as many experts as it owns, no more than that room, so the same two buffers carry the
-    /// held experts too: their parameters leave from `visitingGrads` (idle in forward, zeroed
-    /// again after), their gradients arrive in `visiting` (idle once backward is done).
+    /// arrive, and their gradients, which backward writes (one backward per pass) and which go
+    /// home after it; room for `maxVisiting` experts (the plan moves no more here). A rank
+    /// lends at most as many experts as it owns, no more than that room, so the same two
+    /// buffers carry the held experts too: their parameters leave from `visitingGrads` (idle
+    /// in forward), their gradients arrive in `visiting` (idle once backward is done).
     let visiting: Tensor, visitingGrads: Tensor
     let visitingCounts: UnsafeMutablePointer<Int32>, visitingOffsets: UnsafeMutablePointer<Int32>
     /// [E] where a visiting expert's span starts in `visiting` in this pass; −1 for the others.
@@ -194,7 +194,6 @@ final class ExchangeBuffers {
         let out = visitingGrads.data
         forEachMoved(.held, heldOffsets) { i, at in (out + at).update(from: spans[i]!.values, count: expertFloats) }
         exchange.allToAll(out, heldCounts, heldOffsets, visiting.data, visitingCounts, visitingOffsets)
-        out.update(repeating: 0, count: Int(heldOffsets[ranks - 1]) + Int(heldCounts[ranks - 1]))
         for i in 0..<experts { visitingAt[i] = -1 }
         forEachMoved(.visiting, visitingOffsets) { i, at in visitingAt[i] = at }
     }
@@ -206,13 +205,12 @@ final class ExchangeBuffers {
         return (visiting.data + at, visitingGrads.data + at)
     }
 
-    /// After backward: the runners return the moved experts' weight gradients to their owners
-    /// (zeroing their slots for the next pass), and each owner adds them to its gradient, which
-    /// held nothing for that expert: the same bits the owner would have made.
+    /// After backward: the runners return the moved experts' weight gradients to their owners,
+    /// and each owner adds them to its gradient, which held nothing for that expert in this
+    /// pass: the same bits the owner would have made.
     func returnGradients() {
         let back = visiting.data
         exchange.allToAll(visitingGrads.data, visitingCounts, visitingOffsets, back, heldCounts, heldOffsets)
-        visitingGrads.data.update(repeating: 0, count: Int(visitingOffsets[ranks - 1]) + Int(visitingCounts[ranks - 1]))
         forEachMoved(.held, heldOffsets) { i, at in
             let grads = spans[i]!.grads
             add(UnsafePointer(grads), UnsafePointer(back + at), into: grads, count: expertFloats)

@@ -104,15 +104,18 @@ extension MoE {
         }
         let xr = w.x.data + o * d, zr = w.z1.data + o * h1, hr = w.h.data + o * h
         let dyr = w.dy.data + o * d, dhr = w.dh.data + o * h, dzr = w.dz1.data + o * h1, dxr = w.dx.data + o * d
-        // Where a gradient goes, and whether its product adds to it: the buffer is
-        // overwritten (biases are sums, so theirs starts at zero), the gradient (the store's,
-        // or the visiting slot's) added to.
+        // Where a gradient goes, and whether its product adds to it: the store's is added to
+        // (earlier passes of the step may have added theirs); the update's buffer and a
+        // visiting slot (one pass, one backward) are overwritten, biases, which are sums,
+        // from zero. A GEMM with beta 0 writes the bits one adding into zeros writes.
         let at = pointers(i)
-        func weightGradient(_ g: UnsafeMutablePointer<Float>) -> (UnsafeMutablePointer<Float>, add: Bool) { (buffer ?? g, buffer == nil) }
+        let overwrite = buffer != nil || !w1[i].resident
+        func weightGradient(_ g: UnsafeMutablePointer<Float>) -> (UnsafeMutablePointer<Float>, add: Bool) { (buffer ?? g, !overwrite) }
         func biasGradient(_ g: UnsafeMutablePointer<Float>, count: Int) -> UnsafeMutablePointer<Float> {
-            guard let buffer else { return g }
-            buffer.update(repeating: 0, count: count)
-            return buffer
+            guard overwrite else { return g }
+            let into = buffer ?? g
+            into.update(repeating: 0, count: count)
+            return into
         }
         let p = products
         if let b = b2[i], let gb = at.gb2 {
