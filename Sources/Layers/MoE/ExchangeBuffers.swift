@@ -83,7 +83,7 @@ final class ExchangeBuffers {
         self.spans = moving ? spans : []
         self.expertFloats = expertFloats
         runner = .allocate(capacity: e)
-        maxVisiting = moving ? (e + p - 1) / p : 0
+        maxVisiting = moving ? Self.visitingSlots(experts: e, ranks: p) : 0
         balance = build.counting ? ExpertBalance(ranks: 0, experts: 0) : ExpertBalance(ranks: p, experts: e, maxVisiting: maxVisiting)
         let runners = (0..<e).map { exchange.runner(of: $0, forTokensOf: exchange.rank) }
         for i in 0..<e { runner[i] = runners[i] }
@@ -106,6 +106,15 @@ final class ExchangeBuffers {
     }
 
     var movesExperts: Bool { !spans.isEmpty }
+
+    /// The experts a rank may run for their owners in one pass: as many as the most a rank owns.
+    static func visitingSlots(experts e: Int, ranks p: Int) -> Int { (e + p - 1) / p }
+
+    /// Visiting expert i's slot in this pass (its place in `visiting`, in experts).
+    func slot(of i: Int) -> Int {
+        precondition(visitingAt[i] >= 0, "expert \(i) is not visiting here")
+        return visitingAt[i] / expertFloats
+    }
 
     /// The owner of expert i (one per expert when experts move).
     func owner(_ i: Int) -> Int { staticRunner[i] }

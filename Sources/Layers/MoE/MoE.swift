@@ -106,6 +106,8 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
 
     /// Set by `attach(_:)` under expert parallelism.
     var exchange: ExchangeBuffers?
+    /// The experts this rank holds: its own with one owner per expert, else all.
+    let held: Range<Int>
     let maxRows: Int
     let y: Tensor, dx: Tensor                           // [T, d]
     var x: UnsafePointer<Float>?
@@ -184,7 +186,9 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
         dgate = build.tensor([a])
         rowToken = build.scratch(repeating: Int32(0), count: a)
         local = ExpertRows(rows: a, backwardRows: build.trainingRows * k, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
-        products = MoEProducts(tokens: maxRows, rows: a, width: d, hidden: h, firstWidth: h1, experts: e, in: build)
+        held = BuildContext.expertsOwnerOnly(experts: e, ranks: build.ranks)
+            ? ExpertPlacement(experts: e, ranks: build.ranks).experts(on: build.rank) : 0..<e
+        products = MoEProducts(tokens: maxRows, rows: a, width: d, hidden: h, firstWidth: h1, experts: e, copies: held.count, in: build)
         work = local
         queue = ExpertQueue(experts: e)
         y = build.tensor([maxRows, d])
@@ -213,7 +217,10 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
         let rows = exchange.ranks * maxRows * k
         owner = ExpertRows(rows: rows, backwardRows: exchange.ranks * build.trainingRows * k, width: d, hidden: h, firstWidth: h1,
                            experts: e, in: build)
-        products = MoEProducts(tokens: maxRows, rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, in: build, reusing: products)
+        // The rounded weights of the experts held here, and of the visiting slots.
+        let slots = exchange.movesExperts ? ExchangeBuffers.visitingSlots(experts: e, ranks: exchange.ranks) : 0
+        products = MoEProducts(tokens: maxRows, rows: rows, width: d, hidden: h, firstWidth: h1, experts: e, copies: held.count + slots, in: build,
+                               reusing: products)
         // The experts held here, each one span of values and one of gradients.
         let spans = (0..<e).map { i -> ExpertSpan? in
             guard w1[i].resident else { return nil }

@@ -33,6 +33,12 @@ extension MoE {
         let b1, b2, gb1, gb2: UnsafeMutablePointer<Float>?
     }
 
+    /// Which of the products' rounded bf16 weights expert i uses: its own where held here,
+    /// else its visiting slot's.
+    func roundedCopy(_ i: Int) -> Int {
+        w1[i].resident ? i - held.lowerBound : held.count + exchange!.slot(of: i)
+    }
+
     func pointers(_ i: Int) -> ExpertPointers {
         let (v, g) = w1[i].resident ? (w1[i].value!, w1[i].grad!) : exchange!.visiting(i)
         let ob1 = h1 * d, ow2 = ob1 + (b1[i] == nil ? 0 : h1), ob2 = ow2 + d * h
@@ -53,7 +59,7 @@ extension MoE {
         let p = products, at = pointers(i)
         if let x16 = w.x16 {
             let xs = x16.round(xr, count: n * d, at: o * d)
-            p.z1(rows: n, a: xs, b: p.w1[i].round(at.w1, count: h1 * d), c: zr)
+            p.z1(rows: n, a: xs, b: p.w1[roundedCopy(i)].round(at.w1, count: h1 * d), c: zr)
         } else if p.expertForwardOnMatmul {
             p.z1(rows: n, a: xr, b: at.w1, c: zr)
         } else {
@@ -67,7 +73,7 @@ extension MoE {
         }
         if let h16 = w.h16 {
             let hs = h16.round(hr, count: n * h, at: o * h)
-            p.ys(rows: n, a: hs, b: p.w2[i].round(at.w2, count: d * h), c: yr)
+            p.ys(rows: n, a: hs, b: p.w2[roundedCopy(i)].round(at.w2, count: d * h), c: yr)
         } else if p.expertForwardOnMatmul {
             p.ys(rows: n, a: hr, b: at.w2, c: yr)
         } else {
@@ -128,7 +134,7 @@ extension MoE {
         if let dy16 = w.dy16, let h16 = w.h16 {
             let dys = dy16.round(dyr, count: n * d, at: o * d)
             (add2 ? p.dW2Add : p.dW2)(rows: n, a: dys, b: h16.data + o * h, c: g2)
-            p.dh(rows: n, a: dys, b: p.w2[i].data, c: dhr)
+            p.dh(rows: n, a: dys, b: p.w2[roundedCopy(i)].data, c: dhr)
         } else {
             (add2 ? p.dW2Add : p.dW2)(rows: n, a: dyr, b: hr, c: g2)
             p.dh(rows: n, a: dyr, b: at.w2, c: dhr)
@@ -147,7 +153,7 @@ extension MoE {
         if let dz16 = w.dz16, let x16 = w.x16 {
             let dzs = dz16.round(dzr, count: n * h1, at: o * h1)
             (add1 ? p.dW1Add : p.dW1)(rows: n, a: dzs, b: x16.data + o * d, c: g1)
-            p.dxs(rows: n, a: dzs, b: p.w1[i].data, c: dxr)
+            p.dxs(rows: n, a: dzs, b: p.w1[roundedCopy(i)].data, c: dxr)
         } else {
             (add1 ? p.dW1Add : p.dW1)(rows: n, a: dzr, b: xr, c: g1)
             p.dxs(rows: n, a: dzr, b: at.w1, c: dxr)

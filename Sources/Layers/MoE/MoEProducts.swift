@@ -16,13 +16,15 @@ final class MoEProducts {
     let dW2Add, dW2, dh, dW1Add, dW1, dxs: Matmul
     /// Whether the experts' forward products run on `Matmul` rather than `gemmExpert`.
     let expertForwardOnMatmul: Bool
-    /// bf16 only: expert i's W1 `[H1, d]` and W2 `[d, H]`, rounded by its forward.
+    /// bf16 only: an expert's W1 `[H1, d]` and W2 `[d, H]`, rounded by its forward, one per
+    /// expert this rank holds and one per visiting slot (`MoE.roundedCopy`).
     let w1: [BFloat16Buffer], w2: [BFloat16Buffer]
 
-    /// `reusing`: the layer's products so far, whose rounded expert weights (which do not
-    /// depend on the rows) these take over instead of making their own.
-    init(tokens t: Int, rows a: Int, width d: Int, hidden h: Int, firstWidth h1: Int, experts e: Int, in build: BuildContext,
-         reusing earlier: MoEProducts? = nil) {
+    /// `copies`: the rounded expert weights to hold. `reusing`: the layer's products so far,
+    /// whose rounded weights (which do not depend on the rows) these take over, adding as
+    /// many as `copies` asks for beyond them.
+    init(tokens t: Int, rows a: Int, width d: Int, hidden h: Int, firstWidth h1: Int, experts e: Int, copies: Int,
+         in build: BuildContext, reusing earlier: MoEProducts? = nil) {
         // The rows of a pass are t tokens; the experts' products hold their k rows each (a = t·k).
         logits = build.product(.none, .transpose, m: t, n: e, k: d, lda: d, ldb: d, ldc: e, rows: .m, accumulate: false,
                                precision: .fp32, work: .forward)
@@ -43,7 +45,8 @@ final class MoEProducts {
         dW1 = product(.transpose, .none, h1, d, a, lda: h1, ldb: d, ldc: d, rows: .k, work: .uncounted)
         dxs = product(.none, .none, a, d, h1, lda: h1, ldb: d, ldc: d, rows: .m, work: .training)
         expertForwardOnMatmul = build.precision.roundsToBFloat16 || MatmulLibrary.expertForwardOnOneDNN
-        w1 = earlier?.w1 ?? (build.precision.roundsToBFloat16 ? (0..<e).map { _ in build.bf16([h1, d])! } : [])
-        w2 = earlier?.w2 ?? (build.precision.roundsToBFloat16 ? (0..<e).map { _ in build.bf16([d, h])! } : [])
+        let rounds = build.precision.roundsToBFloat16, had = earlier?.w1.count ?? 0
+        w1 = (earlier?.w1 ?? []) + (rounds ? (had..<max(copies, had)).map { _ in build.bf16([h1, d])! } : [])
+        w2 = (earlier?.w2 ?? []) + (rounds ? (had..<max(copies, had)).map { _ in build.bf16([d, h])! } : [])
     }
 }
