@@ -22,7 +22,7 @@ extension Trainer {
     /// 1. The coordinator makes `step-NNNNNN.tmp/` and sends every rank the save's id.
     /// 2. Each rank writes its tensors (`CheckpointPlan`) to `rank-RRRRR.h5`, closes and
     ///    fsyncs it. A parameter's optimizer state, which the ranks hold in shards (ZeRO-1),
-    ///    first travels to its writer (`gatherState`). A rank that fails throws, which aborts
+    ///    first travels to its writer (`StateGather`). A rank that fails throws, which aborts
     ///    every rank before any commit.
     /// 4. The tensors' checksums reach the coordinator in one sum (each is non-zero on its
     ///    writer only), which doubles as "every rank has written and synced".
@@ -198,8 +198,8 @@ extension Trainer {
             for p in parameters where !p.frozen && p.resident {
                 let span = p.offset..<(p.offset + p.count)
                 let pieces = layout.pieces(of: span)
-                if pieces.count == 1 && pieces[0].arena == span {
-                    try reader.read(CheckpointNames.state(state.name, p.name), into: state.values.data + pieces[0].at)
+                if let at = layout.run(of: span) {
+                    try reader.read(CheckpointNames.state(state.name, p.name), into: state.values.data + at)
                 } else if !pieces.isEmpty {
                     if (scratch?.count ?? 0) < p.count { scratch = Tensor(shape: [p.count]) }
                     try reader.read(CheckpointNames.state(state.name, p.name), into: scratch!.data)

@@ -57,7 +57,7 @@ extension Optimizer {
     /// Where `p`'s state starts: it lies in one range of the layout (an expert updated inside
     /// backward).
     func stateIndex(of p: Parameter) -> Int {
-        guard let at = layout.index(of: p.offset), layout.index(of: p.offset + p.count - 1) == at + p.count - 1 else {
+        guard let at = layout.run(of: p.offset..<(p.offset + p.count)) else {
             preconditionFailure("\(p.name) is not whole in this rank's optimizer state")
         }
         return at

@@ -29,10 +29,7 @@ final class StateGather {
         // An expert another rank owns: its owner, the writer, holds all of it.
         guard p.resident else { return nil }
         let span = p.offset..<(p.offset + p.count)
-        let held = layouts[writer].pieces(of: span)
-        if held.count == 1 && held[0].arena == span {
-            return writer == comm.rank ? UnsafePointer(state.data + held[0].at) : nil
-        }
+        if let at = layouts[writer].run(of: span) { return writer == comm.rank ? UnsafePointer(state.data + at) : nil }
         let pieces = mine.pieces(of: span)
         guard writer == comm.rank else {
             try comm.gatherRuns(pieces.map { (UnsafePointer(state.data + $0.at), $0.arena.count) }, root: writer,

@@ -38,6 +38,13 @@ public struct StateLayout: Sendable, Equatable {
         return starts[lo] + offset - ranges[lo].lowerBound
     }
 
+    /// Where the state of arena range `span` starts when this layout holds all of it (one run
+    /// of the state: the ranges leave no gap inside it); nil otherwise.
+    public func run(of span: Range<Int>) -> Int? {
+        guard let at = index(of: span.lowerBound), index(of: span.upperBound - 1) == at + span.count - 1 else { return nil }
+        return at
+    }
+
     /// The parts of arena range `span` held here, ascending, each with its state index.
     public func pieces(of span: Range<Int>) -> [(arena: Range<Int>, at: Int)] {
         Self.pieces(of: span, in: ranges).map { ($0, index(of: $0.lowerBound)!) }

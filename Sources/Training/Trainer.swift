@@ -81,8 +81,6 @@ public final class Trainer {
     /// Per MoE layer, the span of the experts this rank owns, when each expert lives on its
     /// owner alone (E ≥ P on several ranks); empty otherwise.
     let ownExpertSpans: [Range<Int>]
-    /// The parts of the arena every rank holds and the gradient sync covers.
-    let syncedRegions: [Range<Int>]
     /// The experts' update inside backward, when their gradients are whole there: no clip
     /// (it needs every gradient first) and one runner per expert (replicated experts are
     /// summed by the sync). Nil otherwise.
@@ -140,7 +138,6 @@ public final class Trainer {
                             weightDecay: Float(o.weightDecay), decayBiasesAndNorms: o.decayBiasesAndNorms)
         }
         ownExpertSpans = experts.own
-        syncedRegions = experts.synced ?? [0..<trainable]
         // With accumulation a gradient is whole only in the step's last backward.
         let wholeInBackward = (comm.size == 1 || experts.synced != nil) && !accumulates
         backwardUpdates = o.updateInBackward && o.clipNorm == 0 && wholeInBackward && !model.layers((any ExpertLayer).self).isEmpty

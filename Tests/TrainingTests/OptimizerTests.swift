@@ -170,5 +170,11 @@ final class OptimizerTests: XCTestCase {
         XCTAssertEqual(layout.pieces(of: 3..<45).map(\.arena), [3..<5, 10..<12, 40..<45])
         XCTAssertEqual(layout.pieces(of: 3..<45).map(\.at), [3, 5, 7])
         XCTAssertTrue(layout.pieces(of: 5..<10).isEmpty)
+        // Held whole, in one run of the state; across a gap of the arena or partly held, not.
+        XCTAssertEqual(layout.run(of: 41..<45), 8)
+        XCTAssertEqual(layout.run(of: 0..<5), 0)
+        XCTAssertNil(layout.run(of: 3..<11))
+        XCTAssertNil(layout.run(of: 4..<6))
+        XCTAssertNil(layout.run(of: 48..<51))
     }
 }

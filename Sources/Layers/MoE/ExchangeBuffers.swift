@@ -5,7 +5,6 @@ import Kernels
 struct ExpertSpan {
     let values: UnsafeMutablePointer<Float>
     let grads: UnsafeMutablePointer<Float>
-    let count: Int
 }
 
 /// The buffers of one MoE layer's exchange, sized when the exchange is attached.

@@ -224,9 +224,10 @@ public final class MoE: Layer, AuxiliaryLoss, RankStatistics, ExpertLayer {
         // The experts held here, each one span of values and one of gradients.
         let spans = (0..<e).map { i -> ExpertSpan? in
             guard w1[i].resident else { return nil }
-            precondition(build.counting || expertParameters(i).last!.offset + expertParameters(i).last!.count - w1[i].offset == expertFloats,
+            let last = expertParameters(i).last!
+            precondition(build.counting || last.offset + last.count - w1[i].offset == expertFloats,
                          "expert \(i)'s parameters are not one span")
-            return ExpertSpan(values: build.values(of: w1[i]), grads: build.grads(of: w1[i]), count: expertFloats)
+            return ExpertSpan(values: build.values(of: w1[i]), grads: build.grads(of: w1[i]))
         }
         self.exchange = ExchangeBuffers(exchange, experts: e, rows: rows, width: d, spans: spans, expertFloats: expertFloats, in: build)
     }
