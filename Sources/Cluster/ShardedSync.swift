@@ -26,46 +26,69 @@ import Kernels
 ///
 /// Sums are added in a fixed order, so results are bitwise reproducible at a given world
 /// size, and the allgather gives every rank the same parameter bits.
+///
+/// With the parameters in shards too (`[parallel] shard_parameters`, ZeRO stage 3), a bucket
+/// is one top-level layer's part of a synced region, uncut, so a rank's chunk of a layer is
+/// one run of the arena: the pages outside it are given back to the system (`Tensor.release`)
+/// once its gradients are reduce-scattered, and its values once the layer has run; a layer's
+/// values are allgathered (`gather(layer:)`) just before it runs, forward and backward. The
+/// ring's steps are one queue of jobs, run in order, the same on every rank.
 public final class ShardedSync {
     /// Bucket ranges in launch order (the end of the arena first).
     public let buckets: [Range<Int>]
     /// The arena ranges this rank sums and updates: one chunk of each bucket (all of the
     /// synced regions in a world of one).
     public let ownedRanges: [Range<Int>]
+    /// With the parameters in shards: the buckets of each top-level layer (nil otherwise).
+    public let layerBuckets: [[Int]]?
     /// A name per bucket for hang reports, such as "bucket 2/4 (layers.1.weight … head.bias)".
     let labels: [String]
     let comm: Communicator
     let channel: MPI_Comm
     let grads: UnsafeMutablePointer<Float>
     let values: UnsafeMutablePointer<Float>
+    /// The arenas whose pages outside this rank's chunks are given back, with the parameters
+    /// in shards.
+    let released: (grads: Tensor, values: Tensor)?
     let count: Int
     /// Room for one incoming chunk.
     let scratch: UnsafeMutablePointer<Float>
     /// The receive and send of the step in flight.
     let requests: UnsafeMutablePointer<MPI_Request?>
 
-    /// Ring steps completed per bucket: reduce-scatter steps 0..<P−1, then allgather steps.
+    /// Ring work in order: bucket `bucket` from ring step `from` (nil: where it stands) to
+    /// `until`; reduce-scatter steps are 0..<P−1, allgather steps P−1..<2(P−1).
+    struct Job { var bucket: Int, from: Int?, until: Int }
+    /// A ring of jobs, `queued` of them from `head`: room for every bucket three times (a
+    /// gather before forward, one before backward, a reduce-scatter), so a step never grows it.
+    let jobs: UnsafeMutablePointer<Job>
+    let capacity: Int
+    var head = 0, queued = 0
+    /// Jobs ever finished and ever queued: a job's ticket is `enqueued` after queueing it.
+    public private(set) var finished = 0
+    var enqueued = 0
+    /// Ring steps completed per bucket.
     var completed: [Int]
     var inFlight = false
-    /// The bucket being worked on in the current phase.
-    var current = 0
-    /// The phase's goal for every bucket, in completed steps.
-    var target = 0
-    /// Every gradient at `[readyFrom, count)` is final.
-    var readyFrom = 0
+    /// Buckets whose reduce-scatter is queued this step (in launch order).
+    var scattered = 0
 
     /// Seconds advancing buckets between layers, in the last step.
     public private(set) var lastProgressSeconds = 0.0
     /// Seconds finishing the reduce-scatter after backward, in the last step.
     public private(set) var lastScatterSeconds = 0.0
-    /// Seconds in the parameter allgather, in the last step.
+    /// Seconds in the parameter allgather (with the parameters in shards: waiting for
+    /// layers' gathers), in the last step.
     public private(set) var lastGatherSeconds = 0.0
 
     /// - Parameter regions: the parts of the arena every rank holds and syncs, ascending
     ///   (nil: all of it). Experts that only their runner holds are left out.
+    /// - Parameter shards: the parameters in shards: the arena range of each top-level layer,
+    ///   and the arenas behind `grads` and `values`.
     /// - Parameter label: names the part of the arena a bucket covers (called at init only).
     public init(comm: Communicator, grads: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>,
                 count: Int, bucketBytes: Int, regions: [Range<Int>]? = nil,
+                shards: (layers: [Range<Int>], grads: Tensor, values: Tensor)? = nil,
                 label: (Range<Int>) -> String = { "floats \($0.lowerBound)..<\($0.upperBound)" }) throws {
         precondition(bucketBytes >= 4)
         self.comm = comm
@@ -73,31 +96,58 @@ public final class ShardedSync {
         self.values = values
         self.count = count
         let per = max(1, bucketBytes / 4)
-        // Buckets never span two regions: each is one contiguous run of the arena.
+        let regions = regions ?? [0..<count]
         var ranges: [Range<Int>] = []
-        for region in (regions ?? [0..<count]).reversed() {
-            var end = region.upperBound
-            while end > region.lowerBound {
-                let start = max(region.lowerBound, end - per)
-                ranges.append(start..<end)
-                end = start
+        var perLayer: [[Int]]?
+        if let layers = shards?.layers {
+            // One bucket per piece of a layer inside a region, from the end.
+            var indices = [[Int]](repeating: [], count: layers.count)
+            for (i, layer) in layers.enumerated().reversed() {
+                let pieces = regions.compactMap { r -> Range<Int>? in
+                    let lo = max(r.lowerBound, layer.lowerBound), hi = min(r.upperBound, layer.upperBound)
+                    return lo < hi ? lo..<hi : nil
+                }
+                for piece in pieces.reversed() {
+                    indices[i].append(ranges.count)
+                    ranges.append(piece)
+                }
+            }
+            perLayer = indices
+        } else {
+            // Buckets never span two regions: each is one contiguous run of the arena.
+            for region in regions.reversed() {
+                var end = region.upperBound
+                while end > region.lowerBound {
+                    let start = max(region.lowerBound, end - per)
+                    ranges.append(start..<end)
+                    end = start
+                }
             }
         }
         buckets = ranges
+        layerBuckets = perLayer
+        released = shards.map { ($0.grads, $0.values) }
         labels = ranges.enumerated().map { "bucket \($0.offset + 1)/\(ranges.count) (\(label($0.element)))" }
         let p = comm.size
-        ownedRanges = Self.owned(by: comm.rank, of: p, buckets: ranges, regions: regions ?? [0..<count])
-        scratch = .allocate(capacity: max((per + p - 1) / p, 1))
+        ownedRanges = Self.owned(by: comm.rank, of: p, buckets: ranges, regions: regions)
+        let largest = ranges.map(\.count).max() ?? per
+        scratch = .allocate(capacity: max((largest + p - 1) / p, 1))
         requests = .allocate(capacity: 2)
         requests.initialize(repeating: sb_request_null(), count: 2)
         completed = [Int](repeating: 0, count: ranges.count)
+        capacity = 3 * ranges.count + 1
+        jobs = .allocate(capacity: capacity)
         channel = p > 1 ? try comm.duplicate().raw : sb_comm_self()
     }
 
     deinit {
         scratch.deallocate()
         requests.deallocate()
+        jobs.deallocate()
     }
+
+    /// Whether the parameters are held in shards (each rank keeps its chunks only).
+    public var shardsParameters: Bool { layerBuckets != nil }
 
     /// The arena ranges rank `r` of `p` sums and updates: one chunk of each bucket, or every
     /// region in a world of one.
@@ -120,22 +170,26 @@ public final class ShardedSync {
         return (i * q + min(i, extra), q + (i < extra ? 1 : 0))
     }
 
-    /// Starts a step: gradients will be reported final from the end of the arena.
-    public func begin() {
-        for b in completed.indices { completed[b] = 0 }
-        current = 0
-        target = comm.size - 1
-        readyFrom = count
+    /// Starts a step's timings.
+    public func startStep() {
         lastProgressSeconds = 0
         lastScatterSeconds = 0
         lastGatherSeconds = 0
     }
 
-    /// Backward has finished every gradient at `[offset, count)`: advances the reduce-scatter.
+    /// Starts the reduce-scatter of a step: gradients will be reported final from the end of
+    /// the arena.
+    public func begin() { scattered = 0 }
+
+    /// Backward has finished every gradient at `[offset, count)`: queues the reduce-scatter of
+    /// every bucket inside that and advances the ring.
     public func gradientsFinal(from offset: Int) throws {
         guard comm.size > 1 else { return }
         let t0 = MPI_Wtime()
-        readyFrom = offset
+        while scattered < buckets.count && buckets[scattered].lowerBound >= offset {
+            push(Job(bucket: scattered, from: 0, until: comm.size - 1))
+            scattered += 1
+        }
         _ = try progress()
         lastProgressSeconds += MPI_Wtime() - t0
     }
@@ -146,50 +200,99 @@ public final class ShardedSync {
     public func finishReduceScatter() throws {
         guard comm.size > 1 else { return }
         let t0 = MPI_Wtime()
-        readyFrom = 0
-        try wait("gradient reduce-scatter")
+        while scattered < buckets.count {
+            push(Job(bucket: scattered, from: 0, until: comm.size - 1))
+            scattered += 1
+        }
+        try wait(through: enqueued, "gradient reduce-scatter")
         lastScatterSeconds = MPI_Wtime() - t0
     }
 
     /// Sends this rank's updated `ownedRanges` of the parameters to every rank and receives
-    /// theirs (under the watchdog).
+    /// theirs (under the watchdog). With the parameters in shards nothing moves: each layer
+    /// is gathered when it runs.
     public func gatherParameters() throws {
-        guard comm.size > 1 else { return }
+        guard comm.size > 1, !shardsParameters else { return }
         let t0 = MPI_Wtime()
-        current = 0
-        target = 2 * (comm.size - 1)
-        try wait("parameter allgather")
+        for b in buckets.indices { push(Job(bucket: b, from: nil, until: 2 * (comm.size - 1))) }
+        try wait(through: enqueued, "parameter allgather")
         lastGatherSeconds = MPI_Wtime() - t0
     }
 
-    func wait(_ phase: StaticString) throws {
-        if try progress() { return }
-        comm.watchdog.begin(phase, labels[current], bytes: buckets[current].count * 4)
-        try comm.watchdog.wait { try progress() }
+    /// Queues the allgather of bucket `b`'s values from every rank's chunk; returns the ticket
+    /// to wait for (`wait(through:)`).
+    public func gather(bucket b: Int) -> Int {
+        guard comm.size > 1 else { return enqueued }
+        push(Job(bucket: b, from: comm.size - 1, until: 2 * (comm.size - 1)))
+        return enqueued
     }
 
-    /// Advances the phase: completes the step in flight if it is done, posts the next step of
-    /// the current bucket or moves to the next bucket. True when every bucket has reached the
-    /// phase's target.
-    func progress() throws -> Bool {
-        while current < buckets.count {
-            let b = current
+    /// Waits for a layer's gather (`gather(bucket:)`'s ticket), counted in `lastGatherSeconds`.
+    public func waitForGather(_ ticket: Int) throws {
+        let t0 = MPI_Wtime()
+        try wait(through: ticket, "parameter gather")
+        lastGatherSeconds += MPI_Wtime() - t0
+    }
+
+    /// Advances the ring until the job with `ticket` (and every one before it) is done,
+    /// under the watchdog.
+    func wait(through ticket: Int, _ phase: StaticString) throws {
+        guard comm.size > 1 else { return }
+        if try progress(through: ticket) { return }
+        let b = jobs[head].bucket
+        comm.watchdog.begin(phase, labels[b], bytes: buckets[b].count * 4)
+        try comm.watchdog.wait { try progress(through: ticket) }
+    }
+
+    /// Gives back the pages of bucket `b`'s values outside this rank's chunk (with the
+    /// parameters in shards).
+    public func releaseValues(bucket b: Int) {
+        guard let released, comm.size > 1 else { return }
+        releaseOutsideChunk(b, of: released.values)
+    }
+
+    func releaseOutsideChunk(_ b: Int, of tensor: Tensor) {
+        let bucket = buckets[b], own = ownedRanges[b]
+        tensor.release(bucket.lowerBound..<own.lowerBound)
+        tensor.release(own.upperBound..<bucket.upperBound)
+    }
+
+    func push(_ job: Job) {
+        precondition(queued < capacity, "ring job queue full")
+        jobs[(head + queued) % capacity] = job
+        queued += 1
+        enqueued += 1
+    }
+
+    /// Advances the queue: completes the step in flight if it is done, posts the next step of
+    /// the head job or moves to the next job. True when every job through `ticket` is done.
+    func progress(through ticket: Int? = nil) throws -> Bool {
+        let goal = ticket ?? enqueued
+        while queued > 0 && finished < goal {
+            let job = jobs[head]
+            let b = job.bucket
             if inFlight {
                 var done: Int32 = 0
                 try check(MPI_Testall(2, requests, &done, sb_statuses_ignore()), "MPI_Testall (\(labels[b]))")
                 guard done != 0 else { return false }
                 inFlight = false
                 complete(b)
+            } else if let from = job.from {
+                completed[b] = from
+                jobs[head].from = nil
             }
-            if completed[b] < target {
-                // A bucket starts only once backward has finished all of it.
-                guard completed[b] > 0 || buckets[b].lowerBound >= readyFrom else { return false }
+            if completed[b] < job.until {
                 try post(b)
             } else {
-                current += 1
+                // A reduce-scattered bucket's gradients outside this rank's chunk are zero: with
+                // the parameters in shards, their pages go back until the next backward.
+                if let released, job.until == comm.size - 1 { releaseOutsideChunk(b, of: released.grads) }
+                head = (head + 1) % capacity
+                queued -= 1
+                finished += 1
             }
         }
-        return true
+        return finished >= goal
     }
 
     /// Ring step j of bucket b: reduce-scatter step j (j < P−1) sends the partial sum of chunk

@@ -20,11 +20,25 @@ public final class Tensor {
         self.shape = shape
         self.count = shape.reduce(1, *)
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
-        let huge = bytes >= Self.hugePagesFrom
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: huge ? 1 << 21 : 64)
         #if os(Linux)
-        if huge { _ = madvise(raw, bytes, MADV_HUGEPAGE) }
+        if bytes >= Self.hugePagesFrom {
+            // A mapping of its own, zero without being touched: a page takes memory when it is
+            // first written, and `release` gives it back.
+            let mapped = bytes + (1 << 21)
+            guard let region = mmap(nil, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                  region != MAP_FAILED else { fatalError("out of memory: a tensor of \(bytes) bytes (\(shape))") }
+            let start = (Int(bitPattern: region) + (1 << 21) - 1) & ~((1 << 21) - 1)
+            let raw = UnsafeMutableRawPointer(bitPattern: start)!
+            _ = madvise(raw, bytes, MADV_HUGEPAGE)
+            data = raw.bindMemory(to: Float.self, capacity: count)
+            mapping = (region, mapped)
+            pageBytes = 1 << 21
+            owns = true
+            Self.made.wrappingAdd(count, ordering: .relaxed)
+            return
+        }
         #endif
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
         data = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         data.initialize(repeating: 0, count: max(count, 1))
         owns = true
@@ -52,10 +66,34 @@ public final class Tensor {
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: count) }
     }
 
-    deinit { if owns { data.deallocate() } }
+    deinit {
+        #if os(Linux)
+        if let mapping { munmap(mapping.start, mapping.bytes); return }
+        #endif
+        if owns { data.deallocate() }
+    }
 
-    /// Tensors from this size on (the parameter arenas, optimizer state, datasets) start on a
-    /// 2 MiB boundary and ask Linux for transparent huge pages, which Debian gives only on
+    /// The mapping of a tensor from `hugePagesFrom` on: its start and length.
+    private var mapping: (start: UnsafeMutableRawPointer, bytes: Int)?
+    /// The pages `release` gives back whole: 2 MiB (a transparent huge page, which stays
+    /// whole) in a mapping of its own.
+    private var pageBytes = 0
+
+    /// Gives the memory of the whole pages inside `range` (floats) back to the system: they
+    /// read as zeros until written again, which takes memory again. Only a tensor from
+    /// `hugePagesFrom` on has pages of its own; the call does nothing on others.
+    public func release(_ range: Range<Int>) {
+        #if os(Linux)
+        guard pageBytes > 0, !range.isEmpty else { return }
+        let base = Int(bitPattern: data)
+        let lo = (base + range.lowerBound * 4 + pageBytes - 1) & ~(pageBytes - 1)
+        let hi = (base + range.upperBound * 4) & ~(pageBytes - 1)
+        if hi > lo { _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, MADV_DONTNEED) }
+        #endif
+    }
+
+    /// Tensors from this size on (the parameter arenas, optimizer state, datasets) are mappings
+    /// of their own, start on a 2 MiB boundary and ask Linux for transparent huge pages, which Debian gives only on
     /// request (`madvise` mode). OpenMPI's shared-memory transfers pin the pages they copy one
     /// by one: with 4 KiB pages the pinning cost more than the copy (`bench W3`'s gradient
     /// sync; docs/BENCHMARKS.md).

@@ -19,6 +19,10 @@ public final class Model {
     /// For each top-level layer, the arena offset from which every gradient is final once
     /// that layer's backward has run (trainable parameters are laid out in forward order).
     let finalFrom: [Int]
+    /// Brings each top-level layer's parameters in before it runs and lets them go after, when
+    /// the ranks hold the synced parameters in shards (`[parallel] shard_parameters`); nil
+    /// when every parameter is always here.
+    public var gathering: (any ParameterGathering)?
     /// The top-level layers a statistics pre-pass runs (`gatherStatistics`): through the
     /// block of the last layer whose batch statistics a gradient uses.
     let statisticsDepth: Int
@@ -119,8 +123,25 @@ public final class Model {
     /// A pre-pass's forward over `x` (context `.gather`): only as far as the statistics need.
     public func gatherStatistics(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) {
         precondition(rows <= maxRows, "\(rows) rows for a model built for \(maxRows)")
+        run(x, rows: rows, context: context, through: statisticsDepth)
+    }
+
+    /// The top-level layers `[0, end)` over `x`, each between the gathering's calls.
+    func run(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext, through end: Int) -> UnsafePointer<Float> {
         var h = x
-        for layer in network.layers[..<statisticsDepth] { h = layer.forward(h, rows: rows, context: context) }
+        let layers = network.layers
+        for i in 0..<end {
+            gathering?.willRun(i, backward: false)
+            h = layers[i].forward(h, rows: rows, context: context)
+            gathering?.didRun(i, backward: false)
+        }
+        return h
+    }
+
+    /// The arena range of each top-level layer's trainable parameters, in forward order (empty
+    /// for a layer without any); the ranges lie end to end over `[0, store.trainableCount)`.
+    public var layerRanges: [Range<Int>] {
+        finalFrom.indices.map { finalFrom[$0]..<($0 + 1 < finalFrom.count ? finalFrom[$0 + 1] : store.trainableCount) }
     }
 
     /// The layers' auxiliary losses from the last forward pass (coefficients applied).
@@ -148,7 +169,7 @@ public final class Model {
     /// Logits `[rows, classes]` for inputs `[rows, inputs]`.
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
         precondition(rows <= maxRows, "\(rows) rows for a model built for \(maxRows)")
-        return network.forward(x, rows: rows, context: context)
+        return run(x, rows: rows, context: context, through: network.layers.count)
     }
 
     /// Accumulates parameter gradients for `dlogits`. With `gradientsFinal`: after each top-level layer,
@@ -163,7 +184,9 @@ public final class Model {
         let layers = network.layers
         for i in layers.indices.reversed() {
             guard let gi = g else { preconditionFailure("a layer before the first returned no input gradient") }
+            gathering?.willRun(i, backward: true)
             g = layers[i].backward(gi, rows: rows)
+            gathering?.didRun(i, backward: true)
             try gradientsFinal(finalFrom[i])
         }
     }
@@ -196,4 +219,14 @@ extension FeedForward {
             return [FastFeedforward("\(name).fff", width: d, spec: spec, in: build)]
         }
     }
+}
+
+/// Where a model's parameters are held in shards over the ranks (ZeRO stage 3): called around
+/// every top-level layer's forward and backward, in the same order on every rank, so it can
+/// run collectives there. `willRun` makes layer `i`'s parameters whole here (and may start
+/// fetching the next layer's); `didRun` may let them go. A failure is kept and thrown by
+/// whoever drives the passes (forward and backward do not throw).
+public protocol ParameterGathering: AnyObject {
+    func willRun(_ layer: Int, backward: Bool)
+    func didRun(_ layer: Int, backward: Bool)
 }

@@ -22,7 +22,7 @@ extension Trainer {
     /// 1. The coordinator makes `step-NNNNNN.tmp/` and sends every rank the save's id.
     /// 2. Each rank writes its tensors (`CheckpointPlan`) to `rank-RRRRR.h5`, closes and
     ///    fsyncs it. A parameter's optimizer state, which the ranks hold in shards (ZeRO-1),
-    ///    first travels to its writer (`StateGather`). A rank that fails throws, which aborts
+    ///    and with `shard_parameters` its values, first travel to its writer (`StateGather`). A rank that fails throws, which aborts
     ///    every rank before any commit.
     /// 4. The tensors' checksums reach the coordinator in one sum (each is non-zero on its
     ///    writer only), which doubles as "every rank has written and synced".
@@ -58,8 +58,9 @@ extension Trainer {
         for (i, p) in parameters.enumerated() {
             let writes = plan.writer[i] == comm.rank
             precondition(!writes || p.resident, "\(p.name) is written by a rank that does not hold it")
+            let values = try gather.values(of: p, to: plan.writer[i])
             if writes {
-                crcs[i * perParameter] = Double(try file!.writeTensor(CheckpointNames.parameter(p.name), shape: p.shape, p.value))
+                crcs[i * perParameter] = Double(try file!.writeTensor(CheckpointNames.parameter(p.name), shape: p.shape, values!))
             }
             // A frozen parameter has no optimizer state.
             for (s, state) in states.enumerated() where !p.frozen {
@@ -117,12 +118,14 @@ extension Trainer {
         let parameters = model.store.parameters
         let plan = CheckpointPlan(model: model, placement: placement, ranks: comm.size, expertsLocal: expertsLocal, stateCount: 0)
         let index = Dictionary(uniqueKeysWithValues: parameters.enumerated().map { (ObjectIdentifier($1), $0) })
+        let gather = StateGather(self)
         var scratch: Tensor?
         try ModelFile.write(parameters, to: path, step: step, configTOML: config.resolvedTOML) { p in
             let i = index[ObjectIdentifier(p)]!
-            // The owner of an owner-only expert is its checkpoint writer; every rank holds the rest.
+            // The owner of an owner-only expert is its checkpoint writer; every rank holds the
+            // rest, or with the parameters in shards its chunks.
             let holder = plan.expert[i] == nil ? 0 : plan.writer[i]
-            if holder == 0 { return comm.isCoordinator ? UnsafePointer(p.value) : nil }
+            if holder == 0 { return try gather.values(of: p, to: 0) }
             guard comm.isCoordinator else {
                 try comm.gatherRuns(holder == comm.rank ? [(UnsafePointer(p.value), p.count)] : [], root: 0,
                                     places: { _ in [] }, "model.h5: experts", p.name)
@@ -210,6 +213,7 @@ extension Trainer {
             }
         }
         if comm.isCoordinator { resumeWarning = reader.firstUnreachableLink() }
+        try parametersWritten()
         step = manifest.position.step
         optimizer.steps = manifest.optimizerSteps
         lastLoss = manifest.metrics.lastLoss

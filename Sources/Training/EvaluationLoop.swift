@@ -45,6 +45,8 @@ final class EvaluationLoop {
     let model: Model
     let comm: Communicator
     let collectives: MoECollectives
+    /// The layers' gathers, with the parameters in shards (set by the trainer).
+    var shards: ParameterShards?
     let maxRows: Int
     let x: Tensor
     var labels: [Int32]
@@ -98,6 +100,7 @@ final class EvaluationLoop {
                 }
                 let logits = model.forward(x.data, rows: rows, context: ForwardContext(training: false, hardDecisions: hardDecisions))
                 try collectives.rethrow()
+                try shards?.rethrow()
                 let out = labels.withUnsafeBufferPointer {
                     softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows, classes: classes,
                                         smoothing: 0, gradScale: 0, dlogits: nil)

@@ -143,6 +143,10 @@ public struct JobConfig: Sendable {
         /// Whether a busy rank's experts may run on an idle rank for a pass (`ExpertBalance`);
         /// the results are the same bits either way.
         public var balanceExperts: Bool
+        /// Each rank keeps 1/P of the synced parameters, gathering a top-level layer's whole
+        /// weights just before its forward and its backward and giving them back after
+        /// (ZeRO stage 3, FSDP); off: every rank keeps all of them.
+        public var shardParameters: Bool
         /// Chosen by measurement (`bench W3`, 2 ranks): the sync runs fastest from 512 KiB to
         /// 2 MiB, and slower at 4 and 8 MiB (docs/BENCHMARKS.md).
         public static let defaultBucketKiB = 1024
@@ -278,7 +282,8 @@ public struct JobConfig: Sendable {
         let parallel = Parallel(
             bucketBytes: 1024 * (try r.int("parallel", "bucket_kib", Parallel.defaultBucketKiB, min: 1, max: 1 << 20)),
             watchdogSeconds: try r.double("parallel", "watchdog_seconds", 300, above: 0),
-            balanceExperts: try r.bool("parallel", "balance_experts", true))
+            balanceExperts: try r.bool("parallel", "balance_experts", true),
+            shardParameters: try r.bool("parallel", "shard_parameters", false))
 
         let dataDir = try r.string("data", "dir", "/usr/share/datasets/fashion-mnist")
         let format: Data.Format

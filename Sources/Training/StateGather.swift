@@ -17,11 +17,42 @@ final class StateGather {
     /// The writer's room for one gathered parameter, as large as the largest so far.
     private var scratch: Tensor?
 
+    /// Whether each rank holds the values of its shard only (`shard_parameters`).
+    let shardedValues: Bool
+
     init(_ trainer: Trainer) {
         comm = trainer.comm
+        shardedValues = trainer.shards != nil
         mine = trainer.optimizer.layout
         layouts = (0..<trainer.comm.size).map { StateLayout(trainer.heldRanges(of: $0)) }
         precondition(layouts[trainer.comm.rank] == mine, "this rank's optimizer state is not laid out as its updates")
+    }
+
+    /// The values of `p`, whole, on `writer`; nil on the others. With the parameters in shards
+    /// a synced parameter's values are gathered like its state, from each rank's chunks of
+    /// the arena; every other parameter is whole on every rank that holds it.
+    func values(of p: Parameter, to writer: Int) throws -> UnsafePointer<Float>? {
+        guard p.resident else { return nil }
+        let span = p.offset..<(p.offset + p.count)
+        if !shardedValues || p.frozen || layouts[writer].run(of: span) != nil { return writer == comm.rank ? UnsafePointer(p.value) : nil }
+        let pieces = StateLayout.pieces(of: span, in: mine.ranges)
+        guard writer == comm.rank else {
+            try comm.gatherRuns(pieces.map { (UnsafePointer(p.value + $0.lowerBound - p.offset), $0.count) }, root: writer,
+                                places: { _ in [] }, "checkpoint: parameter values", p.name)
+            return nil
+        }
+        let whole = room(p.count)
+        for arena in pieces { (whole + arena.lowerBound - p.offset).update(from: p.value + arena.lowerBound - p.offset, count: arena.count) }
+        try comm.gatherRuns([], root: writer, places: { q in
+            StateLayout.pieces(of: span, in: self.layouts[q].ranges).map { (whole + $0.lowerBound - p.offset, $0.count) }
+        }, "checkpoint: parameter values", p.name)
+        return UnsafePointer(whole)
+    }
+
+    /// The writer's scratch, at least `count` floats.
+    private func room(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if (scratch?.count ?? 0) < count { scratch = Tensor(shape: [count]) }
+        return scratch!.data
     }
 
     /// `state` (laid out as this rank's layout) of `p`, whole, on `writer`; nil on the others.
@@ -36,8 +67,7 @@ final class StateGather {
                                 places: { _ in [] }, "checkpoint: optimizer state", p.name)
             return nil
         }
-        if (scratch?.count ?? 0) < p.count { scratch = Tensor(shape: [p.count]) }
-        let whole = scratch!.data
+        let whole = room(p.count)
         for (arena, at) in pieces { (whole + arena.lowerBound - p.offset).update(from: state.data + at, count: arena.count) }
         try comm.gatherRuns([], root: writer, places: { q in
             self.layouts[q].pieces(of: span).map { (whole + $0.arena.lowerBound - p.offset, $0.arena.count) }

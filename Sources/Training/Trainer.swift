@@ -48,6 +48,9 @@ public final class Trainer {
     /// Reduce-scatters gradients bucket by bucket during backward, and allgathers the
     /// parameters each rank updated.
     public let gradientSync: ShardedSync
+    /// With `[parallel] shard_parameters` on several ranks: each layer's values gathered when
+    /// it runs (ZeRO stage 3); nil when every rank keeps every synced parameter.
+    let shards: ParameterShards?
 
     /// This rank's rows of each pass (`BatchLoader`).
     let loader: BatchLoader
@@ -117,15 +120,20 @@ public final class Trainer {
         comm.watchdog.deadline = config.parallel.watchdogSeconds
         let parameters = model.store.parameters
         let experts = Self.expertSpans(model, placement: placement, comm: comm)
+        let sharded = config.parallel.shardParameters && comm.size > 1
         gradientSync = try ShardedSync(
             comm: comm, grads: model.store.grads.data, values: model.store.values.data, count: trainable,
             bucketBytes: config.parallel.bucketBytes, regions: experts.synced,
+            shards: sharded ? (model.layerRanges, model.store.grads, model.store.values) : nil,
             label: { range in
                 // The parameters a bucket touches, by global name.
                 let inside = parameters.filter { $0.resident && $0.offset < range.upperBound && $0.offset + $0.count > range.lowerBound }
                 return inside.count == 1 ? inside[0].name : "\(inside.first!.name) … \(inside.last!.name)"
             })
         updateRanges = gradientSync.ownedRanges + experts.own
+        shards = sharded ? ParameterShards(sync: gradientSync) : nil
+        model.gathering = shards
+        evaluation.shards = shards
         // Optimizer state for what this rank updates only (ZeRO-1): the frozen parameters lie
         // after the trainable ones and have none.
         let layout = StateLayout(updateRanges)
@@ -193,6 +201,7 @@ public final class Trainer {
         let logged = isLoggedStep(step + 1, every: config.train.logEvery, total: totalSteps)
         let lr = schedule.rate(step)
         let gathered = passes > 1 && gathersStatistics
+        gradientSync.startStep()
         if gathered { try gatherStatistics(epoch: epoch, batch: batch, passes: passes, global: global) }
         var tally = PassTally()
         for pass in 0..<passes {
@@ -204,6 +213,7 @@ public final class Trainer {
         let (sums, norm) = try reduceStep(tally, gradientNorm: clip > 0 || logged)
         update(lr: lr, scale: clip > 0 && norm > clip ? Float(clip / norm) : 1)
         try gradientSync.gatherParameters()
+        try shards?.invalidate()
         step += 1
         // The auxiliary losses are already means over the global batch (each pass's part).
         let loss = sums.lossSum / Double(global) + tally.aux
@@ -212,6 +222,17 @@ public final class Trainer {
                           lr: lr, saveRequested: sums.saveRequests > 0, stopRequested: sums.stopRequests > 0,
                           inputWait: trainSet.takeInputWait().seconds)
     }
+
+    /// Throws what failed in the collectives inside the last forward or backward: the MoE
+    /// layers' exchanges, the layers' gathers.
+    func rethrowCollectives() throws {
+        try moeSums.rethrow()
+        try shards?.rethrow()
+    }
+
+    /// After parameters were written whole (a checkpoint loaded, `[init]` applied): with the
+    /// parameters in shards, this rank gives back what it does not own.
+    public func parametersWritten() throws { try shards?.invalidate() }
 
     /// The passes a global batch of `rows` rows takes: passes of `passRows` on every rank.
     public func passes(rows: Int) -> Int { loader.passes(rows: rows) }
@@ -238,7 +259,7 @@ public final class Trainer {
         for pass in 0..<passes {
             let rows = try loader.load(pass, epoch: epoch, batch: batch, gathering: true)
             model.gatherStatistics(loader.x.data, rows: rows.mine, context: context(rows, pass, global: global, .gather))
-            try moeSums.rethrow()
+            try rethrowCollectives()
         }
     }
 
@@ -250,7 +271,7 @@ public final class Trainer {
                          last: (lr: Double, logged: Bool)?) throws -> PassTally {
         let rows = try loader.load(pass, epoch: epoch, batch: batch)
         let logits = model.forward(loader.x.data, rows: rows.mine, context: context(rows, pass, global: global, statistics))
-        try moeSums.rethrow()
+        try rethrowCollectives()
         routingTrace?.record(model, step: step, samples: { self.loader.sample(epoch: epoch, batch: batch, row: rows.offset + $0) })
         let local = loader.labels.withUnsafeBufferPointer {
             softmaxCrossEntropy(logits: logits, labels: $0.baseAddress!, rows: rows.mine, classes: model.classes,
@@ -264,7 +285,7 @@ public final class Trainer {
         } else {
             model.backward(dlogits.data, rows: rows.mine)
         }
-        try moeSums.rethrow()
+        try rethrowCollectives()
         return tally
     }
 

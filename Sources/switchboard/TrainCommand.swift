@@ -136,6 +136,7 @@ struct TrainCommand: ParsableCommand {
         if resumed == nil, trainer.step == 0, let spec = config.initialization {
             if initPlan == nil { initPlan = try InitPlan(spec, model: trainer.model, source: job) }
             try initPlan!.apply(seed: config.run.seed)
+            try trainer.parametersWritten()
         } else {
             initPlan = nil
         }

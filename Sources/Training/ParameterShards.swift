@@ -1,0 +1,90 @@
+import Cluster
+import Kernels
+import Layers
+
+/// The parameters in shards (`[parallel] shard_parameters`, ZeRO stage 3): each rank keeps its
+/// chunk of every synced top-level layer (the sync's buckets, `ShardedSync.layerBuckets`), and
+/// a layer's whole values are gathered just before it runs and given back after.
+///
+/// Forward, before layer i: its gather is waited for (queued earlier as a prefetch, or now),
+/// and layer i + 1's is queued, so it moves while layer i computes (as far as MPI progresses
+/// between layers). After layer i: its values go back, except the last layer's, which
+/// backward needs next. Backward runs the same from the end, layer i − 1 prefetched. A
+/// gathered layer stays valid until the optimizer's update (`invalidate`), so evaluation
+/// between two steps and a forward right after it reuse what is still here.
+///
+/// Gradients need nothing here: backward writes a layer's whole gradients, and the sync gives
+/// back the pages outside this rank's chunk once it has reduce-scattered them.
+final class ParameterShards: ParameterGathering {
+    let sync: ShardedSync
+    let buckets: [[Int]]
+    /// Per top-level layer: its ticket while its gather is queued, nil otherwise.
+    var queued: [Int?]
+    /// Per top-level layer: its values are whole here.
+    var whole: [Bool]
+    /// The first failure of a gather, thrown by `rethrow` (forward and backward do not throw).
+    var failure: (any Error)?
+
+    init(sync: ShardedSync) {
+        self.sync = sync
+        buckets = sync.layerBuckets!
+        queued = [Int?](repeating: nil, count: buckets.count)
+        whole = [Bool](repeating: false, count: buckets.count)
+        // Nothing is gathered yet: every page outside this rank's chunks goes back (the model
+        // was initialized or loaded whole, a layer at a time).
+        for b in buckets.indices { release(b) }
+    }
+
+    func willRun(_ layer: Int, backward: Bool) {
+        guard failure == nil else { return }
+        request(layer)
+        let next = backward ? layer - 1 : layer + 1
+        if buckets.indices.contains(next) { request(next) }
+        do {
+            if let ticket = queued[layer] { try sync.waitForGather(ticket) }
+        } catch {
+            failure = error
+        }
+        queued[layer] = nil
+        whole[layer] = true
+    }
+
+    func didRun(_ layer: Int, backward: Bool) {
+        if backward || layer < buckets.count - 1 { release(layer) }
+    }
+
+    /// Queues layer `i`'s gather unless it is whole here or queued already.
+    func request(_ i: Int) {
+        guard !whole[i], queued[i] == nil, !buckets[i].isEmpty else {
+            if buckets[i].isEmpty { whole[i] = true }
+            return
+        }
+        var ticket = sync.finished
+        for b in buckets[i] { ticket = sync.gather(bucket: b) }
+        queued[i] = ticket
+    }
+
+    /// Gives back layer `i`'s values outside this rank's chunks.
+    func release(_ i: Int) {
+        for b in buckets[i] { sync.releaseValues(bucket: b) }
+        whole[i] = false
+    }
+
+    /// After the update: every gathered layer is out of date. Waits for any gather still
+    /// queued (a prefetch nobody used), then gives every layer back.
+    func invalidate() throws {
+        for i in buckets.indices {
+            if let ticket = queued[i] { try sync.waitForGather(ticket) }
+            queued[i] = nil
+            release(i)
+        }
+    }
+
+    /// Throws the first failure of a gather since the last call.
+    func rethrow() throws {
+        if let failure {
+            self.failure = nil
+            throw failure
+        }
+    }
+}
