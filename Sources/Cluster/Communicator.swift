@@ -1,4 +1,5 @@
 import CMPI
+import Kernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -117,10 +118,9 @@ public struct Communicator: @unchecked Sendable {
                       _ phase: StaticString, _ detail: String) throws {
         guard size > 1, count > 0 else { return }
         watchdog.begin(phase, detail, bytes: count * bytes)
-        var request: MPI_Request? = sb_request_null()
-        try check(MPI_Iallreduce(sb_in_place(), data, Int32(count), type.raw, ReduceOp.sum.raw, handle.raw, &request),
-                  "MPI_Iallreduce of \(count) × \(bytes) bytes")
-        try complete(&request, "MPI_Iallreduce of \(count) × \(bytes) bytes")
+        try collective("MPI_Iallreduce of \(count) × \(bytes) bytes") {
+            MPI_Iallreduce(sb_in_place(), data, Int32(count), type.raw, ReduceOp.sum.raw, handle.raw, $0)
+        }
     }
 
     /// In place: the sum of `data` over the ranks below this one (`MPI_Exscan`); zeros on
@@ -131,10 +131,9 @@ public struct Communicator: @unchecked Sendable {
             return
         }
         watchdog.begin(phase, detail, bytes: count * 8)
-        var request: MPI_Request? = sb_request_null()
-        try check(MPI_Iexscan(sb_in_place(), data, Int32(count), DataType.double.raw, ReduceOp.sum.raw, handle.raw, &request),
-                  "MPI_Iexscan of \(count) doubles")
-        try complete(&request, "MPI_Iexscan of \(count) doubles")
+        try collective("MPI_Iexscan of \(count) doubles") {
+            MPI_Iexscan(sb_in_place(), data, Int32(count), DataType.double.raw, ReduceOp.sum.raw, handle.raw, $0)
+        }
         if rank == 0 { data.update(repeating: 0, count: count) }
     }
 
@@ -144,10 +143,9 @@ public struct Communicator: @unchecked Sendable {
                          _ phase: StaticString, _ detail: String = "") throws {
         guard size > 1 else { receive.update(from: send, count: perRank); return }
         watchdog.begin(phase, detail, bytes: perRank * size * 4)
-        var request: MPI_Request? = sb_request_null()
-        try check(MPI_Ialltoall(send, Int32(perRank), sb_type_int32(), receive, Int32(perRank), sb_type_int32(), handle.raw, &request),
-                  "MPI_Ialltoall of \(perRank) integers per rank")
-        try complete(&request, "MPI_Ialltoall of \(perRank) integers per rank")
+        try collective("MPI_Ialltoall of \(perRank) integers per rank") {
+            MPI_Ialltoall(send, Int32(perRank), sb_type_int32(), receive, Int32(perRank), sb_type_int32(), handle.raw, $0)
+        }
     }
 
     /// All-to-all of float runs of different lengths (`MPI_Alltoallv`): `sendCounts[r]` floats
@@ -159,10 +157,10 @@ public struct Communicator: @unchecked Sendable {
         var bytes = 0
         for r in 0..<size { bytes += Int(sendCounts[r]) * 4 }
         watchdog.begin(phase, detail, bytes: bytes)
-        var request: MPI_Request? = sb_request_null()
-        try check(MPI_Ialltoallv(send, sendCounts, sendOffsets, sb_type_float(), receive, receiveCounts, receiveOffsets,
-                                 sb_type_float(), handle.raw, &request), "MPI_Ialltoallv of \(bytes) bytes")
-        try complete(&request, "MPI_Ialltoallv of \(bytes) bytes")
+        try collective("MPI_Ialltoallv of \(bytes) bytes") {
+            MPI_Ialltoallv(send, sendCounts, sendOffsets, sb_type_float(), receive, receiveCounts, receiveOffsets, sb_type_float(),
+                           handle.raw, $0)
+        }
     }
 
     /// Float runs to one rank (point to point, under the watchdog): every rank but `root`
@@ -207,6 +205,17 @@ public struct Communicator: @unchecked Sendable {
         guard size > 1, count > 0 else { return }
         try check(MPI_Allreduce(sb_in_place(), data, Int32(count), DataType.float.raw, ReduceOp.sum.raw, handle.raw),
                   "MPI_Allreduce of \(count) floats")
+    }
+
+    /// Posts a nonblocking collective (`post` fills in its request) and waits for it under the
+    /// watchdog. OpenMPI's nonblocking collectives (libnbc) allocate a schedule per call and
+    /// more as they progress: the allocation counter counts those apart from ours (`libraryCall`).
+    func collective(_ call: @autoclosure () -> String, _ post: (UnsafeMutablePointer<MPI_Request?>) -> Int32) throws {
+        var request: MPI_Request? = sb_request_null()
+        try libraryCall {
+            try check(withUnsafeMutablePointer(to: &request) { post($0) }, call())
+            try complete(&request, call())
+        }
     }
 
     /// Waits for one request under the watchdog.

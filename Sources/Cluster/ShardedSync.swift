@@ -66,7 +66,7 @@ public final class ShardedSync {
     var head = 0, queued = 0
     /// Jobs ever finished and ever queued: a job's ticket is `enqueued` after queueing it.
     public private(set) var finished = 0
-    var enqueued = 0
+    public private(set) var enqueued = 0
     /// Ring steps completed per bucket.
     var completed: [Int]
     var inFlight = false

@@ -36,6 +36,12 @@ public struct ModelSize: Sendable, Equatable {
     /// a checkpoint gathers on its writer (and a load reads whole); 0 on one rank.
     public var largestShardedParameter: Double = 0
 
+    /// Trainable parameters every rank holds and syncs (all but the frozen ones and the
+    /// experts with one owner each), and the most of them in one top-level layer: with the
+    /// parameters in shards, a rank keeps 1/P of the first and gathers up to two of the second.
+    public var synced: Double = 0
+    public var largestSyncedLayer: Double = 0
+
     /// Of the parameters, those the rank counted holds (every one but the experts other ranks
     /// own), and of those the frozen ones.
     public var held: Double = 0
@@ -69,7 +75,7 @@ extension Architecture {
         let store = ParameterStore(seed: 0, frozen: frozen)
         let build = BuildContext(store: store, maxRows: maxRows, precision: precision, counting: true, ranks: ranks,
                                  rank: busiestRank(ranks: ranks), trainingRows: trainingRows)
-        let (layers, _) = Model.layers(self, inputs: inputs, classes: classes, in: build)
+        let (layers, firstParameter) = Model.layers(self, inputs: inputs, classes: classes, in: build)
         let flops = build.count
         for moe in Model.walk(layers, MoE.self) {
             if ranks > 1 {
@@ -94,7 +100,13 @@ extension Architecture {
         }
         // The rest of the trainable parameters are synced, each rank updating 1/P of them.
         let synced = s.held - s.heldFrozen - ownExperts
+        s.synced = synced
         s.updatedPerRank = (synced / Double(ranks)).rounded(.up) + ownExperts
+        for (i, first) in firstParameter.enumerated() {
+            let end = i + 1 < firstParameter.count ? firstParameter[i + 1] : store.parameters.count
+            let layer = store.parameters[first..<end].filter { !$0.frozen && $0.resident && !ownerOnly.contains(ObjectIdentifier($0)) }
+            s.largestSyncedLayer = max(s.largestSyncedLayer, Double(layer.reduce(0) { $0 + $1.count }))
+        }
         if ranks > 1 {
             for p in store.parameters where !p.frozen && !ownerOnly.contains(ObjectIdentifier(p)) {
                 s.largestShardedParameter = max(s.largestShardedParameter, Double(p.count))

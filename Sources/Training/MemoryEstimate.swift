@@ -31,7 +31,18 @@ public struct MemoryEstimate: Sendable {
                                      movesExperts: config.parallel.balanceExperts,
                                      updatesExpertsInBackward: config.optimizer.updateInBackward, frozen: config.frozen,
                                      trainingRows: config.train.passRows(ranks: ranks))
-        parameters = 4 * size.storeFloats                                     // values and gradients
+        if config.parallel.shardParameters && ranks > 1 {
+            // Each rank keeps 1/P of the synced values and gradients; beyond that it holds the
+            // values of two top-level layers (the one running and the next one's gather) and
+            // the gradients of one, or all the gradients where a step's passes add them up.
+            let others = size.held - size.synced, shard = (size.synced / Double(ranks)).rounded(.up)
+            let accumulates = config.train.passRows(ranks: ranks) < config.train.share(ranks: ranks)
+            let values = others + shard + 2 * size.largestSyncedLayer
+            let grads = accumulates ? size.held - size.heldFrozen : others - size.heldFrozen + shard + size.largestSyncedLayer
+            parameters = 4 * (values + grads)
+        } else {
+            parameters = 4 * size.storeFloats                                 // values and gradients
+        }
         // State for what this rank updates (ZeRO-1), and the scratch a checkpoint's save or
         // load gathers one sharded parameter's state in.
         optimizer = 4 * size.updatedPerRank * (config.optimizer.kind == .adamw ? 2 : 1) + 4 * size.largestShardedParameter

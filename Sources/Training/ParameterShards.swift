@@ -9,7 +9,10 @@ import Layers
 /// Forward, before layer i: its gather is waited for (queued earlier as a prefetch, or now),
 /// and layer i + 1's is queued, so it moves while layer i computes (as far as MPI progresses
 /// between layers). After layer i: its values go back, except the last layer's, which
-/// backward needs next. Backward runs the same from the end, layer i − 1 prefetched. A
+/// backward needs next. Backward runs the same from the end, layer i − 1 prefetched; before
+/// layer i computes, the reduce-scatter of layer i + 1's gradients is finished too, so their
+/// pages are back before layer i's are written (a rank then holds the values of two layers
+/// and the gradients of one beyond its shards). A
 /// gathered layer stays valid until the optimizer's update (`invalidate`), so evaluation
 /// between two steps and a forward right after it reuse what is still here.
 ///
@@ -37,16 +40,18 @@ final class ParameterShards: ParameterGathering {
 
     func willRun(_ layer: Int, backward: Bool) {
         guard failure == nil else { return }
-        request(layer)
-        let next = backward ? layer - 1 : layer + 1
-        if buckets.indices.contains(next) { request(next) }
         do {
-            if let ticket = queued[layer] { try sync.waitForGather(ticket) }
+            // Everything queued so far: this layer's gather, and in backward the last layer's
+            // reduce-scatter, whose gradients then go back before this layer makes its own.
+            request(layer)
+            try sync.waitForGather(sync.enqueued)
+            queued[layer] = nil
+            whole[layer] = true
+            let next = backward ? layer - 1 : layer + 1
+            if buckets.indices.contains(next) { request(next) }
         } catch {
             failure = error
         }
-        queued[layer] = nil
-        whole[layer] = true
     }
 
     func didRun(_ layer: Int, backward: Bool) {
@@ -59,7 +64,7 @@ final class ParameterShards: ParameterGathering {
             if buckets[i].isEmpty { whole[i] = true }
             return
         }
-        var ticket = sync.finished
+        var ticket = sync.enqueued
         for b in buckets[i] { ticket = sync.gather(bucket: b) }
         queued[i] = ticket
     }

@@ -82,6 +82,8 @@ extension Trainer {
                              ("seconds", .double((seconds * 1000).rounded() / 1000))])
             }
         }
+        var allocations = AllocationTrace.open(), stepsRun = 0
+        defer { allocations?.report(rank: comm.rank) }
         training: for epoch in first..<max(first, config.train.epochs) {
             for batch in (epoch == first ? step % perEpoch : 0)..<perEpoch {
                 if config.train.maxSteps > 0 && step >= config.train.maxSteps { break training }
@@ -89,7 +91,9 @@ extension Trainer {
                 try FaultInjection.check(rank: comm.rank, step: step)
                 wantsSave = comm.isCoordinator && c.everyMinutes > 0 && (clock.now - lastSave).seconds >= 60 * c.everyMinutes
                 let t0 = clock.now
-                let r = try trainStep(epoch: epoch, batch: batch)
+                let r = try allocations == nil ? trainStep(epoch: epoch, batch: batch)
+                    : allocations!.step(stepsRun, at: step) { try trainStep(epoch: epoch, batch: batch) }
+                stepsRun += 1
                 trainTime += clock.now - t0
                 folder?.reached(step: r.step)
                 samples += r.rows

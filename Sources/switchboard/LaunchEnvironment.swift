@@ -17,13 +17,14 @@ enum LaunchEnvironment {
     static let openMPSpinCount = "3000"
 
     /// The shared library that counts heap allocations per thread (`CAllocCounter`, built
-    /// by `swift build` beside the binary). Only `bench`'s counting run loads it: it
+    /// by `swift build` beside the binary). Only `bench`'s counting run (and `train` under its test hook) loads it: it
     /// interposes `malloc`, which costs time, and the program users train with does not
     /// carry that.
     static let allocationCounterFile = "libSwitchboardAllocCounter.so"
 
     /// Sets `OPENBLAS_THREAD_TIMEOUT` and `GOMP_SPINCOUNT` unless the user set them (or
-    /// `OMP_WAIT_POLICY`), and for `bench --count-allocations` preloads the allocation counter;
+    /// `OMP_WAIT_POLICY`), and for `bench --count-allocations` (and `train` with the test hook
+    /// `SWITCHBOARD_COUNT_ALLOCATIONS`, `AllocationTrace`) preloads the allocation counter;
     /// re-executes the program if anything changed.
     static func prepare() {
         // Once: a preload that failed to load must not make the program exec itself forever.
@@ -40,8 +41,9 @@ enum LaunchEnvironment {
             setenv("GOMP_SPINCOUNT", openMPSpinCount, 1)
             changed = true
         }
-        if CommandLine.arguments.dropFirst().first == "bench", CommandLine.arguments.contains("--count-allocations"),
-           AllocationCounter.read == nil,
+        let counting = CommandLine.arguments.dropFirst().first == "bench" && CommandLine.arguments.contains("--count-allocations")
+            || CommandLine.arguments.dropFirst().first == "train" && getenv("SWITCHBOARD_COUNT_ALLOCATIONS") != nil
+        if counting, AllocationCounter.read == nil,
            let library = allocationCounterLibrary {
             let preloaded = getenv("LD_PRELOAD").map { String(cString: $0) + ":" } ?? ""
             setenv("LD_PRELOAD", preloaded + library, 1)

@@ -186,6 +186,44 @@ final class CheckpointTests: ToyDataTestCase {
         }
     }
 
+    /// A checkpoint moves between the modes: saved with the parameters in shards it resumes
+    /// in the same mode and world size bitwise, on 2 ranks without shards and on 4 ranks
+    /// within rounding of the uninterrupted run, and one saved on 4 ranks without shards
+    /// resumes on 2 with them; `inspect verify` finds a sharded save healthy. Dense and MoE.
+    func testCheckpointsMoveBetweenShardedAndWholeParameters() throws {
+        let shard = "parallel.shard_parameters=true"
+        for (label, model) in [("dense", ToyModel.residual), ("moe", .moe("experts = 4\ntop_k = 2\nhidden = 8\nbalance_loss = 0.01"))] {
+            let text = Fixtures.job(dir: dir, model: model, settings: ["train.epochs": "3", "train.max_steps": "24"],
+                                    extra: "[checkpoint]\nevery_steps = 12\nkeep_last = 0\n")
+            let path = try writeJob(text)
+            let config = try JobConfig.parse(text, source: path)
+            _ = try train(ranks: 2, name: "\(label)sharded", job: path, settings: [shard])
+            let whole = "\(dir)/runs/\(label)sharded", middle = "\(whole)/\(CheckpointFolder.name(step: 12))"
+            let final = CheckpointFolder.name(step: 24)
+            let verify = try Launcher.run(binary, ["inspect", "verify", middle])
+            XCTAssertEqual(verify.code, 0, verify.output)
+            let again = try mpirun(ranks: 2, name: "\(label)again", job: path, settings: [shard], extraArguments: ["--resume", middle])
+            XCTAssertEqual(again.code, 0, again.output)
+            XCTAssertEqual(try checksums("\(whole)/\(final)"), try checksums("\(dir)/runs/\(label)again/\(final)"),
+                           "\(label): resumed in the same mode on the same ranks, bitwise")
+            let reference = try loadModel("\(whole)/model.h5", config)
+            for (ranks, settings) in [(2, [String]()), (4, [shard])] {
+                let name = "\(label)on\(ranks)\(settings.isEmpty ? "whole" : "sharded")"
+                let r = try mpirun(ranks: ranks, name: name, job: path, settings: settings, extraArguments: ["--resume", middle])
+                XCTAssertEqual(r.code, 0, r.output)
+                let worst = Self.maxRelativeDifference(reference, try loadModel("\(dir)/runs/\(name)/model.h5", config))
+                XCTAssertLessThanOrEqual(worst.0, 1e-5, "\(label): saved sharded on 2 ranks, continued as \(name): \(worst.1)")
+            }
+            _ = try train(ranks: 4, name: "\(label)four", job: path)
+            let fromFour = try mpirun(ranks: 2, name: "\(label)fromfour", job: path, settings: [shard],
+                                      extraArguments: ["--resume", "\(dir)/runs/\(label)four/\(CheckpointFolder.name(step: 12))"])
+            XCTAssertEqual(fromFour.code, 0, fromFour.output)
+            XCTAssertTrue(fromFour.output.contains("resharded from 4 to 2 rank"), fromFour.output)
+            let worst = Self.maxRelativeDifference(reference, try loadModel("\(dir)/runs/\(label)fromfour/model.h5", config))
+            XCTAssertLessThanOrEqual(worst.0, 1e-5, "\(label): saved whole on 4 ranks, continued sharded on 2: \(worst.1)")
+        }
+    }
+
     /// Each kind of damage to the newest checkpoint is named (file and tensor) and `--resume
     /// auto` falls back to the one before; the continuation then ends bitwise where the
     /// undamaged run ended, and replaces the damaged checkpoint.

@@ -1,5 +1,6 @@
 import Foundation
 import Layers
+import Storage
 import TestSupport
 import XCTest
 @testable import Training
@@ -128,6 +129,57 @@ final class MultiRankTests: ToyDataTestCase {
             print("\(label), \(ranks) ranks vs 1: max relative L2 difference \(worst.0) (\(worst.1))")
         }
         return try String(contentsOfFile: "\(dir)/\(name)1.out", encoding: .utf8)
+    }
+
+    /// With `[parallel] shard_parameters` (each rank keeps 1/P of the synced parameters and
+    /// gathers a layer's when it runs) every family trains the same model on 1, 2 and 4 ranks:
+    /// dense, MoE with an owner per expert (4 on 2 and 4) and with replicated experts (2 on 4),
+    /// FFF, hourglass (a frozen lift, which stays whole on every rank), low-rank and σ-MoE.
+    func testShardedParametersTrainTheSameModelForEveryFamily() throws {
+        let families: [(String, ToyModel)] = [
+            ("mlp", .residual), ("moe", .moe("experts = 4\ntop_k = 2\nhidden = 8\nbalance_loss = 0.01")),
+            ("moe2", .moe("experts = 2\ntop_k = 1\nhidden = 8")), ("fff", .fff), ("hourglass", .hourglass),
+            ("lowrank", .lowRank), ("sigma", .sigmaMoE),
+        ]
+        for (label, model) in families {
+            let text = Fixtures.job(dir: dir, model: model, settings: ["train.epochs": "3", "train.max_steps": "24"])
+            let job = try writeJob(text)
+            _ = try assertSameOnOneTwoAndFourRanks((job, try JobConfig.parse(text, source: job)), "sharded \(label)",
+                                                   settings: ["parallel.shard_parameters=true"])
+        }
+    }
+
+    /// On 2 ranks each sum is a + b however the gradients are cut into buckets, so without
+    /// clipping a run with the parameters in shards ends on the same bits as one without
+    /// (parameters and optimizer state, in the checkpoint), though every layer's values came
+    /// from gathers. And no training step after the second allocates on any rank, with the
+    /// parameters sharded or not, dense or MoE (the allocation counter under mpirun).
+    func testShardedParametersChangeNoBitOnTwoRanksAndAllocateNothing() throws {
+        let text = Fixtures.job(dir: dir, settings: ["train.epochs": "3", "train.max_steps": "24", "optimizer.clip_norm": "0"])
+        let job = try writeJob(text)
+        var checksums: [String: [String: String]] = [:]
+        for shard in [false, true] {
+            let name = "bits\(shard)"
+            let r = try mpirun(ranks: 2, name: name, job: job, settings: ["parallel.shard_parameters=\(shard)"],
+                               environment: ["SWITCHBOARD_COUNT_ALLOCATIONS": "1"])
+            XCTAssertEqual(r.code, 0, r.output)
+            for rank in 0..<2 {
+                XCTAssertTrue(r.output.contains("rank \(rank): 0 heap allocations in training steps 3…24"),
+                              "shard_parameters = \(shard): every step after the second allocates nothing on rank \(rank): \(r.output)")
+            }
+            let folder = "\(dir)/runs/\(name)/\(CheckpointFolder.name(step: 24))"
+            let main = try HDF5File.open("\(folder)/\(CheckpointManifest.mainFile)")
+            let m = try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: 1 << 24), source: folder)
+            checksums[name] = Dictionary(uniqueKeysWithValues: m.tensors.map { ($0.name, $0.checksum) })
+        }
+        XCTAssertEqual(checksums["bitsfalse"], checksums["bitstrue"], "2 ranks: sharding the parameters must not change a bit")
+        let moe = try writeJob(Fixtures.job(dir: dir, model: .moe("experts = 4\ntop_k = 2\nhidden = 8\nbalance_loss = 0.01"),
+                                            settings: ["train.epochs": "3", "train.max_steps": "24"]))
+        let r = try mpirun(ranks: 2, name: "moealloc", job: moe, settings: ["parallel.shard_parameters=true"],
+                           environment: ["SWITCHBOARD_COUNT_ALLOCATIONS": "1"])
+        XCTAssertEqual(r.code, 0, r.output)
+        XCTAssertTrue(r.output.contains("rank 0: 0 heap allocations in training steps 3…24") && r.output.contains("rank 1: 0 heap allocations"),
+                      "MoE, sharded: \(r.output)")
     }
 
     /// An MoE model trains the same on 1, 2 and 4 ranks: capacity is applied in global token

@@ -7,8 +7,9 @@ import Training
 /// while training (a) the expert-heavy model of 256 experts and (b) a dense-heavy residual MLP
 /// of about the same size, beside the ideal of a model whose state is sharded whole (a rank's
 /// 1/P of the values, gradients and optimizer state, plus the layers' buffers and what the
-/// process held before the model: libraries, the data), and the step's samples/s. Run it at several P: per-rank memory
-/// should fall as P grows.
+/// process held before the model: libraries, the data), and the step's samples/s; on several
+/// ranks each model again with `[parallel] shard_parameters`. Run it at several P: per-rank
+/// memory should fall as P grows.
 struct MemoryBench {
     let options: MemoryBenchOptions
 
@@ -18,13 +19,20 @@ struct MemoryBench {
         ("dense-heavy", "fashion-mlp.toml", ["model.width=2048", "model.expansion=4", "model.depth=4"]),
     ]
 
+    /// Each model as it is, then with `shard_parameters` (on several ranks: on one it changes nothing).
+    func runs(ranks: Int) -> [(name: String, job: String, settings: [String])] {
+        Self.models.flatMap { m in
+            [m] + (ranks > 1 ? [(m.name + ", shard_parameters", m.job, m.settings + ["parallel.shard_parameters=true"])] : [])
+        }
+    }
+
     func run() throws {
         let world = try MPIWorld.start()
         BLAS.setThreads(1)
         let say: (String) -> Void = { if world.isCoordinator { print($0); fflush(nil) } }
         say("switchboard \(Switchboard.version) bench memory; \(world.size) rank\(world.size == 1 ? "" : "s") × 1 BLAS thread; "
             + "\(options.steps) steps per model (samples/s over all but the first); machine: \(cpuModel())")
-        for model in Self.models {
+        for model in runs(ranks: world.size) {
             let path = "\(options.jobs)/\(model.job)"
             let text = try String(contentsOfFile: path, encoding: .utf8)
             let config = try JobConfig.parse(text, source: path, overrides: model.settings + [
