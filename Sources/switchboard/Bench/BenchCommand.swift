@@ -91,6 +91,10 @@ struct ScalingOptions: ParsableArguments {
     @Option(name: .customLong("sweep-kib"), help: "Bucket sizes, comma-separated, for the gradient-sync-alone table.")
     var sweepKiB = PositiveIntegers([256, 512, 1024, 2048, 4096, 8192])
 
+    @Flag(name: .customLong("shard-parameters"),
+          help: "Train the P-rank run with [parallel] shard_parameters (each rank keeps 1/P of the synced parameters).")
+    var shardParameters = false
+
     func validate() throws {
         if let bucketKiB, bucketKiB < 1 { throw ValidationError("--bucket-kib: \(bucketKiB) is not a positive integer") }
     }

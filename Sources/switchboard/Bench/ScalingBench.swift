@@ -46,6 +46,7 @@ struct ScalingBench {
         let per = workload.samplesPerRank
         if let bucketKiB { all.parallel.bucketBytes = bucketKiB * 1024 }
         if fixedExperts { all.parallel.balanceExperts = false }
+        all.parallel.shardParameters = options.shardParameters
         let (train, test) = try one.data.load()
          say("switchboard \(Switchboard.version) bench \(workload.rawValue); \(BLAS.config); \(MPIWorld.libraryVersion)")
         say("machine: \(cpuModel()), \(ProcessInfo.processInfo.activeProcessorCount) cores; "
@@ -82,15 +83,17 @@ struct ScalingBench {
                   + " experts per pass in the MoE layers"
                 : "  each always run by its own rank")
         }
-        say("\(world.size) ranks, global batch \(per * world.size): \(Int(rate)) samples/s (median; runs \(list(timing.rates)))")
+        say("\(world.size) ranks, global batch \(per * world.size)\(options.shardParameters ? ", shard_parameters" : ""): "
+            + "\(Int(rate)) samples/s (median; runs \(list(timing.rates)))")
         say("  weak-scaling efficiency: \(Int(rate)) / (\(world.size) × \(Int(base))) = \(fixed(rate / (Double(world.size) * base), 3))")
         let synced = trainer.gradientSync.buckets.reduce(0) { $0 + $1.count } * 4
-        say("  gradients synced: \(fixed(Double(synced) / 1e6, 2)) MB in \(buckets) bucket\(buckets == 1 ? "" : "s") of \(all.parallel.bucketBytes / 1024) KiB"
+        say("  gradients synced: \(fixed(Double(synced) / 1e6, 2)) MB in \(buckets) bucket\(buckets == 1 ? "" : "s")"
+            + (options.shardParameters ? " (one per layer)" : " of \(all.parallel.bucketBytes / 1024) KiB")
             + (synced < bytes ? " (of \(fixed(Double(bytes) / 1e6, 2)) MB: each expert's gradient stays with its owner)" : ""))
         say("  communication per step (rank 0), of a \(fixed(1000 * timing.secondsPerStep, 1)) ms step: "
             + "\(fixed(1000 * timing.progressPerStep, 2)) ms reduce-scattering buckets between layers, "
             + "\(fixed(1000 * timing.scatterPerStep, 2)) ms finishing that after backward, "
-            + "\(fixed(1000 * timing.gatherPerStep, 2)) ms allgathering parameters; "
+            + "\(fixed(1000 * timing.gatherPerStep, 2)) ms \(options.shardParameters ? "waiting for layers' gathers" : "allgathering parameters"); "
             + "\(fixed(1000 * timing.waitPerStep, 2)) ms of all collectives spent waiting on other ranks")
 
         // 3. The sync alone against MPI_Allreduce of the same bytes.
