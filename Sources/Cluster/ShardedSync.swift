@@ -28,18 +28,19 @@ import Kernels
 /// size, and the allgather gives every rank the same parameter bits.
 ///
 /// With the parameters in shards too (`[parallel] shard_parameters`, ZeRO stage 3), a bucket
-/// is one top-level layer's part of a synced region, uncut, so a rank's chunk of a layer is
-/// one run of the arena: the pages outside it are given back to the system (`Tensor.release`)
-/// once its gradients are reduce-scattered, and its values once the layer has run; a layer's
-/// values are allgathered (`gather(layer:)`) just before it runs, forward and backward. The
-/// ring's steps are one queue of jobs, run in order, the same on every rank.
+/// is one layer's part of a synced region, uncut, so a rank's chunk of a layer is one run of
+/// the arena: the pages outside it are given back to the system (`Tensor.release`) once its
+/// gradients are reduce-scattered, and its values once the layer has run; a layer's values
+/// are allgathered (`gather(bucket:)`) just before it runs, forward and backward, and its
+/// reduce-scatter is queued by the layer (`reduceScatter(bucket:)`). The ring's steps are one
+/// queue of jobs, run in order, the same on every rank.
 public final class ShardedSync {
     /// Bucket ranges in launch order (the end of the arena first).
     public let buckets: [Range<Int>]
     /// The arena ranges this rank sums and updates: one chunk of each bucket (all of the
     /// synced regions in a world of one).
     public let ownedRanges: [Range<Int>]
-    /// With the parameters in shards: the buckets of each top-level layer (nil otherwise).
+    /// With the parameters in shards: the buckets of each layer, in the order given (nil otherwise).
     public let layerBuckets: [[Int]]?
     /// A name per bucket for hang reports, such as "bucket 2/4 (layers.1.weight … head.bias)".
     let labels: [String]
@@ -70,8 +71,12 @@ public final class ShardedSync {
     /// Ring steps completed per bucket.
     var completed: [Int]
     var inFlight = false
-    /// Buckets whose reduce-scatter is queued this step (in launch order).
+    /// Buckets whose reduce-scatter is queued this step: the first `scattered` in launch order
+    /// by `gradientsFinal`, any by `reduceScatter(bucket:)`.
     var scattered = 0
+    var scatterQueued: [Bool]
+    /// Between `begin` and `finishReduceScatter`: the step's reduce-scatter is under way.
+    public private(set) var scattering = false
 
     /// Seconds advancing buckets between layers, in the last step.
     public private(set) var lastProgressSeconds = 0.0
@@ -83,8 +88,8 @@ public final class ShardedSync {
 
     /// - Parameter regions: the parts of the arena every rank holds and syncs, ascending
     ///   (nil: all of it). Experts that only their runner holds are left out.
-    /// - Parameter shards: the parameters in shards: the arena range of each top-level layer,
-    ///   and the arenas behind `grads` and `values`.
+    /// - Parameter shards: the parameters in shards: the arena range of each layer gathered
+    ///   on its own (`Model.gatheringUnits`), and the arenas behind `grads` and `values`.
     /// - Parameter label: names the part of the arena a bucket covers (called at init only).
     public init(comm: Communicator, grads: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>,
                 count: Int, bucketBytes: Int, regions: [Range<Int>]? = nil,
@@ -135,6 +140,7 @@ public final class ShardedSync {
         requests = .allocate(capacity: 2)
         requests.initialize(repeating: sb_request_null(), count: 2)
         completed = [Int](repeating: 0, count: ranges.count)
+        scatterQueued = [Bool](repeating: false, count: ranges.count)
         capacity = 3 * ranges.count + 1
         jobs = .allocate(capacity: capacity)
         channel = p > 1 ? try comm.duplicate().raw : sb_comm_self()
@@ -179,15 +185,20 @@ public final class ShardedSync {
 
     /// Starts the reduce-scatter of a step: gradients will be reported final from the end of
     /// the arena.
-    public func begin() { scattered = 0 }
+    public func begin() {
+        scattered = 0
+        for b in scatterQueued.indices { scatterQueued[b] = false }
+        scattering = true
+    }
 
     /// Backward has finished every gradient at `[offset, count)`: queues the reduce-scatter of
     /// every bucket inside that and advances the ring.
     public func gradientsFinal(from offset: Int) throws {
         guard comm.size > 1 else { return }
         let t0 = MPI_Wtime()
-        while scattered < buckets.count && buckets[scattered].lowerBound >= offset {
-            push(Job(bucket: scattered, from: 0, until: comm.size - 1))
+        // With the parameters in shards the layers queue their own (`reduceScatter(bucket:)`).
+        while !shardsParameters && scattered < buckets.count && buckets[scattered].lowerBound >= offset {
+            reduceScatter(bucket: scattered)
             scattered += 1
         }
         _ = try progress()
@@ -200,10 +211,8 @@ public final class ShardedSync {
     public func finishReduceScatter() throws {
         guard comm.size > 1 else { return }
         let t0 = MPI_Wtime()
-        while scattered < buckets.count {
-            push(Job(bucket: scattered, from: 0, until: comm.size - 1))
-            scattered += 1
-        }
+        for b in buckets.indices { reduceScatter(bucket: b) }
+        scattering = false
         try wait(through: enqueued, "gradient reduce-scatter")
         lastScatterSeconds = MPI_Wtime() - t0
     }
@@ -217,6 +226,13 @@ public final class ShardedSync {
         for b in buckets.indices { push(Job(bucket: b, from: nil, until: 2 * (comm.size - 1))) }
         try wait(through: enqueued, "parameter allgather")
         lastGatherSeconds = MPI_Wtime() - t0
+    }
+
+    /// Queues bucket `b`'s reduce-scatter, once a step: backward has finished its gradients.
+    public func reduceScatter(bucket b: Int) {
+        guard comm.size > 1, !scatterQueued[b] else { return }
+        scatterQueued[b] = true
+        push(Job(bucket: b, from: 0, until: comm.size - 1))
     }
 
     /// Queues the allgather of bucket `b`'s values from every rank's chunk; returns the ticket
@@ -273,7 +289,8 @@ public final class ShardedSync {
             let b = job.bucket
             if inFlight {
                 var done: Int32 = 0
-                try check(MPI_Testall(2, requests, &done, sb_statuses_ignore()), "MPI_Testall (\(labels[b]))")
+                // OpenMPI may allocate as it progresses (`libraryCall`).
+                try check(libraryCall { MPI_Testall(2, requests, &done, sb_statuses_ignore()) }, "MPI_Testall (\(labels[b]))")
                 guard done != 0 else { return false }
                 inFlight = false
                 complete(b)
@@ -309,9 +326,9 @@ public final class ShardedSync {
         let recv = Self.chunk(scatter ? mod(r - k - 1) : mod(r - k), of: bucket.count, ranks: p)
         let into = scatter ? scratch : base + recv.offset
         let right = Int32(mod(r + 1)), left = Int32(mod(r - 1)), tag = Int32(b)
-        try check(MPI_Irecv(into, Int32(recv.count), sb_type_float(), left, tag, channel, requests),
+        try check(libraryCall { MPI_Irecv(into, Int32(recv.count), sb_type_float(), left, tag, channel, requests) },
                   "MPI_Irecv (\(labels[b]))")
-        try check(MPI_Isend(base + send.offset, Int32(send.count), sb_type_float(), right, tag, channel, requests + 1),
+        try check(libraryCall { MPI_Isend(base + send.offset, Int32(send.count), sb_type_float(), right, tag, channel, requests + 1) },
                   "MPI_Isend (\(labels[b]))")
         inFlight = true
     }

@@ -1,4 +1,5 @@
 import CMPI
+import Kernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -110,7 +111,8 @@ public final class Watchdog {
     func receive() -> (from: Int, message: Message)? {
         var done: Int32 = 0
         var status = MPI_Status()
-        guard MPI_Test(&inboxRequest, &done, &status) == sb_success(), done != 0 else { return nil }
+        // OpenMPI may allocate as it progresses (`libraryCall`).
+        guard libraryCall({ MPI_Test(&inboxRequest, &done, &status) }) == sb_success(), done != 0 else { return nil }
         let message = Message.decode(inbox)
         let from = Int(status.MPI_SOURCE)
         postReceive()

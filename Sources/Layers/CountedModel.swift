@@ -37,8 +37,9 @@ public struct ModelSize: Sendable, Equatable {
     public var largestShardedParameter: Double = 0
 
     /// Trainable parameters every rank holds and syncs (all but the frozen ones and the
-    /// experts with one owner each), and the most of them in one top-level layer: with the
-    /// parameters in shards, a rank keeps 1/P of the first and gathers up to two of the second.
+    /// experts with one owner each), and the most of them in one gathering unit
+    /// (`Model.gatheringUnits`): with the parameters in shards, a rank keeps 1/P of the first
+    /// and gathers up to two of the second.
     public var synced: Double = 0
     public var largestSyncedLayer: Double = 0
 
@@ -75,7 +76,7 @@ extension Architecture {
         let store = ParameterStore(seed: 0, frozen: frozen)
         let build = BuildContext(store: store, maxRows: maxRows, precision: precision, counting: true, ranks: ranks,
                                  rank: busiestRank(ranks: ranks), trainingRows: trainingRows)
-        let (layers, firstParameter) = Model.layers(self, inputs: inputs, classes: classes, in: build)
+        let (layers, _) = Model.layers(self, inputs: inputs, classes: classes, in: build)
         let flops = build.count
         for moe in Model.walk(layers, MoE.self) {
             if ranks > 1 {
@@ -102,10 +103,9 @@ extension Architecture {
         let synced = s.held - s.heldFrozen - ownExperts
         s.synced = synced
         s.updatedPerRank = (synced / Double(ranks)).rounded(.up) + ownExperts
-        for (i, first) in firstParameter.enumerated() {
-            let end = i + 1 < firstParameter.count ? firstParameter[i + 1] : store.parameters.count
-            let layer = store.parameters[first..<end].filter { !$0.frozen && $0.resident && !ownerOnly.contains(ObjectIdentifier($0)) }
-            s.largestSyncedLayer = max(s.largestSyncedLayer, Double(layer.reduce(0) { $0 + $1.count }))
+        for (_, _, unit) in Model.unitLayers(layers, in: nil) {
+            let synced = Model.parameters(of: unit).filter { !$0.frozen && $0.resident && !ownerOnly.contains(ObjectIdentifier($0)) }
+            s.largestSyncedLayer = max(s.largestSyncedLayer, Double(synced.reduce(0) { $0 + $1.count }))
         }
         if ranks > 1 {
             for p in store.parameters where !p.frozen && !ownerOnly.contains(ObjectIdentifier(p)) {

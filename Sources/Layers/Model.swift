@@ -19,10 +19,28 @@ public final class Model {
     /// For each top-level layer, the arena offset from which every gradient is final once
     /// that layer's backward has run (trainable parameters are laid out in forward order).
     let finalFrom: [Int]
-    /// Brings each top-level layer's parameters in before it runs and lets them go after, when
+    /// Brings each gathering unit's parameters in before it runs and lets them go after, when
     /// the ranks hold the synced parameters in shards (`[parallel] shard_parameters`); nil
     /// when every parameter is always here.
-    public var gathering: (any ParameterGathering)?
+    public var gathering: (any ParameterGathering)? {
+        didSet {
+            for slot in unitSlots { slot.sequential.gathering = gathering }
+        }
+    }
+    /// The layers gathered one at a time, in forward order (`gatheringUnits`): where each sits.
+    private lazy var unitSlots: [(sequential: Sequential, index: Int)] = {
+        let slots = Self.units(network, trainable: store.trainableCount)
+        for (u, slot) in slots.enumerated() {
+            if slot.sequential.units.isEmpty { slot.sequential.units = [Int?](repeating: nil, count: slot.sequential.layers.count) }
+            slot.sequential.units[slot.index] = u
+        }
+        return slots.map { ($0.sequential, $0.index) }
+    }()
+    /// The arena range of each gathering unit's trainable parameters, in forward order: each
+    /// top-level layer, but a residual block's branch layer by layer, so a rank holding its
+    /// parameters in shards gathers one matrix at a time, not a whole block.
+    public var gatheringUnits: [Range<Int>] { unitRanges }
+    private lazy var unitRanges: [Range<Int>] = Self.units(network, trainable: store.trainableCount).map(\.range)
     /// The top-level layers a statistics pre-pass runs (`gatherStatistics`): through the
     /// block of the last layer whose batch statistics a gradient uses.
     let statisticsDepth: Int
@@ -126,22 +144,61 @@ public final class Model {
         run(x, rows: rows, context: context, through: statisticsDepth)
     }
 
-    /// The top-level layers `[0, end)` over `x`, each between the gathering's calls.
+    /// The top-level layers `[0, end)` over `x`.
     func run(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext, through end: Int) -> UnsafePointer<Float> {
         var h = x
-        let layers = network.layers
-        for i in 0..<end {
-            gathering?.willRun(i, backward: false)
-            h = layers[i].forward(h, rows: rows, context: context)
-            gathering?.didRun(i, backward: false)
-        }
+        for i in 0..<end { h = network.forward(i, h, rows: rows, context: context) }
         return h
     }
 
-    /// The arena range of each top-level layer's trainable parameters, in forward order (empty
-    /// for a layer without any); the ranges lie end to end over `[0, store.trainableCount)`.
-    public var layerRanges: [Range<Int>] {
-        finalFrom.indices.map { finalFrom[$0]..<($0 + 1 < finalFrom.count ? finalFrom[$0 + 1] : store.trainableCount) }
+    /// The gathering units of `network` (see `gatheringUnits`), each with the hull of its
+    /// trainable parameters' offsets (empty for a layer without any). Should the hulls not
+    /// tile `[0, trainable)` (a layer keeping parameters where `parameters(of:)` does not
+    /// look), the units are the top-level layers, whose parameters always lie end to end.
+    static func units(_ network: Sequential, trainable: Int) -> [(sequential: Sequential, index: Int, range: Range<Int>)] {
+        let slots = unitLayers(network.layers, in: network)
+        func hull(_ layer: any Layer) -> Range<Int> {
+            let held = parameters(of: layer).filter { $0.resident && !$0.frozen }
+            guard let lo = held.map(\.offset).min(), let hi = held.map({ $0.offset + $0.count }).max() else { return 0..<0 }
+            return lo..<hi
+        }
+        var units = slots.map { ($0.0!, $0.1, hull($0.2)) }
+        let sorted = units.map(\.2).filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
+        let tiles = sorted.reduce(0) { $0 + $1.count } == trainable && zip(sorted, sorted.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound }
+        if !tiles {
+            units = network.layers.indices.map { k in (network, k, hull(network.layers[k])) }
+        }
+        return units
+    }
+
+    /// The gathering units of top-level `layers` (of `network`): each layer, or a residual
+    /// block's branch layers, with the sequence each sits in.
+    static func unitLayers(_ layers: [any Layer], in network: Sequential?) -> [(Sequential?, Int, any Layer)] {
+        var slots: [(Sequential?, Int, any Layer)] = []
+        for (k, layer) in layers.enumerated() {
+            if let residual = layer as? Residual {
+                for (j, inner) in residual.branch.layers.enumerated() { slots.append((residual.branch, j, inner)) }
+            } else {
+                slots.append((network, k, layer))
+            }
+        }
+        return slots
+    }
+
+    /// The parameters a layer keeps in its stored properties: `Parameter`s, alone or in
+    /// optionals, tuples and arrays, and those of the layers it holds (walked as mlx's
+    /// `Module` walks its children).
+    static func parameters(of layer: any Layer) -> [Parameter] {
+        var found: [Parameter] = []
+        func visit(_ value: Any, root: Bool) {
+            if let p = value as? Parameter { found.append(p); return }
+            let mirror = Mirror(reflecting: value)
+            let isLayer = value is any Layer
+            guard root || isLayer || [.optional, .tuple, .collection].contains(mirror.displayStyle) else { return }
+            for child in mirror.children { visit(child.value, root: false) }
+        }
+        visit(layer, root: true)
+        return found
     }
 
     /// The layers' auxiliary losses from the last forward pass (coefficients applied).
@@ -184,9 +241,7 @@ public final class Model {
         let layers = network.layers
         for i in layers.indices.reversed() {
             guard let gi = g else { preconditionFailure("a layer before the first returned no input gradient") }
-            gathering?.willRun(i, backward: true)
-            g = layers[i].backward(gi, rows: rows)
-            gathering?.didRun(i, backward: true)
+            g = network.backward(i, gi, rows: rows)
             try gradientsFinal(finalFrom[i])
         }
     }
@@ -222,9 +277,9 @@ extension FeedForward {
 }
 
 /// Where a model's parameters are held in shards over the ranks (ZeRO stage 3): called around
-/// every top-level layer's forward and backward, in the same order on every rank, so it can
-/// run collectives there. `willRun` makes layer `i`'s parameters whole here (and may start
-/// fetching the next layer's); `didRun` may let them go. A failure is kept and thrown by
+/// every gathering unit's forward and backward (`Model.gatheringUnits`), in the same order on
+/// every rank, so it can run collectives there. `willRun` makes unit `i`'s parameters whole
+/// here (and may start fetching the next unit's); `didRun` may let them go. A failure is kept and thrown by
 /// whoever drives the passes (forward and backward do not throw).
 public protocol ParameterGathering: AnyObject {
     func willRun(_ layer: Int, backward: Bool)

@@ -14,19 +14,40 @@ public final class Sequential: Layer {
         self.layers = layers
     }
 
+    /// With the parameters in shards (`Model.gathering`): called around each layer that is a
+    /// gathering unit, `units[k]` its number.
+    var gathering: (any ParameterGathering)?
+    var units: [Int?] = []
+
     public func forward(_ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
         var h = x
-        for layer in layers { h = layer.forward(h, rows: rows, context: context) }
+        for k in layers.indices { h = forward(k, h, rows: rows, context: context) }
         return h
     }
 
     public func backward(_ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>? {
         var g: UnsafePointer<Float>? = dy
-        for layer in layers.reversed() {
+        for k in layers.indices.reversed() {
             guard let gi = g else { preconditionFailure("a layer before the first returned no input gradient") }
-            g = layer.backward(gi, rows: rows)
+            g = backward(k, gi, rows: rows)
         }
         return g
+    }
+
+    /// Layer `k`'s forward, between the gathering's calls when it is a unit.
+    func forward(_ k: Int, _ x: UnsafePointer<Float>, rows: Int, context: ForwardContext) -> UnsafePointer<Float> {
+        guard let gathering, let unit = units[k] else { return layers[k].forward(x, rows: rows, context: context) }
+        gathering.willRun(unit, backward: false)
+        defer { gathering.didRun(unit, backward: false) }
+        return layers[k].forward(x, rows: rows, context: context)
+    }
+
+    /// Layer `k`'s backward, between the gathering's calls when it is a unit.
+    func backward(_ k: Int, _ dy: UnsafePointer<Float>, rows: Int) -> UnsafePointer<Float>? {
+        guard let gathering, let unit = units[k] else { return layers[k].backward(dy, rows: rows) }
+        gathering.willRun(unit, backward: true)
+        defer { gathering.didRun(unit, backward: true) }
+        return layers[k].backward(dy, rows: rows)
     }
 }
 

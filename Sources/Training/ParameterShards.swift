@@ -3,21 +3,24 @@ import Kernels
 import Layers
 
 /// The parameters in shards (`[parallel] shard_parameters`, ZeRO stage 3): each rank keeps its
-/// chunk of every synced top-level layer (the sync's buckets, `ShardedSync.layerBuckets`), and
-/// a layer's whole values are gathered just before it runs and given back after.
+/// chunk of every synced gathering unit (`Model.gatheringUnits`: a top-level layer, or one
+/// layer of a residual block's branch, such as one matrix), the sync's buckets
+/// (`ShardedSync.layerBuckets`); a unit's whole values are gathered just before it runs and
+/// given back after.
 ///
-/// Forward, before layer i: its gather is waited for (queued earlier as a prefetch, or now),
-/// and layer i + 1's is queued, so it moves while layer i computes (as far as MPI progresses
-/// between layers). After layer i: its values go back, except the last layer's, which
-/// backward needs next. Backward runs the same from the end, layer i − 1 prefetched; before
-/// layer i computes, the reduce-scatter of layer i + 1's gradients is finished too, so their
-/// pages are back before layer i's are written (a rank then holds the values of two layers
-/// and the gradients of one beyond its shards). A
-/// gathered layer stays valid until the optimizer's update (`invalidate`), so evaluation
+/// Forward, before unit i: its gather is waited for (queued earlier as a prefetch, or now),
+/// and unit i + 1's is queued, so it moves while unit i computes (as far as MPI progresses
+/// between layers). After unit i: its values go back, except the last unit's, which backward
+/// needs next. Backward runs the same from the end, unit i − 1 prefetched; in the step's last
+/// backward, each unit's reduce-scatter is queued as soon as it is done, and finished before
+/// the next unit computes, so those gradients' pages are back before the next unit's are
+/// written: beyond its shards a rank holds the values of two units and the gradients of one
+/// (all of them under gradient accumulation, whose passes add into every gradient). A
+/// gathered unit stays valid until the optimizer's update (`invalidate`), so evaluation
 /// between two steps and a forward right after it reuse what is still here.
 ///
-/// Gradients need nothing here: backward writes a layer's whole gradients, and the sync gives
-/// back the pages outside this rank's chunk once it has reduce-scattered them.
+/// The sync gives back a bucket's gradient pages outside this rank's chunk once it has
+/// reduce-scattered them.
 final class ParameterShards: ParameterGathering {
     let sync: ShardedSync
     let buckets: [[Int]]
@@ -41,8 +44,8 @@ final class ParameterShards: ParameterGathering {
     func willRun(_ layer: Int, backward: Bool) {
         guard failure == nil else { return }
         do {
-            // Everything queued so far: this layer's gather, and in backward the last layer's
-            // reduce-scatter, whose gradients then go back before this layer makes its own.
+            // Everything queued so far: this unit's gather, and in backward the previous unit's
+            // reduce-scatter, whose gradients then go back before this unit writes its own.
             request(layer)
             try sync.waitForGather(sync.enqueued)
             queued[layer] = nil
@@ -56,6 +59,8 @@ final class ParameterShards: ParameterGathering {
 
     func didRun(_ layer: Int, backward: Bool) {
         if backward || layer < buckets.count - 1 { release(layer) }
+        // The step's last backward: this unit's gradients are final.
+        if backward && sync.scattering { for b in buckets[layer] { sync.reduceScatter(bucket: b) } }
     }
 
     /// Queues layer `i`'s gather unless it is whole here or queued already.

@@ -124,7 +124,7 @@ public final class Trainer {
         gradientSync = try ShardedSync(
             comm: comm, grads: model.store.grads.data, values: model.store.values.data, count: trainable,
             bucketBytes: config.parallel.bucketBytes, regions: experts.synced,
-            shards: sharded ? (model.layerRanges, model.store.grads, model.store.values) : nil,
+            shards: sharded ? (model.gatheringUnits, model.store.grads, model.store.values) : nil,
             label: { range in
                 // The parameters a bucket touches, by global name.
                 let inside = parameters.filter { $0.resident && $0.offset < range.upperBound && $0.offset + $0.count > range.lowerBound }

@@ -32,6 +32,16 @@ final class ModelSizeTests: XCTestCase {
             XCTAssertEqual(size.storeFloats + size.buffers, Double(made), "floats made for \(what)", file: file, line: line)
             XCTAssertEqual(size.bf16Values, Double(BFloat16Buffer.valuesMade - bf16Before), "bf16 values made for \(what)",
                            file: file, line: line)
+            // The units a rank gathers one at a time with the parameters in shards: every layer
+            // of a residual branch on its own (not the whole block, which is the fallback when
+            // some layer's parameters are not found), tiling the trainable arena.
+            let units = model.gatheringUnits
+            XCTAssertEqual(units.count, Model.unitLayers(model.network.layers, in: nil).count, "gathering units of \(what)",
+                           file: file, line: line)
+            let tiles = units.filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
+            XCTAssertEqual(tiles.first?.lowerBound ?? 0, 0, file: file, line: line)
+            XCTAssertEqual(tiles.last?.upperBound ?? 0, model.store.trainableCount, file: file, line: line)
+            XCTAssertTrue(zip(tiles, tiles.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound }, "\(units)", file: file, line: line)
             withExtendedLifetime(model) {}
         }
     }
