@@ -52,6 +52,8 @@ public final class ShardedSync {
     /// in shards.
     let released: (grads: Tensor, values: Tensor)?
     let count: Int
+    /// Chunk boundaries inside a bucket fall on multiples of this many floats (1: an even split).
+    let alignment: Int
     /// Room for one incoming chunk.
     let scratch: UnsafeMutablePointer<Float>
     /// The receive and send of the step in flight.
@@ -85,6 +87,8 @@ public final class ShardedSync {
     /// Seconds in the parameter allgather (with the parameters in shards: waiting for
     /// layers' gathers), in the last step.
     public private(set) var lastGatherSeconds = 0.0
+    /// Bytes this rank sent in the ring since `startStep`: the last step's, read after it.
+    public private(set) var bytesSent = 0
 
     /// - Parameter regions: the parts of the arena every rank holds and syncs, ascending
     ///   (nil: all of it). Experts that only their runner holds are left out.
@@ -134,9 +138,13 @@ public final class ShardedSync {
         released = shards.map { ($0.grads, $0.values) }
         labels = ranges.enumerated().map { "bucket \($0.offset + 1)/\(ranges.count) (\(label($0.element)))" }
         let p = comm.size
-        ownedRanges = Self.owned(by: comm.rank, of: p, buckets: ranges, regions: regions)
-        let largest = ranges.map(\.count).max() ?? per
-        scratch = .allocate(capacity: max((largest + p - 1) / p, 1))
+        // With the parameters in shards, chunks end on huge pages, so the pages outside a
+        // rank's chunk are whole and go back whole.
+        alignment = shards == nil ? 1 : Tensor.pageFloats
+        ownedRanges = Self.owned(by: comm.rank, of: p, buckets: ranges, regions: regions, alignment: alignment)
+        var largest = 1
+        for b in ranges { for i in 0..<p { largest = max(largest, Self.chunk(i, of: b, ranks: p, alignment: alignment).count) } }
+        scratch = .allocate(capacity: largest)
         requests = .allocate(capacity: 2)
         requests.initialize(repeating: sb_request_null(), count: 2)
         completed = [Int](repeating: 0, count: ranges.count)
@@ -157,27 +165,41 @@ public final class ShardedSync {
 
     /// The arena ranges rank `r` of `p` sums and updates: one chunk of each bucket, or every
     /// region in a world of one.
-    static func owned(by r: Int, of p: Int, buckets: [Range<Int>], regions: [Range<Int>]) -> [Range<Int>] {
+    static func owned(by r: Int, of p: Int, buckets: [Range<Int>], regions: [Range<Int>], alignment: Int) -> [Range<Int>] {
         p == 1 ? regions : buckets.map { b in
-            let c = Self.chunk((r + 1) % p, of: b.count, ranks: p)
+            let c = Self.chunk((r + 1) % p, of: b, ranks: p, alignment: alignment)
             return (b.lowerBound + c.offset)..<(b.lowerBound + c.offset + c.count)
         }
     }
 
     /// What rank `r` owns (`ownedRanges` on that rank).
     public func ownedRanges(of r: Int) -> [Range<Int>] {
-        r == comm.rank ? ownedRanges : Self.owned(by: r, of: comm.size, buckets: buckets, regions: buckets)
+        r == comm.rank ? ownedRanges : Self.owned(by: r, of: comm.size, buckets: buckets, regions: buckets, alignment: alignment)
     }
 
-    /// Chunk `i` of a bucket of `n` floats split over `ranks`: the first `n % ranks` chunks
-    /// hold one extra float.
-    static func chunk(_ i: Int, of n: Int, ranks p: Int) -> (offset: Int, count: Int) {
-        let q = n / p, extra = n % p
-        return (i * q + min(i, extra), q + (i < extra ? 1 : 0))
+    /// Chunk `i` of arena range `bucket` split over `ranks`, as an offset into the bucket and
+    /// a count: the first `n % ranks` chunks of an even split hold one extra float. With an
+    /// `alignment`, each boundary inside the bucket moves to the nearest arena offset that is
+    /// a multiple of it (a chunk may then be empty, or hold a small bucket whole).
+    static func chunk(_ i: Int, of bucket: Range<Int>, ranks p: Int, alignment a: Int) -> (offset: Int, count: Int) {
+        let n = bucket.count, q = n / p, extra = n % p
+        func boundary(_ j: Int) -> Int {
+            let even = bucket.lowerBound + j * q + min(j, extra)
+            guard a > 1, j > 0, j < p else { return even }
+            return min(max((even + a / 2) / a * a, bucket.lowerBound), bucket.upperBound)
+        }
+        let lo = boundary(i)
+        return (lo - bucket.lowerBound, boundary(i + 1) - lo)
+    }
+
+    /// Chunk `i` of `bucket` on this world.
+    func chunk(_ i: Int, of bucket: Range<Int>) -> (offset: Int, count: Int) {
+        Self.chunk(i, of: bucket, ranks: comm.size, alignment: alignment)
     }
 
     /// Starts a step's timings.
     public func startStep() {
+        bytesSent = 0
         lastProgressSeconds = 0
         lastScatterSeconds = 0
         lastGatherSeconds = 0
@@ -322,14 +344,15 @@ public final class ShardedSync {
         let scatter = j < p - 1
         let k = scatter ? j : j - (p - 1)
         let base = (scatter ? grads : values) + bucket.lowerBound
-        let send = Self.chunk(scatter ? mod(r - k) : mod(r + 1 - k), of: bucket.count, ranks: p)
-        let recv = Self.chunk(scatter ? mod(r - k - 1) : mod(r - k), of: bucket.count, ranks: p)
+        let send = chunk(scatter ? mod(r - k) : mod(r + 1 - k), of: bucket)
+        let recv = chunk(scatter ? mod(r - k - 1) : mod(r - k), of: bucket)
         let into = scatter ? scratch : base + recv.offset
         let right = Int32(mod(r + 1)), left = Int32(mod(r - 1)), tag = Int32(b)
         try check(libraryCall { MPI_Irecv(into, Int32(recv.count), sb_type_float(), left, tag, channel, requests) },
                   "MPI_Irecv (\(labels[b]))")
         try check(libraryCall { MPI_Isend(base + send.offset, Int32(send.count), sb_type_float(), right, tag, channel, requests + 1) },
                   "MPI_Isend (\(labels[b]))")
+        bytesSent += 4 * send.count
         inFlight = true
     }
 
@@ -340,10 +363,10 @@ public final class ShardedSync {
         let p = comm.size, r = comm.rank, j = completed[b]
         if j < p - 1 {
             let bucket = buckets[b]
-            let c = Self.chunk(((r - j - 1) % p + p) % p, of: bucket.count, ranks: p)
-            let chunk = grads + bucket.lowerBound + c.offset
-            add(UnsafePointer(chunk), UnsafePointer(scratch), into: chunk, count: c.count)
-            let sent = Self.chunk(((r - j) % p + p) % p, of: bucket.count, ranks: p)
+            let c = chunk(((r - j - 1) % p + p) % p, of: bucket)
+            let into = grads + bucket.lowerBound + c.offset
+            add(UnsafePointer(into), UnsafePointer(scratch), into: into, count: c.count)
+            let sent = chunk(((r - j) % p + p) % p, of: bucket)
             (grads + bucket.lowerBound + sent.offset).update(repeating: 0, count: sent.count)
         }
         completed[b] = j + 1

@@ -32,7 +32,7 @@ public final class Tensor {
             _ = madvise(raw, bytes, MADV_HUGEPAGE)
             data = raw.bindMemory(to: Float.self, capacity: count)
             mapping = (region, mapped)
-            pageBytes = 1 << 21
+            pageBytes = 4 * Self.pageFloats
             owns = true
             Self.made.wrappingAdd(count, ordering: .relaxed)
             return
@@ -72,6 +72,9 @@ public final class Tensor {
         #endif
         if owns { data.deallocate() }
     }
+
+    /// Floats in a huge page (2 MiB), the unit `release` gives back in a mapped tensor.
+    public static let pageFloats = (1 << 21) / 4
 
     /// The mapping of a tensor from `hugePagesFrom` on: its start and length.
     private var mapping: (start: UnsafeMutableRawPointer, bytes: Int)?

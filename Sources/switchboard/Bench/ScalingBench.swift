@@ -95,6 +95,8 @@ struct ScalingBench {
             + "\(fixed(1000 * timing.scatterPerStep, 2)) ms finishing that after backward, "
             + "\(fixed(1000 * timing.gatherPerStep, 2)) ms \(options.shardParameters ? "waiting for layers' gathers" : "allgathering parameters"); "
             + "\(fixed(1000 * timing.waitPerStep, 2)) ms of all collectives spent waiting on other ranks")
+        say("  the sync's ring sent \(fixed(timing.bytesPerStep / 1e6, 2)) MB per step from rank 0 "
+            + "(\(fixed(timing.bytesPerStep / Double(synced), 2)) × the synced gradients)")
 
         // 3. The sync alone against MPI_Allreduce of the same bytes.
         guard world.size > 1 else { return }
@@ -125,6 +127,8 @@ struct ScalingBench {
     struct Timing {
         var rates: [Double] = []
         var waitPerStep = 0.0, progressPerStep = 0.0, scatterPerStep = 0.0, gatherPerStep = 0.0, secondsPerStep = 0.0
+        /// Bytes rank 0 sent in the sync's ring.
+        var bytesPerStep = 0.0
 
         mutating func finish(steps: Int) {
             let n = Double(steps)
@@ -133,6 +137,7 @@ struct ScalingBench {
             scatterPerStep /= n
             gatherPerStep /= n
             secondsPerStep /= n
+            bytesPerStep /= n
         }
     }
 
@@ -152,6 +157,7 @@ struct ScalingBench {
             timing.progressPerStep += trainer.gradientSync.lastProgressSeconds
             timing.scatterPerStep += trainer.gradientSync.lastScatterSeconds
             timing.gatherPerStep += trainer.gradientSync.lastGatherSeconds
+            timing.bytesPerStep += Double(trainer.gradientSync.bytesSent)
         }
         let seconds = (ContinuousClock.now - t0).seconds
         timing.secondsPerStep += seconds
