@@ -6,8 +6,8 @@ import Training
 /// `bench memory` (docs/BENCHMARKS.md), under `mpirun -np P`: each rank's peak resident memory
 /// while training (a) the expert-heavy model of 256 experts and (b) a dense-heavy residual MLP
 /// of about the same size, beside the ideal of a model whose state is sharded whole (a rank's
-/// 1/P of the values, gradients and optimizer state, plus the layers' buffers and what the
-/// process held before the model: libraries, the data), and the step's samples/s; on several
+/// 1/P of the values, gradients and optimizer state, plus what the process held before the
+/// model: libraries, the data; the layers' buffers come on top), and the step's samples/s; on several
 /// ranks each model again with `[parallel] shard_parameters`. Run it at several P: per-rank
 /// memory should fall as P grows.
 struct MemoryBench {
@@ -55,7 +55,7 @@ struct MemoryBench {
             try peaks.withUnsafeMutableBufferPointer { try world.allreduceSum($0.baseAddress!, count: $0.count, "bench: peak memory") }
             let store = trainer.model.store
             let stateFloats = Double(store.declaredCount) * Double(2 + trainer.optimizer.state.count)
-            let ideal = before + 4 * stateFloats / Double(world.size) + estimate.buffers
+            let ideal = before + 4 * stateFloats / Double(world.size)
             say("")
             say("\(model.name): \(path) --set \(model.settings.joined(separator: " --set ")) "
                 + "(\(store.declaredCount.formatted()) parameters, batch \(config.train.batchSize))")
@@ -64,7 +64,7 @@ struct MemoryBench {
             }
             let most = peaks.max()!
             say("  largest \(MemoryEstimate.text(most)); ideal \(MemoryEstimate.text(ideal)) (before the model "
-                + "\(MemoryEstimate.text(before)) + all model state / \(world.size) + buffers); estimate (model: line) "
+                + "\(MemoryEstimate.text(before)) + all model state / \(world.size)); estimate (model: line) "
                 + "\(MemoryEstimate.text(estimate.total)); \(Int(rate)) samples/s")
         }
     }
