@@ -24,9 +24,9 @@ import Layers
 final class ParameterShards: ParameterGathering {
     let sync: ShardedSync
     let buckets: [[Int]]
-    /// Per top-level layer: its ticket while its gather is queued, nil otherwise.
+    /// Per unit: its ticket while its gather is queued, nil otherwise.
     var queued: [Int?]
-    /// Per top-level layer: its values are whole here.
+    /// Per unit: its values are whole here.
     var whole: [Bool]
     /// The first failure of a gather, thrown by `rethrow` (forward and backward do not throw).
     var failure: (any Error)?
@@ -37,33 +37,33 @@ final class ParameterShards: ParameterGathering {
         queued = [Int?](repeating: nil, count: buckets.count)
         whole = [Bool](repeating: false, count: buckets.count)
         // Nothing is gathered yet: every page outside this rank's chunks goes back (the model
-        // was initialized or loaded whole, a layer at a time).
-        for b in buckets.indices { release(b) }
+        // was initialized whole, a parameter at a time).
+        for u in buckets.indices { release(u) }
     }
 
-    func willRun(_ layer: Int, backward: Bool) {
+    func willRun(_ unit: Int, backward: Bool) {
         guard failure == nil else { return }
         do {
             // Everything queued so far: this unit's gather, and in backward the previous unit's
             // reduce-scatter, whose gradients then go back before this unit writes its own.
-            request(layer)
+            request(unit)
             try sync.waitForGather(sync.enqueued)
-            queued[layer] = nil
-            whole[layer] = true
-            let next = backward ? layer - 1 : layer + 1
+            queued[unit] = nil
+            whole[unit] = true
+            let next = backward ? unit - 1 : unit + 1
             if buckets.indices.contains(next) { request(next) }
         } catch {
             failure = error
         }
     }
 
-    func didRun(_ layer: Int, backward: Bool) {
-        if backward || layer < buckets.count - 1 { release(layer) }
+    func didRun(_ unit: Int, backward: Bool) {
+        if backward || unit < buckets.count - 1 { release(unit) }
         // The step's last backward: this unit's gradients are final.
-        if backward && sync.scattering { for b in buckets[layer] { sync.reduceScatter(bucket: b) } }
+        if backward && sync.scattering { for b in buckets[unit] { sync.reduceScatter(bucket: b) } }
     }
 
-    /// Queues layer `i`'s gather unless it is whole here or queued already.
+    /// Queues unit `i`'s gather unless it is whole here or queued already.
     func request(_ i: Int) {
         guard !whole[i], queued[i] == nil, !buckets[i].isEmpty else {
             if buckets[i].isEmpty { whole[i] = true }
@@ -74,19 +74,23 @@ final class ParameterShards: ParameterGathering {
         queued[i] = ticket
     }
 
-    /// Gives back layer `i`'s values outside this rank's chunks.
+    /// Gives back unit `i`'s values outside this rank's chunks.
     func release(_ i: Int) {
         for b in buckets[i] { sync.releaseValues(bucket: b) }
         whole[i] = false
     }
 
-    /// After the update: every gathered layer is out of date. Waits for any gather still
-    /// queued (a prefetch nobody used), then gives every layer back.
-    func invalidate() throws {
+    /// After the update: every gathered unit is out of date. Waits for any gather still
+    /// queued (a prefetch nobody used), then gives back every unit whole here, or with `all`
+    /// every unit (the parameters were written whole: a load, `[init]`).
+    func invalidate(all: Bool = false) throws {
         for i in buckets.indices {
-            if let ticket = queued[i] { try sync.waitForGather(ticket) }
+            if let ticket = queued[i] {
+                try sync.waitForGather(ticket)
+                whole[i] = true
+            }
             queued[i] = nil
-            release(i)
+            if all || whole[i] { release(i) }
         }
     }
 

@@ -232,7 +232,7 @@ public final class Trainer {
 
     /// After parameters were written whole (a checkpoint loaded, `[init]` applied): with the
     /// parameters in shards, this rank gives back what it does not own.
-    public func parametersWritten() throws { try shards?.invalidate() }
+    public func parametersWritten() throws { try shards?.invalidate(all: true) }
 
     /// The passes a global batch of `rows` rows takes: passes of `passRows` on every rank.
     public func passes(rows: Int) -> Int { loader.passes(rows: rows) }
