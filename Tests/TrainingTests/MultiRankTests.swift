@@ -152,27 +152,31 @@ final class MultiRankTests: ToyDataTestCase {
     /// On 2 ranks each sum is a + b however the gradients are cut into buckets, so without
     /// clipping a run with the parameters in shards ends on the same bits as one without
     /// (parameters and optimizer state, in the checkpoint), though every layer's values came
-    /// from gathers. And no training step after the second allocates on any rank, with the
-    /// parameters sharded or not, dense or MoE (the allocation counter under mpirun).
+    /// from gathers, in one pass a step or in micro-batches. And no training step after the
+    /// second allocates on any rank, with the parameters sharded or not, dense or MoE (the
+    /// allocation counter under mpirun).
     func testShardedParametersChangeNoBitOnTwoRanksAndAllocateNothing() throws {
         let text = Fixtures.job(dir: dir, settings: ["train.epochs": "3", "train.max_steps": "24", "optimizer.clip_norm": "0"])
         let job = try writeJob(text)
-        var checksums: [String: [String: String]] = [:]
-        for shard in [false, true] {
-            let name = "bits\(shard)"
-            let r = try mpirun(ranks: 2, name: name, job: job, settings: ["parallel.shard_parameters=\(shard)"],
-                               environment: ["SWITCHBOARD_COUNT_ALLOCATIONS": "1"])
-            XCTAssertEqual(r.code, 0, r.output)
-            for rank in 0..<2 {
-                XCTAssertTrue(r.output.contains("rank \(rank): 0 heap allocations in training steps 3…24"),
-                              "shard_parameters = \(shard): every step after the second allocates nothing on rank \(rank): \(r.output)")
+        // One pass a step, and micro-batches of 12 rows (2 passes, whose gradients add up whole).
+        for passes in [[], ["train.micro_batch=12"]] {
+            var checksums: [Bool: [String: String]] = [:]
+            for shard in [false, true] {
+                let name = "bits\(shard)\(passes.count)"
+                let r = try mpirun(ranks: 2, name: name, job: job, settings: ["parallel.shard_parameters=\(shard)"] + passes,
+                                   environment: ["SWITCHBOARD_COUNT_ALLOCATIONS": "1"])
+                XCTAssertEqual(r.code, 0, r.output)
+                for rank in 0..<2 {
+                    XCTAssertTrue(r.output.contains("rank \(rank): 0 heap allocations in training steps 3…24"),
+                                  "shard_parameters = \(shard) \(passes): every step after the second allocates nothing on rank \(rank): \(r.output)")
+                }
+                let folder = "\(dir)/runs/\(name)/\(CheckpointFolder.name(step: 24))"
+                let main = try HDF5File.open("\(folder)/\(CheckpointManifest.mainFile)")
+                let m = try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: 1 << 24), source: folder)
+                checksums[shard] = Dictionary(uniqueKeysWithValues: m.tensors.map { ($0.name, $0.checksum) })
             }
-            let folder = "\(dir)/runs/\(name)/\(CheckpointFolder.name(step: 24))"
-            let main = try HDF5File.open("\(folder)/\(CheckpointManifest.mainFile)")
-            let m = try CheckpointManifest.decode(try main.readBytes(CheckpointManifest.manifestDataset, limit: 1 << 24), source: folder)
-            checksums[name] = Dictionary(uniqueKeysWithValues: m.tensors.map { ($0.name, $0.checksum) })
+            XCTAssertEqual(checksums[false], checksums[true], "2 ranks \(passes): sharding the parameters must not change a bit")
         }
-        XCTAssertEqual(checksums["bitsfalse"], checksums["bitstrue"], "2 ranks: sharding the parameters must not change a bit")
         let moe = try writeJob(Fixtures.job(dir: dir, model: .moe("experts = 4\ntop_k = 2\nhidden = 8\nbalance_loss = 0.01"),
                                             settings: ["train.epochs": "3", "train.max_steps": "24"]))
         let r = try mpirun(ranks: 2, name: "moealloc", job: moe, settings: ["parallel.shard_parameters=true"],
