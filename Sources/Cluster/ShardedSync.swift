@@ -35,7 +35,8 @@ import Kernels
 /// reduce-scatter is queued by the layer (`reduceScatter(bucket:)`). The ring's steps are one
 /// queue of jobs, run in order, the same on every rank.
 public final class ShardedSync {
-    /// Bucket ranges in launch order (the end of the arena first).
+    /// Bucket ranges in launch order (the end of the arena first; with the parameters in
+    /// shards, the last unit's first).
     public let buckets: [Range<Int>]
     /// The arena ranges this rank sums and updates: one chunk of each bucket (all of the
     /// synced regions in a world of one).
@@ -84,8 +85,9 @@ public final class ShardedSync {
     public private(set) var lastProgressSeconds = 0.0
     /// Seconds finishing the reduce-scatter after backward, in the last step.
     public private(set) var lastScatterSeconds = 0.0
-    /// Seconds in the parameter allgather (with the parameters in shards: waiting for
-    /// layers' gathers), in the last step.
+    /// Seconds in the parameter allgather (with the parameters in shards: waiting before a
+    /// unit runs, for its gather and in backward the previous unit's reduce-scatter), in the
+    /// last step.
     public private(set) var lastGatherSeconds = 0.0
     /// Bytes this rank sent in the ring since `startStep`: the last step's, read after it.
     public private(set) var bytesSent = 0
@@ -140,7 +142,7 @@ public final class ShardedSync {
         let p = comm.size
         // With the parameters in shards, chunks end on huge pages, so the pages outside a
         // rank's chunk are whole and go back whole.
-        alignment = shards == nil ? 1 : Tensor.pageFloats
+        alignment = shards?.grads.releasesPages == true ? Tensor.pageFloats : 1
         ownedRanges = Self.owned(by: comm.rank, of: p, buckets: ranges, regions: regions, alignment: alignment)
         var largest = 1
         for b in ranges { for i in 0..<p { largest = max(largest, Self.chunk(i, of: b, ranks: p, alignment: alignment).count) } }
@@ -179,13 +181,14 @@ public final class ShardedSync {
 
     /// Chunk `i` of arena range `bucket` split over `ranks`, as an offset into the bucket and
     /// a count: the first `n % ranks` chunks of an even split hold one extra float. With an
-    /// `alignment`, each boundary inside the bucket moves to the nearest arena offset that is
-    /// a multiple of it (a chunk may then be empty, or hold a small bucket whole).
+    /// `alignment`, in a bucket of at least that many floats per rank, each boundary inside
+    /// the bucket moves to the nearest arena offset that is a multiple of it.
     static func chunk(_ i: Int, of bucket: Range<Int>, ranks p: Int, alignment a: Int) -> (offset: Int, count: Int) {
         let n = bucket.count, q = n / p, extra = n % p
         func boundary(_ j: Int) -> Int {
             let even = bucket.lowerBound + j * q + min(j, extra)
-            guard a > 1, j > 0, j < p else { return even }
+            // A bucket too small for a page a rank splits evenly.
+            guard a > 1, j > 0, j < p, n >= p * a else { return even }
             return min(max((even + a / 2) / a * a, bucket.lowerBound), bucket.upperBound)
         }
         let lo = boundary(i)

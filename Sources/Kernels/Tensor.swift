@@ -82,6 +82,9 @@ public final class Tensor {
     /// whole) in a mapping of its own.
     private var pageBytes = 0
 
+    /// Whether `release` gives pages back: a tensor from `hugePagesFrom` on, a mapping of its own.
+    public var releasesPages: Bool { pageBytes > 0 }
+
     /// Gives the memory of the whole pages inside `range` (floats) back to the system: they
     /// read as zeros until written again, which takes memory again. Only a tensor from
     /// `hugePagesFrom` on has pages of its own; the call does nothing on others.

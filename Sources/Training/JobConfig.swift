@@ -143,9 +143,9 @@ public struct JobConfig: Sendable {
         /// Whether a busy rank's experts may run on an idle rank for a pass (`ExpertBalance`);
         /// the results are the same bits either way.
         public var balanceExperts: Bool
-        /// Each rank keeps 1/P of the synced parameters, gathering a top-level layer's whole
-        /// weights just before its forward and its backward and giving them back after
-        /// (ZeRO stage 3, FSDP); off: every rank keeps all of them.
+        /// Each rank keeps 1/P of the synced parameters, gathering a layer's whole weights
+        /// (`Model.gatheringUnits`) just before its forward and its backward and giving them
+        /// back after (ZeRO stage 3, FSDP); off: every rank keeps all of them.
         public var shardParameters: Bool
         /// Chosen by measurement (`bench W3`, 2 ranks): the sync runs fastest from 512 KiB to
         /// 2 MiB, and slower at 4 and 8 MiB (docs/BENCHMARKS.md).

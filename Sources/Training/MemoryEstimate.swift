@@ -33,13 +33,17 @@ public struct MemoryEstimate: Sendable {
                                      trainingRows: config.train.passRows(ranks: ranks))
         if config.parallel.shardParameters && ranks > 1 {
             // Each rank keeps 1/P of the synced values and gradients; beyond that it holds the
-            // values of two top-level layers (the one running and the next one's gather) and
-            // the gradients of one, or all the gradients where a step's passes add them up.
+            // values of up to three units (the one running, the next one's gather, and the
+            // last one, kept whole after an evaluation) and the gradients of one, or all the
+            // gradients where a step's passes add them up, and the ring's receive buffer. At
+            // the start every value is written whole once (initialized or loaded) before the
+            // rank gives back what it does not own: the larger of the two.
             let others = size.held - size.synced, shard = (size.synced / Double(ranks)).rounded(.up)
             let accumulates = config.train.passRows(ranks: ranks) < config.train.share(ranks: ranks)
-            let values = others + shard + 2 * size.largestSyncedLayer
-            let grads = accumulates ? size.held - size.heldFrozen : others - size.heldFrozen + shard + size.largestSyncedLayer
-            parameters = 4 * (values + grads)
+            let unit = size.largestSyncedLayer
+            let values = others + shard + 3 * unit
+            let grads = accumulates ? size.held - size.heldFrozen : others - size.heldFrozen + shard + unit
+            parameters = 4 * max(values + grads + unit / Double(ranks), size.held)
         } else {
             parameters = 4 * size.storeFloats                                 // values and gradients
         }

@@ -14,7 +14,8 @@ import Layers
 /// needs next. Backward runs the same from the end, unit i − 1 prefetched; in the step's last
 /// backward, each unit's reduce-scatter is queued as soon as it is done, and finished before
 /// the next unit computes, so those gradients' pages are back before the next unit's are
-/// written: beyond its shards a rank holds the values of two units and the gradients of one
+/// written: beyond its shards a rank holds the values of two units (three in the forward
+/// after an evaluation, whose last unit stays whole) and the gradients of one
 /// (all of them under gradient accumulation, whose passes add into every gradient). A
 /// gathered unit stays valid until the optimizer's update (`invalidate`), so evaluation
 /// between two steps and a forward right after it reuse what is still here.
@@ -37,7 +38,7 @@ final class ParameterShards: ParameterGathering {
         queued = [Int?](repeating: nil, count: buckets.count)
         whole = [Bool](repeating: false, count: buckets.count)
         // Nothing is gathered yet: every page outside this rank's chunks goes back (the model
-        // was initialized whole, a parameter at a time).
+        // was initialized whole: every value was written once on every rank).
         for u in buckets.indices { release(u) }
     }
 

@@ -93,7 +93,7 @@ struct ScalingBench {
         say("  communication per step (rank 0), of a \(fixed(1000 * timing.secondsPerStep, 1)) ms step: "
             + "\(fixed(1000 * timing.progressPerStep, 2)) ms reduce-scattering buckets between layers, "
             + "\(fixed(1000 * timing.scatterPerStep, 2)) ms finishing that after backward, "
-            + "\(fixed(1000 * timing.gatherPerStep, 2)) ms \(options.shardParameters ? "waiting for layers' gathers" : "allgathering parameters"); "
+            + "\(fixed(1000 * timing.gatherPerStep, 2)) ms \(options.shardParameters ? "waiting before layers for their gathers (and in backward the reduce-scatter before)" : "allgathering parameters"); "
             + "\(fixed(1000 * timing.waitPerStep, 2)) ms of all collectives spent waiting on other ranks")
         say("  the sync's ring sent \(fixed(timing.bytesPerStep / 1e6, 2)) MB per step from rank 0 "
             + "(\(fixed(timing.bytesPerStep / Double(synced), 2)) × the synced gradients)")
