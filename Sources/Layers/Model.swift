@@ -278,10 +278,10 @@ extension FeedForward {
 
 /// Where a model's parameters are held in shards over the ranks (ZeRO stage 3): called around
 /// every gathering unit's forward and backward (`Model.gatheringUnits`), in the same order on
-/// every rank, so it can run collectives there. `willRun` makes unit `i`'s parameters whole
-/// here (and may start fetching the next unit's); `didRun` may let them go. A failure is kept and thrown by
-/// whoever drives the passes (forward and backward do not throw).
+/// every rank, so it can run collectives there. `willRun` makes the unit's parameters whole
+/// here (and may start fetching the next unit's); `didRun` may let them go. A failure is kept
+/// and thrown by whoever drives the passes (forward and backward do not throw).
 public protocol ParameterGathering: AnyObject {
-    func willRun(_ layer: Int, backward: Bool)
-    func didRun(_ layer: Int, backward: Bool)
+    func willRun(_ unit: Int, backward: Bool)
+    func didRun(_ unit: Int, backward: Bool)
 }
