@@ -235,11 +235,10 @@ public struct Communicator: @unchecked Sendable {
         var out = [UInt8](repeating: 0, count: isCoordinator ? bytes.count * size : 0)
         try bytes.withUnsafeBufferPointer { send in
             try out.withUnsafeMutableBufferPointer { recv in
-                var request: MPI_Request? = sb_request_null()
-                try check(MPI_Igather(send.baseAddress, Int32(bytes.count), DataType.byte.raw,
-                                      recv.baseAddress, Int32(bytes.count), DataType.byte.raw, 0, handle.raw, &request),
-                          "MPI_Igather of \(bytes.count) bytes")
-                try complete(&request, "MPI_Igather of \(bytes.count) bytes")
+                try collective("MPI_Igather of \(bytes.count) bytes") {
+                    MPI_Igather(send.baseAddress, Int32(bytes.count), DataType.byte.raw,
+                                recv.baseAddress, Int32(bytes.count), DataType.byte.raw, 0, handle.raw, $0)
+                }
             }
         }
         return isCoordinator ? out : nil
@@ -251,16 +250,14 @@ public struct Communicator: @unchecked Sendable {
         guard size > 1 else { return }
         var length = Int64(bytes.count)
         watchdog.begin(phase, bytes: 8)
-        var request: MPI_Request? = sb_request_null()
-        try check(MPI_Ibcast(&length, 1, DataType.int64.raw, 0, handle.raw, &request), "MPI_Ibcast of a length")
-        try complete(&request, "MPI_Ibcast of a length")
+        try collective("MPI_Ibcast of a length") { MPI_Ibcast(&length, 1, DataType.int64.raw, 0, handle.raw, $0) }
         if !isCoordinator { bytes = [UInt8](repeating: 0, count: Int(length)) }
         guard length > 0 else { return }
         watchdog.begin(phase, bytes: Int(length))
         try bytes.withUnsafeMutableBufferPointer { buffer in
-            try check(MPI_Ibcast(buffer.baseAddress, Int32(length), DataType.byte.raw, 0, handle.raw, &request),
-                      "MPI_Ibcast of \(length) bytes")
-            try complete(&request, "MPI_Ibcast of \(length) bytes")
+            try collective("MPI_Ibcast of \(length) bytes") {
+                MPI_Ibcast(buffer.baseAddress, Int32(length), DataType.byte.raw, 0, handle.raw, $0)
+            }
         }
     }
 

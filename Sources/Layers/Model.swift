@@ -27,20 +27,20 @@ public final class Model {
             for slot in unitSlots { slot.sequential.gathering = gathering }
         }
     }
-    /// The layers gathered one at a time, in forward order (`gatheringUnits`): where each sits.
-    private lazy var unitSlots: [(sequential: Sequential, index: Int)] = {
+    /// The layers gathered one at a time, in forward order (`gatheringUnits`): where each sits
+    /// (numbered in its sequence's `units`) and its range.
+    private lazy var unitSlots: [(sequential: Sequential, index: Int, range: Range<Int>)] = {
         let slots = Self.units(network, trainable: store.trainableCount)
         for (u, slot) in slots.enumerated() {
             if slot.sequential.units.isEmpty { slot.sequential.units = [Int?](repeating: nil, count: slot.sequential.layers.count) }
             slot.sequential.units[slot.index] = u
         }
-        return slots.map { ($0.sequential, $0.index) }
+        return slots
     }()
     /// The arena range of each gathering unit's trainable parameters, in forward order: each
     /// top-level layer, but a residual block's branch layer by layer, so a rank holding its
     /// parameters in shards gathers one matrix at a time, not a whole block.
-    public var gatheringUnits: [Range<Int>] { unitRanges }
-    private lazy var unitRanges: [Range<Int>] = Self.units(network, trainable: store.trainableCount).map(\.range)
+    public var gatheringUnits: [Range<Int>] { unitSlots.map(\.range) }
     /// The top-level layers a statistics pre-pass runs (`gatherStatistics`): through the
     /// block of the last layer whose batch statistics a gradient uses.
     let statisticsDepth: Int

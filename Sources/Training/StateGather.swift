@@ -33,45 +33,38 @@ final class StateGather {
     /// the arena; every other parameter is whole on every rank that holds it.
     func values(of p: Parameter, to writer: Int) throws -> UnsafePointer<Float>? {
         guard p.resident else { return nil }
-        let span = p.offset..<(p.offset + p.count)
-        if !shardedValues || p.frozen || layouts[writer].run(of: span) != nil { return writer == comm.rank ? UnsafePointer(p.value) : nil }
-        let pieces = StateLayout.pieces(of: span, in: mine.ranges)
-        guard writer == comm.rank else {
-            try comm.gatherRuns(pieces.map { (UnsafePointer(p.value + $0.lowerBound - p.offset), $0.count) }, root: writer,
-                                places: { _ in [] }, "checkpoint: parameter values", p.name)
-            return nil
+        if !shardedValues || p.frozen || layouts[writer].run(of: p.offset..<(p.offset + p.count)) != nil {
+            return writer == comm.rank ? UnsafePointer(p.value) : nil
         }
-        let whole = room(p.count)
-        for arena in pieces { (whole + arena.lowerBound - p.offset).update(from: p.value + arena.lowerBound - p.offset, count: arena.count) }
-        try comm.gatherRuns([], root: writer, places: { q in
-            StateLayout.pieces(of: span, in: self.layouts[q].ranges).map { (whole + $0.lowerBound - p.offset, $0.count) }
-        }, "checkpoint: parameter values", p.name)
-        return UnsafePointer(whole)
-    }
-
-    /// The writer's scratch, at least `count` floats.
-    private func room(_ count: Int) -> UnsafeMutablePointer<Float> {
-        if (scratch?.count ?? 0) < count { scratch = Tensor(shape: [count]) }
-        return scratch!.data
+        return try gather(p, to: writer, "checkpoint: parameter values") { UnsafePointer(p.value + $0.lowerBound - p.offset) }
     }
 
     /// `state` (laid out as this rank's layout) of `p`, whole, on `writer`; nil on the others.
     func state(_ state: Tensor, of p: Parameter, to writer: Int) throws -> UnsafePointer<Float>? {
         // An expert another rank owns: its owner, the writer, holds all of it.
         guard p.resident else { return nil }
+        if let at = layouts[writer].run(of: p.offset..<(p.offset + p.count)) {
+            return writer == comm.rank ? UnsafePointer(state.data + at) : nil
+        }
+        return try gather(p, to: writer, "checkpoint: optimizer state") { UnsafePointer(state.data + self.mine.index(of: $0.lowerBound)!) }
+    }
+
+    /// `p` whole in the writer's scratch: every rank sends its pieces of `p` (the arena ranges
+    /// its layout holds, each found where `source` says this rank keeps it) straight into place.
+    private func gather(_ p: Parameter, to writer: Int, _ phase: StaticString,
+                        source: (Range<Int>) -> UnsafePointer<Float>) throws -> UnsafePointer<Float>? {
         let span = p.offset..<(p.offset + p.count)
-        if let at = layouts[writer].run(of: span) { return writer == comm.rank ? UnsafePointer(state.data + at) : nil }
-        let pieces = mine.pieces(of: span)
+        let pieces = StateLayout.pieces(of: span, in: mine.ranges)
         guard writer == comm.rank else {
-            try comm.gatherRuns(pieces.map { (UnsafePointer(state.data + $0.at), $0.arena.count) }, root: writer,
-                                places: { _ in [] }, "checkpoint: optimizer state", p.name)
+            try comm.gatherRuns(pieces.map { (source($0), $0.count) }, root: writer, places: { _ in [] }, phase, p.name)
             return nil
         }
-        let whole = room(p.count)
-        for (arena, at) in pieces { (whole + arena.lowerBound - p.offset).update(from: state.data + at, count: arena.count) }
+        if (scratch?.count ?? 0) < p.count { scratch = Tensor(shape: [p.count]) }
+        let whole = scratch!.data
+        for arena in pieces { (whole + arena.lowerBound - p.offset).update(from: source(arena), count: arena.count) }
         try comm.gatherRuns([], root: writer, places: { q in
-            self.layouts[q].pieces(of: span).map { (whole + $0.arena.lowerBound - p.offset, $0.arena.count) }
-        }, "checkpoint: optimizer state", p.name)
+            StateLayout.pieces(of: span, in: self.layouts[q].ranges).map { (whole + $0.lowerBound - p.offset, $0.count) }
+        }, phase, p.name)
         return UnsafePointer(whole)
     }
 }
